@@ -1,0 +1,1 @@
+"""Accounts: users, credentials, profiles and sessions at the IdP (no protocol knowledge here)."""

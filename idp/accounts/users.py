@@ -1,0 +1,78 @@
+"""Creating and looking up user accounts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from email_validator import EmailNotValidError, validate_email
+
+from idp.events import EventBus, UserCreated
+from idp.security.passwords import PasswordHasher
+from idp.storage.db import Database
+from idp.storage.models import User, utcnow
+from idp.storage.repositories import UserRepository, normalize_email
+
+MIN_PASSWORD_LENGTH = 15  # NIST SP 800-63B rev. 4 §3.1.1.2, password as a single factor
+MAX_PASSWORD_LENGTH = 128
+
+
+class AccountError(ValueError):
+    """A user-facing account problem; ``field`` names the input at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class NewUser:
+    email: str
+    password: str | None
+    name: str | None = None
+    email_verified: bool = False
+    is_admin: bool = False
+
+
+def check_email(email: str) -> str:
+    """Syntax check without DNS (deliverability is proven by the verification email)."""
+    try:
+        return validate_email(email.strip(), check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise AccountError("email", str(exc)) from None
+
+
+def check_password_length(password: str) -> None:
+    # The full policy (blocklist, context words, strength) arrives with registration; the length
+    # bounds apply to every way of setting a password already.
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError("password", f"must be at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise AccountError("password", f"must be at most {MAX_PASSWORD_LENGTH} characters")
+
+
+async def create_user(db: Database, hasher: PasswordHasher, events: EventBus, new: NewUser) -> User:
+    email = check_email(new.email)
+    if new.password is not None:
+        check_password_length(new.password)
+    name = (new.name or "").strip() or None
+    if name is not None and len(name) > 200:
+        raise AccountError("name", "must be at most 200 characters")
+    password_hash = await hasher.hash(new.password) if new.password is not None else None
+    async with db.session() as session:
+        users = UserRepository(session)
+        if await users.get_by_email(email) is not None:
+            raise AccountError("email", "an account with this address already exists")
+        user = await users.add(
+            User(
+                email=email,
+                email_normalized=normalize_email(email),
+                email_verified=new.email_verified,
+                password_hash=password_hash,
+                name=name,
+                is_admin=new.is_admin,
+                password_changed_at=utcnow() if password_hash else None,
+            )
+        )
+    await events.publish(UserCreated(user_id=user.id, admin=new.is_admin, verified=new.email_verified))
+    return user

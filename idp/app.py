@@ -1,0 +1,176 @@
+"""Assembling the Quart application: runtime lifecycle, request hooks, errors, blueprints."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any, cast
+
+from quart import Quart, Response, current_app, g, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from idp.config import Settings
+from idp.errors import IdPError, ServerError, ServiceUnavailable, from_http_status
+from idp.events import EventContext, set_context
+from idp.observability import accept_request_id, request_id_var, summarize_exception
+from idp.runtime import Runtime, StartupError, open_runtime
+from idp.security.headers import apply_security_headers
+from idp.storage.db import DatabaseUnavailable
+from idp.storage.kv import KeyValueUnavailable
+
+access_log = logging.getLogger("idp.access")
+error_log = logging.getLogger("idp.errors")
+
+
+class IdPApp(Quart):
+    """Quart with the settings and the per-process runtime attached."""
+
+    settings: Settings
+    json_blueprints: set[str]
+    _runtime: Runtime | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise RuntimeError("the application is not serving (before_serving has not run)")
+        return self._runtime
+
+
+def runtime() -> Runtime:
+    """The runtime of the app handling the current request."""
+    return cast(IdPApp, current_app).runtime
+
+
+def build_app(settings: Settings) -> IdPApp:
+    app = IdPApp("idp")
+    app.settings = settings
+    app.json_blueprints = set()
+    app.config.update(
+        SECRET_KEY=settings.secrets.cookie_secret.get_secret_value() if settings.secrets.cookie_secret else None,
+        MAX_CONTENT_LENGTH=1024 * 1024,
+        JSON_SORT_KEYS=False,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.issuer_is_https,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    @app.before_serving
+    async def _start() -> None:
+        try:
+            app._runtime = await open_runtime(settings)
+        except StartupError as exc:
+            logging.getLogger("idp").critical("cannot start: %s", exc)
+            raise
+
+    @app.after_serving
+    async def _stop() -> None:
+        if app._runtime is not None:
+            await app._runtime.close()
+            app._runtime = None
+
+    _install_request_hooks(app)
+    _install_error_handlers(app)
+    _register_blueprints(app)
+    return app
+
+
+def _register_blueprints(app: IdPApp) -> None:
+    from idp.health import blueprint as health
+    from idp.oauth.routes import blueprint as oauth
+
+    for bp, json_errors in ((health, True), (oauth, True)):
+        app.register_blueprint(bp)
+        if json_errors:
+            app.json_blueprints.add(bp.name)
+
+
+def _install_request_hooks(app: IdPApp) -> None:
+    @app.before_request
+    async def _begin() -> None:
+        g.started = time.perf_counter()
+        g.request_id = accept_request_id(request.headers.get("X-Request-ID")) or uuid.uuid4().hex
+        request_id_var.set(g.request_id)
+        set_context(
+            EventContext(
+                ip=request.remote_addr,
+                user_agent=request.headers.get("User-Agent"),
+                request_id=g.request_id,
+            )
+        )
+        await app.runtime.keys.refresh_if_stale()
+
+    @app.after_request
+    async def _finish(response: Response) -> Response:
+        rid = getattr(g, "request_id", None)
+        if rid:
+            response.headers["X-Request-ID"] = rid
+        apply_security_headers(response, https=app.settings.issuer_is_https)
+        started = getattr(g, "started", None)
+        duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
+        access_log.info(
+            "%s %s %s %sms",
+            request.method,
+            request.path,  # never the query string: it can carry codes and tokens
+            response.status_code,
+            duration_ms,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": duration_ms,
+                "remote_addr": request.remote_addr,
+            },
+        )
+        return response
+
+
+def wants_json() -> bool:
+    app = cast(IdPApp, current_app)
+    if request.blueprint in app.json_blueprints:
+        return True
+    if request.blueprint is not None:
+        return False
+    accept = request.accept_mimetypes
+    return accept.best_match(["text/html", "application/json"]) == "application/json"
+
+
+async def render_error(error: IdPError) -> Response:
+    if wants_json():
+        response = cast(Response, current_app.json.response(error.to_dict()))
+    else:
+        html = await render_template("error.html", error=error)
+        response = Response(html, content_type="text/html; charset=utf-8")
+    response.status_code = error.status_code
+    response.headers["Cache-Control"] = "no-store"
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def _install_error_handlers(app: IdPApp) -> None:
+    @app.errorhandler(IdPError)
+    async def _idp_error(error: IdPError) -> Response:
+        return await render_error(error)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(error: HTTPException) -> Response:
+        response = await render_error(from_http_status(error.code or 500))
+        if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    async def _unexpected(error: Exception) -> Response:
+        if isinstance(error, DatabaseUnavailable | KeyValueUnavailable):
+            error_log.error("dependency unavailable", extra={"error": summarize_exception(error)})
+            return await render_error(ServiceUnavailable())
+        # Type and location only: the message and traceback may hold SQL or secrets.
+        error_log.error("unhandled exception", extra={"error": summarize_exception(error)})
+        return await render_error(ServerError())
+
+
+def public_url(path: str, **_: Any) -> str:
+    """An absolute URL under the issuer (not the request's Host header, which a client controls)."""
+    return f"{cast(IdPApp, current_app).settings.issuer}{path}"

@@ -1,0 +1,24 @@
+"""ASGI entry point for uvicorn workers: ``uvicorn --factory idp.asgi:create``.
+
+Settings come from ``IDP_CONFIG`` and ``IDP_*`` variables, exactly as for the CLI.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from quart import Quart
+
+from idp import create_app
+from idp.config import ConfigError, load_settings
+from idp.observability import configure_logging
+
+
+def create() -> Quart:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"idp: error: config: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    configure_logging(settings.log.level, settings.log_format)
+    return create_app(settings)

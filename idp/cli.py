@@ -1,0 +1,670 @@
+"""The `idp` command: serve, demo, db, seed, users, clients, keys, secrets, config.
+
+Every command that reports something has ``--json`` for scripts. Errors are one line on stderr
+naming the bad flag or setting, with exit status 1 (2 for usage errors, as click does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from idp.config import ConfigError, Settings, generate_secrets, load_settings
+
+T = TypeVar("T")
+
+CLIENT_FIELD_FLAGS = {
+    "name": "--name",
+    "client_type": "--public/--confidential",
+    "client_id": "--client-id",
+    "redirect_uris": "--redirect-uri",
+    "post_logout_redirect_uris": "--post-logout-redirect-uri",
+    "grant_types": "--grant",
+    "scopes": "--scope",
+    "token_endpoint_auth_method": "--auth-method",
+    "web_origins": "--web-origin",
+    "id_token_signed_response_alg": "--id-token-alg",
+    "subject_type": "--subject-type",
+    "jwks": "--jwks-file",
+    "jwks_uri": "--jwks-uri",
+    "backchannel_logout_uri": "--backchannel-logout-uri",
+    "application_type": "--native",
+}
+USER_FIELD_FLAGS = {"email": "--email", "password": "--password-stdin", "name": "--name"}
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"idp: error: {message}", err=True)
+    sys.exit(code)
+
+
+class CliState:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+
+    def settings(self, overrides: dict[str, Any] | None = None) -> Settings:
+        try:
+            return load_settings(self.config_path, overrides=overrides)
+        except ConfigError as exc:
+            fail(f"config: {exc}")
+
+
+def emit(data: Any, as_json: bool, text: str | Callable[[], str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        click.echo(text() if callable(text) else text)
+
+
+def run_with_runtime(
+    settings: Settings,
+    action: Callable[[Any], Awaitable[T]],
+    *,
+    ensure_keys: bool = True,
+) -> T:
+    """Open the runtime (database, store, keys), run ``action(runtime)``, close; errors as one line."""
+    from idp.runtime import StartupError, open_runtime
+
+    async def main() -> T:
+        rt = await open_runtime(settings, ensure_keys=ensure_keys)
+        try:
+            return await action(rt)
+        finally:
+            await rt.close()
+
+    try:
+        return asyncio.run(main())
+    except StartupError as exc:
+        fail(str(exc))
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML configuration file (default: $IDP_CONFIG). Environment IDP_* variables override it.",
+)
+@click.version_option(package_name="idp")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """idp: an OpenID Connect identity provider."""
+    if config_path and not Path(config_path).is_file():
+        fail(f"--config: {config_path}: no such file")
+    ctx.obj = CliState(config_path)
+    if config_path:
+        # Worker processes of `serve` read the same file.
+        os.environ["IDP_CONFIG"] = str(Path(config_path).resolve())
+
+
+# --------------------------------------------------------------------------------------------------
+# serve / demo
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How idp runs under uvicorn: uvloop + httptools (about twice Hypercorn's throughput here,
+    see bench/README.md), sans-io websockets, and our own access log (no query strings)."""
+    return {
+        "loop": "uvloop",
+        "http": "httptools",
+        "ws": "websockets-sansio",
+        "lifespan": "on",
+        "access_log": False,
+        "server_header": False,
+        "log_config": None,
+        "proxy_headers": bool(settings.server.forwarded_allow_ips),
+        "forwarded_allow_ips": settings.server.forwarded_allow_ips or None,
+        "timeout_graceful_shutdown": 10,
+    }
+
+
+def _serve(settings: Settings, host: str | None, port: int | None, workers: int | None) -> None:
+    import uvicorn
+
+    from idp.observability import configure_logging
+
+    configure_logging(settings.log.level, settings.log_format)
+    # Fail fast, with one clear line, before any worker starts: database, Redis, schema, keys.
+    run_with_runtime(settings, lambda rt: asyncio.sleep(0))
+    bind_host = host or settings.server.host
+    bind_port = settings.server.port if port is None else port
+    click.echo(f"idp: serving {settings.issuer} on http://{bind_host}:{bind_port}", err=True)
+    uvicorn.run(
+        "idp.asgi:create",
+        factory=True,
+        host=bind_host,
+        port=bind_port,
+        workers=workers or settings.server.workers,
+        **uvicorn_options(settings),
+    )
+
+
+@cli.command()
+@click.option("--host", default=None, help="Bind address (default: server.host).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default: server.port).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (default: server.workers).")
+@click.pass_obj
+def serve(state: CliState, host: str | None, port: int | None, workers: int | None) -> None:
+    """Run the IdP under uvicorn (uvloop, httptools)."""
+    _serve(state.settings(), host, port, workers)
+
+
+@cli.command()
+@click.option("--host", default=None, help="Bind address (default: server.host).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default: server.port).")
+@click.pass_obj
+def demo(state: CliState, host: str | None, port: int | None) -> None:
+    """Dev mode on the embedded defaults: migrate, seed the demo data, print the URLs, serve."""
+    # Workers re-read settings from the environment, so the forced values go there.
+    os.environ["IDP_DEV_MODE"] = "true"
+    if port is not None and "IDP_ISSUER" not in os.environ:
+        os.environ["IDP_ISSUER"] = f"http://{host or '127.0.0.1'}:{port}"
+    settings = state.settings()
+    from idp.demo import seed_demo
+    from idp.storage import migrate
+
+    _migrate(lambda: migrate.upgrade(settings.database_url))
+    result = run_with_runtime(settings, seed_demo)
+    data = result.as_dict(settings.issuer)
+    lines = [
+        "",
+        "idp demo is starting (dev mode: generated secrets in "
+        f"{settings.data_dir}/dev-secrets.json, never use them in production)",
+        f"  issuer / discovery : {data['discovery']}",
+        f"  health             : {settings.issuer}/healthz  {settings.issuer}/readyz",
+        f"  demo login         : {data['login']['email']} / {data['login']['password']}",
+        f"  public SPA client  : {data['spa_client']['client_id']} (redirect {data['spa_client']['redirect_uri']})",
+        f"  confidential client: {data['web_client']['client_id']}"
+        + (
+            f" secret {data['web_client']['client_secret']}"
+            if data["web_client"]["client_secret"]
+            else " (secret shown when first created; new one: idp clients rotate-secret demo-web)"
+        ),
+        "",
+    ]
+    click.echo("\n".join(lines), err=True)
+    _serve(settings, host, port, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# db
+
+
+@cli.group()
+def db() -> None:
+    """Database schema migrations (Alembic)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@click.pass_obj
+def db_upgrade(state: CliState, revision: str) -> None:
+    """Upgrade the schema to REVISION (default: head)."""
+    settings = state.settings()
+    _migrate(lambda: _alembic("upgrade", settings.database_url, revision))
+    click.echo(f"database at {_current_revision(settings) or 'base'}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@click.pass_obj
+def db_downgrade(state: CliState, revision: str) -> None:
+    """Downgrade the schema to REVISION ("base" removes every table)."""
+    settings = state.settings()
+    _migrate(lambda: _alembic("downgrade", settings.database_url, revision))
+    click.echo(f"database at {_current_revision(settings) or 'base'}")
+
+
+@db.command("current")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def db_current(state: CliState, as_json: bool) -> None:
+    """Show the schema revision and the one this version needs."""
+    from idp.storage import migrate
+
+    settings = state.settings()
+    current, head = _current_revision(settings), migrate.head_revision()
+    emit(
+        {"current": current, "head": head, "up_to_date": current == head},
+        as_json,
+        f"current {current or 'base'}, head {head}" + ("" if current == head else " (run: idp db upgrade)"),
+    )
+
+
+def _alembic(action: str, url: str, revision: str) -> None:
+    from idp.storage import migrate
+
+    if action == "upgrade":
+        migrate.upgrade(url, revision)
+    else:
+        migrate.downgrade(url, revision)
+
+
+def _migrate(step: Callable[[], None]) -> None:
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from idp.storage.db import describe_error
+
+    try:
+        step()
+    except CommandError as exc:
+        fail(f"revision: {exc}")
+    except (OSError, SQLAlchemyError) as exc:
+        fail(f"database_url: {describe_error(exc)}")
+
+
+def _current_revision(settings: Settings) -> str | None:
+    from idp.storage.db import Database, DatabaseUnavailable
+
+    async def read() -> str | None:
+        database = Database(settings.database_url)
+        try:
+            await database.ping()
+            return await database.schema_revision()
+        finally:
+            await database.close()
+
+    try:
+        return _run(read())
+    except DatabaseUnavailable as exc:
+        fail(f"database_url: {exc}")
+
+
+# --------------------------------------------------------------------------------------------------
+# seed
+
+
+@cli.group()
+def seed() -> None:
+    """Load sample data."""
+
+
+@seed.command("demo")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def seed_demo_command(state: CliState, as_json: bool) -> None:
+    """Create the demo user and clients if missing (idempotent)."""
+    from idp.demo import seed_demo
+
+    settings = state.settings()
+    result = run_with_runtime(settings, seed_demo)
+    data = result.as_dict(settings.issuer)
+
+    def text() -> str:
+        web = data["web_client"]
+        secret = f"client_secret {web['client_secret']} (shown once)" if web["client_secret"] else "existing"
+        return "\n".join(
+            [
+                f"demo user     {data['login']['email']} / {data['login']['password']}"
+                f" ({'created' if data['login']['created'] else 'existing'})",
+                f"SPA client    {data['spa_client']['client_id']}"
+                f" ({'created' if data['spa_client']['created'] else 'existing'})",
+                f"web client    {web['client_id']} {secret}",
+                f"log in via    {data['discovery']}",
+            ]
+        )
+
+    emit(data, as_json, text)
+
+
+# --------------------------------------------------------------------------------------------------
+# users
+
+
+@cli.group()
+def users() -> None:
+    """Manage user accounts."""
+
+
+@users.command("create")
+@click.option("--email", required=True, help="The user's email address (their login).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+@click.option("--name", default=None, help="Display name.")
+@click.option("--verified", is_flag=True, help="Mark the email address as verified.")
+@click.option("--admin", is_flag=True, help="Grant administrator rights.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def users_create(
+    state: CliState,
+    email: str,
+    password_stdin: bool,
+    name: str | None,
+    verified: bool,
+    admin: bool,
+    as_json: bool,
+) -> None:
+    """Create a user. Without --password-stdin the account has no password (passkey or reset only)."""
+    from idp.accounts.users import AccountError, NewUser, create_user
+
+    password = None
+    if password_stdin:
+        line = sys.stdin.readline()
+        # Only the line ending is removed: passwords are used exactly as typed.
+        password = line[:-1] if line.endswith("\n") else line
+        password = password[:-1] if password.endswith("\r") else password
+        if not password:
+            fail("--password-stdin: no password on standard input")
+    settings = state.settings()
+
+    async def action(rt: Any) -> Any:
+        return await create_user(
+            rt.db,
+            rt.passwords,
+            rt.events,
+            NewUser(email=email, password=password, name=name, email_verified=verified, is_admin=admin),
+        )
+
+    try:
+        user = run_with_runtime(settings, action)
+    except AccountError as exc:
+        fail(f"{USER_FIELD_FLAGS.get(exc.field, exc.field)}: {exc.message}")
+    emit(
+        {
+            "id": user.id,
+            "email": user.email,
+            "email_verified": user.email_verified,
+            "is_admin": user.is_admin,
+        },
+        as_json,
+        f"created user {user.id} <{user.email}>",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# clients
+
+
+@cli.group()
+def clients() -> None:
+    """Manage OAuth clients (relying parties)."""
+
+
+@clients.command("create")
+@click.option("--name", required=True, help="Display name shown on consent pages.")
+@click.option(
+    "--public", "client_type", flag_value="public", help="A public client (SPA, native app): PKCE, no secret."
+)
+@click.option(
+    "--confidential",
+    "client_type",
+    flag_value="confidential",
+    help="A confidential client with a secret or keys.",
+)
+@click.option("--client-id", default=None, help="Choose the client id (default: random).")
+@click.option("--redirect-uri", "redirect_uris", multiple=True, help="Registered redirect URI (repeatable).")
+@click.option("--post-logout-redirect-uri", "post_logout_redirect_uris", multiple=True, help="Repeatable.")
+@click.option(
+    "--grant",
+    "grant_types",
+    multiple=True,
+    type=click.Choice(["authorization_code", "refresh_token", "client_credentials"]),
+    help="Allowed grant (repeatable; default authorization_code + refresh_token).",
+)
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    help="Allowed scope (repeatable; default openid profile email offline_access).",
+)
+@click.option(
+    "--auth-method",
+    type=click.Choice(["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]),
+    default=None,
+    help="Token endpoint authentication (default: none / client_secret_basic).",
+)
+@click.option("--web-origin", "web_origins", multiple=True, help="Origin allowed for CORS (repeatable).")
+@click.option(
+    "--id-token-alg",
+    type=click.Choice(["RS256", "ES256", "Ed25519", "EdDSA"]),
+    default=None,
+    help="ID token signing algorithm (default: the server's first configured).",
+)
+@click.option("--subject-type", type=click.Choice(["public", "pairwise"]), default="public")
+@click.option(
+    "--jwks-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="JWK Set file with the client's public keys (private_key_jwt).",
+)
+@click.option("--jwks-uri", default=None, help="URL of the client's JWK Set (private_key_jwt).")
+@click.option("--backchannel-logout-uri", default=None, help="Back-Channel Logout endpoint of the client.")
+@click.option("--native", is_flag=True, help="A native app (RFC 8252): loopback ports and private-use schemes.")
+@click.option("--first-party", is_flag=True, help="Trusted first-party client: consent is not asked.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def clients_create(
+    state: CliState,
+    client_type: str | None,
+    jwks_file: str | None,
+    native: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Register a client; prints its id and, once, its secret."""
+    from idp.oauth.clients import ClientSpec, ClientValidationError, create_client, describe_client
+
+    if client_type is None:
+        fail("--public/--confidential: choose one")
+    jwks = None
+    if jwks_file:
+        try:
+            jwks = json.loads(Path(jwks_file).read_text())
+        except (OSError, ValueError) as exc:
+            fail(f"--jwks-file: cannot read a JSON JWK Set ({type(exc).__name__})")
+    spec = ClientSpec(
+        name=options["name"],
+        client_type=client_type,
+        client_id=options["client_id"],
+        redirect_uris=list(options["redirect_uris"]),
+        post_logout_redirect_uris=list(options["post_logout_redirect_uris"]),
+        grant_types=list(options["grant_types"]),
+        scopes=list(options["scopes"]),
+        token_endpoint_auth_method=options["auth_method"],
+        web_origins=list(options["web_origins"]),
+        id_token_signed_response_alg=options["id_token_alg"],
+        subject_type=options["subject_type"],
+        jwks=jwks,
+        jwks_uri=options["jwks_uri"],
+        backchannel_logout_uri=options["backchannel_logout_uri"],
+        application_type="native" if native else "web",
+        first_party=options["first_party"],
+    )
+    settings = state.settings()
+    try:
+        created = run_with_runtime(settings, lambda rt: create_client(rt.db, rt.events, spec))
+    except ClientValidationError as exc:
+        fail(f"{CLIENT_FIELD_FLAGS.get(exc.field, exc.field)}: {exc.message}")
+    data = describe_client(created.client)
+    data["client_secret"] = created.client_secret
+    text = f"client_id     {created.client.id}"
+    if created.client_secret:
+        text += f"\nclient_secret {created.client_secret}\n(the secret is shown only now; store it safely)"
+    emit(data, as_json, text)
+
+
+@clients.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def clients_list(state: CliState, as_json: bool) -> None:
+    """List registered clients."""
+    from idp.oauth.clients import describe_client
+    from idp.storage.repositories import ClientRepository
+
+    async def action(rt: Any) -> list[dict[str, Any]]:
+        async with rt.db.session() as session:
+            return [describe_client(client) for client in await ClientRepository(session).list()]
+
+    rows = run_with_runtime(state.settings(), action)
+
+    def text() -> str:
+        if not rows:
+            return "no clients registered"
+        return "\n".join(
+            f"{row['client_id']:<28} {row['client_type']:<12} {row['token_endpoint_auth_method']:<20} {row['name']}"
+            for row in rows
+        )
+
+    emit(rows, as_json, text)
+
+
+@clients.command("rotate-secret")
+@click.argument("client_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def clients_rotate_secret(state: CliState, client_id: str, as_json: bool) -> None:
+    """Issue a new secret for CLIENT_ID; the old one stops working at once."""
+    from idp.oauth.clients import ClientValidationError, rotate_client_secret
+
+    try:
+        secret = run_with_runtime(state.settings(), lambda rt: rotate_client_secret(rt.db, rt.events, client_id))
+    except ClientValidationError as exc:
+        fail(f"CLIENT_ID: {exc.message}")
+    emit(
+        {"client_id": client_id, "client_secret": secret},
+        as_json,
+        f"client_secret {secret}\n(the secret is shown only now; store it safely)",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# keys
+
+
+def _describe_keys(rows: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "kid": row.kid,
+            "alg": row.alg,
+            "status": row.status,
+            "created_at": row.created_at.isoformat(),
+            "retired_at": row.retired_at.isoformat() if row.retired_at else None,
+            "publish_until": row.publish_until.isoformat() if row.publish_until else None,
+        }
+        for row in rows
+    ]
+
+
+def _keys_text(rows: list[dict[str, Any]]) -> str:
+    return (
+        "\n".join(
+            f"{row['kid']}  {row['alg']:<8} {row['status']:<8} created {row['created_at']}"
+            + (f"  published until {row['publish_until']}" if row["publish_until"] else "")
+            for row in rows
+        )
+        or "no keys"
+    )
+
+
+async def _all_keys(rt: Any) -> list[dict[str, Any]]:
+    from idp.storage.repositories import SigningKeyRepository
+
+    async with rt.db.session() as session:
+        return _describe_keys(await SigningKeyRepository(session).all())
+
+
+@cli.group()
+def keys() -> None:
+    """Manage token signing keys."""
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def keys_list(state: CliState, as_json: bool) -> None:
+    """List signing keys (active, and retired ones still published)."""
+    rows = run_with_runtime(state.settings(), _all_keys)
+    emit(rows, as_json, lambda: _keys_text(rows))
+
+
+@keys.command("rotate")
+@click.option(
+    "--alg",
+    "algorithms",
+    multiple=True,
+    type=click.Choice(["RS256", "ES256", "Ed25519"]),
+    help="Rotate only these algorithms (default: all configured).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def keys_rotate(state: CliState, algorithms: tuple[str, ...], as_json: bool) -> None:
+    """Add a new active key; the old one stays published until its tokens expire."""
+    settings = state.settings()
+    unknown = [alg for alg in algorithms if alg not in settings.keys.algorithms]
+    if unknown:
+        fail(f"--alg: {', '.join(unknown)} is not in keys.algorithms")
+
+    async def action(rt: Any) -> dict[str, Any]:
+        created = await rt.keys.rotate(list(algorithms) or None)
+        return {"created": created, "keys": await _all_keys(rt)}
+
+    result = run_with_runtime(settings, action)
+    emit(
+        result,
+        as_json,
+        lambda: "new active keys: " + ", ".join(result["created"]) + "\n" + _keys_text(result["keys"]),
+    )
+
+
+@keys.command("purge")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def keys_purge(state: CliState, as_json: bool) -> None:
+    """Delete retired keys whose publication window has ended."""
+    removed = run_with_runtime(state.settings(), lambda rt: rt.keys.purge_expired())
+    emit({"removed": removed}, as_json, f"removed {removed} expired key(s)")
+
+
+# --------------------------------------------------------------------------------------------------
+# secrets / config
+
+
+@cli.group("secrets")
+def secrets_group() -> None:
+    """Secrets for the configuration file."""
+
+
+@secrets_group.command("generate")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def secrets_generate(as_json: bool) -> None:
+    """Print fresh values for the [secrets] section."""
+    values = generate_secrets()
+    emit(values, as_json, "[secrets]\n" + "\n".join(f'{key} = "{value}"' for key, value in values.items()))
+
+
+@cli.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the effective settings (secrets masked).")
+@click.pass_obj
+def config_check(state: CliState, as_json: bool) -> None:
+    """Validate the configuration and show the effective values (secrets masked)."""
+    settings = state.settings()
+    emit(
+        settings.redacted(),
+        as_json,
+        lambda: "configuration is valid\n" + json.dumps(settings.redacted(), indent=2),
+    )
+
+
+def main() -> None:
+    cli(prog_name="idp")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,430 @@
+"""Settings: one TOML file plus ``IDP_*`` environment overrides, validated once at start-up.
+
+Precedence, lowest to highest: built-in defaults < the TOML file (``--config`` or ``IDP_CONFIG``)
+< environment variables. Environment names are the key path upper-cased and joined with ``__``
+under the ``IDP_`` prefix: ``issuer`` is ``IDP_ISSUER``, ``server.port`` is ``IDP_SERVER__PORT``.
+``config.example.toml`` documents every key with its default; a test keeps the two in step.
+
+Any problem (unknown key, wrong type, missing secret outside dev mode) raises ``ConfigError``
+with one line naming the key and where its value came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "IDP_"
+ENV_SEPARATOR = "__"
+# Environment names with the prefix that are not settings keys.
+RESERVED_ENV = frozenset({"IDP_CONFIG"})
+RESERVED_ENV_PREFIXES = ("IDP_TEST_",)
+
+SigningAlg = Literal["RS256", "ES256", "Ed25519", "EdDSA"]
+_DEFAULT_ALGS: list[SigningAlg] = ["RS256", "ES256", "Ed25519"]
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the operator in one line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    # Addresses of reverse proxies whose X-Forwarded-For/-Proto headers are trusted (RFC 9700 §4.13:
+    # never trust forwarding headers from anyone else).
+    forwarded_allow_ips: list[str] = Field(default_factory=list)
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # "auto": JSON lines in production, readable text in dev mode.
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+class SecretSettings(_Section):
+    # Signs cookies and CSRF tokens. At least 32 random bytes, e.g. `idp secrets generate`.
+    cookie_secret: SecretStr | None = None
+    # Encrypts signing keys (and TOTP seeds) at rest: 32 bytes, base64url. `idp secrets generate`.
+    key_encryption_key: SecretStr | None = None
+    # Older key-encryption keys still accepted for decryption while re-encrypting (`idp keys reencrypt`).
+    previous_key_encryption_keys: list[SecretStr] = Field(default_factory=list)
+
+    @field_validator("cookie_secret")
+    @classmethod
+    def _cookie_secret_strength(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters of random data")
+        return value
+
+    @field_validator("key_encryption_key")
+    @classmethod
+    def _kek_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            decode_kek(value.get_secret_value())
+        return value
+
+    @field_validator("previous_key_encryption_keys")
+    @classmethod
+    def _previous_kek_shape(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for item in value:
+            decode_kek(item.get_secret_value())
+        return value
+
+
+class TokenSettings(_Section):
+    # RFC 6749 §4.1.2 recommends at most 10 minutes; ASVS 10.4.3.
+    authorization_code_ttl: Annotated[int, Field(ge=10, le=600)] = 60
+    # Short-lived access tokens (RFC 9700 §4.10): revocation need only be remembered this long.
+    access_token_ttl: Annotated[int, Field(ge=30, le=86400)] = 600
+    id_token_ttl: Annotated[int, Field(ge=30, le=86400)] = 3600
+    # Absolute refresh-token lifetime, even with rotation (ASVS 10.4.8).
+    refresh_token_ttl: Annotated[int, Field(ge=60, le=31536000)] = 2592000
+    # A refresh token unused for this long expires (RFC 9700 §4.14.2: expire after inactivity).
+    refresh_token_idle_ttl: Annotated[int, Field(ge=60, le=31536000)] = 1209600
+
+    @model_validator(mode="after")
+    def _idle_within_absolute(self) -> TokenSettings:
+        if self.refresh_token_idle_ttl > self.refresh_token_ttl:
+            raise ValueError("refresh_token_idle_ttl must not exceed refresh_token_ttl")
+        return self
+
+
+class KeySettings(_Section):
+    # One active signing key is kept per algorithm listed here; the first is the default for
+    # access tokens and for ID tokens of clients that don't choose one.
+    algorithms: list[SigningAlg] = Field(default_factory=lambda: _DEFAULT_ALGS.copy(), min_length=1)
+    rsa_key_size: Literal[2048, 3072, 4096] = 2048
+    # How often each instance re-reads the key set from the database, so a rotation made on one
+    # node (or by `idp keys rotate`) reaches every node.
+    reload_interval: Annotated[int, Field(ge=1, le=3600)] = 60
+
+    @field_validator("algorithms")
+    @classmethod
+    def _normalise_algorithms(cls, value: list[str]) -> list[str]:
+        # RFC 9864 names the Ed25519 JWS algorithm "Ed25519"; "EdDSA" is the older, polymorphic name.
+        normalised = ["Ed25519" if alg == "EdDSA" else alg for alg in value]
+        if len(set(normalised)) != len(normalised):
+            raise ValueError("lists an algorithm twice")
+        return normalised
+
+
+class PasswordHashSettings(_Section):
+    # argon2id; OWASP Password Storage Cheat Sheet minimum: m=19 MiB, t=2, p=1.
+    time_cost: Annotated[int, Field(ge=1, le=20)] = 2
+    memory_cost_kib: Annotated[int, Field(ge=7168, le=4194304)] = 19456
+    parallelism: Annotated[int, Field(ge=1, le=16)] = 1
+
+
+class Settings(_Section):
+    # The issuer identifier (OIDC Discovery §3): an https URL without query or fragment; http is
+    # accepted only for loopback hosts or in dev mode.
+    issuer: str = "http://127.0.0.1:8000"
+    # Dev mode: readable logs and generated secrets kept in data_dir. Never in production.
+    dev_mode: bool = False
+    # Runtime files (SQLite database, dev secrets, uploads).
+    data_dir: str = "var"
+    # SQLAlchemy async URL: sqlite+aiosqlite:///var/idp.sqlite3 (embedded) or
+    # postgresql+asyncpg://user:pass@host/db (production).
+    database_url: str = "sqlite+aiosqlite:///var/idp.sqlite3"
+    # Redis for state shared by instances; empty means the in-process store (single node only).
+    redis_url: str = ""
+    # Namespace for every key this deployment writes to Redis.
+    redis_key_prefix: str = "idp:"
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    secrets: SecretSettings = Field(default_factory=SecretSettings)
+    tokens: TokenSettings = Field(default_factory=TokenSettings)
+    keys: KeySettings = Field(default_factory=KeySettings)
+    password_hash: PasswordHashSettings = Field(default_factory=PasswordHashSettings)
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_shape(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL")
+        if parts.query or parts.fragment:
+            raise ValueError("must not contain a query or fragment (OIDC Discovery §3)")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_shape(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0]
+        if scheme not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+            raise ValueError(
+                "must start with sqlite+aiosqlite:// or postgresql+asyncpg:// (the async drivers idp ships)"
+            )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_shape(cls, value: str) -> str:
+        if value and value.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL, or empty")
+        return value
+
+    @model_validator(mode="after")
+    def _production_requirements(self) -> Settings:
+        if self.dev_mode:
+            return self
+        host = urlsplit(self.issuer).hostname or ""
+        if urlsplit(self.issuer).scheme != "https" and not _is_loopback(host):
+            raise ValueError("issuer: must be https outside dev mode (RFC 8414 §2); http is for loopback only")
+        if self.secrets.cookie_secret is None:
+            raise ValueError("secrets.cookie_secret: required outside dev mode (generate: idp secrets generate)")
+        if self.secrets.key_encryption_key is None:
+            raise ValueError("secrets.key_encryption_key: required outside dev mode (generate: idp secrets generate)")
+        return self
+
+    @property
+    def issuer_is_https(self) -> bool:
+        return self.issuer.startswith("https://")
+
+    @property
+    def log_format(self) -> Literal["json", "text"]:
+        if self.log.format == "auto":
+            return "text" if self.dev_mode else "json"
+        return self.log.format
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings with secrets and URL passwords masked, for `idp config show`."""
+        data = self.model_dump(mode="json")
+        data["database_url"] = redact_url(self.database_url)
+        data["redis_url"] = redact_url(self.redis_url)
+        return data
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def redact_url(url: str) -> str:
+    """Mask the password of a URL (``scheme://user:***@host``) so it can be logged or shown."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+
+
+def decode_kek(value: str) -> bytes:
+    """Decode a key-encryption key: 32 bytes, base64url (padding optional)."""
+    import base64
+
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (ValueError, TypeError) as exc:
+        raise ValueError("must be 32 bytes encoded as base64url") from exc
+    if len(raw) != 32:
+        raise ValueError(f"must be 32 bytes encoded as base64url (got {len(raw)} bytes)")
+    return raw
+
+
+def generate_secrets() -> dict[str, str]:
+    """Fresh values for every secret setting."""
+    import base64
+
+    return {
+        "cookie_secret": secrets.token_urlsafe(48),
+        "key_encryption_key": base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build validated settings from defaults, the TOML file, the environment and explicit overrides.
+
+    ``config_path`` wins over ``IDP_CONFIG``. ``overrides`` (nested dict) is for tests and for
+    commands such as ``idp demo`` that force a value; it has the highest precedence.
+    """
+    env = dict(os.environ if environ is None else environ)
+    sources: dict[tuple[str, ...], str] = {}
+    data: dict[str, Any] = {}
+
+    path = config_path or env.get("IDP_CONFIG") or None
+    if path:
+        file_data = _read_toml(Path(path))
+        _merge(data, file_data, sources, origin=str(path))
+
+    _merge(data, _environment_values(env), sources, origin=None)
+    if overrides:
+        _merge(data, dict(overrides), sources, origin="override")
+
+    if data.get("dev_mode") in (True, "true", "1", "yes", "on"):
+        _fill_dev_secrets(data, sources)
+
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path}: not readable (permission denied)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not valid UTF-8") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path}: is a directory") from None
+
+
+def _environment_values(env: Mapping[str, str]) -> dict[str, Any]:
+    """Turn IDP_A__B=v into {"a": {"b": v}}, tagged with the variable name for error messages."""
+    result: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_SEPARATOR)]
+        if not all(path):
+            raise ConfigError(f"{name}: malformed variable name (use IDP_SECTION__KEY)")
+        node = result
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{name}: conflicts with another IDP_ variable")
+            node = child
+        node[path[-1]] = _EnvValue(name, _parse_env_value(raw))
+    return result
+
+
+class _EnvValue:
+    """A value from the environment, remembering its variable name until merged."""
+
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str, value: Any) -> None:
+        self.name = name
+        self.value = value
+
+
+def _parse_env_value(raw: str) -> Any:
+    # Lists are written as JSON arrays (IDP_KEYS__ALGORITHMS='["ES256"]'); everything else is a
+    # string that pydantic coerces (ints, booleans) and reports precisely when it can't.
+    stripped = raw.strip()
+    if stripped.startswith("["):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _merge(
+    target: dict[str, Any],
+    incoming: dict[str, Any],
+    sources: dict[tuple[str, ...], str],
+    origin: str | None,
+    prefix: tuple[str, ...] = (),
+) -> None:
+    for key, value in incoming.items():
+        path = (*prefix, key)
+        if isinstance(value, dict) and not isinstance(value, _EnvValue):
+            existing = target.get(key)
+            if not isinstance(existing, dict):
+                existing = {}
+                target[key] = existing
+            _merge(existing, value, sources, origin, path)
+            continue
+        if isinstance(value, _EnvValue):
+            sources[path] = value.name
+            value = value.value
+        elif origin is not None:
+            sources[path] = origin
+        target[key] = value
+
+
+def _fill_dev_secrets(data: dict[str, Any], sources: dict[tuple[str, ...], str]) -> None:
+    """In dev mode, generate missing secrets once and keep them in data_dir/dev-secrets.json.
+
+    Persisting them keeps encrypted signing keys readable across restarts; the file is created
+    with mode 0600 and is never used outside dev mode.
+    """
+    section = data.setdefault("secrets", {})
+    if not isinstance(section, dict):
+        return
+    missing = [name for name in ("cookie_secret", "key_encryption_key") if not section.get(name)]
+    if not missing:
+        return
+    data_dir = Path(str(data.get("data_dir", "var")))
+    path = data_dir / "dev-secrets.json"
+    stored: dict[str, str] = {}
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise ConfigError(f"{path}: unreadable dev secrets file (delete it to regenerate)") from None
+    if not all(name in stored for name in missing):
+        stored = {**generate_secrets(), **stored}
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(stored, handle)
+    for name in missing:
+        section[name] = stored[name]
+        sources[("secrets", name)] = str(path)
+
+
+def _describe(exc: ValidationError, sources: dict[tuple[str, ...], str]) -> str:
+    """One line for the first validation error: key, problem, and where the value came from."""
+    error = exc.errors(include_url=False)[0]
+    loc = tuple(str(part) for part in error["loc"])
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if error["type"] == "extra_forbidden":
+        key = ".".join(loc)
+        return f"{key}: unknown setting{_origin(loc, sources)}"
+    if not loc:
+        # model-level checks name their own key in the message
+        return message
+    key = ".".join(part for part in loc if not part.isdigit())
+    shown = ""
+    if "input" in error and error["type"] not in ("missing",) and "secret" not in key:
+        shown = f" (got {error['input']!r})"
+    return f"{key}: {message}{shown}{_origin(loc, sources)}"
+
+
+def _origin(loc: tuple[str, ...], sources: dict[tuple[str, ...], str]) -> str:
+    for length in range(len(loc), 0, -1):
+        origin = sources.get(loc[:length])
+        if origin:
+            return f" [from {origin}]"
+    return ""

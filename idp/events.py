@@ -1,0 +1,151 @@
+"""Domain events.
+
+Domain code publishes named events; the audit log, metrics and (later) WebSocket notifications
+subscribe to them instead of being called from every use case. An event is a frozen dataclass
+whose ``name`` is stable (it is what the audit log stores and what clients will receive).
+
+Request context (IP, user agent, request id) is attached by the publisher's caller through
+``EventContext`` so domain code never touches the HTTP layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+from idp.storage.models import utcnow
+
+log = logging.getLogger("idp.events")
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """Who and where: filled in by the HTTP layer or the CLI."""
+
+    actor_id: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+    via: str = "http"  # "http" | "cli"
+
+
+_context: ContextVar[EventContext | None] = ContextVar("idp_event_context", default=None)
+_INTERNAL = EventContext(via="internal")
+
+
+def set_context(context: EventContext) -> None:
+    """Attach who/where to every event published from this task (HTTP request or CLI command)."""
+    _context.set(context)
+
+
+def get_context() -> EventContext:
+    return _context.get() or _INTERNAL
+
+
+@dataclass(frozen=True)
+class Event:
+    name: ClassVar[str] = "event"
+    occurred_at: datetime = field(default_factory=utcnow, kw_only=True)
+
+    @property
+    def subject_id(self) -> str | None:
+        return None
+
+    @property
+    def client_id(self) -> str | None:
+        return None
+
+    @property
+    def outcome(self) -> str:
+        return "success"
+
+    def details(self) -> dict[str, Any]:
+        """Non-personal details for the audit log."""
+        return {}
+
+
+@dataclass(frozen=True)
+class UserCreated(Event):
+    name: ClassVar[str] = "user_created"
+    user_id: str
+    admin: bool = False
+    verified: bool = False
+
+    @property
+    def subject_id(self) -> str | None:
+        return self.user_id
+
+    def details(self) -> dict[str, Any]:
+        return {"admin": self.admin, "verified": self.verified}
+
+
+@dataclass(frozen=True)
+class ClientCreated(Event):
+    name: ClassVar[str] = "client_created"
+    client: str
+    client_type: str
+
+    @property
+    def client_id(self) -> str | None:
+        return self.client
+
+    def details(self) -> dict[str, Any]:
+        return {"client_type": self.client_type}
+
+
+@dataclass(frozen=True)
+class ClientSecretRotated(Event):
+    name: ClassVar[str] = "client_secret_rotated"
+    client: str
+
+    @property
+    def client_id(self) -> str | None:
+        return self.client
+
+
+@dataclass(frozen=True)
+class SigningKeysRotated(Event):
+    name: ClassVar[str] = "signing_keys_rotated"
+    new_kids: tuple[str, ...]
+    retired_kids: tuple[str, ...]
+
+    def details(self) -> dict[str, Any]:
+        return {"new_kids": list(self.new_kids), "retired_kids": list(self.retired_kids)}
+
+
+Handler = Callable[[Event, EventContext], Awaitable[None]]
+
+
+class EventBus:
+    """In-process publish/subscribe. Subscribers run in order; one failing doesn't stop the rest
+    and never fails the use case that published (the failure is logged)."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[Handler]] = defaultdict(list)
+        self._catch_all: list[Handler] = []
+
+    def subscribe(self, handler: Handler, *event_types: type[Event]) -> None:
+        if not event_types:
+            self._catch_all.append(handler)
+        for event_type in event_types:
+            self._handlers[event_type.name].append(handler)
+
+    async def publish(self, event: Event, context: EventContext | None = None) -> None:
+        ctx = context or get_context()
+        for handler in [*self._handlers.get(event.name, ()), *self._catch_all]:
+            try:
+                await handler(event, ctx)
+            except Exception as exc:  # a subscriber's failure must not undo the user's action
+                log.error(
+                    "event subscriber failed",
+                    extra={
+                        "event": event.name,
+                        "subscriber": getattr(handler, "__qualname__", "?"),
+                        "error": type(exc).__name__,
+                    },
+                )

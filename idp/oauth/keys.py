@@ -1,0 +1,258 @@
+"""Signing keys: generation, encryption at rest, rotation, and the published JWKS.
+
+One active key per configured algorithm signs new tokens. Rotation adds a new active key and
+retires the old one, which stays published (and accepted for verification) until every token it
+can have signed has expired. Every instance re-reads the key set from the database periodically,
+so a rotation on one node reaches all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+
+from idp.config import KeySettings, TokenSettings
+from idp.events import EventBus, SigningKeysRotated
+from idp.security.encryption import Encryptor
+from idp.storage.db import Database
+from idp.storage.kv import KeyValueStore
+from idp.storage.models import SigningKey, utcnow
+from idp.storage.repositories import SigningKeyRepository
+
+JoseKey = RSAKey | ECKey | OKPKey
+
+# Clock skew allowed for in-flight tokens when deciding how long a retired key stays published.
+_PUBLISH_GRACE = timedelta(minutes=5)
+_BOOTSTRAP_LOCK = "lock:signing-keys"
+
+
+@dataclass(frozen=True)
+class LoadedKey:
+    kid: str
+    alg: str
+    status: str
+    key: JoseKey
+    public_jwk: dict[str, Any]
+    created_at: datetime
+    publish_until: datetime | None
+
+
+def generate_key(alg: str, rsa_key_size: int = 2048) -> JoseKey:
+    if alg == "RS256":
+        return RSAKey.generate_key(rsa_key_size, private=True)
+    if alg == "ES256":
+        return ECKey.generate_key("P-256", private=True)
+    if alg in ("Ed25519", "EdDSA"):
+        return OKPKey.generate_key("Ed25519", private=True)
+    raise ValueError(f"unsupported signing algorithm {alg!r}")
+
+
+def _import_key(data: dict[str, Any]) -> JoseKey:
+    kty = data.get("kty")
+    if kty == "RSA":
+        return RSAKey.import_key(data)
+    if kty == "EC":
+        return ECKey.import_key(data)
+    if kty == "OKP":
+        return OKPKey.import_key(data)
+    raise ValueError(f"unsupported key type {kty!r}")
+
+
+class KeyManager:
+    def __init__(
+        self,
+        db: Database,
+        encryptor: Encryptor,
+        settings: KeySettings,
+        tokens: TokenSettings,
+        kv: KeyValueStore | None = None,
+        events: EventBus | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._db = db
+        self._encryptor = encryptor
+        self._settings = settings
+        self._tokens = tokens
+        self._kv = kv
+        self._events = events
+        self._clock = clock
+        self._keys: dict[str, LoadedKey] = {}
+        self._loaded_at = 0.0
+        self._reload_lock = asyncio.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def ensure_active_keys(self) -> list[str]:
+        """Create an active key for each configured algorithm that has none (first start)."""
+        await self.reload()
+        if all(self._active_for(alg) for alg in self._settings.algorithms):
+            return []
+        created: list[str] = []
+        async with self._bootstrap_lock():
+            async with self._db.session() as session:
+                repo = SigningKeyRepository(session)
+                active_algs = {key.alg for key in await repo.active()}
+                for alg in self._settings.algorithms:
+                    if alg not in active_algs:
+                        created.append(await self._add_key(repo, alg))
+        await self.reload()
+        return created
+
+    async def rotate(self, algorithms: Sequence[str] | None = None) -> list[str]:
+        """Add a new active key per algorithm; the old ones stay published until their tokens expire."""
+        algs = list(algorithms or self._settings.algorithms)
+        now = self._clock()
+        publish_until = now + self.max_token_lifetime + _PUBLISH_GRACE
+        created: list[str] = []
+        async with self._bootstrap_lock():
+            async with self._db.session() as session:
+                repo = SigningKeyRepository(session)
+                old = [key.kid for key in await repo.active() if key.alg in algs]
+                await repo.retire(old, now, publish_until)
+                for alg in algs:
+                    created.append(await self._add_key(repo, alg))
+        await self.reload()
+        if self._events is not None:
+            await self._events.publish(SigningKeysRotated(new_kids=tuple(created), retired_kids=tuple(old)))
+        return created
+
+    async def purge_expired(self) -> int:
+        """Delete retired keys whose publication window has closed (`idp keys purge`)."""
+        async with self._db.session() as session:
+            removed = await SigningKeyRepository(session).delete_expired(self._clock())
+        await self.reload()
+        return removed
+
+    async def reload(self) -> None:
+        async with self._reload_lock:
+            async with self._db.session() as session:
+                rows = await SigningKeyRepository(session).published(self._clock())
+            keys: dict[str, LoadedKey] = {}
+            for row in rows:
+                cached = self._keys.get(row.kid)
+                if cached is not None and cached.status == row.status:
+                    keys[row.kid] = cached
+                    continue
+                keys[row.kid] = self._load(row)
+            self._keys = keys
+            self._loaded_at = time.monotonic()
+
+    async def refresh_if_stale(self) -> None:
+        if time.monotonic() - self._loaded_at >= self._settings.reload_interval:
+            await self.reload()
+
+    # -- queries -------------------------------------------------------------------------------
+
+    @property
+    def max_token_lifetime(self) -> timedelta:
+        tokens = self._tokens
+        return timedelta(seconds=max(tokens.access_token_ttl, tokens.id_token_ttl, tokens.refresh_token_ttl))
+
+    @property
+    def default_algorithm(self) -> str:
+        return self._settings.algorithms[0]
+
+    @property
+    def algorithms(self) -> list[str]:
+        return list(self._settings.algorithms)
+
+    def signing_key(self, alg: str | None = None) -> LoadedKey:
+        """The newest active key for ``alg`` (the default algorithm when None)."""
+        wanted = "Ed25519" if alg == "EdDSA" else (alg or self.default_algorithm)
+        key = self._active_for(wanted)
+        if key is None:
+            raise LookupError(f"no active signing key for {wanted}")
+        return key
+
+    def verification_key(self, kid: str) -> LoadedKey | None:
+        """A published key by id; retired keys past their window are not returned."""
+        key = self._keys.get(kid)
+        if key is None:
+            return None
+        if key.status == "retired" and key.publish_until is not None and key.publish_until <= self._clock():
+            return None
+        return key
+
+    def published(self) -> list[LoadedKey]:
+        now = self._clock()
+        return [
+            key
+            for key in self._keys.values()
+            if key.status == "active" or (key.publish_until is not None and key.publish_until > now)
+        ]
+
+    def jwks(self) -> dict[str, Any]:
+        """The public JWK Set (RFC 7517 §5): public members only, each with kid, use and alg."""
+        return {"keys": [dict(key.public_jwk) for key in self.published()]}
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _active_for(self, alg: str) -> LoadedKey | None:
+        candidates = [key for key in self._keys.values() if key.status == "active" and key.alg == alg]
+        return max(candidates, key=lambda key: key.created_at) if candidates else None
+
+    async def _add_key(self, repo: SigningKeyRepository, alg: str) -> str:
+        key = await asyncio.to_thread(generate_key, alg, self._settings.rsa_key_size)
+        kid = key.thumbprint()  # RFC 7638: stable, derived from the public key
+        public = {**key.as_dict(private=False), "kid": kid, "use": "sig", "alg": alg}
+        private = json.dumps(key.as_dict(private=True)).encode()
+        await repo.add(
+            SigningKey(
+                kid=kid,
+                alg=alg,
+                public_jwk=public,
+                private_jwk_encrypted=self._encryptor.encrypt(private, associated_data=kid.encode()),
+                status="active",
+                created_at=self._clock(),
+            )
+        )
+        return kid
+
+    def _load(self, row: SigningKey) -> LoadedKey:
+        private = json.loads(self._encryptor.decrypt(row.private_jwk_encrypted, associated_data=row.kid.encode()))
+        return LoadedKey(
+            kid=row.kid,
+            alg=row.alg,
+            status=row.status,
+            key=_import_key(private),
+            public_jwk=dict(row.public_jwk),
+            created_at=row.created_at,
+            publish_until=row.publish_until,
+        )
+
+    def _bootstrap_lock(self) -> _KvLock:
+        return _KvLock(self._kv, _BOOTSTRAP_LOCK)
+
+
+class _KvLock:
+    """A short cross-instance lock in the key-value store, so two nodes starting together don't
+    both create keys. Without a shared store (single node) it is a no-op."""
+
+    def __init__(self, kv: KeyValueStore | None, name: str, ttl: float = 30.0) -> None:
+        self._kv = kv
+        self._name = name
+        self._ttl = ttl
+        self._token = ""
+
+    async def __aenter__(self) -> None:
+        if self._kv is None:
+            return
+        from idp.security.tokens import random_token
+
+        self._token = random_token(16)
+        deadline = time.monotonic() + self._ttl
+        while not await self._kv.set_if_absent(self._name, self._token, ttl=self._ttl):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not acquire {self._name}")
+            await asyncio.sleep(0.1)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._kv is not None and await self._kv.get(self._name) == self._token:
+            await self._kv.delete(self._name)

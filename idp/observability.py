@@ -1,0 +1,200 @@
+"""Structured logging with request ids, and redaction of anything secret.
+
+JSON lines in production, one readable line per record in dev. Every record carries the request
+id of the request it belongs to (taken from a well-formed ``X-Request-ID`` or generated, and
+echoed back in the response). A filter scrubs credentials from messages and extra fields before
+any handler sees them: passwords, tokens, codes, secrets, cookies and JWTs never reach a log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import traceback
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+request_id_var: ContextVar[str | None] = ContextVar("idp_request_id", default=None)
+
+REDACTED = "[redacted]"
+
+# Field names whose values are credentials, wherever they appear (extra fields, query strings,
+# form bodies, JSON). Compared case-insensitively after removing "-" and "_".
+_SENSITIVE_KEYS = {
+    "password",
+    "passwd",
+    "newpassword",
+    "currentpassword",
+    "secret",
+    "clientsecret",
+    "token",
+    "accesstoken",
+    "refreshtoken",
+    "idtoken",
+    "idtokenhint",
+    "logouttoken",
+    "code",
+    "codeverifier",
+    "assertion",
+    "clientassertion",
+    "authorization",
+    "cookie",
+    "setcookie",
+    "otp",
+    "totp",
+    "recoverycode",
+    "cookiesecret",
+    "keyencryptionkey",
+    "privatekey",
+    "d",
+    "csrftoken",
+    "state",
+}
+_RESERVED_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "color_message",
+    "taskName",
+}
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+_KEY_VALUE = re.compile(
+    r"(?i)\b(password|passwd|secret|client_secret|token|access_token|refresh_token|id_token|"
+    r"id_token_hint|code|code_verifier|client_assertion|assertion|otp|recovery_code|csrf_token)"
+    r"(\s*[=:]\s*|\"\s*:\s*\")([^\s&\"',;]+)"
+)
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@/\s]+@")
+
+
+def _normalise_key(key: str) -> str:
+    return key.lower().replace("-", "").replace("_", "")
+
+
+def is_sensitive_key(key: str) -> bool:
+    return _normalise_key(key) in _SENSITIVE_KEYS
+
+
+def redact_text(text: str) -> str:
+    text = _JWT.sub(REDACTED, text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    text = _KEY_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    return _URL_PASSWORD.sub(lambda m: f"{m.group(1)}***@", text)
+
+
+def redact_value(value: Any, key: str | None = None) -> Any:
+    if key is not None and is_sensitive_key(key):
+        return REDACTED
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: redact_value(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_value(v) for v in value]
+    return value
+
+
+class RedactionFilter(logging.Filter):
+    """Scrub credentials from the message, its arguments and extra fields, in place."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed format string must not break logging
+            message = str(record.msg)
+        record.msg = redact_text(message)
+        record.args = None
+        for key, value in list(vars(record).items()):
+            if key not in _RESERVED_ATTRS:
+                setattr(record, key, redact_value(value, key))
+        if record.exc_info:
+            # Keep the exception's type and where it was raised; drop the traceback text,
+            # which can carry SQL, parameters and secrets.
+            record.error_summary = summarize_exception(record.exc_info[1])
+            record.exc_info = None
+            record.exc_text = None
+        record.request_id = request_id_var.get()
+        return True
+
+
+def summarize_exception(exc: BaseException | None) -> str:
+    """``TypeName at module.py:123 in function``: enough to find the bug, nothing to leak."""
+    if exc is None:
+        return ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    last = frames[-1]
+    filename = last.filename.rsplit("/site-packages/", 1)[-1].rsplit("/idp/", 1)[-1]
+    return f"{type(exc).__name__} at {filename}:{last.lineno} in {last.name}"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RESERVED_ATTRS and value is not None:
+                entry[key] = value
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        # Access lines already say everything in their message.
+        extras = (
+            ""
+            if record.name == "idp.access"
+            else " ".join(
+                f"{key}={value}"
+                for key, value in vars(record).items()
+                if key not in _RESERVED_ATTRS and key != "request_id" and value is not None
+            )
+        )
+        rid = getattr(record, "request_id", None)
+        parts = [stamp, f"{record.levelname:<7}", record.name, record.getMessage()]
+        if extras:
+            parts.append(extras)
+        if rid:
+            parts.append(f"rid={rid}")
+        return " ".join(parts)
+
+
+def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
+    """Route the root logger (and uvicorn's) through one redacting handler."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(RedactionFilter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if getattr(existing, "_idp_handler", False):
+            root.removeHandler(existing)
+    handler._idp_handler = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "hypercorn.error", "quart.app", "quart.serving"):
+        logger = logging.getLogger(name)
+        logger.handlers = []
+        logger.propagate = True
+    # Access lines come from our own middleware, which leaves out query strings.
+    for name in ("uvicorn.access", "hypercorn.access"):
+        logging.getLogger(name).disabled = True
+    # SQLAlchemy's statement logging would print SQL and parameters.
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+
+
+def accept_request_id(header_value: str | None) -> str | None:
+    """A caller's X-Request-ID is kept only if it is a sane token (no log injection)."""
+    if header_value and _REQUEST_ID.match(header_value):
+        return header_value
+    return None

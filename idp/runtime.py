@@ -1,0 +1,89 @@
+"""Long-lived resources of one process: database, key-value store, keys, events, hashers.
+
+Created once per process (Quart's before_serving, or a CLI command) and closed at the end; nothing
+lives in module globals, so any number of instances can share one PostgreSQL and one Redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from idp.audit import AuditLogger
+from idp.config import Settings, decode_kek
+from idp.events import EventBus
+from idp.oauth.keys import KeyManager
+from idp.security.encryption import DecryptionError, Encryptor
+from idp.security.passwords import PasswordHasher
+from idp.storage import migrate
+from idp.storage.db import Database, DatabaseUnavailable
+from idp.storage.kv import KeyValueStore, KeyValueUnavailable, open_kv_store
+
+
+class StartupError(Exception):
+    """The process can't start; the message names the setting or the step to take."""
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    kv: KeyValueStore
+    events: EventBus
+    encryptor: Encryptor
+    keys: KeyManager
+    passwords: PasswordHasher
+
+    async def close(self) -> None:
+        await self.kv.close()
+        await self.db.close()
+
+
+def build_encryptor(settings: Settings) -> Encryptor:
+    kek = settings.secrets.key_encryption_key
+    if kek is None:
+        raise StartupError("secrets.key_encryption_key: not set")
+    previous = [decode_kek(item.get_secret_value()) for item in settings.secrets.previous_key_encryption_keys]
+    return Encryptor(decode_kek(kek.get_secret_value()), previous)
+
+
+async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_keys: bool = True) -> Runtime:
+    """Connect, verify, and get ready to serve. Raises StartupError with one operator-facing line."""
+    encryptor = build_encryptor(settings)
+    db = Database(settings.database_url)
+    kv = open_kv_store(settings.redis_url or None, settings.redis_key_prefix)
+    try:
+        try:
+            await db.ping()
+        except DatabaseUnavailable as exc:
+            raise StartupError(f"database_url: {exc}") from None
+        try:
+            await kv.ping()
+        except KeyValueUnavailable as exc:
+            raise StartupError(f"redis_url: {exc}") from None
+        if check_schema:
+            current, head = await db.schema_revision(), migrate.head_revision()
+            if current != head:
+                raise StartupError(
+                    f"database_url: schema is at revision {current or 'none'}, this version needs {head}; "
+                    "run `idp db upgrade`"
+                )
+        events = EventBus()
+        AuditLogger(db).subscribe_to(events)
+        keys = KeyManager(db, encryptor, settings.keys, settings.tokens, kv=kv, events=events)
+        try:
+            await (keys.ensure_active_keys() if ensure_keys else keys.reload())
+        except DecryptionError as exc:
+            raise StartupError(f"secrets.key_encryption_key: cannot decrypt the stored signing keys ({exc})") from None
+        return Runtime(
+            settings=settings,
+            db=db,
+            kv=kv,
+            events=events,
+            encryptor=encryptor,
+            keys=keys,
+            passwords=PasswordHasher(settings.password_hash),
+        )
+    except BaseException:
+        await kv.close()
+        await db.close()
+        raise

@@ -1,0 +1,1 @@
+"""Security primitives: random tokens and digests, password hashing, encryption at rest, headers."""

@@ -1,0 +1,108 @@
+"""The async database: engine, sessions, health and schema-revision checks.
+
+One code path for SQLite (aiosqlite, the embedded default) and PostgreSQL (asyncpg, production),
+chosen by the URL alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from idp.config import redact_url
+
+
+class DatabaseUnavailable(Exception):
+    """The database can't be reached; the message is safe to show (no password, no SQL)."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line description of a database failure without SQL text or parameters."""
+    original = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    if isinstance(original, SQLAlchemyError) and not isinstance(original, DBAPIError):
+        return type(original).__name__
+    first_line = (str(original).strip().splitlines() or [""])[0][:200]
+    return f"{type(original).__name__}: {first_line}" if first_line else type(original).__name__
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        # One writer at a time: wait for the lock rather than fail at once.
+        return {"connect_args": {"timeout": 15}}
+    return {"pool_size": 10, "max_overflow": 20, "pool_pre_ping": True, "pool_recycle": 1800}
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # Cascading deletes (account purge) rely on foreign keys, which SQLite leaves off by default.
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # WAL lets readers proceed while one request writes.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(url, **_engine_options(url))
+        if self.engine.dialect.name == "sqlite":
+            _configure_sqlite(self.engine)
+        self._sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def display_url(self) -> str:
+        return redact_url(self.url)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A unit of work: commits on success, rolls back on any exception."""
+        async with self._sessionmaker() as session:
+            try:
+                yield session
+                await session.commit()
+            except BaseException:
+                await session.rollback()
+                raise
+
+    async def ping(self, within: float = 3.0) -> None:
+        try:
+            async with asyncio.timeout(within):
+                async with self.engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+        except TimeoutError:
+            raise DatabaseUnavailable(f"cannot reach {self.display_url} (timed out after {within:g}s)") from None
+        except (OSError, SQLAlchemyError) as exc:
+            raise DatabaseUnavailable(f"cannot reach {self.display_url} ({describe_error(exc)})") from None
+
+    async def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at, or None for an empty database."""
+        async with self.engine.connect() as connection:
+            has_table = await connection.run_sync(
+                lambda sync_conn: sync_conn.dialect.has_table(sync_conn, "alembic_version")
+            )
+            if not has_table:
+                return None
+            row = (await connection.execute(text("SELECT version_num FROM alembic_version"))).first()
+            return row[0] if row else None
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,1 @@
+"""Alembic migrations for idp (shipped as the `idp_migrations` package)."""

@@ -1,0 +1,206 @@
+"""Shared fixtures: a migrated database per test run, a clean one per test, and the app.
+
+The backend comes from the environment, so the same tests run on both:
+- default: SQLite (aiosqlite) files in a temporary directory and the in-process store;
+- ``IDP_TEST_DATABASE_URL=postgresql+asyncpg://…``: a fresh database created for this run on
+  that server (dropped at the end), tables emptied after every test;
+- ``IDP_TEST_REDIS_URL=redis://…``: Redis, with a key prefix unique to each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from idp.config import Settings, generate_secrets, load_settings
+from idp.storage import migrate
+from idp.storage.models import Base
+
+TEST_DATABASE_URL = os.environ.get("IDP_TEST_DATABASE_URL", "")
+TEST_REDIS_URL = os.environ.get("IDP_TEST_REDIS_URL", "")
+RUN_ID = uuid.uuid4().hex[:10]
+
+
+def _pg_admin_url() -> str:
+    return TEST_DATABASE_URL
+
+
+async def _pg_execute(url: str, statement: str) -> None:
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+class DatabaseFactory:
+    """Creates empty databases on the configured backend and removes them afterwards."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.created: list[str] = []
+
+    @property
+    def dialect(self) -> str:
+        return "postgresql" if TEST_DATABASE_URL else "sqlite"
+
+    def create(self) -> str:
+        name = f"idp_test_{RUN_ID}_{len(self.created)}"
+        if TEST_DATABASE_URL:
+            asyncio.run(_pg_execute(_pg_admin_url(), f'CREATE DATABASE "{name}"'))
+            url = make_url(TEST_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
+        else:
+            url = f"sqlite+aiosqlite:///{self.root / (name + '.sqlite3')}"
+        self.created.append(url)
+        return url
+
+    def drop_all(self) -> None:
+        if not TEST_DATABASE_URL:
+            return
+        for url in self.created:
+            name = make_url(url).database
+            asyncio.run(_pg_execute(_pg_admin_url(), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def database_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseFactory]:
+    factory = DatabaseFactory(tmp_path_factory.mktemp("databases"))
+    yield factory
+    factory.drop_all()
+
+
+@pytest.fixture(scope="session")
+def migrated_database(database_factory: DatabaseFactory) -> str:
+    """One database migrated to head for the whole run (a template file on SQLite)."""
+    url = database_factory.create()
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture
+def fresh_database_url(database_factory: DatabaseFactory) -> str:
+    """An empty, unmigrated database of its own (for migration tests)."""
+    return database_factory.create()
+
+
+async def _empty_tables(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            names = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+            await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def database_url(migrated_database: str, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database for one test."""
+    if TEST_DATABASE_URL:
+        yield migrated_database
+        asyncio.run(_empty_tables(migrated_database))
+        return
+    source = Path(make_url(migrated_database).database or "")
+    target = tmp_path / "idp.sqlite3"
+    shutil.copyfile(source, target)
+    yield f"sqlite+aiosqlite:///{target}"
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    return f"idp-test-{RUN_ID}-{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+def test_secrets() -> dict[str, str]:
+    return generate_secrets()
+
+
+@pytest.fixture
+def settings_overrides(
+    database_url: str, redis_prefix: str, test_secrets: dict[str, str], tmp_path: Path
+) -> dict[str, Any]:
+    return {
+        "issuer": "http://127.0.0.1:8000",
+        "database_url": database_url,
+        "redis_url": TEST_REDIS_URL,
+        "redis_key_prefix": redis_prefix,
+        "data_dir": str(tmp_path / "var"),
+        "secrets": dict(test_secrets),
+        # Cheap hashing keeps the suite fast; production parameters are tested on their own.
+        "password_hash": {"time_cost": 1, "memory_cost_kib": 7168, "parallelism": 1},
+    }
+
+
+@pytest.fixture
+def settings(settings_overrides: dict[str, Any]) -> Settings:
+    return load_settings(environ={}, overrides=settings_overrides)
+
+
+@pytest.fixture
+def cli_env(settings_overrides: dict[str, Any]) -> dict[str, str]:
+    """The same settings as IDP_* variables, for CLI and subprocess tests."""
+    env = {
+        "IDP_ISSUER": settings_overrides["issuer"],
+        "IDP_DATABASE_URL": settings_overrides["database_url"],
+        "IDP_REDIS_URL": settings_overrides["redis_url"],
+        "IDP_REDIS_KEY_PREFIX": settings_overrides["redis_key_prefix"],
+        "IDP_DATA_DIR": settings_overrides["data_dir"],
+        "IDP_SECRETS__COOKIE_SECRET": settings_overrides["secrets"]["cookie_secret"],
+        "IDP_SECRETS__KEY_ENCRYPTION_KEY": settings_overrides["secrets"]["key_encryption_key"],
+        "IDP_PASSWORD_HASH__TIME_COST": "1",
+        "IDP_PASSWORD_HASH__MEMORY_COST_KIB": "7168",
+    }
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis(redis_prefix: str) -> Iterator[None]:
+    yield
+    if TEST_REDIS_URL:
+        from idp.storage.kv import RedisStore
+
+        async def clean() -> None:
+            store = RedisStore(TEST_REDIS_URL, prefix=redis_prefix)
+            try:
+                await store.delete_prefix("")
+            finally:
+                await store.close()
+
+        asyncio.run(clean())
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[Any]:
+    from idp import create_app
+
+    application = create_app(settings)
+    async with application.test_app():
+        yield application
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def runtime(app: Any) -> Any:
+    return app.runtime
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    database = "PostgreSQL (IDP_TEST_DATABASE_URL)" if TEST_DATABASE_URL else "SQLite (aiosqlite)"
+    store = "Redis (IDP_TEST_REDIS_URL)" if TEST_REDIS_URL else "in-process store"
+    return [f"idp storage backends: database={database}, key-value={store}"]
