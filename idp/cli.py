@@ -347,7 +347,7 @@ def users_create(
     as_json: bool,
 ) -> None:
     """Create a user. Without --password-stdin the account has no password (passkey or reset only)."""
-    from idp.accounts.users import AccountError, NewUser, create_user
+    from idp.accounts.users import AccountError, NewUser, check_new_user, create_user
 
     password = None
     if password_stdin:
@@ -358,16 +358,14 @@ def users_create(
         if not password:
             fail("--password-stdin: no password on standard input")
     settings = state.settings()
+    new = NewUser(email=email, password=password, name=name, email_verified=verified, is_admin=admin)
 
     async def action(rt: Any) -> Any:
-        return await create_user(
-            rt.db,
-            rt.passwords,
-            rt.events,
-            NewUser(email=email, password=password, name=name, email_verified=verified, is_admin=admin),
-        )
+        return await create_user(rt.db, rt.passwords, rt.events, new)
 
     try:
+        # Input checks first: opening the runtime writes (first signing keys), a rejected user must not.
+        check_new_user(new)
         user = run_with_runtime(settings, action)
     except AccountError as exc:
         fail(f"{USER_FIELD_FLAGS.get(exc.field, exc.field)}: {exc.message}")
@@ -454,7 +452,7 @@ def clients_create(
     **options: Any,
 ) -> None:
     """Register a client; prints its id and, once, its secret."""
-    from idp.oauth.clients import ClientSpec, ClientValidationError, create_client, describe_client
+    from idp.oauth.clients import ClientSpec, ClientValidationError, create_client, describe_client, validate_spec
 
     if client_type is None:
         fail("--public/--confidential: choose one")
@@ -484,6 +482,8 @@ def clients_create(
     )
     settings = state.settings()
     try:
+        # Input checks first: opening the runtime writes (first signing keys), a rejected client must not.
+        validate_spec(spec)
         created = run_with_runtime(settings, lambda rt: create_client(rt.db, rt.events, spec))
     except ClientValidationError as exc:
         fail(f"{CLIENT_FIELD_FLAGS.get(exc.field, exc.field)}: {exc.message}")

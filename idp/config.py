@@ -417,7 +417,7 @@ def _describe(exc: ValidationError, sources: dict[tuple[str, ...], str]) -> str:
         return message
     key = ".".join(part for part in loc if not part.isdigit())
     shown = ""
-    if "input" in error and error["type"] not in ("missing",) and "secret" not in key:
+    if "input" in error and not isinstance(error["input"], dict) and error["type"] != "missing" and "secret" not in key:
         shown = f" (got {error['input']!r})"
     return f"{key}: {message}{shown}{_origin(loc, sources)}"
 

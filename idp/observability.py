@@ -186,8 +186,10 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
     # Access lines come from our own middleware, which leaves out query strings.
     for name in ("uvicorn.access", "hypercorn.access"):
         logging.getLogger(name).disabled = True
-    # SQLAlchemy's statement logging would print SQL and parameters.
-    logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    # Database drivers log statements with their parameters (hashes, encrypted keys) at debug
+    # level, and HTTP clients log full URLs: keep them quiet whatever the root level is.
+    for name in ("sqlalchemy.engine", "sqlalchemy.pool", "aiosqlite", "asyncpg", "httpx", "httpcore", "redis"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")

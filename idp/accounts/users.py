@@ -51,13 +51,22 @@ def check_password_length(password: str) -> None:
         raise AccountError("password", f"must be at most {MAX_PASSWORD_LENGTH} characters")
 
 
-async def create_user(db: Database, hasher: PasswordHasher, events: EventBus, new: NewUser) -> User:
+def check_new_user(new: NewUser) -> tuple[str, str | None]:
+    """Every check that needs no database: returns the normalised email and display name.
+
+    Callers run it before opening connections, so rejected input has no side effects at all.
+    """
     email = check_email(new.email)
     if new.password is not None:
         check_password_length(new.password)
     name = (new.name or "").strip() or None
     if name is not None and len(name) > 200:
         raise AccountError("name", "must be at most 200 characters")
+    return email, name
+
+
+async def create_user(db: Database, hasher: PasswordHasher, events: EventBus, new: NewUser) -> User:
+    email, name = check_new_user(new)
     password_hash = await hasher.hash(new.password) if new.password is not None else None
     async with db.session() as session:
         users = UserRepository(session)

@@ -44,6 +44,11 @@ class LoadedKey:
     publish_until: datetime | None
 
 
+def canonical_alg(alg: str) -> str:
+    """RFC 9864 names the Ed25519 JWS algorithm "Ed25519"; "EdDSA" is accepted as the older name."""
+    return "Ed25519" if alg == "EdDSA" else alg
+
+
 def generate_key(alg: str, rsa_key_size: int = 2048) -> JoseKey:
     if alg == "RS256":
         return RSAKey.generate_key(rsa_key_size, private=True)
@@ -107,7 +112,7 @@ class KeyManager:
 
     async def rotate(self, algorithms: Sequence[str] | None = None) -> list[str]:
         """Add a new active key per algorithm; the old ones stay published until their tokens expire."""
-        algs = list(algorithms or self._settings.algorithms)
+        algs = [canonical_alg(alg) for alg in algorithms or self._settings.algorithms]
         now = self._clock()
         publish_until = now + self.max_token_lifetime + _PUBLISH_GRACE
         created: list[str] = []
@@ -165,7 +170,7 @@ class KeyManager:
 
     def signing_key(self, alg: str | None = None) -> LoadedKey:
         """The newest active key for ``alg`` (the default algorithm when None)."""
-        wanted = "Ed25519" if alg == "EdDSA" else (alg or self.default_algorithm)
+        wanted = canonical_alg(alg or self.default_algorithm)
         key = self._active_for(wanted)
         if key is None:
             raise LookupError(f"no active signing key for {wanted}")

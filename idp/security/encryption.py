@@ -38,6 +38,9 @@ class Encryptor:
     def __init__(self, current: bytes, previous: list[bytes] | None = None) -> None:
         if len(current) != 32:
             raise ValueError("the key-encryption key must be 32 bytes")
+        # AESGCM also takes 16- and 24-byte keys; an older KEK must be AES-256 too.
+        if any(len(key) != 32 for key in previous or []):
+            raise ValueError("every previous key-encryption key must be 32 bytes")
         self._current = current
         self._keys = {fingerprint(key): key for key in [*(previous or []), current]}
 

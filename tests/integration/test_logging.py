@@ -1,0 +1,130 @@
+"""Logs are structured, carry request ids, and never contain a credential."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+from click.testing import CliRunner
+
+from idp.cli import cli
+from idp.observability import REDACTED, configure_logging, redact_text, redact_value
+
+
+@pytest.fixture
+def json_logs():
+    stream = io.StringIO()
+    configure_logging("debug", "json", stream=stream)
+    yield stream
+    for handler in list(logging.getLogger().handlers):
+        if getattr(handler, "_idp_handler", False):
+            logging.getLogger().removeHandler(handler)
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("token request code=SplxlOBeZQQYbYS6WxSbIA&state=x", "SplxlOBeZQQYbYS6WxSbIA"),
+        ('{"password": "hunter2-hunter2"}', "hunter2-hunter2"),
+        ("Authorization: Bearer mF_9.B5f-4.1JqM", "mF_9.B5f-4.1JqM"),
+        ("Authorization: Basic czZCaGRSa3F0MzpnWDFmQmF0M2JW", "czZCaGRSa3F0MzpnWDFmQmF0M2JW"),
+        ("hint eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJl", "eyJzdWIiOiIxMjM0In0"),
+        ("postgresql+asyncpg://idp:dbpass99@db/idp", "dbpass99"),
+        ("client_secret=abcDEF123456&grant_type=client_credentials", "abcDEF123456"),
+        ("code_verifier=dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk", "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+    ],
+)
+def test_redact_text(text: str, secret: str) -> None:
+    assert secret not in redact_text(text)
+
+
+def test_redact_value_by_key() -> None:
+    data = {"client_secret": "s3", "nested": {"refresh_token": "rt", "ok": "visible"}, "Set-Cookie": "sid=1"}
+    assert redact_value(data) == {
+        "client_secret": REDACTED,
+        "nested": {"refresh_token": REDACTED, "ok": "visible"},
+        "Set-Cookie": REDACTED,
+    }
+
+
+def test_full_flow_logs_contain_no_credentials(json_logs, cli_env) -> None:
+    """Create a user and a client through the CLI, then hit the server with credentials in every
+    place a request can carry them; grep everything that was logged."""
+    runner = CliRunner()
+    password = "orbit-lantern-meadow-9981"
+    created = runner.invoke(
+        cli,
+        ["users", "create", "--email", "log@example.com", "--password-stdin", "--json"],
+        input=password + "\n",
+        env=cli_env,
+        catch_exceptions=False,
+    )
+    assert created.exit_code == 0, created.output
+    client_out = runner.invoke(
+        cli,
+        ["clients", "create", "--name", "Logs", "--confidential", "--redirect-uri", "https://rp.example/cb", "--json"],
+        env=cli_env,
+        catch_exceptions=False,
+    )
+    assert client_out.exit_code == 0, client_out.output
+    secret = json.loads(client_out.output)["client_secret"]
+
+    import asyncio
+
+    from idp import create_app
+    from idp.config import load_settings
+
+    settings = load_settings(environ=cli_env)
+    id_token_hint = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJsb2cifQ.c2lnbmF0dXJlLXZhbHVl"
+    code = "SplxlOBeZQQYbYS6WxSbIA-auth-code"
+
+    async def requests() -> None:
+        app = create_app(settings)
+        async with app.test_app():
+            http = app.test_client()
+            await http.get(f"/jwks?code={code}&id_token_hint={id_token_hint}&password={password}")
+            await http.get("/healthz", headers={"Authorization": f"Bearer {id_token_hint}"})
+            await http.post(
+                "/.well-known/openid-configuration",
+                form={"client_secret": secret, "code": code},
+                headers={"Authorization": f"Basic {secret}"},
+            )
+            log = logging.getLogger("idp.test")
+            log.info("login attempt password=%s secret=%s", password, secret)
+            log.info("token issued", extra={"refresh_token": id_token_hint, "client_secret": secret})
+            try:
+                raise ValueError(f"bad code {code} for secret {secret}")
+            except ValueError:
+                log.exception("failure while exchanging")
+
+    asyncio.run(requests())
+
+    logged = json_logs.getvalue()
+    assert logged, "the flow logged nothing"
+    for credential in (password, secret, code, id_token_hint, "eyJzdWIiOiJsb2cifQ"):
+        assert credential not in logged
+    for credential in (cli_env["IDP_SECRETS__COOKIE_SECRET"], cli_env["IDP_SECRETS__KEY_ENCRYPTION_KEY"]):
+        assert credential not in logged
+    lines = [json.loads(line) for line in logged.splitlines()]
+    access = [line for line in lines if line["logger"] == "idp.access"]
+    assert {line["path"] for line in access} == {"/jwks", "/healthz", "/.well-known/openid-configuration"}
+    assert all(len(line["request_id"]) == 32 for line in access)
+    failure = next(line for line in lines if line["msg"] == "failure while exchanging")
+    assert failure["error_summary"].startswith("ValueError at ")
+    assert "Traceback" not in logged
+
+
+def test_text_format_is_one_readable_line(capsys) -> None:
+    stream = io.StringIO()
+    configure_logging("info", "text", stream=stream)
+    try:
+        logging.getLogger("idp.test").info("hello %s", "world", extra={"client_id": "abc"})
+    finally:
+        for handler in list(logging.getLogger().handlers):
+            if getattr(handler, "_idp_handler", False):
+                logging.getLogger().removeHandler(handler)
+    line = stream.getvalue().strip()
+    assert line.count("\n") == 0
+    assert "INFO" in line and "idp.test hello world" in line and "client_id=abc" in line
