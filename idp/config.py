@@ -210,7 +210,9 @@ class Settings(_Section):
         return self.log.format
 
     def redacted(self) -> dict[str, Any]:
-        """The effective settings with secrets and URL passwords masked, for `idp config show`."""
+        """The effective settings with secrets and URL passwords masked, for `idp config check`."""
+        from idp.storage.urls import redact_url
+
         data = self.model_dump(mode="json")
         data["database_url"] = redact_url(self.database_url)
         data["redis_url"] = redact_url(self.redis_url)
@@ -219,16 +221,6 @@ class Settings(_Section):
 
 def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def redact_url(url: str) -> str:
-    """Mask the password of a URL (``scheme://user:***@host``) so it can be logged or shown."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
 
 
 def decode_kek(value: str) -> bytes:

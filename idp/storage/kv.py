@@ -25,10 +25,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import ClassVar, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
+
+from idp.storage.urls import redact_url, url_secrets
 
 __all__ = (
     "KeyValueError",
@@ -54,33 +55,6 @@ def _ttl_ms(ttl: float) -> int:
     if not math.isfinite(ttl) or ttl <= 0:
         raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
     return max(1, math.ceil(ttl * 1000))
-
-
-# ``scheme://user:password@host``: the greedy password part runs to the last "@" of the authority.
-_USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*:)[^/?#]*@")
-# redis-py also accepts ``?password=...`` in the query string.
-_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
-
-
-def redact_url(url: str) -> str:
-    """Hide the password of a connection URL (``user:password@`` -> ``user:***@``) for messages/logs.
-
-    Plain pattern substitution rather than parse-and-rebuild, so the rest of the URL is shown
-    exactly as configured and a malformed URL cannot make redaction itself fail.
-    """
-    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", url))
-
-
-def _url_secrets(url: str) -> tuple[str, ...]:
-    """Every spelling of the URL's password(s), to scrub from error reasons we pass on."""
-    try:
-        parts = urlsplit(url)
-        found = [parts.password or ""]
-        found += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() == "password"]
-    except ValueError:
-        return ()
-    spellings = {s for p in found for s in (p, unquote(p))}
-    return tuple(sorted((s for s in spellings if s), key=len, reverse=True))
 
 
 class KeyValueStore(abc.ABC):
@@ -450,7 +424,7 @@ class RedisStore(KeyValueStore):
     def __init__(self, url: str, prefix: str = "idp:", *, socket_timeout: float = 5.0) -> None:
         self.prefix = prefix
         self._display_url = redact_url(url)
-        self._secrets = _url_secrets(url)
+        self._secrets = url_secrets(url)
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
             decode_responses=True,
