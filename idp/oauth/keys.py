@@ -112,7 +112,7 @@ class KeyManager:
 
     async def rotate(self, algorithms: Sequence[str] | None = None) -> list[str]:
         """Add a new active key per algorithm; the old ones stay published until their tokens expire."""
-        algs = [canonical_alg(alg) for alg in algorithms or self._settings.algorithms]
+        algs = list(dict.fromkeys(canonical_alg(alg) for alg in algorithms or self._settings.algorithms))
         now = self._clock()
         publish_until = now + self.max_token_lifetime + _PUBLISH_GRACE
         created: list[str] = []

@@ -133,10 +133,12 @@ def test_thumbprint_helper_matches_rfc7638_example() -> None:
     # RFC 7638 §3.1.
     jwk = {
         "kty": "RSA",
-        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4"
-        "n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0z"
-        "gdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFC"
-        "ur-kEgU8awapJzKnqDKgw",
+        "n": (
+            "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWK"
+            "RXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMic"
+            "AtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3"
+            "XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+        ),
         "e": "AQAB",
         "alg": "RS256",
         "kid": "2011-04-29",
@@ -401,9 +403,8 @@ async def test_rotation_keeps_old_keys_published_until_their_tokens_expire(clien
         assert fresh.header["alg"] == alg
 
 
-@pytest.mark.parametrize(
-    ("tokens", "window"),
-    [
+async def test_retired_key_window_is_longest_token_lifetime_plus_grace(runtime) -> None:
+    cases = [
         (TokenSettings(), timedelta(seconds=2592000)),  # refresh token the longest
         (
             TokenSettings(access_token_ttl=600, id_token_ttl=7200, refresh_token_ttl=3600, refresh_token_idle_ttl=600),
@@ -413,20 +414,20 @@ async def test_rotation_keeps_old_keys_published_until_their_tokens_expire(clien
             TokenSettings(access_token_ttl=86400, id_token_ttl=3600, refresh_token_ttl=60, refresh_token_idle_ttl=60),
             timedelta(seconds=86400),  # access token the longest
         ),
-    ],
-)
-async def test_retired_key_window_is_longest_token_lifetime_plus_grace(runtime, tokens, window) -> None:
+    ]
     clock = FakeClock(datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC))
-    node = manager(runtime, clock, tokens=tokens)
-    await node.reload()
-    old_kid = node.signing_key("ES256").kid
-    [new_kid] = await node.rotate(["ES256"])
-    rows = {row.kid: row for row in await key_rows(runtime)}
-    assert rows[old_kid].status == "retired"
-    assert rows[old_kid].retired_at == clock.now
-    assert rows[old_kid].publish_until == clock.now + window + GRACE
-    assert rows[new_kid].created_at == clock.now
-    assert node.max_token_lifetime == window
+    for tokens, window in cases:
+        node = manager(runtime, clock, tokens=tokens)
+        await node.reload()
+        assert node.max_token_lifetime == window
+        old_kid = node.signing_key("ES256").kid
+        rotated_at = clock.advance(timedelta(hours=1, microseconds=7))
+        [new_kid] = await node.rotate(["ES256"])
+        rows = {row.kid: row for row in await key_rows(runtime)}
+        assert rows[old_kid].status == "retired"
+        assert rows[old_kid].retired_at == rotated_at
+        assert rows[old_kid].publish_until == rotated_at + window + GRACE
+        assert (rows[new_kid].status, rows[new_kid].created_at) == ("active", rotated_at)
 
 
 async def test_retired_key_disappears_after_its_window_and_is_purged(runtime) -> None:
