@@ -18,6 +18,7 @@ from idp.runtime import Runtime, StartupError, open_runtime
 from idp.security.headers import apply_security_headers
 from idp.storage.db import DatabaseUnavailable
 from idp.storage.kv import KeyValueUnavailable
+from idp.web import attach_csrf_cookie
 
 access_log = logging.getLogger("idp.access")
 error_log = logging.getLogger("idp.errors")
@@ -77,10 +78,12 @@ def build_app(settings: Settings) -> IdPApp:
 
 
 def _register_blueprints(app: IdPApp) -> None:
+    from idp.accounts.routes import blueprint as accounts
     from idp.health import blueprint as health
     from idp.oauth.routes import blueprint as oauth
+    from idp.oauth.routes import pages as oauth_pages
 
-    for bp, json_errors in ((health, True), (oauth, True)):
+    for bp, json_errors in ((health, True), (oauth, True), (oauth_pages, False), (accounts, False)):
         app.register_blueprint(bp)
         if json_errors:
             app.json_blueprints.add(bp.name)
@@ -106,6 +109,7 @@ def _install_request_hooks(app: IdPApp) -> None:
         rid = getattr(g, "request_id", None)
         if rid:
             response.headers["X-Request-ID"] = rid
+        attach_csrf_cookie(response)
         apply_security_headers(response, https=app.settings.issuer_is_https)
         started = getattr(g, "started", None)
         duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None

@@ -68,8 +68,18 @@ class SecretSettings(_Section):
     cookie_secret: SecretStr | None = None
     # Encrypts signing keys (and TOTP seeds) at rest: 32 bytes, base64url. `idp secrets generate`.
     key_encryption_key: SecretStr | None = None
-    # Older key-encryption keys still accepted for decryption while re-encrypting (`idp keys reencrypt`).
+    # Older key-encryption keys still accepted for decryption after a change of key.
     previous_key_encryption_keys: list[SecretStr] = Field(default_factory=list)
+    # Derives pairwise subject identifiers (OIDC Core §8.1). Needed only for pairwise clients;
+    # changing it changes every pairwise `sub`, so treat it as permanent.
+    pairwise_secret: SecretStr | None = None
+
+    @field_validator("pairwise_secret")
+    @classmethod
+    def _pairwise_secret_strength(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters of random data")
+        return value
 
     @field_validator("cookie_secret")
     @classmethod
@@ -130,6 +140,21 @@ class KeySettings(_Section):
         return normalised
 
 
+class SessionSettings(_Section):
+    # The IdP's own browser session (single sign-on). NIST SP 800-63B rev. 4 §5: re-authenticate
+    # after at most 1 hour of inactivity and 24 hours overall at AAL2.
+    idle_ttl: Annotated[int, Field(ge=60, le=604800)] = 3600
+    absolute_ttl: Annotated[int, Field(ge=300, le=7776000)] = 86400
+    # How long a user may take to sign in and consent before the authorization request expires.
+    interaction_ttl: Annotated[int, Field(ge=60, le=3600)] = 600
+
+    @model_validator(mode="after")
+    def _idle_within_absolute(self) -> SessionSettings:
+        if self.idle_ttl > self.absolute_ttl:
+            raise ValueError("idle_ttl must not exceed absolute_ttl")
+        return self
+
+
 class PasswordHashSettings(_Section):
     # argon2id; OWASP Password Storage Cheat Sheet minimum: m=19 MiB, t=2, p=1.
     time_cost: Annotated[int, Field(ge=1, le=20)] = 2
@@ -157,6 +182,7 @@ class Settings(_Section):
     secrets: SecretSettings = Field(default_factory=SecretSettings)
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     keys: KeySettings = Field(default_factory=KeySettings)
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
     password_hash: PasswordHashSettings = Field(default_factory=PasswordHashSettings)
 
     @field_validator("issuer")
@@ -242,6 +268,7 @@ def generate_secrets() -> dict[str, str]:
 
     return {
         "cookie_secret": secrets.token_urlsafe(48),
+        "pairwise_secret": secrets.token_urlsafe(48),
         "key_encryption_key": base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode(),
     }
 
@@ -372,7 +399,7 @@ def _fill_dev_secrets(data: dict[str, Any], sources: dict[tuple[str, ...], str])
     section = data.setdefault("secrets", {})
     if not isinstance(section, dict):
         return
-    missing = [name for name in ("cookie_secret", "key_encryption_key") if not section.get(name)]
+    missing = [name for name in ("cookie_secret", "key_encryption_key", "pairwise_secret") if not section.get(name)]
     if not missing:
         return
     data_dir = Path(str(data.get("data_dir", "var")))

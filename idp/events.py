@@ -85,6 +85,123 @@ class UserCreated(Event):
 
 
 @dataclass(frozen=True)
+class LoginSucceeded(Event):
+    name: ClassVar[str] = "login_succeeded"
+    user_id: str
+    sid: str
+    amr: tuple[str, ...]
+
+    @property
+    def subject_id(self) -> str | None:
+        return self.user_id
+
+    def details(self) -> dict[str, Any]:
+        return {"amr": list(self.amr), "sid": self.sid}
+
+
+@dataclass(frozen=True)
+class LoginFailed(Event):
+    name: ClassVar[str] = "login_failed"
+    reason: str  # "invalid_credentials" | "disabled" | "unverified"
+    user_id: str | None = None  # known only when the account exists
+
+    @property
+    def subject_id(self) -> str | None:
+        return self.user_id
+
+    @property
+    def outcome(self) -> str:
+        return "failure"
+
+    def details(self) -> dict[str, Any]:
+        return {"reason": self.reason, "factor": "password"}
+
+
+@dataclass(frozen=True)
+class LoggedOut(Event):
+    name: ClassVar[str] = "logged_out"
+    user_id: str
+    sid: str
+    initiated_by: str  # "user" | "client" | "admin"
+    client: str | None = None
+
+    @property
+    def subject_id(self) -> str | None:
+        return self.user_id
+
+    @property
+    def client_id(self) -> str | None:
+        return self.client
+
+    def details(self) -> dict[str, Any]:
+        return {"sid": self.sid, "initiated_by": self.initiated_by}
+
+
+@dataclass(frozen=True)
+class ConsentGranted(Event):
+    name: ClassVar[str] = "consent_granted"
+    user_id: str
+    client: str
+    scopes: tuple[str, ...]
+
+    @property
+    def subject_id(self) -> str | None:
+        return self.user_id
+
+    @property
+    def client_id(self) -> str | None:
+        return self.client
+
+    def details(self) -> dict[str, Any]:
+        return {"scopes": list(self.scopes)}
+
+
+@dataclass(frozen=True)
+class TokenIssued(Event):
+    name: ClassVar[str] = "token_issued"
+    client: str
+    grant_type: str
+    user_id: str | None
+    scope: str
+    refresh_token: bool
+
+    @property
+    def subject_id(self) -> str | None:
+        return self.user_id
+
+    @property
+    def client_id(self) -> str | None:
+        return self.client
+
+    def details(self) -> dict[str, Any]:
+        return {"grant_type": self.grant_type, "scope": self.scope, "refresh_token": self.refresh_token}
+
+
+@dataclass(frozen=True)
+class TokenRevoked(Event):
+    name: ClassVar[str] = "token_revoked"
+    client: str
+    reason: str  # "client_request" | "code_replay" | "refresh_token_reuse" | "logout"
+    user_id: str | None = None
+    token_type: str | None = None
+
+    @property
+    def subject_id(self) -> str | None:
+        return self.user_id
+
+    @property
+    def client_id(self) -> str | None:
+        return self.client
+
+    @property
+    def outcome(self) -> str:
+        return "success" if self.reason in ("client_request", "logout") else "security_alert"
+
+    def details(self) -> dict[str, Any]:
+        return {"reason": self.reason, "token_type": self.token_type}
+
+
+@dataclass(frozen=True)
 class ClientCreated(Event):
     name: ClassVar[str] = "client_created"
     client: str

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from idp.accounts.sessions import SessionStore
 from idp.audit import AuditLogger
 from idp.config import Settings, decode_kek
 from idp.events import EventBus
+from idp.oauth.grants import GrantContext
+from idp.oauth.interactions import InteractionStore
 from idp.oauth.keys import KeyManager
+from idp.oauth.logout import BackchannelNotifier
+from idp.oauth.subjects import SubjectResolver
+from idp.oauth.tokens import TokenService
 from idp.security.encryption import DecryptionError, Encryptor
 from idp.security.passwords import PasswordHasher
 from idp.storage import migrate
@@ -32,8 +38,25 @@ class Runtime:
     encryptor: Encryptor
     keys: KeyManager
     passwords: PasswordHasher
+    tokens: TokenService
+    sessions: SessionStore
+    interactions: InteractionStore
+    subjects: SubjectResolver
+    backchannel: BackchannelNotifier
+
+    @property
+    def grants(self) -> GrantContext:
+        return GrantContext(
+            db=self.db,
+            tokens=self.tokens,
+            sessions=self.sessions,
+            subjects=self.subjects,
+            events=self.events,
+            settings=self.settings.tokens,
+        )
 
     async def close(self) -> None:
+        await self.backchannel.close()
         await self.kv.close()
         await self.db.close()
 
@@ -74,6 +97,14 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             await (keys.ensure_active_keys() if ensure_keys else keys.reload())
         except DecryptionError as exc:
             raise StartupError(f"secrets.key_encryption_key: cannot decrypt the stored signing keys ({exc})") from None
+        tokens = TokenService(
+            keys,
+            kv,
+            settings.issuer,
+            access_token_ttl=settings.tokens.access_token_ttl,
+            id_token_ttl=settings.tokens.id_token_ttl,
+        )
+        pairwise = settings.secrets.pairwise_secret
         return Runtime(
             settings=settings,
             db=db,
@@ -82,6 +113,11 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             encryptor=encryptor,
             keys=keys,
             passwords=PasswordHasher(settings.password_hash),
+            tokens=tokens,
+            sessions=SessionStore(kv, idle_ttl=settings.sessions.idle_ttl, absolute_ttl=settings.sessions.absolute_ttl),
+            interactions=InteractionStore(kv, settings.sessions.interaction_ttl),
+            subjects=SubjectResolver(pairwise.get_secret_value() if pairwise else None),
+            backchannel=BackchannelNotifier(db, tokens),
         )
     except BaseException:
         await kv.close()

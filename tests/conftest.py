@@ -159,6 +159,7 @@ def cli_env(settings_overrides: dict[str, Any]) -> dict[str, str]:
         "IDP_DATA_DIR": settings_overrides["data_dir"],
         "IDP_SECRETS__COOKIE_SECRET": settings_overrides["secrets"]["cookie_secret"],
         "IDP_SECRETS__KEY_ENCRYPTION_KEY": settings_overrides["secrets"]["key_encryption_key"],
+        "IDP_SECRETS__PAIRWISE_SECRET": settings_overrides["secrets"]["pairwise_secret"],
         "IDP_PASSWORD_HASH__TIME_COST": "1",
         "IDP_PASSWORD_HASH__MEMORY_COST_KIB": "7168",
     }

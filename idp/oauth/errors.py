@@ -112,3 +112,31 @@ class ConsentRequired(RedirectableError):
 class InteractionRequired(RedirectableError):
     error = "interaction_required"
     default_description = "The user must interact with the IdP."
+
+
+class UnauthorizedClientRedirect(RedirectableError):
+    error = "unauthorized_client"
+    default_description = "This client may not use the authorization code grant."
+
+
+class RequestNotSupported(RedirectableError):
+    """OIDC Core §3.1.2.6: request objects are not supported."""
+
+    error = "request_not_supported"
+    default_description = "Request objects are not supported."
+
+
+class RequestUriNotSupported(RedirectableError):
+    error = "request_uri_not_supported"
+    default_description = "request_uri is not supported."
+
+
+class BearerTokenMissing(OAuthError):
+    """RFC 6750 §3.1: a request without any token gets a bare challenge, no error code in it."""
+
+    error = "invalid_request"
+    status_code = 401
+    default_description = "An access token is required."
+
+    def __init__(self, description: str | None = None) -> None:
+        super().__init__(description, headers={"WWW-Authenticate": 'Bearer realm="idp"'})

@@ -35,9 +35,7 @@ def test_storage_imports_nothing_above_it(path: Path) -> None:
     assert upward == set()
 
 
-@pytest.mark.parametrize(
-    "path", [p for p in modules("oauth") + modules("accounts") if p.name != "routes.py"], ids=rel
-)
+@pytest.mark.parametrize("path", [p for p in modules("oauth") + modules("accounts") if p.name != "routes.py"], ids=rel)
 def test_protocol_and_domain_modules_do_not_import_quart(path: Path) -> None:
     web = {name for name in imports_of(path) if name.split(".")[0] in ("quart", "werkzeug", "idp.app")}
     assert web == set()

@@ -167,7 +167,7 @@ def test_example_file_documents_every_key_with_its_default(secrets_env) -> None:
             found |= keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key}
         return found
 
-    commented_secrets = {"secrets.cookie_secret", "secrets.key_encryption_key"}
+    commented_secrets = {"secrets.cookie_secret", "secrets.key_encryption_key", "secrets.pairwise_secret"}
     assert keys(example) | commented_secrets == keys(defaults)
 
 

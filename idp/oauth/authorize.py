@@ -1,0 +1,309 @@
+"""The authorization endpoint's request validation and code issuance (RFC 6749 §4.1, OIDC Core §3.1.2).
+
+Validation runs in two phases. Until the client and its redirect URI are verified, every error is
+fatal: the IdP renders it itself and never redirects (RFC 6749 §4.1.2.1, RFC 9700 §4.11.2). After
+that, errors are returned to the verified redirect URI with ``state`` and ``iss`` (RFC 9207).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from idp.oauth import errors
+from idp.oauth.clients import is_loopback_host
+from idp.security.tokens import random_token, sha256_digest
+from idp.storage.db import Database
+from idp.storage.models import AuthorizationCode, OAuthClient, utcnow
+from idp.storage.repositories import ClientRepository
+
+RESPONSE_MODES = ("query", "form_post")
+PROMPTS = ("none", "login", "consent", "select_account")
+# RFC 7636 §4.1: 43-128 characters of the unreserved set.
+_PKCE_VALUE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
+MAX_STATE = 2048
+MAX_NONCE = 512
+MAX_HINT = 4096
+
+
+class FatalAuthorizationError(errors.OAuthError):
+    """Shown by the IdP as an error page: the redirect URI can't be trusted (or isn't known yet)."""
+
+
+class UnknownClient(FatalAuthorizationError):
+    error = "invalid_client"
+    default_description = "The client is unknown or disabled."
+
+
+class InvalidRedirectUri(FatalAuthorizationError):
+    error = "invalid_request"
+    default_description = "The redirect_uri is missing or not registered for this client."
+
+
+@dataclass(frozen=True)
+class RedirectTarget:
+    """Where and how an authorization response (or redirectable error) goes."""
+
+    redirect_uri: str
+    state: str | None
+    response_mode: str
+
+
+class AuthorizationErrorRedirect(Exception):
+    def __init__(self, error: errors.RedirectableError, target: RedirectTarget) -> None:
+        super().__init__(error.description)
+        self.error = error
+        self.target = target
+
+
+@dataclass
+class AuthorizationRequest:
+    client_id: str
+    redirect_uri: str
+    response_mode: str
+    scopes: list[str]
+    state: str | None = None
+    nonce: str | None = None
+    code_challenge: str | None = None
+    code_challenge_method: str | None = None
+    prompt: list[str] = field(default_factory=list)
+    max_age: int | None = None
+    login_hint: str | None = None
+    id_token_hint: str | None = None
+    acr_values: list[str] = field(default_factory=list)
+    ui_locales: str | None = None
+
+    @property
+    def scope(self) -> str:
+        return " ".join(self.scopes)
+
+    @property
+    def is_openid(self) -> bool:
+        return "openid" in self.scopes
+
+    @property
+    def target(self) -> RedirectTarget:
+        return RedirectTarget(self.redirect_uri, self.state, self.response_mode)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AuthorizationRequest:
+        return cls(**data)
+
+
+def _single(params: Mapping[str, Any], name: str) -> str | None:
+    """A parameter's value; RFC 6749 §3.1: parameters MUST NOT be included more than once."""
+    getlist = getattr(params, "getlist", None)
+    values = getlist(name) if getlist else ([params[name]] if name in params else [])
+    if len(values) > 1:
+        raise errors.InvalidRequest(f"{name} is repeated")
+    if not values:
+        return None
+    value = values[0]
+    return value if value != "" else None
+
+
+def redirect_uri_matches(client: OAuthClient, candidate: str) -> bool:
+    """Exact string match (RFC 9700 §2.1), except the port of loopback IP redirect URIs of native
+    clients, which the OS picks at run time (RFC 8252 §7.3)."""
+    if candidate in client.redirect_uris:
+        return True
+    if client.application_type != "native":
+        return False
+    parts = urlsplit(candidate)
+    if parts.scheme != "http" or not parts.hostname:
+        return False
+    try:
+        if not ipaddress.ip_address(parts.hostname).is_loopback:
+            return False
+    except ValueError:
+        return False  # RFC 8252 §8.3: "localhost" is NOT RECOMMENDED, so no port freedom for it
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    portless = urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
+    for registered in client.redirect_uris:
+        reg = urlsplit(registered)
+        if reg.scheme == "http" and reg.hostname == parts.hostname and is_loopback_host(reg.hostname or ""):
+            reg_host = f"[{reg.hostname}]" if ":" in (reg.hostname or "") else reg.hostname
+            if urlunsplit((reg.scheme, reg_host, reg.path, reg.query, "")) == portless:
+                return True
+    return False
+
+
+async def find_client(db: Database, client_id: str | None) -> OAuthClient:
+    if not client_id or len(client_id) > 128:
+        raise UnknownClient("The client_id parameter is missing or invalid.")
+    async with db.session() as session:
+        client = await ClientRepository(session).get(client_id)
+    if client is None or client.disabled:
+        raise UnknownClient()
+    return client
+
+
+def verify_client_and_redirect(client: OAuthClient, params: Mapping[str, Any]) -> RedirectTarget:
+    """Phase one: everything that must hold before the IdP may redirect anywhere."""
+    try:
+        redirect_uri = _single(params, "redirect_uri")
+        state = _single(params, "state")
+        response_mode = _single(params, "response_mode") or "query"
+    except errors.InvalidRequest as exc:
+        raise InvalidRedirectUri(exc.description) from None
+    if redirect_uri is None:
+        # OIDC Core §3.1.2.1 requires it; plain OAuth may omit it only with a single registration.
+        if len(client.redirect_uris) != 1:
+            raise InvalidRedirectUri("The redirect_uri parameter is required.")
+        redirect_uri = client.redirect_uris[0]
+    if len(redirect_uri) > 2048 or not redirect_uri_matches(client, redirect_uri):
+        raise InvalidRedirectUri("The redirect_uri is not registered for this client.")
+    if response_mode not in RESPONSE_MODES:
+        response_mode = "query"  # the error about it still needs a way back
+    return RedirectTarget(redirect_uri, state[:MAX_STATE] if state else None, response_mode)
+
+
+def parse_authorization_request(client: OAuthClient, params: Mapping[str, Any]) -> AuthorizationRequest:
+    """Phase two: validate the rest. Errors are redirectable (AuthorizationErrorRedirect)."""
+    target = verify_client_and_redirect(client, params)
+    try:
+        return _parse(client, params, target)
+    except errors.InvalidRequest as exc:
+        raise AuthorizationErrorRedirect(errors.InvalidAuthorizationRequest(exc.description), target) from None
+    except errors.RedirectableError as exc:
+        raise AuthorizationErrorRedirect(exc, target) from None
+
+
+def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarget) -> AuthorizationRequest:
+    if len(_single(params, "state") or "") > MAX_STATE:
+        raise errors.InvalidRequest(f"state is longer than {MAX_STATE} characters")
+    response_mode = _single(params, "response_mode") or "query"
+    if response_mode not in RESPONSE_MODES:
+        raise errors.InvalidRequest("response_mode must be query or form_post")
+    # OIDC Core §6: request objects are not supported (advertised in discovery).
+    if _single(params, "request") is not None:
+        raise errors.RequestNotSupported()
+    if _single(params, "request_uri") is not None:
+        raise errors.RequestUriNotSupported()
+
+    response_type = _single(params, "response_type")
+    if response_type is None:
+        raise errors.InvalidRequest("response_type is required")
+    if response_type != "code":
+        # RFC 9700 §2.1.2: no implicit or hybrid flows.
+        raise errors.UnsupportedResponseType()
+    if "authorization_code" not in client.grant_types:
+        raise errors.UnauthorizedClientRedirect()
+
+    scope_param = _single(params, "scope")
+    scopes = list(dict.fromkeys((scope_param or "").split()))
+    if not scopes:
+        raise errors.InvalidAuthorizationScope("scope is required")
+    not_allowed = [scope for scope in scopes if scope not in client.scopes]
+    if not_allowed:
+        raise errors.InvalidAuthorizationScope(f"scope not allowed for this client: {' '.join(not_allowed)}")
+
+    challenge = _single(params, "code_challenge")
+    method = _single(params, "code_challenge_method")
+    if challenge is None:
+        if method is not None:
+            raise errors.InvalidRequest("code_challenge_method without code_challenge")
+        if client.require_pkce or client.client_type == "public":
+            # RFC 9700 §2.1.1, ASVS 10.4.6: PKCE for every client by default.
+            raise errors.InvalidRequest("code_challenge is required (PKCE with S256)")
+    else:
+        if (method or "plain") != "S256":
+            raise errors.InvalidRequest("code_challenge_method must be S256 (plain is not allowed)")
+        if not _PKCE_VALUE.match(challenge):
+            raise errors.InvalidRequest("code_challenge must be 43-128 characters of [A-Za-z0-9-._~]")
+
+    prompt = (_single(params, "prompt") or "").split()
+    for value in prompt:
+        if value not in PROMPTS:
+            raise errors.InvalidRequest(f"unsupported prompt value {value!r}")
+    if "none" in prompt and len(prompt) > 1:
+        raise errors.InvalidRequest("prompt=none cannot be combined with other values")
+
+    max_age_raw = _single(params, "max_age")
+    max_age = None
+    if max_age_raw is not None:
+        if not max_age_raw.isdigit() or len(max_age_raw) > 10:
+            raise errors.InvalidRequest("max_age must be a non-negative integer")
+        max_age = int(max_age_raw)
+
+    nonce = _single(params, "nonce")
+    if nonce is not None and len(nonce) > MAX_NONCE:
+        raise errors.InvalidRequest(f"nonce is longer than {MAX_NONCE} characters")
+    login_hint = _single(params, "login_hint")
+    id_token_hint = _single(params, "id_token_hint")
+    for hint_name, hint_value in (("login_hint", login_hint), ("id_token_hint", id_token_hint)):
+        if hint_value is not None and len(hint_value) > MAX_HINT:
+            raise errors.InvalidRequest(f"{hint_name} is too long")
+    acr_values = (_single(params, "acr_values") or "").split()
+    ui_locales = _single(params, "ui_locales")
+
+    return AuthorizationRequest(
+        client_id=client.id,
+        redirect_uri=target.redirect_uri,
+        response_mode=response_mode,
+        scopes=scopes,
+        state=target.state,
+        nonce=nonce,
+        code_challenge=challenge,
+        code_challenge_method="S256" if challenge else None,
+        prompt=prompt,
+        max_age=max_age,
+        login_hint=login_hint[:320] if login_hint else None,
+        id_token_hint=id_token_hint,
+        acr_values=acr_values[:10],
+        ui_locales=ui_locales[:200] if ui_locales else None,
+    )
+
+
+@dataclass(frozen=True)
+class IssuedCode:
+    code: str
+    grant_id: str
+
+
+async def issue_authorization_code(
+    db: Database,
+    request: AuthorizationRequest,
+    *,
+    user_id: str,
+    session_id: str | None,
+    auth_time: int,
+    amr: list[str],
+    acr: str | None,
+    ttl: int,
+) -> IssuedCode:
+    """A single-use code bound to client, redirect URI, PKCE challenge and user (RFC 6749 §4.1.2)."""
+    from datetime import UTC, datetime
+
+    code = random_token(32)
+    grant_id = random_token(16)
+    now = utcnow()
+    async with db.session() as session:
+        session.add(
+            AuthorizationCode(
+                code_digest=sha256_digest(code),
+                grant_id=grant_id,
+                client_id=request.client_id,
+                user_id=user_id,
+                redirect_uri=request.redirect_uri,
+                scope=request.scope,
+                nonce=request.nonce,
+                code_challenge=request.code_challenge,
+                code_challenge_method=request.code_challenge_method,
+                session_id=session_id,
+                auth_time=datetime.fromtimestamp(auth_time, UTC),
+                acr=acr,
+                amr=list(amr),
+                created_at=now,
+                expires_at=now + timedelta(seconds=ttl),
+            )
+        )
+    return IssuedCode(code=code, grant_id=grant_id)

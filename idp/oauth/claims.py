@@ -1,0 +1,30 @@
+"""Standard claims released per scope (OIDC Core §5.4), for UserInfo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from idp.storage.models import User
+
+PROFILE_CLAIMS = ("name", "given_name", "family_name", "preferred_username", "locale", "zoneinfo", "picture")
+SCOPE_CLAIMS: dict[str, tuple[str, ...]] = {
+    "profile": (*PROFILE_CLAIMS, "updated_at"),
+    "email": ("email", "email_verified"),
+}
+SUPPORTED_CLAIMS = ("sub", "iss", "auth_time", "acr", "amr", "sid", *SCOPE_CLAIMS["profile"], *SCOPE_CLAIMS["email"])
+
+
+def user_claims(user: User, scopes: list[str], subject: str, picture_base_url: str) -> dict[str, Any]:
+    claims: dict[str, Any] = {"sub": subject}
+    if "profile" in scopes:
+        for name in PROFILE_CLAIMS:
+            value = getattr(user, name)
+            if name == "picture" and value:
+                value = f"{picture_base_url}/{value}"
+            if value:
+                claims[name] = value
+        claims["updated_at"] = int(user.updated_at.timestamp())
+    if "email" in scopes:
+        claims["email"] = user.email
+        claims["email_verified"] = bool(user.email_verified)
+    return claims

@@ -1,0 +1,389 @@
+"""Token endpoint grants (RFC 6749 §4.1.3, §6, §4.4), in a registry keyed by grant_type.
+
+Each grant is a short sequence of named checks followed by ``issue_tokens``. One-time artefacts
+are consumed atomically; presenting a used code or refresh token revokes everything issued from
+the same authorization (RFC 9700 §4.2.4, §4.14.2).
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+from sqlalchemy import select, update
+
+from idp.accounts.sessions import SessionStore
+from idp.config import TokenSettings
+from idp.events import EventBus, TokenIssued, TokenRevoked
+from idp.oauth import errors
+from idp.oauth.subjects import SubjectResolver
+from idp.oauth.tokens import REFRESH_TOKEN_TYP, TokenInvalid, TokenService
+from idp.security.tokens import random_token, sha256_digest
+from idp.storage.db import Database
+from idp.storage.models import AuthorizationCode, OAuthClient, RefreshToken, User, utcnow
+from idp.storage.repositories import UserRepository
+
+_PKCE_VERIFIER_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+USER_SCOPES = frozenset({"openid", "profile", "email", "offline_access"})
+
+
+@dataclass
+class GrantContext:
+    db: Database
+    tokens: TokenService
+    sessions: SessionStore
+    subjects: SubjectResolver
+    events: EventBus
+    settings: TokenSettings
+
+
+def _form_value(form: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
+    getlist = getattr(form, "getlist", None)
+    values = getlist(name) if getlist else ([form[name]] if name in form else [])
+    if len(values) > 1:
+        raise errors.InvalidRequest(f"{name} is repeated")
+    value = values[0] if values else None
+    if not value:
+        if required:
+            raise errors.InvalidRequest(f"{name} is required")
+        return None
+    return str(value)
+
+
+def s256(verifier: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
+
+
+def _as_timestamp(value: datetime) -> int:
+    return int(value.timestamp())
+
+
+async def revoke_grant(ctx: GrantContext, grant_id: str, *, client_id: str, user_id: str | None, reason: str) -> None:
+    """Revoke every refresh token of an authorization and every access token issued from it."""
+    now = utcnow()
+    async with ctx.db.session() as session:
+        await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.family_id == grant_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+    await ctx.tokens.revoke_grant_access_tokens(grant_id)
+    revoked = TokenRevoked(client=client_id, user_id=user_id, reason=reason, token_type="grant")  # noqa: S106
+    await ctx.events.publish(revoked)
+
+
+async def issue_tokens(
+    ctx: GrantContext,
+    client: OAuthClient,
+    user: User,
+    *,
+    grant_type: str,
+    scope: str,
+    grant_id: str,
+    sid: str | None,
+    auth_time: int | None,
+    amr: list[str],
+    acr: str | None,
+    nonce: str | None = None,
+    family_expires_at: datetime | None = None,
+    parent_jti: str | None = None,
+) -> dict[str, Any]:
+    scopes = scope.split()
+    subject = ctx.subjects.subject_for(client, user.id)
+    access = ctx.tokens.issue_access_token(
+        subject=subject, client_id=client.id, scope=scope, auth_time=auth_time, acr=acr, amr=amr, sid=sid
+    )
+    await ctx.tokens.remember_grant_token(grant_id, access)
+    response: dict[str, Any] = {
+        "access_token": access.value,
+        "token_type": "Bearer",
+        "expires_in": ctx.tokens.access_token_ttl,
+        "scope": scope,
+    }
+    if "openid" in scopes:
+        response["id_token"] = ctx.tokens.issue_id_token(
+            subject=subject,
+            client_id=client.id,
+            alg=client.id_token_signed_response_alg,
+            auth_time=auth_time,
+            nonce=nonce,
+            acr=acr,
+            amr=amr,
+            sid=sid,
+            access_token=access.value,
+        )
+    issue_refresh = "refresh_token" in client.grant_types
+    if issue_refresh:
+        now = utcnow()
+        family_end = family_expires_at or now + timedelta(seconds=ctx.settings.refresh_token_ttl)
+        expires_at = min(now + timedelta(seconds=ctx.settings.refresh_token_idle_ttl), family_end)
+        jti = random_token(16)
+        refresh = ctx.tokens.issue_refresh_token(
+            jti=jti,
+            subject=user.id,
+            client_id=client.id,
+            scope=scope,
+            expires_at=_as_timestamp(expires_at),
+            sid=sid,
+        )
+        async with ctx.db.session() as session:
+            session.add(
+                RefreshToken(
+                    jti=jti,
+                    token_digest=sha256_digest(refresh),
+                    family_id=grant_id,
+                    parent_jti=parent_jti,
+                    client_id=client.id,
+                    user_id=user.id,
+                    scope=scope,
+                    session_id=sid,
+                    auth_time=datetime.fromtimestamp(auth_time, UTC) if auth_time is not None else None,
+                    acr=acr,
+                    amr=list(amr),
+                    issued_at=now,
+                    expires_at=expires_at,
+                    family_expires_at=family_end,
+                )
+            )
+        response["refresh_token"] = refresh
+    await ctx.events.publish(
+        TokenIssued(client=client.id, grant_type=grant_type, user_id=user.id, scope=scope, refresh_token=issue_refresh)
+    )
+    return response
+
+
+async def _active_user(ctx: GrantContext, user_id: str) -> User:
+    async with ctx.db.session() as session:
+        user = await UserRepository(session).get(user_id)
+    if user is None or user.disabled:
+        raise errors.InvalidGrant("The user of this grant no longer exists or is disabled.")
+    return user
+
+
+class Grant(abc.ABC):
+    grant_type: ClassVar[str]
+
+    def __init__(self, ctx: GrantContext, client: OAuthClient, form: Mapping[str, Any]) -> None:
+        self.ctx = ctx
+        self.client = client
+        self.form = form
+
+    @abc.abstractmethod
+    async def handle(self) -> dict[str, Any]:
+        """Validate the grant-specific parameters and return the token response."""
+
+
+class AuthorizationCodeGrant(Grant):
+    grant_type = "authorization_code"
+
+    async def handle(self) -> dict[str, Any]:
+        code = _form_value(self.form, "code")
+        assert code is not None
+        row = await self.find_code(code)
+        self.check_client(row)
+        self.check_expiry(row)
+        self.check_redirect_uri(row)
+        self.check_pkce(row)
+        await self.consume(row)
+        user = await _active_user(self.ctx, row.user_id)
+        if row.session_id:
+            session = await self.ctx.sessions.by_sid(row.session_id)
+            if session is not None:
+                await self.ctx.sessions.add_client(session, self.client.id)
+        return await issue_tokens(
+            self.ctx,
+            self.client,
+            user,
+            grant_type=self.grant_type,
+            scope=row.scope,
+            grant_id=row.grant_id,
+            sid=row.session_id,
+            auth_time=_as_timestamp(row.auth_time),
+            amr=list(row.amr),
+            acr=row.acr,
+            nonce=row.nonce,
+        )
+
+    async def find_code(self, code: str) -> AuthorizationCode:
+        if len(code) > 256:
+            raise errors.InvalidGrant("The authorization code is invalid.")
+        async with self.ctx.db.session() as session:
+            row = await session.get(AuthorizationCode, sha256_digest(code))
+        if row is None:
+            raise errors.InvalidGrant("The authorization code is invalid.")
+        return row
+
+    def check_client(self, row: AuthorizationCode) -> None:
+        # RFC 6749 §4.1.3: the code must have been issued to the authenticated client.
+        if row.client_id != self.client.id:
+            raise errors.InvalidGrant("The authorization code was issued to another client.")
+
+    def check_expiry(self, row: AuthorizationCode) -> None:
+        if row.expires_at <= utcnow():
+            raise errors.InvalidGrant("The authorization code has expired.")
+
+    def check_redirect_uri(self, row: AuthorizationCode) -> None:
+        given = _form_value(self.form, "redirect_uri", required=False)
+        if given is None:
+            if len(self.client.redirect_uris) != 1:
+                raise errors.InvalidRequest("redirect_uri is required")
+            return
+        if given != row.redirect_uri:
+            raise errors.InvalidGrant("redirect_uri does not match the authorization request.")
+
+    def check_pkce(self, row: AuthorizationCode) -> None:
+        verifier = _form_value(self.form, "code_verifier", required=False)
+        if row.code_challenge is None:
+            if verifier is not None:
+                # RFC 9700 §4.8.2: a verifier without a challenge is a PKCE downgrade attempt.
+                raise errors.InvalidGrant("code_verifier given, but the authorization request had no code_challenge.")
+            return
+        if verifier is None:
+            raise errors.InvalidGrant("code_verifier is required (PKCE).")
+        if not 43 <= len(verifier) <= 128 or not set(verifier) <= _PKCE_VERIFIER_CHARS:
+            raise errors.InvalidGrant("code_verifier must be 43-128 characters of [A-Za-z0-9-._~].")
+        if not hmac.compare_digest(s256(verifier), row.code_challenge):
+            raise errors.InvalidGrant("code_verifier does not match the code_challenge.")
+
+    async def consume(self, row: AuthorizationCode) -> None:
+        async with self.ctx.db.session() as session:
+            result = await session.execute(
+                update(AuthorizationCode)
+                .where(AuthorizationCode.code_digest == row.code_digest, AuthorizationCode.consumed_at.is_(None))
+                .values(consumed_at=utcnow())
+            )
+        if getattr(result, "rowcount", 0) != 1:
+            # Replay: the first redemption may have been an attacker's, or this one is.
+            await revoke_grant(
+                self.ctx, row.grant_id, client_id=row.client_id, user_id=row.user_id, reason="code_replay"
+            )
+            raise errors.InvalidGrant("The authorization code has already been used.")
+
+
+class RefreshTokenGrant(Grant):
+    grant_type = "refresh_token"
+
+    async def handle(self) -> dict[str, Any]:
+        token = _form_value(self.form, "refresh_token")
+        assert token is not None
+        row = await self.find_token(token)
+        if row.client_id != self.client.id:
+            raise errors.InvalidGrant("The refresh token was issued to another client.")
+        if row.revoked_at is not None:
+            raise errors.InvalidGrant("The refresh token has been revoked.")
+        if row.used_at is not None:
+            await self.detect_reuse(row)
+        now = utcnow()
+        if row.expires_at <= now or row.family_expires_at <= now:
+            raise errors.InvalidGrant("The refresh token has expired.")
+        scope = self.narrowed_scope(row)
+        await self.consume(row)
+        user = await _active_user(self.ctx, row.user_id)
+        return await issue_tokens(
+            self.ctx,
+            self.client,
+            user,
+            grant_type=self.grant_type,
+            scope=scope,
+            grant_id=row.family_id,
+            sid=row.session_id,
+            auth_time=_as_timestamp(row.auth_time) if row.auth_time else None,
+            amr=list(row.amr),
+            acr=row.acr,
+            family_expires_at=row.family_expires_at,
+            parent_jti=row.jti,
+        )
+
+    async def find_token(self, token: str) -> RefreshToken:
+        try:
+            claims = self.ctx.tokens.verify(
+                token, typ=REFRESH_TOKEN_TYP, audience=self.ctx.tokens.issuer, check_expiry=False
+            )
+        except TokenInvalid:
+            raise errors.InvalidGrant("The refresh token is invalid.") from None
+        async with self.ctx.db.session() as session:
+            row = await session.get(RefreshToken, str(claims.get("jti")))
+        if row is None or not hmac.compare_digest(row.token_digest, sha256_digest(token)):
+            raise errors.InvalidGrant("The refresh token is invalid.")
+        return row
+
+    async def detect_reuse(self, row: RefreshToken) -> None:
+        # RFC 9700 §4.14.2: an already-rotated token means it leaked to someone; end the family.
+        await revoke_grant(
+            self.ctx, row.family_id, client_id=row.client_id, user_id=row.user_id, reason="refresh_token_reuse"
+        )
+        raise errors.InvalidGrant("The refresh token has already been used; the grant has been revoked.")
+
+    def narrowed_scope(self, row: RefreshToken) -> str:
+        requested = _form_value(self.form, "scope", required=False)
+        if requested is None:
+            return row.scope
+        granted = row.scope.split()
+        wanted = list(dict.fromkeys(requested.split()))
+        if not set(wanted) <= set(granted):
+            raise errors.InvalidScope("The requested scope exceeds the scope originally granted.")
+        return " ".join(wanted)
+
+    async def consume(self, row: RefreshToken) -> None:
+        async with self.ctx.db.session() as session:
+            result = await session.execute(
+                update(RefreshToken)
+                .where(RefreshToken.jti == row.jti, RefreshToken.used_at.is_(None), RefreshToken.revoked_at.is_(None))
+                .values(used_at=utcnow())
+            )
+        if getattr(result, "rowcount", 0) != 1:
+            await self.detect_reuse(row)
+
+
+class ClientCredentialsGrant(Grant):
+    grant_type = "client_credentials"
+
+    async def handle(self) -> dict[str, Any]:
+        if self.client.client_type != "confidential":
+            raise errors.UnauthorizedClient("Only confidential clients may use client_credentials.")
+        requested = _form_value(self.form, "scope", required=False)
+        allowed = [scope for scope in self.client.scopes if scope not in USER_SCOPES]
+        scopes = list(dict.fromkeys(requested.split())) if requested else allowed
+        refused = [scope for scope in scopes if scope not in allowed]
+        if refused:
+            raise errors.InvalidScope(f"scope not allowed for client_credentials: {' '.join(refused)}")
+        scope = " ".join(scopes)
+        access = self.ctx.tokens.issue_access_token(subject=self.client.id, client_id=self.client.id, scope=scope)
+        await self.ctx.events.publish(
+            TokenIssued(
+                client=self.client.id, grant_type=self.grant_type, user_id=None, scope=scope, refresh_token=False
+            )
+        )
+        return {
+            "access_token": access.value,
+            "token_type": "Bearer",
+            "expires_in": self.ctx.tokens.access_token_ttl,
+            "scope": scope,
+        }
+
+
+GRANTS: dict[str, type[Grant]] = {
+    grant.grant_type: grant for grant in (AuthorizationCodeGrant, RefreshTokenGrant, ClientCredentialsGrant)
+}
+
+
+async def handle_token_request(ctx: GrantContext, client: OAuthClient, form: Mapping[str, Any]) -> dict[str, Any]:
+    grant_type = _form_value(form, "grant_type")
+    assert grant_type is not None
+    grant_class = GRANTS.get(grant_type)
+    if grant_class is None:
+        raise errors.UnsupportedGrantType(f"grant_type {grant_type[:50]!r} is not supported.")
+    if grant_type not in client.grant_types:
+        raise errors.UnauthorizedClient(f"This client may not use the {grant_type} grant.")
+    return await grant_class(ctx, client, form).handle()
+
+
+async def find_refresh_token(db: Database, jti: str) -> RefreshToken | None:
+    async with db.session() as session:
+        return (await session.execute(select(RefreshToken).where(RefreshToken.jti == jti))).scalar_one_or_none()

@@ -1,0 +1,297 @@
+"""Issuing and verifying the JWTs this server signs.
+
+- Access tokens: RFC 9068 (`typ: at+jwt`), audience the IdP's own APIs, short-lived, with a `jti`
+  that a denylist in the key-value store can revoke before expiry (every instance sees it).
+- ID tokens: OIDC Core §2, signed with the client's chosen algorithm.
+- Refresh tokens: signed JWTs with their own `typ` and the IdP as audience; the `jti` is tracked
+  in the database (rotation, reuse detection, revocation). Clients treat them as opaque.
+- Logout tokens: OIDC Back-Channel Logout §2.4 (`typ: logout+jwt`).
+
+Verification trusts only our own published keys, picks the algorithm from the key (never from
+the token header alone), and checks `typ`, so one kind of token is never accepted as another
+(ASVS 9.1.2, 9.2.2).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwt import JWTClaimsRegistry
+
+from idp.oauth.keys import KeyManager, canonical_alg
+from idp.security.tokens import random_token
+from idp.storage.kv import KeyValueStore
+
+ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 - a JWT type, not a secret
+REFRESH_TOKEN_TYP = "rt+jwt"  # noqa: S105 - a JWT type, not a secret
+ID_TOKEN_TYP = "JWT"  # noqa: S105 - a JWT type, not a secret
+LOGOUT_TOKEN_TYP = "logout+jwt"  # noqa: S105 - a JWT type, not a secret
+BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+LEEWAY = 60
+_REVOKED_PREFIX = "revoked_jti:"
+_GRANT_TOKENS_PREFIX = "grant_access_tokens:"
+
+
+class TokenInvalid(Exception):
+    """The token is not one we accept; the message says why (safe to log, not to show)."""
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    value: str
+    jti: str
+    claims: dict[str, Any]
+
+    @property
+    def expires_at(self) -> int:
+        return int(self.claims["exp"])
+
+
+def half_hash(value: str, alg: str) -> str:
+    """at_hash / c_hash (OIDC Core §3.1.3.6): left half of the hash the signing alg uses."""
+    digest = hashlib.sha512 if canonical_alg(alg) == "Ed25519" else hashlib.sha256
+    raw = digest(value.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(raw[: len(raw) // 2]).rstrip(b"=").decode()
+
+
+def pairwise_subject(sector: str, local_subject: str, salt: str) -> str:
+    """OIDC Core §8.1: a stable, per-sector identifier that sectors can't correlate."""
+    raw = hashlib.sha256(f"{sector}|{local_subject}|{salt}".encode()).digest()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _typ_matches(header_typ: Any, expected: str) -> bool:
+    # RFC 9068 §2.1 / RFC 8725 §3.11: "at+jwt" or the full media type "application/at+jwt".
+    if not isinstance(header_typ, str):
+        return False
+    value = header_typ.lower()
+    return value in (expected.lower(), f"application/{expected.lower()}")
+
+
+class TokenService:
+    def __init__(
+        self,
+        keys: KeyManager,
+        kv: KeyValueStore,
+        issuer: str,
+        *,
+        access_token_ttl: int,
+        id_token_ttl: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keys = keys
+        self._kv = kv
+        self.issuer = issuer
+        self.access_token_ttl = access_token_ttl
+        self.id_token_ttl = id_token_ttl
+        self._clock = clock
+
+    @property
+    def access_token_audience(self) -> str:
+        # The IdP's own resource endpoints (userinfo, account API) are the audience of its access
+        # tokens; refresh tokens share the issuer as audience but differ in `typ`.
+        return self.issuer
+
+    def now(self) -> int:
+        return int(self._clock())
+
+    # -- signing ------------------------------------------------------------------------------
+
+    def sign(self, claims: dict[str, Any], *, typ: str, alg: str | None = None) -> str:
+        key = self._keys.signing_key(alg)
+        header = {"alg": key.alg, "kid": key.kid, "typ": typ}
+        return jwt.encode(header, claims, key.key, algorithms=[key.alg])
+
+    def issue_access_token(
+        self,
+        *,
+        subject: str,
+        client_id: str,
+        scope: str,
+        auth_time: int | None = None,
+        acr: str | None = None,
+        amr: Sequence[str] | None = None,
+        sid: str | None = None,
+    ) -> IssuedToken:
+        now = self.now()
+        jti = random_token(16)
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": self.access_token_audience,
+            "client_id": client_id,
+            "iat": now,
+            "exp": now + self.access_token_ttl,
+            "jti": jti,
+            "scope": scope,
+        }
+        if auth_time is not None:
+            claims["auth_time"] = auth_time
+        if acr:
+            claims["acr"] = acr
+        if amr:
+            claims["amr"] = list(amr)
+        if sid:
+            claims["sid"] = sid
+        return IssuedToken(self.sign(claims, typ=ACCESS_TOKEN_TYP), jti, claims)
+
+    def issue_id_token(
+        self,
+        *,
+        subject: str,
+        client_id: str,
+        alg: str | None,
+        auth_time: int | None,
+        nonce: str | None = None,
+        acr: str | None = None,
+        amr: Sequence[str] | None = None,
+        sid: str | None = None,
+        access_token: str | None = None,
+        extra_claims: dict[str, Any] | None = None,
+    ) -> str:
+        now = self.now()
+        key_alg = self._keys.signing_key(alg).alg
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": client_id,
+            "iat": now,
+            "exp": now + self.id_token_ttl,
+            "jti": random_token(12),
+        }
+        if auth_time is not None:
+            claims["auth_time"] = auth_time
+        if nonce is not None:
+            claims["nonce"] = nonce
+        if acr:
+            claims["acr"] = acr
+        if amr:
+            claims["amr"] = list(amr)
+        if sid:
+            claims["sid"] = sid
+        if access_token is not None:
+            claims["at_hash"] = half_hash(access_token, key_alg)
+        if extra_claims:
+            claims.update({key: value for key, value in extra_claims.items() if key not in claims})
+        return self.sign(claims, typ=ID_TOKEN_TYP, alg=key_alg)
+
+    def issue_refresh_token(
+        self, *, jti: str, subject: str, client_id: str, scope: str, expires_at: int, sid: str | None
+    ) -> str:
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": self.issuer,
+            "client_id": client_id,
+            "iat": self.now(),
+            "exp": expires_at,
+            "jti": jti,
+            "scope": scope,
+        }
+        if sid:
+            claims["sid"] = sid
+        return self.sign(claims, typ=REFRESH_TOKEN_TYP)
+
+    def issue_logout_token(self, *, client_id: str, subject: str | None, sid: str | None, alg: str | None) -> str:
+        now = self.now()
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": client_id,
+            "iat": now,
+            "exp": now + 120,
+            "jti": random_token(16),
+            "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+        }
+        if subject:
+            claims["sub"] = subject
+        if sid:
+            claims["sid"] = sid
+        return self.sign(claims, typ=LOGOUT_TOKEN_TYP, alg=alg)
+
+    # -- verification -------------------------------------------------------------------------
+
+    def verify(
+        self,
+        token: str,
+        *,
+        typ: str | None,
+        audience: str | None,
+        check_expiry: bool = True,
+    ) -> dict[str, Any]:
+        """Verify signature, issuer, type, audience and (optionally) time claims of our own JWT."""
+        if not isinstance(token, str) or token.count(".") != 2 or len(token) > 16384:
+            raise TokenInvalid("not a compact JWS")
+        try:
+            header = jws.extract_compact(token.encode("ascii")).protected
+        except (JoseError, ValueError, UnicodeError) as exc:
+            raise TokenInvalid(f"malformed token ({type(exc).__name__})") from None
+        kid = header.get("kid")
+        key = self._keys.verification_key(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise TokenInvalid("unknown or missing kid")
+        if canonical_alg(str(header.get("alg"))) != key.alg:
+            raise TokenInvalid("alg does not match the key")
+        if typ is not None and not _typ_matches(header.get("typ"), typ):
+            raise TokenInvalid(f"typ is not {typ}")
+        try:
+            decoded = jwt.decode(token, key.key, algorithms=[key.alg])
+        except (JoseError, ValueError) as exc:
+            raise TokenInvalid(f"signature or payload invalid ({type(exc).__name__})") from None
+        claims = dict(decoded.claims)
+        options: dict[str, Any] = {"iss": {"essential": True, "value": self.issuer}}
+        if audience is not None:
+            options["aud"] = {"essential": True, "value": audience}
+        registry = JWTClaimsRegistry(now=self.now, leeway=LEEWAY, **options)
+        if not check_expiry:
+            claims_for_check = {k: v for k, v in claims.items() if k not in ("exp", "nbf", "iat")}
+        else:
+            claims_for_check = claims
+            if "exp" not in claims:
+                raise TokenInvalid("missing exp")
+        try:
+            registry.validate(claims_for_check)
+        except JoseError as exc:
+            raise TokenInvalid(f"claims invalid ({exc.error}: {exc.description})") from None
+        return claims
+
+    async def verify_access_token(self, token: str) -> dict[str, Any]:
+        claims = self.verify(token, typ=ACCESS_TOKEN_TYP, audience=self.access_token_audience)
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or await self._kv.exists(_REVOKED_PREFIX + jti):
+            raise TokenInvalid("revoked")
+        return claims
+
+    # -- revocation of access tokens ----------------------------------------------------------
+
+    async def remember_grant_token(self, grant_id: str, token: IssuedToken) -> None:
+        """Index the access token under its grant so revoking the grant can revoke it (RFC 7009 §2.1)."""
+        await self._kv.add_to_set(
+            _GRANT_TOKENS_PREFIX + grant_id, f"{token.jti}:{token.expires_at}", ttl=self.access_token_ttl + LEEWAY
+        )
+
+    async def revoke_access_token(self, jti: str, expires_at: int) -> None:
+        # Kept only until the token would have expired anyway.
+        ttl = max(1, expires_at - self.now() + LEEWAY)
+        await self._kv.set(_REVOKED_PREFIX + jti, "1", ttl=ttl)
+
+    async def revoke_grant_access_tokens(self, grant_id: str) -> int:
+        members = await self._kv.set_members(_GRANT_TOKENS_PREFIX + grant_id)
+        for member in members:
+            jti, _, exp = member.rpartition(":")
+            await self.revoke_access_token(jti, int(exp))
+        await self._kv.delete(_GRANT_TOKENS_PREFIX + grant_id)
+        return len(members)
+
+    def peek_claims(self, token: str) -> dict[str, Any] | None:
+        """Claims of a token we signed, without time checks (for hints and revocation)."""
+        try:
+            return self.verify(token, typ=None, audience=None, check_expiry=False)
+        except TokenInvalid:
+            return None

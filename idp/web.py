@@ -1,0 +1,94 @@
+"""Helpers shared by the HTML blueprints: cookies, the IdP session, CSRF, redirects."""
+
+from __future__ import annotations
+
+from typing import cast
+from urllib.parse import urlsplit
+
+from quart import Response, current_app, g, redirect, request
+
+from idp.accounts.sessions import BrowserSession
+from idp.config import Settings
+from idp.errors import Forbidden
+from idp.security import csrf
+
+
+def _app_settings() -> Settings:
+    from idp.app import IdPApp
+
+    return cast(IdPApp, current_app).settings
+
+
+def secure_cookies() -> bool:
+    return _app_settings().issuer_is_https
+
+
+def session_cookie_name() -> str:
+    # ASVS 3.3.1/3.3.3: the __Host- prefix (Secure, Path=/, no Domain) whenever served over https.
+    return "__Host-idp_session" if secure_cookies() else "idp_session"
+
+
+def set_cookie(response: Response, name: str, value: str, *, max_age: int | None = None) -> None:
+    response.set_cookie(name, value, max_age=max_age, path="/", secure=secure_cookies(), httponly=True, samesite="Lax")
+
+
+def clear_cookie(response: Response, name: str) -> None:
+    response.delete_cookie(name, path="/", secure=secure_cookies(), httponly=True, samesite="Lax")
+
+
+async def current_session() -> BrowserSession | None:
+    """The signed-in browser session, if any (cached for the request)."""
+    if not hasattr(g, "idp_session"):
+        from idp.app import runtime
+
+        g.idp_session = await runtime().sessions.load(request.cookies.get(session_cookie_name()))
+    return cast(BrowserSession | None, g.idp_session)
+
+
+def csrf_binding() -> str:
+    """The browser's CSRF binding value; created (and set as a cookie after the request) if absent."""
+    binding = request.cookies.get(csrf.COOKIE_NAME)
+    if binding and 20 <= len(binding) <= 100:
+        return binding
+    if not getattr(g, "new_csrf_binding", None):
+        g.new_csrf_binding = csrf.new_binding()
+    return cast(str, g.new_csrf_binding)
+
+
+def csrf_token() -> str:
+    return csrf.form_token(_secret(), csrf_binding())
+
+
+def _secret() -> str:
+    secret = _app_settings().secrets.cookie_secret
+    if secret is None:
+        raise RuntimeError("secrets.cookie_secret is not set")
+    return secret.get_secret_value()
+
+
+async def require_csrf() -> None:
+    """Reject a state-changing form post without a valid CSRF token (ASVS 3.5.1)."""
+    form = await request.form
+    if not csrf.verify(_secret(), request.cookies.get(csrf.COOKIE_NAME), form.get("csrf_token")):
+        raise Forbidden("The form has expired or did not come from this site. Go back, reload and try again.")
+
+
+def attach_csrf_cookie(response: Response) -> None:
+    binding = getattr(g, "new_csrf_binding", None)
+    if binding:
+        set_cookie(response, csrf.COOKIE_NAME, binding)
+
+
+def local_path(target: str | None, default: str = "/") -> str:
+    """Only same-origin paths are followed after sign-in: no open redirector (RFC 9700 §4.11)."""
+    if not target or len(target) > 2048 or not target.startswith("/") or target.startswith("//"):
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or "\\" in target:
+        return default
+    return target
+
+
+def see_other(location: str) -> Response:
+    # RFC 9700 §4.12: 303 after a POST so credentials are never re-posted to the target.
+    return cast(Response, redirect(location, code=303))

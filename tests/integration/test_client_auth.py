@@ -1,0 +1,652 @@
+"""Client authentication: secrets (Basic and post), public clients, and private_key_jwt assertions.
+
+Each failure asserts the error class, its ``error`` code and a description fragment; successes
+assert the client returned and, for assertions, the jti recorded in the key-value store.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from typing import Any
+from urllib.parse import quote_plus
+
+import pytest
+from joserfc import jwt
+from joserfc.errors import SecurityWarning
+from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
+from sqlalchemy import update
+
+import idp.oauth.client_auth as client_auth
+from idp.errors import IdPError
+from idp.oauth.client_auth import (
+    ASSERTION_TYPE,
+    ClientCredentials,
+    authenticate_client,
+    parse_client_credentials,
+)
+from idp.oauth.clients import ClientSpec, CreatedClient, create_client
+from idp.oauth.errors import InvalidClient, InvalidRequest
+from idp.security.tokens import secret_digest
+from idp.storage.models import OAuthClient
+from idp.storage.repositories import ClientRepository
+
+REDIRECT = "https://app.example.com/callback"
+TOKEN_PATH = "/token"
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def basic(client_id: str, secret: str) -> str:
+    """RFC 6749 §2.3.1: form-urlencode each part, then Basic-encode ``id:secret``."""
+    raw = f"{quote_plus(client_id)}:{quote_plus(secret)}"
+    return "Basic " + base64.b64encode(raw.encode()).decode()
+
+
+def endpoint(runtime: Any) -> str:
+    return runtime.settings.issuer + TOKEN_PATH
+
+
+async def authenticate(
+    runtime: Any, authorization: str | None = None, form: dict[str, str] | None = None, **kwargs: Any
+) -> OAuthClient:
+    credentials = parse_client_credentials(authorization, form or {})
+    return await authenticate_client(
+        runtime.db,
+        runtime.kv,
+        credentials,
+        issuer=runtime.settings.issuer,
+        endpoint_url=endpoint(runtime),
+        **kwargs,
+    )
+
+
+async def expect_error(
+    runtime: Any,
+    error_cls: type[IdPError],
+    fragment: str,
+    authorization: str | None = None,
+    form: dict[str, str] | None = None,
+) -> IdPError:
+    with pytest.raises(error_cls) as caught:
+        await authenticate(runtime, authorization, form)
+    exc = caught.value
+    assert type(exc) is error_cls
+    assert fragment in exc.description
+    if error_cls is InvalidClient:
+        assert exc.error == "invalid_client"
+        assert exc.status_code == 401
+        assert exc.headers["WWW-Authenticate"] == 'Basic realm="idp"'
+    else:
+        assert exc.error == "invalid_request"
+        assert exc.status_code == 400
+    return exc
+
+
+async def confidential(runtime: Any, method: str = "client_secret_basic", **spec: Any) -> CreatedClient:
+    return await create_client(
+        runtime.db,
+        runtime.events,
+        ClientSpec(
+            name=f"app-{method}",
+            client_type="confidential",
+            redirect_uris=[REDIRECT],
+            token_endpoint_auth_method=method,
+            **spec,
+        ),
+    )
+
+
+async def public(runtime: Any) -> CreatedClient:
+    return await create_client(
+        runtime.db, runtime.events, ClientSpec(name="spa", client_type="public", redirect_uris=[REDIRECT])
+    )
+
+
+class Keys:
+    """The client's private keys; only the public halves are registered."""
+
+    def __init__(self) -> None:
+        self.rsa = RSAKey.generate_key(2048, parameters={"kid": "rsa-1", "use": "sig"})
+        self.ec = ECKey.generate_key("P-256")  # registered without a kid: found by key type
+        self.ed = OKPKey.generate_key("Ed25519", parameters={"kid": "ed-1"})
+
+    def public_jwks(self) -> dict[str, Any]:
+        return {"keys": [self.rsa.as_dict(private=False), self.ec.as_dict(private=False), self.ed.as_dict()]}
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys()
+
+
+@pytest.fixture
+async def jwt_client(runtime: Any, keys: Keys) -> OAuthClient:
+    created = await confidential(runtime, "private_key_jwt", jwks=keys.public_jwks())
+    assert created.client_secret is None
+    return created.client
+
+
+def assertion_claims(runtime: Any, client_id: str, **overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": endpoint(runtime),
+        "iat": now,
+        "exp": now + 300,
+        "jti": uuid.uuid4().hex,
+    }
+    claims.update(overrides)
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+def sign(claims: dict[str, Any], key: Any, alg: str = "RS256", kid: str | None = None) -> str:
+    header: dict[str, Any] = {"alg": alg}
+    if kid is not None:
+        header["kid"] = kid
+    return jwt.encode(header, claims, key, algorithms=[alg])
+
+
+def assertion_form(assertion: str, **extra: str) -> dict[str, str]:
+    return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion, **extra}
+
+
+def b64url(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+# -- client_secret_basic / client_secret_post ----------------------------------------------------
+
+
+async def test_basic_authenticates(runtime: Any) -> None:
+    created = await confidential(runtime)
+    assert created.client_secret is not None
+
+    client = await authenticate(runtime, basic(created.client.id, created.client_secret))
+
+    assert client.id == created.client.id
+    assert client.token_endpoint_auth_method == "client_secret_basic"
+
+
+async def test_basic_decodes_form_urlencoded_id_and_secret(runtime: Any) -> None:
+    # Neither the registry nor random_token produces such characters, so store the row directly.
+    client_id = "svc one+two:3"  # a space, a plus and a colon
+    secret = "p@ss w+rd:%/=&?#~"
+    async with runtime.db.session() as session:
+        await ClientRepository(session).add(
+            OAuthClient(
+                id=client_id,
+                name="special",
+                client_type="confidential",
+                secret_digest=secret_digest(secret),
+                token_endpoint_auth_method="client_secret_basic",
+            )
+        )
+    header = basic(client_id, secret)
+    # quote_plus turns the space into "+" and the plus into "%2B": a plain unquote would differ.
+    assert base64.b64decode(header.split()[1]).decode().startswith("svc+one%2Btwo%3A3:")
+
+    client = await authenticate(runtime, header)
+
+    assert client.id == client_id
+    credentials = parse_client_credentials(header, {})
+    assert (credentials.client_id, credentials.client_secret) == (client_id, secret)
+
+
+async def test_basic_scheme_is_case_insensitive_and_body_client_id_may_repeat_it(runtime: Any) -> None:
+    created = await confidential(runtime)
+    assert created.client_secret is not None
+    header = basic(created.client.id, created.client_secret).replace("Basic", "bAsIc")
+
+    client = await authenticate(runtime, header, {"client_id": created.client.id})
+
+    assert client.id == created.client.id
+
+
+async def test_post_authenticates(runtime: Any) -> None:
+    created = await confidential(runtime, "client_secret_post")
+    assert created.client_secret is not None
+
+    client = await authenticate(runtime, form={"client_id": created.client.id, "client_secret": created.client_secret})
+
+    assert client.id == created.client.id
+    assert parse_client_credentials(None, {"client_id": "x", "client_secret": "y"}).method == "client_secret_post"
+
+
+async def test_none_authenticates_public_client(runtime: Any) -> None:
+    created = await public(runtime)
+    assert created.client_secret is None
+
+    client = await authenticate(runtime, form={"client_id": created.client.id})
+
+    assert client.id == created.client.id
+    assert client.client_type == "public"
+
+
+async def test_wrong_secret_is_refused_without_echoing_it(runtime: Any) -> None:
+    created = await confidential(runtime)
+    wrong = "not-the-secret-" + uuid.uuid4().hex
+
+    exc = await expect_error(runtime, InvalidClient, "Client authentication failed", basic(created.client.id, wrong))
+
+    assert wrong not in exc.description
+    assert wrong not in repr(parse_client_credentials(basic(created.client.id, wrong), {}))
+
+
+async def test_wrong_secret_post_is_refused(runtime: Any) -> None:
+    created = await confidential(runtime, "client_secret_post")
+
+    await expect_error(
+        runtime,
+        InvalidClient,
+        "Client authentication failed",
+        form={"client_id": created.client.id, "client_secret": "x"},
+    )
+
+
+async def test_unknown_client_is_refused_like_a_wrong_secret_and_still_compares(
+    runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compared: list[tuple[str, str | None]] = []
+    real = client_auth.verify_secret
+
+    def spy(secret: str, stored: str | None) -> bool:
+        compared.append((secret, stored))
+        return real(secret, stored)
+
+    monkeypatch.setattr(client_auth, "verify_secret", spy)
+
+    await expect_error(runtime, InvalidClient, "Client authentication failed", basic("no-such-client", "whatever"))
+
+    assert compared == [("whatever", None)]
+
+
+async def test_unknown_public_client_is_refused(runtime: Any) -> None:
+    await expect_error(runtime, InvalidClient, "Client authentication failed", form={"client_id": "no-such-client"})
+
+
+@pytest.mark.parametrize(
+    "client_id", ["bad\x00id", "caf\u00e9", "x" * 200, "x" * 300], ids=["nul", "non-ascii", "200", "300"]
+)
+async def test_odd_client_ids_are_unknown_clients(runtime: Any, client_id: str) -> None:
+    # RFC 6749 Appendix A.1 (VSCHAR); NUL bytes never reach PostgreSQL, long ids are just unknown.
+    await expect_error(runtime, InvalidClient, "Client authentication failed", basic(client_id, "x"))
+    await expect_error(runtime, InvalidClient, "Client authentication failed", form={"client_id": client_id})
+
+
+async def test_disabled_client_is_refused_like_an_unknown_one(runtime: Any) -> None:
+    created = await confidential(runtime)
+    assert created.client_secret is not None
+    async with runtime.db.session() as session:
+        await session.execute(update(OAuthClient).where(OAuthClient.id == created.client.id).values(disabled=True))
+
+    exc = await expect_error(
+        runtime, InvalidClient, "Client authentication failed", basic(created.client.id, created.client_secret)
+    )
+
+    assert exc.description == InvalidClient().description
+
+
+async def test_basic_client_using_post_is_refused(runtime: Any) -> None:
+    created = await confidential(runtime, "client_secret_basic")
+    assert created.client_secret is not None
+
+    await expect_error(
+        runtime,
+        InvalidClient,
+        "client is registered for client_secret_basic",
+        form={"client_id": created.client.id, "client_secret": created.client_secret},
+    )
+
+
+async def test_post_client_using_basic_is_refused(runtime: Any) -> None:
+    created = await confidential(runtime, "client_secret_post")
+    assert created.client_secret is not None
+
+    await expect_error(
+        runtime,
+        InvalidClient,
+        "client is registered for client_secret_post",
+        basic(created.client.id, created.client_secret),
+    )
+
+
+async def test_confidential_client_without_its_secret_is_refused(runtime: Any) -> None:
+    created = await confidential(runtime)
+
+    await expect_error(
+        runtime, InvalidClient, "client is registered for client_secret_basic", form={"client_id": created.client.id}
+    )
+
+
+async def test_public_client_presenting_a_secret_is_refused(runtime: Any) -> None:
+    created = await public(runtime)
+
+    await expect_error(runtime, InvalidClient, "client is registered for none", basic(created.client.id, "anything"))
+
+
+async def test_secret_client_using_an_assertion_is_refused(runtime: Any, keys: Keys) -> None:
+    created = await confidential(runtime)
+    assertion = sign(assertion_claims(runtime, created.client.id), keys.rsa, kid="rsa-1")
+
+    await expect_error(
+        runtime, InvalidClient, "client is registered for client_secret_basic", form=assertion_form(assertion)
+    )
+
+
+async def test_jwt_client_using_a_secret_is_refused(runtime: Any, jwt_client: OAuthClient) -> None:
+    await expect_error(
+        runtime, InvalidClient, "client is registered for private_key_jwt", basic(jwt_client.id, "guess")
+    )
+
+
+@pytest.mark.parametrize(
+    ("with_basic", "form"),
+    [
+        (True, {"client_secret": "s"}),
+        (True, {"client_assertion_type": ASSERTION_TYPE, "client_assertion": "a.b.c"}),
+        (False, {"client_id": "c", "client_secret": "s", "client_assertion": "a.b.c"}),
+        (False, {"client_id": "c", "client_secret": "s", "client_assertion_type": ASSERTION_TYPE}),
+    ],
+    ids=["basic+post", "basic+assertion", "post+assertion", "post+assertion_type"],
+)
+async def test_two_methods_at_once_is_invalid_request(runtime: Any, with_basic: bool, form: dict[str, str]) -> None:
+    created = await confidential(runtime)
+    assert created.client_secret is not None
+    header = basic(created.client.id, created.client_secret) if with_basic else None
+
+    await expect_error(runtime, InvalidRequest, "use exactly one client authentication method", header, form)
+
+
+async def test_inconsistent_credentials_built_by_hand_are_invalid_request(runtime: Any) -> None:
+    credentials = ClientCredentials(client_id="c", client_secret="s", client_assertion="a.b.c", method="none")
+
+    with pytest.raises(InvalidRequest, match="use exactly one client authentication method"):
+        await authenticate_client(
+            runtime.db, runtime.kv, credentials, issuer=runtime.settings.issuer, endpoint_url=endpoint(runtime)
+        )
+
+
+@pytest.mark.parametrize(
+    ("header", "fragment"),
+    [
+        ("Basic !!!not-base64!!!", "not valid base64"),
+        ("Basic " + base64.b64encode(b"no-colon-here").decode(), "client_id:client_secret"),
+        ("Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(), "not valid base64 of UTF-8"),
+        ("Basic " + base64.b64encode(b":secret").decode(), "empty client_id"),
+        ("Basic", "client_id:client_secret"),
+    ],
+    ids=["not-base64", "no-colon", "not-utf8", "empty-id", "empty"],
+)
+async def test_malformed_basic_header_is_invalid_client(runtime: Any, header: str, fragment: str) -> None:
+    await expect_error(runtime, InvalidClient, fragment, header)
+
+
+async def test_body_client_id_contradicting_basic_is_refused(runtime: Any) -> None:
+    created = await confidential(runtime)
+    assert created.client_secret is not None
+
+    await expect_error(
+        runtime,
+        InvalidClient,
+        "does not match the Basic authorization header",
+        basic(created.client.id, created.client_secret),
+        {"client_id": "someone-else"},
+    )
+
+
+async def test_no_credentials_at_all_is_invalid_client(runtime: Any) -> None:
+    await expect_error(runtime, InvalidClient, "client authentication is required")
+    # RFC 6749 §3.2: empty parameters count as absent; other schemes are not client auth.
+    await expect_error(runtime, InvalidClient, "client authentication is required", "Bearer abc", {"client_id": ""})
+
+
+# -- private_key_jwt -------------------------------------------------------------------------------
+
+
+async def test_assertion_signed_with_rsa_authenticates_and_records_the_jti(
+    runtime: Any, jwt_client: OAuthClient, keys: Keys
+) -> None:
+    claims = assertion_claims(runtime, jwt_client.id)
+    assertion = sign(claims, keys.rsa, "RS256", kid="rsa-1")
+
+    client = await authenticate(runtime, form=assertion_form(assertion, client_id=jwt_client.id))
+
+    assert client.id == jwt_client.id
+    key = f"client_assertion_jti:{jwt_client.id}:{claims['jti']}"
+    assert await runtime.kv.get(key) == "1"
+    ttl = await runtime.kv.ttl(key)
+    assert ttl is not None and 300 < ttl <= 360  # until exp, plus the 60 s leeway
+
+
+async def test_assertion_signed_with_ec_key_found_without_kid(
+    runtime: Any, jwt_client: OAuthClient, keys: Keys
+) -> None:
+    assertion = sign(assertion_claims(runtime, jwt_client.id, aud=[runtime.settings.issuer]), keys.ec, "ES256")
+
+    client = await authenticate(runtime, form=assertion_form(assertion))
+
+    assert client.id == jwt_client.id
+
+
+async def test_assertion_signed_with_rsa_pss_authenticates(runtime: Any, jwt_client: OAuthClient, keys: Keys) -> None:
+    assertion = sign(assertion_claims(runtime, jwt_client.id), keys.rsa, "PS256", kid="rsa-1")
+
+    assert (await authenticate(runtime, form=assertion_form(assertion))).id == jwt_client.id
+
+
+async def test_assertion_signed_with_ed25519_under_both_names(
+    runtime: Any, jwt_client: OAuthClient, keys: Keys
+) -> None:
+    modern = sign(assertion_claims(runtime, jwt_client.id), keys.ed, "Ed25519", kid="ed-1")
+    # Only the client-side signing warns; verification maps "EdDSA" to Ed25519 without a warning.
+    with pytest.warns(SecurityWarning, match="EdDSA"):
+        legacy = sign(assertion_claims(runtime, jwt_client.id), keys.ed, "EdDSA", kid="ed-1")
+
+    assert (await authenticate(runtime, form=assertion_form(modern))).id == jwt_client.id
+    assert (await authenticate(runtime, form=assertion_form(legacy))).id == jwt_client.id
+
+
+async def test_assertion_replay_is_refused(runtime: Any, jwt_client: OAuthClient, keys: Keys) -> None:
+    assertion = sign(assertion_claims(runtime, jwt_client.id), keys.rsa, kid="rsa-1")
+    await authenticate(runtime, form=assertion_form(assertion))
+
+    await expect_error(runtime, InvalidClient, "client assertion has already been used", form=assertion_form(assertion))
+
+
+async def test_jti_is_scoped_to_the_client(runtime: Any, keys: Keys) -> None:
+    first = (await confidential(runtime, "private_key_jwt", jwks=keys.public_jwks())).client
+    second = (await confidential(runtime, "private_key_jwt", jwks=keys.public_jwks())).client
+
+    for client in (first, second):
+        assertion = sign(assertion_claims(runtime, client.id, jti="shared-jti"), keys.rsa, kid="rsa-1")
+        assert (await authenticate(runtime, form=assertion_form(assertion))).id == client.id
+
+
+async def test_expired_assertion_is_refused(runtime: Any, jwt_client: OAuthClient, keys: Keys) -> None:
+    now = int(time.time())
+    assertion = sign(assertion_claims(runtime, jwt_client.id, iat=now - 600, exp=now - 61), keys.rsa, kid="rsa-1")
+
+    await expect_error(runtime, InvalidClient, "client assertion has expired", form=assertion_form(assertion))
+
+
+async def test_assertion_within_leeway_is_accepted(runtime: Any, jwt_client: OAuthClient, keys: Keys) -> None:
+    now = int(time.time())
+    assertion = sign(assertion_claims(runtime, jwt_client.id, exp=now - 30, iat=now + 30), keys.rsa, kid="rsa-1")
+
+    assert (await authenticate(runtime, form=assertion_form(assertion))).id == jwt_client.id
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"jti": None}, "client assertion jti is required"),
+        ({"jti": ""}, "client assertion jti is required"),
+        ({"exp": None}, "client assertion exp is required"),
+        ({"exp": "tomorrow"}, "client assertion exp must be a NumericDate"),
+        ({"exp": int(time.time()) + 7200}, "more than 1 hour in the future"),
+        ({"iat": int(time.time()) + 600}, "client assertion iat is in the future"),
+        ({"nbf": int(time.time()) + 600}, "client assertion nbf is in the future"),
+        ({"aud": "https://evil.example/token"}, "aud must be the issuer or the endpoint URL"),
+        ({"aud": None}, "aud must be the issuer or the endpoint URL"),
+    ],
+    ids=[
+        "missing-jti",
+        "empty-jti",
+        "missing-exp",
+        "text-exp",
+        "far-exp",
+        "future-iat",
+        "future-nbf",
+        "wrong-aud",
+        "no-aud",
+    ],
+)
+async def test_assertion_claims_are_checked(
+    runtime: Any, jwt_client: OAuthClient, keys: Keys, overrides: dict[str, Any], fragment: str
+) -> None:
+    claims = assertion_claims(runtime, jwt_client.id, **overrides)
+    assertion = sign(claims, keys.rsa, kid="rsa-1")
+
+    await expect_error(runtime, InvalidClient, fragment, form=assertion_form(assertion))
+
+    if claims.get("jti"):
+        assert not await runtime.kv.exists(f"client_assertion_jti:{jwt_client.id}:{claims['jti']}")
+
+
+async def test_iss_differing_from_sub_is_refused(runtime: Any, jwt_client: OAuthClient, keys: Keys) -> None:
+    assertion = sign(assertion_claims(runtime, jwt_client.id, iss="someone-else"), keys.rsa, kid="rsa-1")
+
+    await expect_error(runtime, InvalidClient, "iss and sub must both be the client_id", form=assertion_form(assertion))
+
+
+async def test_body_client_id_differing_from_sub_is_refused(runtime: Any, jwt_client: OAuthClient, keys: Keys) -> None:
+    assertion = sign(assertion_claims(runtime, jwt_client.id), keys.rsa, kid="rsa-1")
+
+    await expect_error(
+        runtime,
+        InvalidClient,
+        "client_id does not match the client assertion's sub",
+        form=assertion_form(assertion, client_id="someone-else"),
+    )
+
+
+async def test_hs256_signed_with_the_client_secret_is_refused(runtime: Any) -> None:
+    created = await confidential(runtime)
+    assert created.client_secret is not None
+    assertion = sign(assertion_claims(runtime, created.client.id), OctKey.import_key(created.client_secret), "HS256")
+
+    await expect_error(runtime, InvalidClient, "client assertion alg is not allowed", form=assertion_form(assertion))
+
+
+async def test_hs256_signed_with_the_public_key_is_refused(runtime: Any, jwt_client: OAuthClient, keys: Keys) -> None:
+    # Key confusion (ASVS 9.1.2): the registered public key, which anyone can read, as an HMAC secret.
+    # joserfc refuses to build such an oct key, so sign by hand as an attacker would.
+    signing_input = f"{b64url({'alg': 'HS256', 'kid': 'rsa-1'})}.{b64url(assertion_claims(runtime, jwt_client.id))}"
+    mac = hmac.new(keys.rsa.as_pem(private=False), signing_input.encode(), hashlib.sha256).digest()
+    assertion = f"{signing_input}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+    await expect_error(runtime, InvalidClient, "client assertion alg is not allowed", form=assertion_form(assertion))
+
+
+async def test_alg_none_is_refused(runtime: Any, jwt_client: OAuthClient) -> None:
+    unsigned = f"{b64url({'alg': 'none', 'typ': 'JWT'})}.{b64url(assertion_claims(runtime, jwt_client.id))}."
+
+    await expect_error(runtime, InvalidClient, "client assertion alg is not allowed", form=assertion_form(unsigned))
+
+
+async def test_assertion_signed_by_an_unregistered_key_is_refused(runtime: Any, jwt_client: OAuthClient) -> None:
+    impostor = RSAKey.generate_key(2048, parameters={"kid": "rsa-1"})
+    assertion = sign(assertion_claims(runtime, jwt_client.id), impostor, kid="rsa-1")
+
+    await expect_error(
+        runtime,
+        InvalidClient,
+        "signature does not verify with the client's registered keys",
+        form=assertion_form(assertion),
+    )
+
+
+async def test_assertion_naming_an_unregistered_kid_is_refused(runtime: Any, jwt_client: OAuthClient) -> None:
+    impostor = ECKey.generate_key("P-256")
+    assertion = sign(assertion_claims(runtime, jwt_client.id), impostor, "ES256", kid="not-registered")
+
+    await expect_error(
+        runtime,
+        InvalidClient,
+        "no registered key of the client has the assertion's kid",
+        form=assertion_form(assertion),
+    )
+
+
+@pytest.mark.parametrize(
+    ("assertion_type", "fragment"),
+    [
+        ("urn:ietf:params:oauth:client-assertion-type:saml2-bearer", "client_assertion_type must be"),
+        (None, "client_assertion_type must be"),
+    ],
+    ids=["saml", "missing"],
+)
+async def test_wrong_assertion_type_is_refused(
+    runtime: Any, jwt_client: OAuthClient, keys: Keys, assertion_type: str | None, fragment: str
+) -> None:
+    assertion = sign(assertion_claims(runtime, jwt_client.id), keys.rsa, kid="rsa-1")
+    form = {"client_assertion": assertion}
+    if assertion_type is not None:
+        form["client_assertion_type"] = assertion_type
+
+    exc = await expect_error(runtime, InvalidClient, fragment, form=form)
+
+    assert assertion not in exc.description
+
+
+async def test_malformed_assertion_is_refused(runtime: Any, jwt_client: OAuthClient) -> None:
+    await expect_error(
+        runtime, InvalidClient, "not a well-formed signed JWT", form=assertion_form("definitely-not-a-jwt")
+    )
+    await expect_error(
+        runtime, InvalidClient, "client_assertion is missing", form={"client_assertion_type": ASSERTION_TYPE}
+    )
+
+
+async def test_assertion_for_an_unknown_client_is_refused(runtime: Any, keys: Keys) -> None:
+    assertion = sign(assertion_claims(runtime, "no-such-client"), keys.rsa, kid="rsa-1")
+
+    exc = await expect_error(runtime, InvalidClient, "Client authentication failed", form=assertion_form(assertion))
+
+    assert exc.description == InvalidClient().description
+
+
+async def test_jwks_uri_needs_a_fetcher(runtime: Any, keys: Keys) -> None:
+    created = await confidential(runtime, "private_key_jwt", jwks_uri="https://app.example.com/jwks")
+    assertion = sign(assertion_claims(runtime, created.client.id), keys.rsa, kid="rsa-1")
+
+    await expect_error(runtime, InvalidClient, "jwks_uri is not supported yet", form=assertion_form(assertion))
+
+    fetched: list[str] = []
+
+    async def fetch(url: str) -> dict[str, Any]:
+        fetched.append(url)
+        return keys.public_jwks()
+
+    client = await authenticate(runtime, form=assertion_form(assertion), http_fetch_jwks=fetch)
+
+    assert client.id == created.client.id
+    assert fetched == ["https://app.example.com/jwks"]
+
+
+async def test_jwks_uri_fetch_failure_is_invalid_client(runtime: Any, keys: Keys) -> None:
+    created = await confidential(runtime, "private_key_jwt", jwks_uri="https://app.example.com/jwks")
+    assertion = sign(assertion_claims(runtime, created.client.id), keys.rsa, kid="rsa-1")
+
+    async def fetch(url: str) -> dict[str, Any]:
+        raise OSError("connection refused")
+
+    with pytest.raises(InvalidClient, match="jwks_uri could not be fetched"):
+        await authenticate(runtime, form=assertion_form(assertion), http_fetch_jwks=fetch)

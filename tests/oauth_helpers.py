@@ -1,0 +1,156 @@
+"""Helpers for driving the IdP's flows in-process (Quart test client) in tests."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from idp.accounts.users import NewUser, create_user
+from idp.oauth.clients import ClientSpec, create_client
+
+PASSWORD = "meadow-lantern-orbit-2048"
+SPA_REDIRECT = "http://127.0.0.1:8080/callback"
+WEB_REDIRECT = "https://rp.example/callback"
+
+
+def pkce_pair() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def csrf_from(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+def query_of(location: str) -> dict[str, str]:
+    return {key: values[0] for key, values in parse_qs(urlsplit(location).query).items()}
+
+
+def basic(client_id: str, secret: str) -> dict[str, str]:
+    from urllib.parse import quote
+
+    raw = f"{quote(client_id, safe='')}:{quote(secret, safe='')}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+
+@dataclass
+class World:
+    user_id: str
+    email: str
+    spa_id: str
+    web_id: str
+    web_secret: str
+
+
+async def make_world(runtime: Any, *, email: str = "alice@example.com") -> World:
+    user = await create_user(
+        runtime.db,
+        runtime.passwords,
+        runtime.events,
+        NewUser(email=email, password=PASSWORD, name="Alice Example", email_verified=True),
+    )
+    spa = await create_client(
+        runtime.db,
+        runtime.events,
+        ClientSpec(
+            name="SPA",
+            client_type="public",
+            redirect_uris=[SPA_REDIRECT],
+            post_logout_redirect_uris=["http://127.0.0.1:8080/"],
+            web_origins=["http://127.0.0.1:8080"],
+        ),
+    )
+    web = await create_client(
+        runtime.db,
+        runtime.events,
+        ClientSpec(
+            name="Web App",
+            client_type="confidential",
+            redirect_uris=[WEB_REDIRECT],
+            post_logout_redirect_uris=["https://rp.example/bye"],
+            grant_types=["authorization_code", "refresh_token", "client_credentials"],
+        ),
+    )
+    assert web.client_secret is not None
+    return World(user.id, email, spa.client.id, web.client.id, web.client_secret)
+
+
+async def login(client: Any, email: str, password: str = PASSWORD, return_to: str = "/") -> Any:
+    page = await client.get(f"/login?{urlencode({'return_to': return_to})}")
+    token = csrf_from(await page.get_data(as_text=True))
+    return await client.post(
+        "/login", form={"email": email, "password": password, "csrf_token": token, "return_to": return_to}
+    )
+
+
+async def authorize(
+    client: Any,
+    client_id: str,
+    redirect_uri: str,
+    *,
+    email: str | None = None,
+    consent: bool = True,
+    **params: str,
+) -> tuple[Any, str | None]:
+    """Run /authorize, signing in and consenting through the real forms as needed.
+    Returns the final response (the redirect to the client) and the PKCE verifier used."""
+    verifier, challenge = pkce_pair()
+    query = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": redirect_uri,
+        "scope": "openid profile email offline_access",
+        "state": "st-123",
+        "nonce": "n-456",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    query.update(params)
+    query = {key: value for key, value in query.items() if value is not None}
+    response = await client.get(f"/authorize?{urlencode(query)}")
+    for _ in range(6):
+        location = response.headers.get("Location", "")
+        if response.status_code not in (302, 303) or not location.startswith("/"):
+            break
+        if location.startswith("/login"):
+            assert email is not None, "login needed but no email given"
+            response = await login(client, email, return_to=query_of(location)["return_to"])
+            continue
+        if location.startswith("/authorize/consent/"):
+            page = await client.get(location)
+            if not consent:
+                return page, verifier
+            response = await client.post(
+                location, form={"csrf_token": csrf_from(await page.get_data(as_text=True)), "decision": "allow"}
+            )
+            continue
+        response = await client.get(location)
+    return response, verifier
+
+
+async def code_flow(client: Any, world: World, *, confidential: bool = True, **params: str) -> dict[str, Any]:
+    client_id = world.web_id if confidential else world.spa_id
+    redirect_uri = WEB_REDIRECT if confidential else SPA_REDIRECT
+    response, verifier = await authorize(client, client_id, redirect_uri, email=world.email, **params)
+    assert response.status_code == 303, await response.get_data(as_text=True)
+    result = query_of(response.headers["Location"])
+    form = {
+        "grant_type": "authorization_code",
+        "code": result["code"],
+        "redirect_uri": redirect_uri,
+        "code_verifier": verifier,
+    }
+    headers = basic(world.web_id, world.web_secret) if confidential else {}
+    if not confidential:
+        form["client_id"] = world.spa_id
+    token = await client.post("/token", form=form, headers=headers)
+    assert token.status_code == 200, await token.get_data(as_text=True)
+    return {**(await token.get_json()), "_authorization": result, "_verifier": verifier}
