@@ -243,6 +243,24 @@ def db_current(state: CliState, as_json: bool) -> None:
     )
 
 
+@db.command("cleanup")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def db_cleanup(state: CliState, as_json: bool) -> None:
+    """Delete expired authorization codes, refresh tokens and signing keys (safe to run any time)."""
+    from idp.storage.models import utcnow
+    from idp.storage.repositories import MaintenanceRepository
+
+    async def action(rt: Any) -> dict[str, int]:
+        async with rt.db.session() as session:
+            counts = await MaintenanceRepository(session).delete_expired(utcnow())
+        counts["signing_keys"] = await rt.keys.purge_expired()
+        return counts
+
+    counts = run_with_runtime(state.settings(), action)
+    emit(counts, as_json, lambda: "deleted " + ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in counts.items()))
+
+
 def _alembic(action: str, url: str, revision: str) -> None:
     from idp.storage import migrate
 

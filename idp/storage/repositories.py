@@ -6,13 +6,13 @@ Each takes an ``AsyncSession`` from ``Database.session()``; the caller owns the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from idp.storage.models import AuditEvent, OAuthClient, SigningKey, User
+from idp.storage.models import AuditEvent, AuthorizationCode, OAuthClient, RefreshToken, SigningKey, User
 
 
 def normalize_email(email: str) -> str:
@@ -131,3 +131,26 @@ class AuditRepository:
             select(AuditEvent).order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc()).limit(limit)
         )
         return result.scalars().all()
+
+
+class MaintenanceRepository:
+    """Deletes rows that can no longer matter (run by `idp db cleanup`, e.g. from cron)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def delete_expired(self, now: datetime, code_grace: timedelta = timedelta(days=1)) -> dict[str, int]:
+        # Used codes are kept a while past expiry: replay detection needs them, not just validity.
+        codes = await self.session.execute(
+            delete(AuthorizationCode).where(AuthorizationCode.expires_at < now - code_grace)
+        )
+        # A refresh token past its own expiry can't be used; its family-mates carry the family.
+        refresh = await self.session.execute(
+            delete(RefreshToken).where(
+                or_(RefreshToken.family_expires_at < now, RefreshToken.expires_at < now - code_grace)
+            )
+        )
+        return {
+            "authorization_codes": int(getattr(codes, "rowcount", 0) or 0),
+            "refresh_tokens": int(getattr(refresh, "rowcount", 0) or 0),
+        }

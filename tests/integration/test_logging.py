@@ -128,3 +128,47 @@ def test_text_format_is_one_readable_line(capsys) -> None:
     line = stream.getvalue().strip()
     assert line.count("\n") == 0
     assert "INFO" in line and "idp.test hello world" in line and "client_id=abc" in line
+
+
+async def test_oauth_flow_logs_contain_no_credentials(json_logs, client, runtime) -> None:
+    """Login through the form, code + PKCE, token exchange, refresh, userinfo, revocation, logout:
+    none of the password, code, verifier, tokens or client secret may appear in any log line."""
+    from tests.oauth_helpers import PASSWORD, basic, code_flow, make_world
+
+    world = await make_world(runtime, email="grep@example.com")
+    tokens = await code_flow(client, world)
+    refreshed = await client.post(
+        "/token",
+        form={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        headers=basic(world.web_id, world.web_secret),
+    )
+    assert refreshed.status_code == 200
+    new_tokens = await refreshed.get_json()
+    await client.get("/userinfo", headers={"Authorization": f"Bearer {new_tokens['access_token']}"})
+    await client.post(
+        "/revoke", form={"token": new_tokens["refresh_token"]}, headers=basic(world.web_id, world.web_secret)
+    )
+    # A failed client authentication and a failed login are logged too, without their secrets.
+    await client.post(
+        "/token", form={"grant_type": "client_credentials"}, headers=basic(world.web_id, "wrong-secret-x")
+    )
+    await client.get(f"/logout?id_token_hint={tokens['id_token']}&post_logout_redirect_uri=https://rp.example/bye")
+
+    logged = json_logs.getvalue()
+    assert "idp.access" in logged
+    secrets_seen = [
+        PASSWORD,
+        world.web_secret,
+        "wrong-secret-x",
+        tokens["_authorization"]["code"],
+        tokens["_verifier"],
+        tokens["access_token"],
+        tokens["refresh_token"],
+        tokens["id_token"],
+        new_tokens["access_token"],
+        new_tokens["refresh_token"],
+    ]
+    for value in secrets_seen:
+        assert value not in logged
+    # Not even the signature part of a token.
+    assert tokens["id_token"].rsplit(".", 1)[1] not in logged
