@@ -502,7 +502,10 @@ def clients_create(
     try:
         # Input checks first: opening the runtime writes (first signing keys), a rejected client must not.
         validate_spec(spec)
-        created = run_with_runtime(settings, lambda rt: create_client(rt.db, rt.events, spec))
+        created = run_with_runtime(
+            settings,
+            lambda rt: create_client(rt.db, rt.events, spec, pairwise_available=rt.subjects.pairwise_available),
+        )
     except ClientValidationError as exc:
         fail(f"{CLIENT_FIELD_FLAGS.get(exc.field, exc.field)}: {exc.message}")
     data = describe_client(created.client)

@@ -74,6 +74,12 @@ class SecretSettings(_Section):
     # changing it changes every pairwise `sub`, so treat it as permanent.
     pairwise_secret: SecretStr | None = None
 
+    @field_validator("cookie_secret", "key_encryption_key", "pairwise_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # IDP_SECRETS__X="" (an unset variable in many deployment tools) means "not configured".
+        return None if value == "" else value
+
     @field_validator("pairwise_secret")
     @classmethod
     def _pairwise_secret_strength(cls, value: SecretStr | None) -> SecretStr | None:

@@ -178,6 +178,13 @@ def validate_spec(spec: ClientSpec) -> ClientSpec:
         alg = "Ed25519"
     if spec.subject_type not in ("public", "pairwise"):
         raise ClientValidationError("subject_type", "must be public or pairwise")
+    if spec.subject_type == "pairwise":
+        # OIDC Core §8.1: without a sector_identifier_uri, the sector is the redirect URIs' one host.
+        hosts = {urlsplit(uri).hostname for uri in spec.redirect_uris}
+        if len(hosts) > 1:
+            raise ClientValidationError(
+                "subject_type", "pairwise clients must register redirect URIs on a single host (their sector)"
+            )
 
     origins = _dedupe([_check_origin(origin) for origin in spec.web_origins])
 
@@ -205,8 +212,12 @@ def uses_client_secret(method: str) -> bool:
     return method in ("client_secret_basic", "client_secret_post")
 
 
-async def create_client(db: Database, events: EventBus, spec: ClientSpec) -> CreatedClient:
+async def create_client(
+    db: Database, events: EventBus, spec: ClientSpec, *, pairwise_available: bool = True
+) -> CreatedClient:
     spec = validate_spec(spec)
+    if spec.subject_type == "pairwise" and not pairwise_available:
+        raise ClientValidationError("subject_type", "pairwise subjects need secrets.pairwise_secret to be configured")
     assert spec.token_endpoint_auth_method is not None
     secret = random_token(32) if uses_client_secret(spec.token_endpoint_auth_method) else None
     client = OAuthClient(

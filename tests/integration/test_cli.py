@@ -635,3 +635,46 @@ def test_missing_config_file(cli_env: dict[str, str]) -> None:
     line = assert_one_line_error(run_idp(cli_env, "--config", "/nonexistent.toml", "config", "check"))
     assert "--config" in line
     assert "/nonexistent.toml" in line
+
+
+def test_pairwise_clients_need_one_sector_host(cli_env) -> None:
+    result = CliRunner().invoke(
+        cli,
+        [
+            "clients",
+            "create",
+            "--name",
+            "P",
+            "--confidential",
+            "--subject-type",
+            "pairwise",
+            "--redirect-uri",
+            "https://a.example/cb",
+            "--redirect-uri",
+            "https://b.example/cb",
+        ],
+        env=cli_env,
+    )
+    assert result.exit_code == 1
+    assert "--subject-type: pairwise clients must register redirect URIs on a single host" in result.output
+
+
+def test_pairwise_clients_need_the_pairwise_secret(cli_env) -> None:
+    env = {key: value for key, value in cli_env.items() if key != "IDP_SECRETS__PAIRWISE_SECRET"}
+    result = CliRunner().invoke(
+        cli,
+        [
+            "clients",
+            "create",
+            "--name",
+            "P",
+            "--confidential",
+            "--subject-type",
+            "pairwise",
+            "--redirect-uri",
+            "https://a.example/cb",
+        ],
+        env={**env, "IDP_SECRETS__PAIRWISE_SECRET": ""},
+    )
+    assert result.exit_code == 1
+    assert "--subject-type: pairwise subjects need secrets.pairwise_secret" in result.output
