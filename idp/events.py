@@ -157,6 +157,23 @@ class ConsentGranted(Event):
 
 
 @dataclass(frozen=True)
+class ConsentWithdrawn(Event):
+    """The user took back a client's access: its tokens must stop working (ASVS 10.4.9, 10.7.3)."""
+
+    name: ClassVar[str] = "consent_withdrawn"
+    user_id: str
+    client: str
+
+    @property
+    def subject_id(self) -> str | None:
+        return self.user_id
+
+    @property
+    def client_id(self) -> str | None:
+        return self.client
+
+
+@dataclass(frozen=True)
 class TokenIssued(Event):
     name: ClassVar[str] = "token_issued"
     client: str
@@ -195,7 +212,7 @@ class TokenRevoked(Event):
 
     @property
     def outcome(self) -> str:
-        return "success" if self.reason in ("client_request", "logout") else "security_alert"
+        return "success" if self.reason in ("client_request", "logout", "consent_withdrawn") else "security_alert"
 
     def details(self) -> dict[str, Any]:
         return {"reason": self.reason, "token_type": self.token_type}

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from idp.accounts.sessions import SessionStore
 from idp.audit import AuditLogger
 from idp.config import Settings, decode_kek
-from idp.events import EventBus
-from idp.oauth.grants import GrantContext
+from idp.events import ConsentWithdrawn, Event, EventBus, EventContext
+from idp.oauth.grants import GrantContext, revoke_user_client_grants
 from idp.oauth.interactions import InteractionStore
 from idp.oauth.keys import KeyManager
 from idp.oauth.logout import BackchannelNotifier
@@ -69,6 +69,16 @@ def build_encryptor(settings: Settings) -> Encryptor:
     return Encryptor(decode_kek(kek.get_secret_value()), previous)
 
 
+def _subscribe_protocol_handlers(rt: Runtime) -> None:
+    """Protocol consequences of account events (accounts never call into oauth directly)."""
+
+    async def on_consent_withdrawn(event: Event, _context: EventContext) -> None:
+        assert isinstance(event, ConsentWithdrawn)
+        await revoke_user_client_grants(rt.grants, event.user_id, event.client, reason="consent_withdrawn")
+
+    rt.events.subscribe(on_consent_withdrawn, ConsentWithdrawn)
+
+
 async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_keys: bool = True) -> Runtime:
     """Connect, verify, and get ready to serve. Raises StartupError with one operator-facing line."""
     encryptor = build_encryptor(settings)
@@ -105,7 +115,7 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             id_token_ttl=settings.tokens.id_token_ttl,
         )
         pairwise = settings.secrets.pairwise_secret
-        return Runtime(
+        runtime = Runtime(
             settings=settings,
             db=db,
             kv=kv,
@@ -119,6 +129,8 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             subjects=SubjectResolver(pairwise.get_secret_value() if pairwise else None),
             backchannel=BackchannelNotifier(db, tokens),
         )
+        _subscribe_protocol_handlers(runtime)
+        return runtime
     except BaseException:
         await kv.close()
         await db.close()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import delete, select
 
+from idp.events import ConsentWithdrawn, EventBus
 from idp.storage.db import Database
-from idp.storage.models import Consent
+from idp.storage.models import Consent, OAuthClient
 
 
 async def granted_scopes(db: Database, user_id: str, client_id: str) -> set[str]:
@@ -38,3 +41,34 @@ async def withdraw(db: Database, user_id: str, client_id: str) -> bool:
             delete(Consent).where(Consent.user_id == user_id, Consent.client_id == client_id)
         )
         return bool(getattr(result, "rowcount", 0))
+
+
+@dataclass(frozen=True)
+class ConsentView:
+    client_id: str
+    client_name: str
+    scopes: list[str]
+    updated_at: datetime
+
+
+async def list_for_user(db: Database, user_id: str) -> list[ConsentView]:
+    async with db.session() as session:
+        rows = (
+            await session.execute(
+                select(Consent, OAuthClient.name)
+                .join(OAuthClient, OAuthClient.id == Consent.client_id)
+                .where(Consent.user_id == user_id)
+                .order_by(OAuthClient.name)
+            )
+        ).all()
+    return [
+        ConsentView(row.Consent.client_id, row.name, list(row.Consent.scopes), row.Consent.updated_at) for row in rows
+    ]
+
+
+async def withdraw_and_announce(db: Database, events: EventBus, user_id: str, client_id: str) -> bool:
+    """Withdraw consent and announce it, so the protocol side revokes the client's tokens."""
+    removed = await withdraw(db, user_id, client_id)
+    if removed:
+        await events.publish(ConsentWithdrawn(user_id=user_id, client=client_id))
+    return removed

@@ -387,3 +387,33 @@ async def handle_token_request(ctx: GrantContext, client: OAuthClient, form: Map
 async def find_refresh_token(db: Database, jti: str) -> RefreshToken | None:
     async with db.session() as session:
         return (await session.execute(select(RefreshToken).where(RefreshToken.jti == jti))).scalar_one_or_none()
+
+
+async def revoke_user_client_grants(ctx: GrantContext, user_id: str, client_id: str, *, reason: str) -> int:
+    """Revoke every authorization a user gave a client: refresh-token families and the access
+    tokens issued from them or straight from codes (codes are kept a day past expiry, longer than
+    any access token lives)."""
+    async with ctx.db.session() as session:
+        families = set(
+            (
+                await session.execute(
+                    select(RefreshToken.family_id).where(
+                        RefreshToken.user_id == user_id,
+                        RefreshToken.client_id == client_id,
+                        RefreshToken.revoked_at.is_(None),
+                    )
+                )
+            ).scalars()
+        )
+        families |= set(
+            (
+                await session.execute(
+                    select(AuthorizationCode.grant_id).where(
+                        AuthorizationCode.user_id == user_id, AuthorizationCode.client_id == client_id
+                    )
+                )
+            ).scalars()
+        )
+    for family in families:
+        await revoke_grant(ctx, family, client_id=client_id, user_id=user_id, reason=reason)
+    return len(families)
