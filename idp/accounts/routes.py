@@ -60,3 +60,38 @@ async def login_submit() -> Response:
     response = see_other(return_to)
     set_cookie(response, session_cookie_name(), cookie_value, max_age=rt.settings.sessions.absolute_ttl)
     return response
+
+
+@blueprint.get("/account/apps")
+async def connected_apps() -> Response:
+    """Applications the user has allowed, with what they may access (ASVS 10.7.3)."""
+    from idp.accounts import consents
+
+    session = await current_session()
+    if session is None:
+        return see_other("/login?return_to=/account/apps")
+    html = await render_template(
+        "accounts/apps.html",
+        apps=await consents.list_for_user(runtime().db, session.user_id),
+        csrf_token=csrf_token(),
+        withdrawn=request.args.get("withdrawn"),
+    )
+    response = Response(html, content_type="text/html; charset=utf-8")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@blueprint.post("/account/apps/<client_id>/withdraw")
+async def withdraw_app(client_id: str) -> Response:
+    """Withdraw consent: the app must ask again, and its tokens for this user stop working."""
+    from idp.accounts import consents
+    from idp.errors import NotFound
+
+    session = await current_session()
+    if session is None:
+        return see_other("/login?return_to=/account/apps")
+    await require_csrf()
+    rt = runtime()
+    if not await consents.withdraw_and_announce(rt.db, rt.events, session.user_id, client_id):
+        raise NotFound("This application has no access to withdraw.")
+    return see_other("/account/apps?withdrawn=1")
