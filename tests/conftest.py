@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from idp.config import Settings, generate_secrets, load_settings
+from idp.oauth.keys import generate_key as _real_generate_key
 from idp.storage import migrate
 from idp.storage.models import Base
 
@@ -205,3 +206,37 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     database = "PostgreSQL (IDP_TEST_DATABASE_URL)" if TEST_DATABASE_URL else "SQLite (aiosqlite)"
     store = "Redis (IDP_TEST_REDIS_URL)" if TEST_REDIS_URL else "in-process store"
     return [f"idp storage backends: database={database}, key-value={store}"]
+
+
+class _KeyPool:
+    """Signing keys generated once per run and handed out in order within each test.
+
+    RSA generation costs ~50 ms; every test app would otherwise make fresh keys on start. Keys
+    stay distinct within a test (rotations draw the next one), which is all a database needs.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, int], list[Any]] = {}
+        self._next: dict[tuple[str, int], int] = {}
+
+    def reset(self) -> None:
+        self._next.clear()
+
+    def take(self, alg: str, rsa_key_size: int = 2048) -> Any:
+        slot = (alg, rsa_key_size if alg == "RS256" else 0)
+        index = self._next.get(slot, 0)
+        self._next[slot] = index + 1
+        keys = self._keys.setdefault(slot, [])
+        while len(keys) <= index:
+            keys.append(_real_generate_key(alg, rsa_key_size))
+        return keys[index]
+
+
+_KEY_POOL = _KeyPool()
+
+
+@pytest.fixture(autouse=True)
+def _pooled_signing_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    _KEY_POOL.reset()
+    monkeypatch.setattr("idp.oauth.keys.generate_key", _KEY_POOL.take)
+    yield

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from sqlalchemy import update
+
 from idp.accounts.users import NewUser, create_user
 from idp.oauth.clients import ClientSpec, create_client
+from idp.storage.models import User
 
 PASSWORD = "meadow-lantern-orbit-2048"
 SPA_REDIRECT = "http://127.0.0.1:8080/callback"
@@ -154,3 +158,57 @@ async def code_flow(client: Any, world: World, *, confidential: bool = True, **p
     token = await client.post("/token", form=form, headers=headers)
     assert token.status_code == 200, await token.get_data(as_text=True)
     return {**(await token.get_json()), "_authorization": result, "_verifier": verifier}
+
+
+# -- additions for the authorization and token endpoint tests ------------------------------------
+
+
+def jwt_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims of a compact JWS, unverified (for assertions about what was issued)."""
+
+    def decode(segment: str) -> dict[str, Any]:
+        data = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+        assert isinstance(data, dict)
+        return data
+
+    header, payload, _ = token.split(".")
+    return decode(header), decode(payload)
+
+
+def cookie_value(client: Any, name: str) -> str | None:
+    """The value of a cookie in a test client's jar (None when absent)."""
+    for cookie in client.cookie_jar or []:
+        if cookie.name == name:
+            return str(cookie.value)
+    return None
+
+
+async def add_user(runtime: Any, email: str, *, verified: bool = True, disabled: bool = False) -> str:
+    """Another user with the shared test password; returns the user id."""
+    user = await create_user(
+        runtime.db,
+        runtime.passwords,
+        runtime.events,
+        NewUser(email=email, password=PASSWORD, name=email.split("@")[0].title(), email_verified=verified),
+    )
+    if disabled:
+        async with runtime.db.session() as session:
+            await session.execute(update(User).where(User.id == user.id).values(disabled=True))
+    return str(user.id)
+
+
+async def add_client(runtime: Any, spec: ClientSpec) -> tuple[str, str | None]:
+    """Register a client; returns (client_id, client_secret or None)."""
+    created = await create_client(runtime.db, runtime.events, spec)
+    return created.client.id, created.client_secret
+
+
+async def age_session(runtime: Any, client: Any, seconds: int) -> None:
+    """Pretend the browser's IdP session signed in ``seconds`` earlier (instead of sleeping)."""
+    # idp.web.session_cookie_name(): the __Host- prefix only when the issuer is https.
+    name = "__Host-idp_session" if runtime.settings.issuer_is_https else "idp_session"
+    session = await runtime.sessions.load(cookie_value(client, name))
+    assert session is not None, "no IdP session in this browser"
+    session.auth_time -= seconds
+    session.created_at -= seconds
+    await runtime.sessions._save(session, int(session.last_seen))

@@ -136,6 +136,15 @@ def redirect_uri_matches(client: OAuthClient, candidate: str) -> bool:
     return False
 
 
+def requested_client_id(params: Mapping[str, Any]) -> str | None:
+    """The client_id of an authorization request; a repeated one is fatal (RFC 6749 §3.1): which
+    client, and so which redirect URIs, would be trusted is then ambiguous."""
+    try:
+        return _single(params, "client_id")
+    except errors.InvalidRequest as exc:
+        raise FatalAuthorizationError(exc.description) from None
+
+
 async def find_client(db: Database, client_id: str | None) -> OAuthClient:
     if not client_id or len(client_id) > 128:
         raise UnknownClient("The client_id parameter is missing or invalid.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from idp.storage.models import User
 
@@ -20,7 +21,7 @@ def user_claims(user: User, scopes: list[str], subject: str, picture_base_url: s
         for name in PROFILE_CLAIMS:
             value = getattr(user, name)
             if name == "picture" and value:
-                value = f"{picture_base_url}/{value}"
+                value = picture_url(value, picture_base_url)
             if value:
                 claims[name] = value
         claims["updated_at"] = int(user.updated_at.timestamp())
@@ -28,3 +29,15 @@ def user_claims(user: User, scopes: list[str], subject: str, picture_base_url: s
         claims["email"] = user.email
         claims["email_verified"] = bool(user.email_verified)
     return claims
+
+
+def picture_url(value: str, base_url: str) -> str:
+    """The `picture` claim is a URL (OIDC Core §5.1): an absolute http(s) URL is released as
+    stored; anything else is the name of a picture this IdP serves under ``base_url``."""
+    try:
+        absolute = urlsplit(value).scheme.lower() in ("http", "https")
+    except ValueError:  # e.g. a malformed IPv6 host: not a usable URL
+        absolute = False
+    if absolute:
+        return value
+    return f"{base_url}/{quote(value, safe='')}"

@@ -20,6 +20,8 @@ def provider_metadata(
     claims: list[str],
     pairwise: bool,
 ) -> dict[str, Any]:
+    # Introspection answers authenticated clients only (RFC 7662 §2.1); revocation also serves
+    # public clients, which identify themselves with client_id alone (RFC 7009 §2.1).
     client_auth = [method for method in auth_methods if method != "none"]
     return {
         "issuer": issuer,
@@ -40,7 +42,7 @@ def provider_metadata(
         "token_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "introspection_endpoint_auth_methods_supported": client_auth,
         "introspection_endpoint_auth_signing_alg_values_supported": assertion_algs,
-        "revocation_endpoint_auth_methods_supported": client_auth,
+        "revocation_endpoint_auth_methods_supported": list(auth_methods),
         "revocation_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": claims,

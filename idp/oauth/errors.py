@@ -74,6 +74,11 @@ class InsufficientScope(OAuthError):
     status_code = 403
     default_description = "The access token does not carry the scope this request needs."
 
+    def __init__(self, description: str | None = None, *, scope: str | None = None) -> None:
+        # RFC 6750 §3: the challenge names the error and, helpfully, the scope needed.
+        challenge = 'Bearer error="insufficient_scope"' + (f', scope="{scope}"' if scope else "")
+        super().__init__(description, headers={"WWW-Authenticate": challenge})
+
 
 class RedirectableError(OAuthError):
     """An authorization-endpoint error that goes back to the client's verified redirect URI."""

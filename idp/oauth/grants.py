@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from idp.accounts.sessions import SessionStore
 from idp.config import TokenSettings
@@ -64,22 +65,40 @@ def _as_timestamp(value: datetime) -> int:
     return int(value.timestamp())
 
 
+# Enough rounds for rotations that commit while the revocation runs (see revoke_grant).
+_REVOKE_ROUNDS = 5
+
+
 async def revoke_grant(ctx: GrantContext, grant_id: str, *, client_id: str, user_id: str | None, reason: str) -> None:
     """Revoke every refresh token of an authorization and every access token issued from it."""
     now = utcnow()
     async with ctx.db.session() as session:
-        await session.execute(
-            update(RefreshToken)
-            .where(RefreshToken.family_id == grant_id, RefreshToken.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
+        # A rotation that commits while an UPDATE waits on its lock is not in that statement's
+        # snapshot (PostgreSQL READ COMMITTED), so repeat until a round finds nothing left.
+        for _ in range(_REVOKE_ROUNDS):
+            result = await session.execute(
+                update(RefreshToken)
+                .where(RefreshToken.family_id == grant_id, RefreshToken.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            if not getattr(result, "rowcount", 0):
+                break
+    # Grants store their access tokens' ids before committing, so this sees every one of them.
     await ctx.tokens.revoke_grant_access_tokens(grant_id)
     revoked = TokenRevoked(client=client_id, user_id=user_id, reason=reason, token_type="grant")  # noqa: S106
     await ctx.events.publish(revoked)
 
 
+@dataclass(frozen=True)
+class IssuedTokens:
+    response: dict[str, Any]
+    # Published by the caller once its unit of work has committed.
+    event: TokenIssued
+
+
 async def issue_tokens(
     ctx: GrantContext,
+    unit_of_work: AsyncSession,
     client: OAuthClient,
     user: User,
     *,
@@ -93,8 +112,17 @@ async def issue_tokens(
     nonce: str | None = None,
     family_expires_at: datetime | None = None,
     parent_jti: str | None = None,
-) -> dict[str, Any]:
+    refresh_scope: str | None = None,
+) -> IssuedTokens:
+    """Access token (and ID token) for ``scope``; the refresh token carries ``refresh_scope``
+    (default ``scope``): RFC 6749 §6, a rotated refresh token keeps the scope of the one presented
+    even when the client asked for a narrower access token.
+
+    The refresh token row is added to ``unit_of_work``, the transaction that consumed the code or
+    the parent refresh token, so a concurrent replay can't revoke the grant between the two and
+    miss what this call issues (RFC 6749 §10.5, RFC 9700 §4.14.2)."""
     scopes = scope.split()
+    refresh_scope = refresh_scope or scope
     subject = ctx.subjects.subject_for(client, user.id)
     access = ctx.tokens.issue_access_token(
         subject=subject, client_id=client.id, scope=scope, auth_time=auth_time, acr=acr, amr=amr, sid=sid
@@ -126,44 +154,45 @@ async def issue_tokens(
         jti = random_token(16)
         refresh = ctx.tokens.issue_refresh_token(
             jti=jti,
-            subject=user.id,
+            subject=subject,
             client_id=client.id,
-            scope=scope,
+            scope=refresh_scope,
             expires_at=_as_timestamp(expires_at),
             sid=sid,
         )
-        async with ctx.db.session() as session:
-            session.add(
-                RefreshToken(
-                    jti=jti,
-                    token_digest=sha256_digest(refresh),
-                    family_id=grant_id,
-                    parent_jti=parent_jti,
-                    client_id=client.id,
-                    user_id=user.id,
-                    scope=scope,
-                    session_id=sid,
-                    auth_time=datetime.fromtimestamp(auth_time, UTC) if auth_time is not None else None,
-                    acr=acr,
-                    amr=list(amr),
-                    issued_at=now,
-                    expires_at=expires_at,
-                    family_expires_at=family_end,
-                )
+        unit_of_work.add(
+            RefreshToken(
+                jti=jti,
+                token_digest=sha256_digest(refresh),
+                family_id=grant_id,
+                parent_jti=parent_jti,
+                client_id=client.id,
+                user_id=user.id,
+                scope=refresh_scope,
+                session_id=sid,
+                auth_time=datetime.fromtimestamp(auth_time, UTC) if auth_time is not None else None,
+                acr=acr,
+                amr=list(amr),
+                issued_at=now,
+                expires_at=expires_at,
+                family_expires_at=family_end,
             )
+        )
+        await unit_of_work.flush()
         response["refresh_token"] = refresh
-    await ctx.events.publish(
-        TokenIssued(client=client.id, grant_type=grant_type, user_id=user.id, scope=scope, refresh_token=issue_refresh)
+    event = TokenIssued(
+        client=client.id, grant_type=grant_type, user_id=user.id, scope=scope, refresh_token=issue_refresh
     )
-    return response
+    return IssuedTokens(response, event)
 
 
-async def _active_user(ctx: GrantContext, user_id: str) -> User:
-    async with ctx.db.session() as session:
-        user = await UserRepository(session).get(user_id)
-    if user is None or user.disabled:
-        raise errors.InvalidGrant("The user of this grant no longer exists or is disabled.")
-    return user
+async def _active_user(session: AsyncSession, user_id: str) -> User | None:
+    user = await UserRepository(session).get(user_id)
+    return None if user is None or user.disabled else user
+
+
+def _inactive_user() -> errors.InvalidGrant:
+    return errors.InvalidGrant("The user of this grant no longer exists or is disabled.")
 
 
 class Grant(abc.ABC):
@@ -190,25 +219,45 @@ class AuthorizationCodeGrant(Grant):
         self.check_expiry(row)
         self.check_redirect_uri(row)
         self.check_pkce(row)
-        await self.consume(row)
-        user = await _active_user(self.ctx, row.user_id)
+        issued: IssuedTokens | None = None
+        # Consuming the code and storing what it yields is one transaction: a concurrent replay
+        # waits on the code's row and then revokes the grant with these tokens in it.
+        async with self.ctx.db.session() as unit_of_work:
+            consumed = await self.consume(unit_of_work, row)
+            user = await _active_user(unit_of_work, row.user_id) if consumed else None
+            if user is not None:
+                await self.remember_client(row)
+                issued = await issue_tokens(
+                    self.ctx,
+                    unit_of_work,
+                    self.client,
+                    user,
+                    grant_type=self.grant_type,
+                    scope=row.scope,
+                    grant_id=row.grant_id,
+                    sid=row.session_id,
+                    auth_time=_as_timestamp(row.auth_time),
+                    amr=list(row.amr),
+                    acr=row.acr,
+                    nonce=row.nonce,
+                )
+        if not consumed:
+            # Replay: the first redemption may have been an attacker's, or this one is.
+            await revoke_grant(
+                self.ctx, row.grant_id, client_id=row.client_id, user_id=row.user_id, reason="code_replay"
+            )
+            raise errors.InvalidGrant("The authorization code has already been used.")
+        if issued is None:
+            raise _inactive_user()
+        await self.ctx.events.publish(issued.event)
+        return issued.response
+
+    async def remember_client(self, row: AuthorizationCode) -> None:
+        """The session learns the client got tokens (back-channel logout notifies it)."""
         if row.session_id:
             session = await self.ctx.sessions.by_sid(row.session_id)
             if session is not None:
                 await self.ctx.sessions.add_client(session, self.client.id)
-        return await issue_tokens(
-            self.ctx,
-            self.client,
-            user,
-            grant_type=self.grant_type,
-            scope=row.scope,
-            grant_id=row.grant_id,
-            sid=row.session_id,
-            auth_time=_as_timestamp(row.auth_time),
-            amr=list(row.amr),
-            acr=row.acr,
-            nonce=row.nonce,
-        )
 
     async def find_code(self, code: str) -> AuthorizationCode:
         if len(code) > 256:
@@ -251,19 +300,14 @@ class AuthorizationCodeGrant(Grant):
         if not hmac.compare_digest(s256(verifier), row.code_challenge):
             raise errors.InvalidGrant("code_verifier does not match the code_challenge.")
 
-    async def consume(self, row: AuthorizationCode) -> None:
-        async with self.ctx.db.session() as session:
-            result = await session.execute(
-                update(AuthorizationCode)
-                .where(AuthorizationCode.code_digest == row.code_digest, AuthorizationCode.consumed_at.is_(None))
-                .values(consumed_at=utcnow())
-            )
-        if getattr(result, "rowcount", 0) != 1:
-            # Replay: the first redemption may have been an attacker's, or this one is.
-            await revoke_grant(
-                self.ctx, row.grant_id, client_id=row.client_id, user_id=row.user_id, reason="code_replay"
-            )
-            raise errors.InvalidGrant("The authorization code has already been used.")
+    async def consume(self, unit_of_work: AsyncSession, row: AuthorizationCode) -> bool:
+        """Mark the code used; False when another request already did (a replay)."""
+        result = await unit_of_work.execute(
+            update(AuthorizationCode)
+            .where(AuthorizationCode.code_digest == row.code_digest, AuthorizationCode.consumed_at.is_(None))
+            .values(consumed_at=utcnow())
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
 
 
 class RefreshTokenGrant(Grant):
@@ -283,22 +327,35 @@ class RefreshTokenGrant(Grant):
         if row.expires_at <= now or row.family_expires_at <= now:
             raise errors.InvalidGrant("The refresh token has expired.")
         scope = self.narrowed_scope(row)
-        await self.consume(row)
-        user = await _active_user(self.ctx, row.user_id)
-        return await issue_tokens(
-            self.ctx,
-            self.client,
-            user,
-            grant_type=self.grant_type,
-            scope=scope,
-            grant_id=row.family_id,
-            sid=row.session_id,
-            auth_time=_as_timestamp(row.auth_time) if row.auth_time else None,
-            amr=list(row.amr),
-            acr=row.acr,
-            family_expires_at=row.family_expires_at,
-            parent_jti=row.jti,
-        )
+        issued: IssuedTokens | None = None
+        # Rotation is one transaction (see AuthorizationCodeGrant.handle): a concurrent reuse of
+        # the same token can't revoke the family between the rotation and its new token.
+        async with self.ctx.db.session() as unit_of_work:
+            consumed = await self.consume(unit_of_work, row)
+            user = await _active_user(unit_of_work, row.user_id) if consumed else None
+            if user is not None:
+                issued = await issue_tokens(
+                    self.ctx,
+                    unit_of_work,
+                    self.client,
+                    user,
+                    grant_type=self.grant_type,
+                    scope=scope,
+                    grant_id=row.family_id,
+                    sid=row.session_id,
+                    auth_time=_as_timestamp(row.auth_time) if row.auth_time else None,
+                    amr=list(row.amr),
+                    acr=row.acr,
+                    family_expires_at=row.family_expires_at,
+                    parent_jti=row.jti,
+                    refresh_scope=row.scope,
+                )
+        if not consumed:
+            await self.detect_reuse(row)
+        if issued is None:
+            raise _inactive_user()
+        await self.ctx.events.publish(issued.event)
+        return issued.response
 
     async def find_token(self, token: str) -> RefreshToken:
         try:
@@ -330,15 +387,14 @@ class RefreshTokenGrant(Grant):
             raise errors.InvalidScope("The requested scope exceeds the scope originally granted.")
         return " ".join(wanted)
 
-    async def consume(self, row: RefreshToken) -> None:
-        async with self.ctx.db.session() as session:
-            result = await session.execute(
-                update(RefreshToken)
-                .where(RefreshToken.jti == row.jti, RefreshToken.used_at.is_(None), RefreshToken.revoked_at.is_(None))
-                .values(used_at=utcnow())
-            )
-        if getattr(result, "rowcount", 0) != 1:
-            await self.detect_reuse(row)
+    async def consume(self, unit_of_work: AsyncSession, row: RefreshToken) -> bool:
+        """Mark the token used; False when it was used or revoked meanwhile."""
+        result = await unit_of_work.execute(
+            update(RefreshToken)
+            .where(RefreshToken.jti == row.jti, RefreshToken.used_at.is_(None), RefreshToken.revoked_at.is_(None))
+            .values(used_at=utcnow())
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
 
 
 class ClientCredentialsGrant(Grant):

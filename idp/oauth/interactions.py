@@ -26,6 +26,9 @@ class Interaction:
     request: AuthorizationRequest
     created_at: int
     browser_digest: str
+    # The IdP session (sid) the browser had when the interaction began: a sign-in during the
+    # interaction always makes a new one (ASVS 7.2.4), so only a different sid proves a new sign-in.
+    prior_sid: str | None = None
 
 
 class InteractionStore:
@@ -33,17 +36,21 @@ class InteractionStore:
         self._kv = kv
         self.ttl = ttl
 
-    async def start(self, request: AuthorizationRequest, browser_binding: str) -> Interaction:
+    async def start(
+        self, request: AuthorizationRequest, browser_binding: str, prior_sid: str | None = None
+    ) -> Interaction:
         interaction = Interaction(
             id=random_token(16),
             request=request,
             created_at=int(time.time()),
             browser_digest=sha256_digest(browser_binding),
+            prior_sid=prior_sid,
         )
         payload = {
             "request": request.to_dict(),
             "created_at": interaction.created_at,
             "browser_digest": interaction.browser_digest,
+            "prior_sid": prior_sid,
         }
         await self._kv.set(_PREFIX + interaction.id, json.dumps(payload), ttl=self.ttl)
         return interaction
@@ -62,6 +69,7 @@ class InteractionStore:
             request=AuthorizationRequest.from_dict(data["request"]),
             created_at=int(data["created_at"]),
             browser_digest=data["browser_digest"],
+            prior_sid=data.get("prior_sid"),
         )
 
     async def finish(self, interaction_id: str) -> bool:

@@ -89,6 +89,9 @@ class KeyManager:
         self._events = events
         self._clock = clock
         self._keys: dict[str, LoadedKey] = {}
+        # Keys this instance just generated: loading them from their JWK again would repeat
+        # the RSA consistency check (~50 ms per key) for nothing.
+        self._generated: dict[str, JoseKey] = {}
         self._loaded_at = 0.0
         self._reload_lock = asyncio.Lock()
 
@@ -205,6 +208,7 @@ class KeyManager:
 
     async def _add_key(self, repo: SigningKeyRepository, alg: str) -> str:
         key = await asyncio.to_thread(generate_key, alg, self._settings.rsa_key_size)
+        self._generated[key.thumbprint()] = key
         kid = key.thumbprint()  # RFC 7638: stable, derived from the public key
         public = {**key.as_dict(private=False), "kid": kid, "use": "sig", "alg": alg}
         private = json.dumps(key.as_dict(private=True)).encode()
@@ -221,12 +225,15 @@ class KeyManager:
         return kid
 
     def _load(self, row: SigningKey) -> LoadedKey:
+        # Always decrypt, even for a key generated here: it proves the stored copy is readable.
         private = json.loads(self._encryptor.decrypt(row.private_jwk_encrypted, associated_data=row.kid.encode()))
+        generated = self._generated.pop(row.kid, None)
+        key = generated if generated is not None and generated.thumbprint() == row.kid else _import_key(private)
         return LoadedKey(
             kid=row.kid,
             alg=row.alg,
             status=row.status,
-            key=_import_key(private),
+            key=key,
             public_jwk=dict(row.public_jwk),
             created_at=row.created_at,
             publish_until=row.publish_until,

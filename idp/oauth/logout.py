@@ -1,7 +1,8 @@
 """Back-Channel Logout 1.0: signed logout tokens POSTed to each client's registered endpoint.
 
 Delivery runs in background tasks with retries so the user's logout never waits on a relying
-party; failures are logged (and audited), never raised to the user.
+party; failures are logged as warnings (there is no audit event for them yet), never raised to the
+user.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from urllib.parse import urlencode, urlsplit
 from quart import Blueprint, Response, jsonify, render_template, request
 
 from idp.accounts import consents
+from idp.accounts.sessions import BrowserSession
 from idp.app import runtime
 from idp.errors import InvalidRequest, UnsupportedMediaType
 from idp.events import ConsentGranted, LoggedOut
@@ -25,6 +26,7 @@ from idp.oauth.authorize import (
     find_client,
     issue_authorization_code,
     parse_authorization_request,
+    requested_client_id,
 )
 from idp.oauth.claims import SUPPORTED_CLAIMS, user_claims
 from idp.oauth.client_auth import ASSERTION_ALGS, authenticate_client, parse_client_credentials
@@ -159,7 +161,7 @@ async def _params() -> Any:
 @pages.route("/authorize", methods=["GET", "POST"])
 async def authorize() -> Response:
     params = await _params()
-    client = await find_client(runtime().db, params.get("client_id"))
+    client = await find_client(runtime().db, requested_client_id(params))
     try:
         auth_request = parse_authorization_request(client, params)
     except AuthorizationErrorRedirect as exc:
@@ -200,13 +202,15 @@ def _hint_user(client: OAuthClient, hint: str | None) -> tuple[bool, str | None]
     return True, rt.subjects.user_id_for(owner, str(claims.get("sub")))
 
 
-async def _park(request_: AuthorizationRequest, interaction: Interaction | None, next_path: str) -> Response:
+async def _park(
+    request_: AuthorizationRequest, interaction: Interaction | None, session: BrowserSession | None, next_path: str
+) -> Response:
     """Start (or keep) an interaction and send the browser to a login or consent page."""
     rt = runtime()
     binding = request.cookies.get(INTERACTION_COOKIE)
     if interaction is None:
         binding = binding if binding and 20 <= len(binding) <= 100 else random_token(32)
-        interaction = await rt.interactions.start(request_, binding)
+        interaction = await rt.interactions.start(request_, binding, session.sid if session else None)
     resume = f"/authorize/resume/{interaction.id}"
     if next_path == "login":
         query = {"return_to": resume}
@@ -229,8 +233,14 @@ async def _continue(
     prompt = set(req.prompt)
     session = await current_session()
     now = int(time.time())
-    # Authenticated during this very interaction: satisfies prompt=login and max_age.
-    fresh = interaction is not None and session is not None and session.auth_time >= interaction.created_at
+    # Authenticated during this very interaction: satisfies prompt=login and max_age. auth_time has
+    # one-second resolution, so the session must also be a new one (every sign-in makes a new sid).
+    fresh = (
+        interaction is not None
+        and session is not None
+        and session.sid != interaction.prior_sid
+        and session.auth_time >= interaction.created_at
+    )
 
     hint_valid, hint_user_id = _hint_user(client, req.id_token_hint)
     if not hint_valid:
@@ -251,13 +261,14 @@ async def _continue(
     login_needed = (
         session is None
         or (bool(prompt & {"login", "select_account"}) and not fresh)
-        or (req.max_age is not None and now - session.auth_time > req.max_age and not fresh)
+        # OIDC Core §3.1.2.1: "max_age=0 is equivalent to prompt=login" (auth_time has 1 s resolution).
+        or (req.max_age is not None and (req.max_age == 0 or now - session.auth_time > req.max_age) and not fresh)
         or (hint_user_id is not None and session.user_id != hint_user_id)
     )
     if login_needed:
         if "none" in prompt:
             return await _respond(_error_redirect(errors.LoginRequired(), target))
-        return await _park(req, interaction, "login")
+        return await _park(req, interaction, session, "login")
     assert session is not None and user is not None
 
     if not consented and not client.first_party:
@@ -265,7 +276,7 @@ async def _continue(
         if "consent" in prompt or not set(req.scopes) <= granted:
             if "none" in prompt:
                 return await _respond(_error_redirect(errors.ConsentRequired(), target))
-            return await _park(req, interaction, "consent")
+            return await _park(req, interaction, session, "consent")
 
     if interaction is not None and not await rt.interactions.finish(interaction.id):
         raise InvalidRequest("This sign-in request has already been completed.")
@@ -279,10 +290,9 @@ async def _continue(
         acr=session.acr,
         ttl=rt.settings.tokens.authorization_code_ttl,
     )
-    response = await _respond(_authorization_response(target, {"code": issued.code}))
-    if interaction is not None:
-        clear_cookie(response, INTERACTION_COOKIE)
-    return response
+    # The interaction cookie stays: it binds the browser, and other interactions started in other
+    # tabs of the same browser still need it (it expires with them).
+    return await _respond(_authorization_response(target, {"code": issued.code}))
 
 
 @pages.route("/authorize/consent/<interaction_id>", methods=["GET", "POST"])
@@ -310,9 +320,7 @@ async def consent(interaction_id: str) -> Response:
         raise InvalidRequest("Choose Allow or Deny.")
     if decision == "deny":
         await rt.interactions.finish(interaction.id)
-        response = await _respond(_error_redirect(errors.AccessDenied("The user denied the request."), req.target))
-        clear_cookie(response, INTERACTION_COOKIE)
-        return response
+        return await _respond(_error_redirect(errors.AccessDenied("The user denied the request."), req.target))
     await consents.grant(rt.db, session.user_id, client.id, req.scopes)
     await rt.events.publish(ConsentGranted(user_id=session.user_id, client=client.id, scopes=tuple(req.scopes)))
     return await _continue(client, req, interaction, consented=True)
@@ -372,13 +380,15 @@ async def userinfo() -> Response:
         raise errors.InvalidToken() from None
     scopes = str(claims.get("scope", "")).split()
     if "openid" not in scopes:
-        raise errors.InsufficientScope("The access token was not issued for OpenID Connect (scope openid).")
+        raise errors.InsufficientScope(
+            "The access token was not issued for OpenID Connect (scope openid).", scope="openid"
+        )
     async with rt.db.session() as db_session:
         client = await ClientRepository(db_session).get(str(claims.get("client_id")))
         user_id = rt.subjects.user_id_for(client, str(claims["sub"])) if client else None
         user = await UserRepository(db_session).get(user_id) if user_id else None
-    if user is None or user.disabled:
-        raise errors.InvalidToken("The user of this token no longer exists or is disabled.")
+    if user is None or user.disabled or client is None or client.disabled:
+        raise errors.InvalidToken("The user or client of this token no longer exists or is disabled.")
     body = user_claims(user, scopes, str(claims["sub"]), f"{rt.settings.issuer}/pictures")
     return _no_store(jsonify(body))
 
@@ -405,11 +415,25 @@ async def _introspect_access(token_value: str, client: OAuthClient) -> dict[str,
     return {**claims, "token_type": "Bearer"}
 
 
+async def _subject_active(client: OAuthClient, subject: str) -> bool:
+    """A token stops being active when its user is disabled or deleted (client_credentials: the client)."""
+    rt = runtime()
+    if subject == client.id:
+        return not client.disabled
+    user_id = rt.subjects.user_id_for(client, subject)
+    async with rt.db.session() as db_session:
+        user = await UserRepository(db_session).get(user_id) if user_id else None
+    return user is not None and not user.disabled
+
+
 @blueprint.post("/introspect")
 async def introspect() -> Response:
     """RFC 7662: active only for an unexpired, unrevoked token of the calling client."""
     form = await _form()
     client = await _authenticated_client(form, "/introspect")
+    if client.token_endpoint_auth_method == "none":
+        # RFC 7662 §2.1: the endpoint requires client authentication; public clients have none.
+        raise errors.InvalidClient("Public clients cannot use the introspection endpoint.")
     token_value = form.get("token")
     if not token_value:
         raise errors.InvalidRequest("token is required")
@@ -418,7 +442,7 @@ async def introspect() -> Response:
         order.reverse()
     for inspect in order:
         result = await inspect(token_value, client)
-        if result is not None:
+        if result is not None and await _subject_active(client, str(result.get("sub"))):
             body = {"active": True}
             body.update(
                 {
