@@ -431,7 +431,7 @@ async def introspect() -> Response:
     """RFC 7662: active only for an unexpired, unrevoked token of the calling client."""
     form = await _form()
     client = await _authenticated_client(form, "/introspect")
-    if client.token_endpoint_auth_method == "none":
+    if client.client_type == "public":
         # RFC 7662 §2.1: the endpoint requires client authentication; public clients have none.
         raise errors.InvalidClient("Public clients cannot use the introspection endpoint.")
     token_value = form.get("token")
