@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from idp.accounts.sessions import SessionStore
 from idp.audit import AuditLogger
 from idp.config import Settings, decode_kek
+from idp.cors import CorsPolicy
 from idp.events import ConsentWithdrawn, Event, EventBus, EventContext
 from idp.oauth.grants import GrantContext, revoke_user_client_grants
 from idp.oauth.interactions import InteractionStore
@@ -43,6 +44,7 @@ class Runtime:
     interactions: InteractionStore
     subjects: SubjectResolver
     backchannel: BackchannelNotifier
+    cors: CorsPolicy
 
     @property
     def grants(self) -> GrantContext:
@@ -128,6 +130,7 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             interactions=InteractionStore(kv, settings.sessions.interaction_ttl),
             subjects=SubjectResolver(pairwise.get_secret_value() if pairwise else None),
             backchannel=BackchannelNotifier(db, tokens),
+            cors=CorsPolicy(db),
         )
         _subscribe_protocol_handlers(runtime)
         return runtime

@@ -13,6 +13,7 @@ from urllib.parse import urlencode, urlsplit
 
 from quart import Blueprint, Response, jsonify, render_template, request
 
+from idp import cors
 from idp.accounts import consents
 from idp.accounts.sessions import BrowserSession
 from idp.app import runtime
@@ -54,6 +55,31 @@ SCOPE_DESCRIPTIONS = {
     "email": "Your email address and whether it is verified",
     "offline_access": "Stay connected when you are not using the app (refresh tokens)",
 }
+
+
+# Endpoints a browser app calls directly; only they answer cross-origin (RFC 9700 §2.6).
+CORS_ENDPOINTS = frozenset({"oauth.token", "oauth.userinfo", "oauth.revoke", "oauth.introspect"})
+
+
+@blueprint.after_request
+async def _cross_origin(response: Response) -> Response:
+    """CORS for registered web origins only; never with credentials (no cookies here)."""
+    if request.endpoint not in CORS_ENDPOINTS:
+        return response
+    response.vary.add("Origin")
+    origin = request.headers.get("Origin")
+    if not await runtime().cors.allowed(origin):
+        return response
+    assert origin is not None
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Expose-Headers"] = cors.EXPOSED_HEADERS
+    if request.method == "OPTIONS":
+        response.headers["Access-Control-Allow-Methods"] = (
+            "GET, POST" if request.endpoint == "oauth.userinfo" else "POST"
+        )
+        response.headers["Access-Control-Allow-Headers"] = cors.ALLOWED_HEADERS
+        response.headers["Access-Control-Max-Age"] = str(cors.PREFLIGHT_MAX_AGE)
+    return response
 
 
 def _no_store(response: Response) -> Response:
