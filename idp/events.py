@@ -52,13 +52,15 @@ class Event:
     name: ClassVar[str] = "event"
     occurred_at: datetime = field(default_factory=utcnow, kw_only=True)
 
+    # Events name the user in a `user_id` field and the client in a `client` field; the audit
+    # log reads them through these two properties.
     @property
     def subject_id(self) -> str | None:
-        return None
+        return getattr(self, "user_id", None)
 
     @property
     def client_id(self) -> str | None:
-        return None
+        return getattr(self, "client", None)
 
     @property
     def outcome(self) -> str:
@@ -76,10 +78,6 @@ class UserCreated(Event):
     admin: bool = False
     verified: bool = False
 
-    @property
-    def subject_id(self) -> str | None:
-        return self.user_id
-
     def details(self) -> dict[str, Any]:
         return {"admin": self.admin, "verified": self.verified}
 
@@ -91,10 +89,6 @@ class LoginSucceeded(Event):
     sid: str
     amr: tuple[str, ...]
 
-    @property
-    def subject_id(self) -> str | None:
-        return self.user_id
-
     def details(self) -> dict[str, Any]:
         return {"amr": list(self.amr), "sid": self.sid}
 
@@ -104,10 +98,6 @@ class LoginFailed(Event):
     name: ClassVar[str] = "login_failed"
     reason: str  # "invalid_credentials" | "disabled" | "unverified"
     user_id: str | None = None  # known only when the account exists
-
-    @property
-    def subject_id(self) -> str | None:
-        return self.user_id
 
     @property
     def outcome(self) -> str:
@@ -125,14 +115,6 @@ class LoggedOut(Event):
     initiated_by: str  # "user" | "client" | "admin"
     client: str | None = None
 
-    @property
-    def subject_id(self) -> str | None:
-        return self.user_id
-
-    @property
-    def client_id(self) -> str | None:
-        return self.client
-
     def details(self) -> dict[str, Any]:
         return {"sid": self.sid, "initiated_by": self.initiated_by}
 
@@ -143,14 +125,6 @@ class ConsentGranted(Event):
     user_id: str
     client: str
     scopes: tuple[str, ...]
-
-    @property
-    def subject_id(self) -> str | None:
-        return self.user_id
-
-    @property
-    def client_id(self) -> str | None:
-        return self.client
 
     def details(self) -> dict[str, Any]:
         return {"scopes": list(self.scopes)}
@@ -164,14 +138,6 @@ class ConsentWithdrawn(Event):
     user_id: str
     client: str
 
-    @property
-    def subject_id(self) -> str | None:
-        return self.user_id
-
-    @property
-    def client_id(self) -> str | None:
-        return self.client
-
 
 @dataclass(frozen=True)
 class TokenIssued(Event):
@@ -181,14 +147,6 @@ class TokenIssued(Event):
     user_id: str | None
     scope: str
     refresh_token: bool
-
-    @property
-    def subject_id(self) -> str | None:
-        return self.user_id
-
-    @property
-    def client_id(self) -> str | None:
-        return self.client
 
     def details(self) -> dict[str, Any]:
         return {"grant_type": self.grant_type, "scope": self.scope, "refresh_token": self.refresh_token}
@@ -201,14 +159,6 @@ class TokenRevoked(Event):
     reason: str  # "client_request" | "code_replay" | "refresh_token_reuse" | "logout"
     user_id: str | None = None
     token_type: str | None = None
-
-    @property
-    def subject_id(self) -> str | None:
-        return self.user_id
-
-    @property
-    def client_id(self) -> str | None:
-        return self.client
 
     @property
     def outcome(self) -> str:
@@ -224,10 +174,6 @@ class ClientCreated(Event):
     client: str
     client_type: str
 
-    @property
-    def client_id(self) -> str | None:
-        return self.client
-
     def details(self) -> dict[str, Any]:
         return {"client_type": self.client_type}
 
@@ -236,10 +182,6 @@ class ClientCreated(Event):
 class ClientSecretRotated(Event):
     name: ClassVar[str] = "client_secret_rotated"
     client: str
-
-    @property
-    def client_id(self) -> str | None:
-        return self.client
 
 
 @dataclass(frozen=True)

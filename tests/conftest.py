@@ -202,6 +202,23 @@ def runtime(app: Any) -> Any:
     return app.runtime
 
 
+@pytest.fixture
+def json_logs() -> Iterator[Any]:
+    """Everything logged during the test, as JSON lines through the production handler."""
+    import io
+    import logging
+
+    from idp.observability import configure_logging
+
+    stream = io.StringIO()
+    configure_logging("debug", "json", stream=stream)
+    yield stream
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_idp_handler", False):
+            root.removeHandler(handler)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     database = "PostgreSQL (IDP_TEST_DATABASE_URL)" if TEST_DATABASE_URL else "SQLite (aiosqlite)"
     store = "Redis (IDP_TEST_REDIS_URL)" if TEST_REDIS_URL else "in-process store"

@@ -67,6 +67,22 @@ def pairwise_subject(sector: str, local_subject: str, salt: str) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+def _authentication_claims(
+    auth_time: int | None, acr: str | None, amr: Sequence[str] | None, sid: str | None
+) -> dict[str, Any]:
+    """How and in which session the user signed in (OIDC Core §2), present only when known."""
+    claims: dict[str, Any] = {}
+    if auth_time is not None:
+        claims["auth_time"] = auth_time
+    if acr:
+        claims["acr"] = acr
+    if amr:
+        claims["amr"] = list(amr)
+    if sid:
+        claims["sid"] = sid
+    return claims
+
+
 def _typ_matches(header_typ: Any, expected: str) -> bool:
     # RFC 9068 §2.1 / RFC 8725 §3.11: "at+jwt" or the full media type "application/at+jwt".
     if not isinstance(header_typ, str):
@@ -132,14 +148,7 @@ class TokenService:
             "jti": jti,
             "scope": scope,
         }
-        if auth_time is not None:
-            claims["auth_time"] = auth_time
-        if acr:
-            claims["acr"] = acr
-        if amr:
-            claims["amr"] = list(amr)
-        if sid:
-            claims["sid"] = sid
+        claims.update(_authentication_claims(auth_time, acr, amr, sid))
         return IssuedToken(self.sign(claims, typ=ACCESS_TOKEN_TYP), jti, claims)
 
     def issue_id_token(
@@ -166,16 +175,9 @@ class TokenService:
             "exp": now + self.id_token_ttl,
             "jti": random_token(12),
         }
-        if auth_time is not None:
-            claims["auth_time"] = auth_time
+        claims.update(_authentication_claims(auth_time, acr, amr, sid))
         if nonce is not None:
             claims["nonce"] = nonce
-        if acr:
-            claims["acr"] = acr
-        if amr:
-            claims["amr"] = list(amr)
-        if sid:
-            claims["sid"] = sid
         if access_token is not None:
             claims["at_hash"] = half_hash(access_token, key_alg)
         if extra_claims:

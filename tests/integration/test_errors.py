@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 
 import pytest
 from quart import Blueprint, request
@@ -12,7 +10,6 @@ from quart import Blueprint, request
 from idp import create_app
 from idp.errors import NotFound, TooManyRequests
 from idp.oauth.errors import InvalidClient, InvalidGrant, InvalidToken
-from idp.observability import configure_logging
 
 LEAKY = "SELECT password_hash FROM users WHERE email='victim@example.com' -- hunter2"
 
@@ -68,24 +65,14 @@ async def probe_app(settings):
         yield app
 
 
-@pytest.fixture
-def log_stream():
-    stream = io.StringIO()
-    configure_logging("debug", "json", stream=stream)
-    yield stream
-    for handler in list(logging.getLogger().handlers):
-        if getattr(handler, "_idp_handler", False):
-            logging.getLogger().removeHandler(handler)
-
-
-async def test_unexpected_exception_on_a_json_route_is_a_fixed_server_error(probe_app, log_stream) -> None:
+async def test_unexpected_exception_on_a_json_route_is_a_fixed_server_error(probe_app, json_logs) -> None:
     response = await probe_app.test_client().get("/probe/api-crash")
     assert response.status_code == 500
     assert await response.get_json() == {
         "error": "server_error",
         "error_description": "The server encountered an unexpected condition.",
     }
-    logged = log_stream.getvalue()
+    logged = json_logs.getvalue()
     assert "RuntimeError at" in logged  # type and place, so it can be found
     assert "hunter2" not in logged and "SELECT" not in logged and "Traceback" not in logged
 
@@ -163,13 +150,13 @@ async def test_oversized_body_is_413_and_a_body_within_the_limit_is_read(probe_a
     assert (await response.get_json())["error"] == "payload_too_large"
 
 
-async def test_request_id_is_echoed_only_when_well_formed(client, log_stream) -> None:
+async def test_request_id_is_echoed_only_when_well_formed(client, json_logs) -> None:
     good = await client.get("/healthz", headers={"X-Request-ID": "req-12345678"})
     assert good.headers["X-Request-ID"] == "req-12345678"
     forged = '{"level": "critical", "msg": "forged"}'
     evil = await client.get("/healthz", headers={"X-Request-ID": forged})
     assert evil.headers["X-Request-ID"] != forged
     assert len(evil.headers["X-Request-ID"]) == 32
-    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
     access = [line for line in lines if line["logger"] == "idp.access"]
     assert [line["request_id"] for line in access] == ["req-12345678", evil.headers["X-Request-ID"]]

@@ -13,16 +13,6 @@ from idp.cli import cli
 from idp.observability import REDACTED, configure_logging, redact_text, redact_value
 
 
-@pytest.fixture
-def json_logs():
-    stream = io.StringIO()
-    configure_logging("debug", "json", stream=stream)
-    yield stream
-    for handler in list(logging.getLogger().handlers):
-        if getattr(handler, "_idp_handler", False):
-            logging.getLogger().removeHandler(handler)
-
-
 @pytest.mark.parametrize(
     ("text", "secret"),
     [
