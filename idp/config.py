@@ -161,6 +161,49 @@ class SessionSettings(_Section):
         return self
 
 
+class MailSettings(_Section):
+    # "outbox": write each message as an .eml file under outbox_dir (development default);
+    # "smtp": send through the SMTP server below.
+    backend: Literal["outbox", "smtp"] = "outbox"
+    sender: str = "idp <no-reply@localhost>"
+    # Default: data_dir/outbox.
+    outbox_dir: str = ""
+    smtp_host: str = "localhost"
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 587
+    # "starttls" (port 587), "tls" (implicit TLS, port 465) or "none" (loopback relays only).
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_username: str = ""
+    smtp_password: SecretStr | None = None
+    timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
+
+
+class PasswordPolicySettings(_Section):
+    # NIST SP 800-63B rev. 4 §3.1.1.2: 15 characters when the password is the only factor,
+    # 8 when it is one of two; at least 64 allowed. No composition rules by default.
+    min_length: Annotated[int, Field(ge=8, le=64)] = 15
+    min_length_with_mfa: Annotated[int, Field(ge=8, le=64)] = 8
+    max_length: Annotated[int, Field(ge=64, le=1024)] = 128
+    # zxcvbn strength score required (0-4); 0 switches the estimate off.
+    min_strength: Annotated[int, Field(ge=0, le=4)] = 3
+    # Character classes (lower, upper, digit, other) a password must mix; 0 = off, as advised.
+    required_character_classes: Annotated[int, Field(ge=0, le=4)] = 0
+    # Extra blocked passwords, one per line (e.g. a breached-password corpus), besides the
+    # common-password list shipped with idp.
+    blocklist_file: str = ""
+    # Context-specific words a password may not contain (ASVS 6.1.2), besides the user's own
+    # email and name.
+    context_words: list[str] = Field(default_factory=lambda: ["idp", "identity", "openid"])
+
+
+class AccountSettings(_Section):
+    # Self-service registration; off means accounts are created by administrators only.
+    registration_enabled: bool = True
+    # Seconds an email-verification link stays valid.
+    verification_ttl: Annotated[int, Field(ge=300, le=604800)] = 86400
+    # Seconds a password-reset link stays valid (short: it is a credential).
+    reset_ttl: Annotated[int, Field(ge=300, le=86400)] = 1800
+
+
 class PasswordHashSettings(_Section):
     # argon2id; OWASP Password Storage Cheat Sheet minimum: m=19 MiB, t=2, p=1.
     time_cost: Annotated[int, Field(ge=1, le=20)] = 2
@@ -189,6 +232,9 @@ class Settings(_Section):
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     keys: KeySettings = Field(default_factory=KeySettings)
     sessions: SessionSettings = Field(default_factory=SessionSettings)
+    mail: MailSettings = Field(default_factory=MailSettings)
+    password_policy: PasswordPolicySettings = Field(default_factory=PasswordPolicySettings)
+    accounts: AccountSettings = Field(default_factory=AccountSettings)
     password_hash: PasswordHashSettings = Field(default_factory=PasswordHashSettings)
 
     @field_validator("issuer")

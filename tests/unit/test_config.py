@@ -167,7 +167,9 @@ def test_example_file_documents_every_key_with_its_default(secrets_env) -> None:
             found |= keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key}
         return found
 
-    commented_secrets = {"secrets.cookie_secret", "secrets.key_encryption_key", "secrets.pairwise_secret"}
+    commented_secrets = {
+        "secrets.cookie_secret", "secrets.key_encryption_key", "secrets.pairwise_secret", "mail.smtp_password",
+    }
     assert keys(example) | commented_secrets == keys(defaults)
 
 
