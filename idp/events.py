@@ -83,6 +83,52 @@ class UserCreated(Event):
 
 
 @dataclass(frozen=True)
+class RegistrationAttempted(Event):
+    """Someone tried to register an address that already has an account (its owner is mailed)."""
+
+    name: ClassVar[str] = "registration_duplicate"
+    user_id: str
+
+    @property
+    def outcome(self) -> str:
+        return "refused"
+
+
+@dataclass(frozen=True)
+class EmailVerified(Event):
+    name: ClassVar[str] = "email_verified"
+    user_id: str
+
+
+@dataclass(frozen=True)
+class PasswordResetRequested(Event):
+    name: ClassVar[str] = "password_reset_requested"
+    user_id: str
+
+
+@dataclass(frozen=True)
+class PasswordResetCompleted(Event):
+    """A password set through a reset link: every session ended; tokens must be revoked too."""
+
+    name: ClassVar[str] = "password_reset"
+    user_id: str
+    sessions_ended: int = 0
+
+    def details(self) -> dict[str, Any]:
+        return {"sessions_ended": self.sessions_ended}
+
+
+@dataclass(frozen=True)
+class PasswordChanged(Event):
+    name: ClassVar[str] = "password_changed"
+    user_id: str
+    sessions_ended: int = 0
+
+    def details(self) -> dict[str, Any]:
+        return {"sessions_ended": self.sessions_ended}
+
+
+@dataclass(frozen=True)
 class LoginSucceeded(Event):
     name: ClassVar[str] = "login_succeeded"
     user_id: str
@@ -162,7 +208,8 @@ class TokenRevoked(Event):
 
     @property
     def outcome(self) -> str:
-        return "success" if self.reason in ("client_request", "logout", "consent_withdrawn") else "security_alert"
+        benign = ("client_request", "logout", "consent_withdrawn", "password_reset")
+        return "success" if self.reason in benign else "security_alert"
 
     def details(self) -> dict[str, Any]:
         return {"reason": self.reason, "token_type": self.token_type}

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from idp.accounts.password_policy import PasswordPolicy
+from idp.accounts.recovery import AccountContext
 from idp.accounts.sessions import SessionStore
 from idp.audit import AuditLogger
 from idp.config import Settings, decode_kek
 from idp.cors import CorsPolicy
-from idp.events import ConsentWithdrawn, Event, EventBus, EventContext
+from idp.events import ConsentWithdrawn, Event, EventBus, EventContext, PasswordResetCompleted
+from idp.mail import EmailRenderer, build_mailer
 from idp.oauth.grants import GrantContext, revoke_user_client_grants
 from idp.oauth.interactions import InteractionStore
 from idp.oauth.keys import KeyManager
@@ -45,6 +48,7 @@ class Runtime:
     subjects: SubjectResolver
     backchannel: BackchannelNotifier
     cors: CorsPolicy
+    accounts: AccountContext
 
     @property
     def grants(self) -> GrantContext:
@@ -58,6 +62,7 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        await self.accounts.mailer.close()
         await self.backchannel.close()
         await self.kv.close()
         await self.db.close()
@@ -78,7 +83,14 @@ def _subscribe_protocol_handlers(rt: Runtime) -> None:
         assert isinstance(event, ConsentWithdrawn)
         await revoke_user_client_grants(rt.grants, event.user_id, event.client, reason="consent_withdrawn")
 
+    async def on_password_reset(event: Event, _context: EventContext) -> None:
+        # A reset means the old password may be known to someone else: nothing issued under it
+        # survives (RFC 9700 §4.14.2 allows revoking refresh tokens on such security events).
+        assert isinstance(event, PasswordResetCompleted)
+        await revoke_user_client_grants(rt.grants, event.user_id, None, reason="password_reset")
+
     rt.events.subscribe(on_consent_withdrawn, ConsentWithdrawn)
+    rt.events.subscribe(on_password_reset, PasswordResetCompleted)
 
 
 async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_keys: bool = True) -> Runtime:
@@ -117,6 +129,13 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             id_token_ttl=settings.tokens.id_token_ttl,
         )
         pairwise = settings.secrets.pairwise_secret
+        hasher = PasswordHasher(settings.password_hash)
+        sessions = SessionStore(kv, idle_ttl=settings.sessions.idle_ttl, absolute_ttl=settings.sessions.absolute_ttl)
+        try:
+            policy = PasswordPolicy(settings.password_policy)
+            mailer = build_mailer(settings)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
         runtime = Runtime(
             settings=settings,
             db=db,
@@ -124,13 +143,24 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             events=events,
             encryptor=encryptor,
             keys=keys,
-            passwords=PasswordHasher(settings.password_hash),
+            passwords=hasher,
             tokens=tokens,
             sessions=SessionStore(kv, idle_ttl=settings.sessions.idle_ttl, absolute_ttl=settings.sessions.absolute_ttl),
             interactions=InteractionStore(kv, settings.sessions.interaction_ttl),
             subjects=SubjectResolver(pairwise.get_secret_value() if pairwise else None),
             backchannel=BackchannelNotifier(db, tokens),
             cors=CorsPolicy(db),
+            accounts=AccountContext(
+                db=db,
+                hasher=hasher,
+                policy=policy,
+                mailer=mailer,
+                emails=EmailRenderer(),
+                events=events,
+                sessions=sessions,
+                settings=settings.accounts,
+                issuer=settings.issuer,
+            ),
         )
         _subscribe_protocol_handlers(runtime)
         return runtime

@@ -27,6 +27,8 @@ from idp.oauth.keys import generate_key as _real_generate_key
 from idp.storage import migrate
 from idp.storage.models import Base
 
+pytest_plugins = ["tests.smtp"]  # the loopback SMTP server fixtures
+
 TEST_DATABASE_URL = os.environ.get("IDP_TEST_DATABASE_URL", "")
 TEST_REDIS_URL = os.environ.get("IDP_TEST_REDIS_URL", "")
 RUN_ID = uuid.uuid4().hex[:10]

@@ -3,19 +3,34 @@ browser automation (including the OpenID conformance suite's) can drive them."""
 
 from __future__ import annotations
 
-from quart import Blueprint, Response, render_template, request
+from quart import Blueprint, Response, render_template, request, url_for
 
 from idp.accounts.login import LoginFailure, authenticate_password
 from idp.app import runtime
 from idp.events import LoginSucceeded
-from idp.web import csrf_token, current_session, local_path, require_csrf, see_other, session_cookie_name, set_cookie
+from idp.web import (
+    clear_cookie,
+    csrf_binding,
+    csrf_token,
+    current_session,
+    local_path,
+    require_csrf,
+    see_other,
+    session_cookie_name,
+    set_cookie,
+)
 
 blueprint = Blueprint("accounts", __name__)
 
 
 async def _login_page(*, return_to: str, email: str | None, error: str | None, status: int) -> Response:
     html = await render_template(
-        "accounts/login.html", csrf_token=csrf_token(), return_to=return_to, email=email, error=error
+        "accounts/login.html",
+        csrf_token=csrf_token(),
+        return_to=return_to,
+        email=email,
+        error=error,
+        registration_enabled=runtime().settings.accounts.registration_enabled,
     )
     response = Response(html, status=status, content_type="text/html; charset=utf-8")
     response.headers["Cache-Control"] = "no-store"
@@ -95,3 +110,351 @@ async def withdraw_app(client_id: str) -> Response:
     if not await consents.withdraw_and_announce(rt.db, rt.events, session.user_id, client_id):
         raise NotFound("This application has no access to withdraw.")
     return see_other("/account/apps?withdrawn=1")
+
+
+# -- account pages ----------------------------------------------------------------------------
+
+
+def _page(html: str, status: int = 200) -> Response:
+    response = Response(html, status=status, content_type="text/html; charset=utf-8")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def _message(
+    title: str, text: str, *, link: str | None = None, link_text: str = "", status: int = 200
+) -> Response:
+    return _page(
+        await render_template("accounts/message.html", title=title, text=text, link=link, link_text=link_text),
+        status,
+    )
+
+
+@blueprint.get("/")
+async def home() -> Response:
+    return see_other("/account")
+
+
+@blueprint.get("/account")
+async def account_home() -> Response:
+    session = await current_session()
+    if session is None:
+        return see_other("/login?return_to=/account")
+    from idp.storage.repositories import UserRepository
+
+    async with runtime().db.session() as db_session:
+        user = await UserRepository(db_session).get(session.user_id)
+    html = await render_template("accounts/home.html", user=user, csrf_token=csrf_token())
+    return _page(html)
+
+
+@blueprint.get("/account/password-policy")
+async def password_policy() -> Response:
+    """The password rules as JSON, so forms (and the demo SPA) validate the same rules client-side."""
+    from quart import jsonify
+
+    response = jsonify(runtime().accounts.policy.describe())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+async def _register_page(
+    *,
+    return_to: str,
+    email: str | None = None,
+    name: str | None = None,
+    errors: dict[str, str] | None = None,
+    status: int = 200,
+) -> Response:
+    html = await render_template(
+        "accounts/register.html",
+        csrf_token=csrf_token(),
+        return_to=return_to,
+        email=email,
+        name=name,
+        errors=errors or {},
+        policy=runtime().settings.password_policy,
+    )
+    return _page(html, status)
+
+
+async def _registration_enabled() -> None:
+    from idp.errors import NotFound
+
+    if not runtime().settings.accounts.registration_enabled:
+        raise NotFound("Self-service registration is not available. Ask your administrator for an account.")
+
+
+@blueprint.get("/register")
+async def register() -> Response:
+    await _registration_enabled()
+    return await _register_page(return_to=local_path(request.args.get("return_to")))
+
+
+@blueprint.post("/register")
+async def register_submit() -> Response:
+    from idp.accounts import recovery
+    from idp.accounts.users import AccountError
+
+    await _registration_enabled()
+    await require_csrf()
+    form = await request.form
+    return_to = local_path(form.get("return_to"))
+    email = (form.get("email") or "").strip()
+    name = (form.get("name") or "").strip()
+    password = form.get("password") or ""
+    errors: dict[str, str] = {}
+    if not email:
+        errors["email"] = "Enter your email address."
+    if not password:
+        errors["password"] = "Choose a password."  # noqa: S105 - a form message
+    if len(name) > 200:
+        errors["name"] = "The name may be at most 200 characters."
+    if not errors:
+        try:
+            await recovery.register(
+                runtime().accounts,
+                email=email,
+                password=password,
+                name=name or None,
+                return_to=return_to,
+                browser_binding=csrf_binding(),
+            )
+        except AccountError as exc:
+            errors[exc.field] = exc.message
+    if errors:
+        return await _register_page(return_to=return_to, email=email[:320], name=name[:200], errors=errors, status=400)
+    return await _message(
+        "Check your email",
+        "We sent a link to confirm your address. Open it to finish creating your account. "
+        "If you don't see it within a few minutes, look in your spam folder or ask for a new link.",
+        link=url_for("accounts.resend_verification", return_to=return_to),
+        link_text="Send the link again",
+    )
+
+
+@blueprint.get("/verify-email")
+async def verify_email() -> Response:
+    from idp.accounts import links
+
+    token = request.args.get("token")
+    # Opening the link only shows a button: mail scanners prefetch links, and a GET must not
+    # use up a single-use token.
+    if await links.peek(runtime().db, links.VERIFY_EMAIL, token) is None:
+        return await _invalid_verification_link()
+    html = await render_template(
+        "accounts/email_form.html",
+        title="Confirm your email address",
+        text="Confirm that this address is yours to activate your account.",
+        action=url_for("accounts.verify_email_submit"),
+        csrf_token=csrf_token(),
+        hidden={"token": token},
+        ask_email=False,
+        submit="Confirm",
+    )
+    return _page(html)
+
+
+async def _invalid_verification_link() -> Response:
+    return await _message(
+        "This link can't be used",
+        "The confirmation link is invalid, has expired or was already used.",
+        link=url_for("accounts.resend_verification"),
+        link_text="Send a new link",
+        status=400,
+    )
+
+
+@blueprint.post("/verify-email")
+async def verify_email_submit() -> Response:
+    from idp.accounts import recovery
+
+    await require_csrf()
+    rt = runtime()
+    form = await request.form
+    verified = await recovery.verify_email(rt.accounts, form.get("token"), csrf_binding())
+    if verified is None:
+        return await _invalid_verification_link()
+    return_to = local_path(verified.return_to, "/account")
+    if not verified.same_browser:
+        return await _message(
+            "Email address confirmed",
+            "Your account is active. Sign in to continue.",
+            link=url_for("accounts.login", return_to=return_to),
+            link_text="Sign in",
+        )
+    # The browser that registered (and chose the password) confirms: sign it in and carry on
+    # with the application that asked for the registration (prompt=create).
+    previous = await current_session()
+    if previous is not None:
+        await rt.sessions.end(previous)
+    cookie_value, session = await rt.sessions.create(
+        verified.user_id, amr=["pwd"], ip=request.remote_addr, user_agent=request.headers.get("User-Agent")
+    )
+    await rt.events.publish(LoginSucceeded(user_id=verified.user_id, sid=session.sid, amr=tuple(session.amr)))
+    response = see_other(return_to)
+    set_cookie(response, session_cookie_name(), cookie_value, max_age=rt.settings.sessions.absolute_ttl)
+    return response
+
+
+@blueprint.route("/verify-email/resend", methods=["GET", "POST"])
+async def resend_verification() -> Response:
+    from idp.accounts import recovery
+
+    return_to = local_path(request.args.get("return_to"), "")
+    if request.method == "GET":
+        html = await render_template(
+            "accounts/email_form.html",
+            title="Send the confirmation link again",
+            text="Enter the address you registered with.",
+            action=url_for("accounts.resend_verification"),
+            csrf_token=csrf_token(),
+            hidden={"return_to": return_to} if return_to else {},
+            ask_email=True,
+            submit="Send link",
+        )
+        return _page(html)
+    await require_csrf()
+    form = await request.form
+    await recovery.resend_verification(
+        runtime().accounts,
+        form.get("email") or "",
+        return_to=local_path(form.get("return_to"), "") or None,
+        browser_binding=csrf_binding(),
+    )
+    return await _message(
+        "Check your email",
+        "If that address belongs to an account waiting for confirmation, we sent a new link.",
+    )
+
+
+@blueprint.route("/forgot-password", methods=["GET", "POST"])
+async def forgot_password() -> Response:
+    from idp.accounts import recovery
+
+    if request.method == "GET":
+        html = await render_template(
+            "accounts/email_form.html",
+            title="Reset your password",
+            text="Enter your email address and we will send you a link to choose a new password.",
+            action=url_for("accounts.forgot_password"),
+            csrf_token=csrf_token(),
+            hidden={},
+            ask_email=True,
+            submit="Send reset link",
+        )
+        return _page(html)
+    await require_csrf()
+    form = await request.form
+    await recovery.request_password_reset(runtime().accounts, form.get("email") or "")
+    # The same answer whether or not the address has an account (ASVS 6.3.8).
+    return await _message(
+        "Check your email",
+        "If an account exists for that address, we sent a link to reset the password. It expires soon.",
+    )
+
+
+async def _reset_form(token: str, errors: dict[str, str] | None = None, status: int = 200) -> Response:
+    html = await render_template(
+        "accounts/password_form.html",
+        title="Choose a new password",
+        action=url_for("accounts.reset_password_submit"),
+        csrf_token=csrf_token(),
+        hidden={"token": token},
+        ask_current=False,
+        errors=errors or {},
+        submit="Set password",
+        policy=runtime().settings.password_policy,
+    )
+    return _page(html, status)
+
+
+@blueprint.get("/reset-password")
+async def reset_password() -> Response:
+    from idp.accounts import links
+
+    token = request.args.get("token") or ""
+    if await links.peek(runtime().db, links.RESET_PASSWORD, token) is None:
+        return await _invalid_reset_link()
+    return await _reset_form(token)
+
+
+async def _invalid_reset_link() -> Response:
+    return await _message(
+        "This link can't be used",
+        "The reset link is invalid, has expired or was already used.",
+        link=url_for("accounts.forgot_password"),
+        link_text="Ask for a new link",
+        status=400,
+    )
+
+
+@blueprint.post("/reset-password")
+async def reset_password_submit() -> Response:
+    from idp.accounts import recovery
+    from idp.accounts.users import AccountError
+
+    await require_csrf()
+    form = await request.form
+    token = form.get("token") or ""
+    try:
+        await recovery.reset_password(runtime().accounts, token, form.get("new_password") or "", ip=request.remote_addr)
+    except AccountError as exc:
+        if exc.field == "token":
+            return await _invalid_reset_link()
+        return await _reset_form(token, {"new_password": exc.message}, status=400)
+    response = await _message(
+        "Password changed",
+        "Your new password is set and you have been signed out everywhere. Sign in with the new password.",
+        link=url_for("accounts.login"),
+        link_text="Sign in",
+    )
+    clear_cookie(response, session_cookie_name())
+    return response
+
+
+async def _change_form(errors: dict[str, str] | None = None, status: int = 200) -> Response:
+    html = await render_template(
+        "accounts/password_form.html",
+        title="Change your password",
+        action=url_for("accounts.change_password"),
+        csrf_token=csrf_token(),
+        hidden={},
+        ask_current=True,
+        errors=errors or {},
+        submit="Change password",
+        policy=runtime().settings.password_policy,
+    )
+    return _page(html, status)
+
+
+@blueprint.route("/account/password", methods=["GET", "POST"])
+async def change_password() -> Response:
+    from idp.accounts import recovery
+    from idp.accounts.users import AccountError
+
+    session = await current_session()
+    if session is None:
+        return see_other("/login?return_to=/account/password")
+    if request.method == "GET":
+        return await _change_form()
+    await require_csrf()
+    form = await request.form
+    try:
+        ended = await recovery.change_password(
+            runtime().accounts,
+            session,
+            form.get("current_password") or "",
+            form.get("new_password") or "",
+            ip=request.remote_addr,
+        )
+    except AccountError as exc:
+        return await _change_form({exc.field: exc.message}, status=400)
+    others = f" {ended} other session(s) were signed out." if ended else ""
+    return await _message(
+        "Password changed",
+        f"Your password has been changed.{others}",
+        link="/account",
+        link_text="Back to your account",
+    )

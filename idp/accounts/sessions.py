@@ -119,13 +119,19 @@ class SessionStore:
         await self._kv.delete(_SESSION + session.digest, _SID + session.sid)
         await self._kv.remove_from_set(_USER_SESSIONS + session.user_id, session.digest)
 
-    async def end_all_for_user(self, user_id: str) -> list[BrowserSession]:
+    async def end_all_for_user(self, user_id: str, *, keep: str | None = None) -> list[BrowserSession]:
+        """End every session of the user, except the one whose digest is ``keep``."""
         ended: list[BrowserSession] = []
         for digest in await self._kv.set_members(_USER_SESSIONS + user_id):
+            if digest == keep:
+                continue
             raw = await self._kv.get(_SESSION + digest)
             if raw is not None:
                 session = BrowserSession(**json.loads(raw))
                 await self.end(session)
                 ended.append(session)
-        await self._kv.delete(_USER_SESSIONS + user_id)
+            else:
+                await self._kv.remove_from_set(_USER_SESSIONS + user_id, digest)
+        if keep is None:
+            await self._kv.delete(_USER_SESSIONS + user_id)
         return ended

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from email_validator import EmailNotValidError, validate_email
 
+from idp.accounts.password_policy import PasswordPolicy, PasswordRejected
 from idp.events import EventBus, UserCreated
 from idp.security.passwords import PasswordHasher
 from idp.storage.db import Database
@@ -51,22 +52,32 @@ def check_password_length(password: str) -> None:
         raise AccountError("password", f"must be at most {MAX_PASSWORD_LENGTH} characters")
 
 
-def check_new_user(new: NewUser) -> tuple[str, str | None]:
+def check_new_user(new: NewUser, policy: PasswordPolicy | None = None) -> tuple[str, str | None]:
     """Every check that needs no database: returns the normalised email and display name.
 
     Callers run it before opening connections, so rejected input has no side effects at all.
+    With a policy, the password is judged by it (blocklist, context, strength); without one,
+    only the length bounds apply.
     """
     email = check_email(new.email)
-    if new.password is not None:
-        check_password_length(new.password)
     name = (new.name or "").strip() or None
     if name is not None and len(name) > 200:
         raise AccountError("name", "must be at most 200 characters")
+    if new.password is not None:
+        if policy is None:
+            check_password_length(new.password)
+        else:
+            try:
+                policy.check(new.password, email=email, name=name)
+            except PasswordRejected as exc:
+                raise AccountError("password", exc.message) from None
     return email, name
 
 
-async def create_user(db: Database, hasher: PasswordHasher, events: EventBus, new: NewUser) -> User:
-    email, name = check_new_user(new)
+async def create_user(
+    db: Database, hasher: PasswordHasher, events: EventBus, new: NewUser, policy: PasswordPolicy | None = None
+) -> User:
+    email, name = check_new_user(new, policy)
     password_hash = await hasher.hash(new.password) if new.password is not None else None
     async with db.session() as session:
         users = UserRepository(session)

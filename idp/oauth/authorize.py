@@ -23,7 +23,7 @@ from idp.storage.models import AuthorizationCode, OAuthClient, utcnow
 from idp.storage.repositories import ClientRepository
 
 RESPONSE_MODES = ("query", "form_post")
-PROMPTS = ("none", "login", "consent", "select_account")
+PROMPTS = ("none", "login", "consent", "select_account", "create")
 # RFC 7636 §4.1: 43-128 characters of the unreserved set.
 _PKCE_VALUE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
 MAX_STATE = 2048

@@ -19,6 +19,7 @@ def provider_metadata(
     assertion_algs: list[str],
     claims: list[str],
     pairwise: bool,
+    registration: bool = False,
 ) -> dict[str, Any]:
     # Introspection answers authenticated clients only (RFC 7662 §2.1); revocation also serves
     # public clients, which identify themselves with client_id alone (RFC 7009 §2.1).
@@ -46,7 +47,14 @@ def provider_metadata(
         "revocation_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": claims,
-        "prompt_values_supported": ["none", "login", "consent", "select_account"],
+        # "create" only while self-service registration is on (Initiating User Registration 1.0 §3).
+        "prompt_values_supported": [
+            "none",
+            "login",
+            "consent",
+            "select_account",
+            *(["create"] if registration else []),
+        ],
         "claims_parameter_supported": False,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,

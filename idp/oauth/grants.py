@@ -445,31 +445,30 @@ async def find_refresh_token(db: Database, jti: str) -> RefreshToken | None:
         return (await session.execute(select(RefreshToken).where(RefreshToken.jti == jti))).scalar_one_or_none()
 
 
-async def revoke_user_client_grants(ctx: GrantContext, user_id: str, client_id: str, *, reason: str) -> int:
-    """Revoke every authorization a user gave a client: refresh-token families and the access
-    tokens issued from them or straight from codes (codes are kept a day past expiry, longer than
-    any access token lives)."""
+async def revoke_user_client_grants(ctx: GrantContext, user_id: str, client_id: str | None, *, reason: str) -> int:
+    """Revoke every authorization a user gave a client (or every client, with None): refresh-token
+    families and the access tokens issued from them or straight from codes (codes are kept a
+    day past expiry, longer than any access token lives)."""
+    refresh_filter = [RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None)]
+    code_filter = [AuthorizationCode.user_id == user_id]
+    if client_id is not None:
+        refresh_filter.append(RefreshToken.client_id == client_id)
+        code_filter.append(AuthorizationCode.client_id == client_id)
     async with ctx.db.session() as session:
-        families = set(
-            (
+        families = {
+            (family, owner)
+            for family, owner in (
+                await session.execute(select(RefreshToken.family_id, RefreshToken.client_id).where(*refresh_filter))
+            ).all()
+        }
+        families |= {
+            (grant, owner)
+            for grant, owner in (
                 await session.execute(
-                    select(RefreshToken.family_id).where(
-                        RefreshToken.user_id == user_id,
-                        RefreshToken.client_id == client_id,
-                        RefreshToken.revoked_at.is_(None),
-                    )
+                    select(AuthorizationCode.grant_id, AuthorizationCode.client_id).where(*code_filter)
                 )
-            ).scalars()
-        )
-        families |= set(
-            (
-                await session.execute(
-                    select(AuthorizationCode.grant_id).where(
-                        AuthorizationCode.user_id == user_id, AuthorizationCode.client_id == client_id
-                    )
-                )
-            ).scalars()
-        )
-    for family in families:
-        await revoke_grant(ctx, family, client_id=client_id, user_id=user_id, reason=reason)
+            ).all()
+        }
+    for family, owner in families:
+        await revoke_grant(ctx, family, client_id=owner, user_id=user_id, reason=reason)
     return len(families)

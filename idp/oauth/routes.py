@@ -104,6 +104,7 @@ def _metadata() -> dict[str, Any]:
         assertion_algs=[alg for alg in ASSERTION_ALGS if alg != "EdDSA"],
         claims=list(SUPPORTED_CLAIMS),
         pairwise=rt.subjects.pairwise_available,
+        registration=rt.settings.accounts.registration_enabled,
     )
 
 
@@ -243,6 +244,8 @@ async def _park(
         if request_.login_hint:
             query["login_hint"] = request_.login_hint
         location = f"/login?{urlencode(query)}"
+    elif next_path == "register":
+        location = f"/register?{urlencode({'return_to': resume})}"
     else:
         location = f"/authorize/consent/{interaction.id}"
     response = see_other(location)
@@ -284,9 +287,14 @@ async def _continue(
             await rt.sessions.end(session)
             session, user = None, None
 
+    # OpenID Connect Initiating User Registration 1.0: prompt=create shows the sign-up page; the
+    # account then signs in (after verifying its address) and the request resumes.
+    if "create" in prompt and not fresh and rt.settings.accounts.registration_enabled:
+        return await _park(req, interaction, session, "register")
+
     login_needed = (
         session is None
-        or (bool(prompt & {"login", "select_account"}) and not fresh)
+        or (bool(prompt & {"login", "select_account", "create"}) and not fresh)
         # OIDC Core §3.1.2.1: "max_age=0 is equivalent to prompt=login" (auth_time has 1 s resolution).
         or (req.max_age is not None and (req.max_age == 0 or now - session.auth_time > req.max_age) and not fresh)
         or (hint_user_id is not None and session.user_id != hint_user_id)

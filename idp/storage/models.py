@@ -272,3 +272,25 @@ class AuditEvent(Base):
     user_agent: Mapped[str | None] = mapped_column(String(512))
     request_id: Mapped[str | None] = mapped_column(String(64))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class OneTimeToken(Base):
+    """Single-use, expiring links sent by email (verification, password reset, email change)."""
+
+    __tablename__ = "one_time_tokens"
+    __table_args__ = (Index("ix_one_time_tokens_user_purpose", "user_id", "purpose"),)
+
+    # SHA-256 of the token in the link; the token itself is never stored.
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(32))  # "verify_email" | "reset_password" | "change_email"
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # The address being verified (differs from the user's current one for an email change).
+    email: Mapped[str | None] = mapped_column(String(320))
+    # Where to continue after use (a local path, e.g. a paused authorization request).
+    return_to: Mapped[str | None] = mapped_column(String(2048))
+    # SHA-256 of a cookie of the browser that asked for the link: used in that same browser,
+    # verifying also signs the user in.
+    browser_digest: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]

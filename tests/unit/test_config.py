@@ -168,7 +168,10 @@ def test_example_file_documents_every_key_with_its_default(secrets_env) -> None:
         return found
 
     commented_secrets = {
-        "secrets.cookie_secret", "secrets.key_encryption_key", "secrets.pairwise_secret", "mail.smtp_password",
+        "secrets.cookie_secret",
+        "secrets.key_encryption_key",
+        "secrets.pairwise_secret",
+        "mail.smtp_password",
     }
     assert keys(example) | commented_secrets == keys(defaults)
 

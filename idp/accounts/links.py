@@ -1,0 +1,87 @@
+"""Single-use, expiring tokens for links sent by email.
+
+Only a SHA-256 digest is stored. Issuing a new link for the same purpose invalidates the older
+unused ones (only the newest email works). Consumption is one atomic UPDATE, so a link can't be
+used twice even by two requests racing.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+
+from idp.security.tokens import random_token, sha256_digest
+from idp.storage.db import Database
+from idp.storage.models import OneTimeToken, utcnow
+
+VERIFY_EMAIL = "verify_email"
+RESET_PASSWORD = "reset_password"  # noqa: S105 - a purpose name, not a secret
+CHANGE_EMAIL = "change_email"
+MAX_TOKEN_LENGTH = 128
+
+
+async def issue(
+    db: Database,
+    *,
+    purpose: str,
+    user_id: str,
+    ttl: int,
+    email: str | None = None,
+    return_to: str | None = None,
+    browser_binding: str | None = None,
+) -> str:
+    token = random_token(32)
+    now = utcnow()
+    async with db.session() as session:
+        await session.execute(
+            delete(OneTimeToken).where(
+                OneTimeToken.user_id == user_id, OneTimeToken.purpose == purpose, OneTimeToken.used_at.is_(None)
+            )
+        )
+        session.add(
+            OneTimeToken(
+                digest=sha256_digest(token),
+                purpose=purpose,
+                user_id=user_id,
+                email=email,
+                return_to=return_to,
+                browser_digest=sha256_digest(browser_binding) if browser_binding else None,
+                created_at=now,
+                expires_at=now + timedelta(seconds=ttl),
+            )
+        )
+    return token
+
+
+async def peek(db: Database, purpose: str, token: str | None) -> OneTimeToken | None:
+    """The valid, unused token row (for a confirmation page), without consuming it."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    async with db.session() as session:
+        row = await session.get(OneTimeToken, sha256_digest(token))
+    if row is None or row.purpose != purpose or row.used_at is not None or row.expires_at <= utcnow():
+        return None
+    return row
+
+
+async def consume(db: Database, purpose: str, token: str | None) -> OneTimeToken | None:
+    """Use the token: returns its row for exactly one caller, None if invalid, expired or used."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    digest = sha256_digest(token)
+    now = utcnow()
+    async with db.session() as session:
+        result = await session.execute(
+            update(OneTimeToken)
+            .where(
+                OneTimeToken.digest == digest,
+                OneTimeToken.purpose == purpose,
+                OneTimeToken.used_at.is_(None),
+                OneTimeToken.expires_at > now,
+            )
+            .values(used_at=now)
+        )
+        if getattr(result, "rowcount", 0) != 1:
+            return None
+        return (await session.execute(select(OneTimeToken).where(OneTimeToken.digest == digest))).scalar_one()

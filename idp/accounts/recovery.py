@@ -1,0 +1,275 @@
+"""Registration with email verification, password reset and password change.
+
+None of these answers reveals whether an address has an account (ASVS 6.3.8): registering a
+taken address mails its owner instead, and a reset request for an unknown address does nothing
+visible. Every change of password ends sessions and is announced, so the protocol side revokes
+tokens and the user is notified.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from idp.accounts import links
+from idp.accounts.password_policy import PasswordPolicy, PasswordRejected
+from idp.accounts.sessions import BrowserSession, SessionStore
+from idp.accounts.users import AccountError, NewUser, check_email, create_user
+from idp.config import AccountSettings
+from idp.events import (
+    EmailVerified,
+    EventBus,
+    PasswordChanged,
+    PasswordResetCompleted,
+    PasswordResetRequested,
+    RegistrationAttempted,
+)
+from idp.mail import EmailRenderer, Mailer, MailError
+from idp.security.passwords import PasswordHasher
+from idp.security.tokens import sha256_digest
+from idp.storage.db import Database
+from idp.storage.models import utcnow
+from idp.storage.repositories import UserRepository
+
+log = logging.getLogger("idp.accounts")
+
+
+@dataclass
+class AccountContext:
+    db: Database
+    hasher: PasswordHasher
+    policy: PasswordPolicy
+    mailer: Mailer
+    emails: EmailRenderer
+    events: EventBus
+    sessions: SessionStore
+    settings: AccountSettings
+    issuer: str
+
+    def link(self, path: str, **params: str) -> str:
+        return f"{self.issuer}{path}?{urlencode(params)}" if params else f"{self.issuer}{path}"
+
+    async def send(self, template: str, to: str, **context: object) -> None:
+        """Mail failures are logged, never shown: the answer must not depend on them."""
+        try:
+            await self.mailer.send(self.emails.render(template, to=to, **context))
+        except MailError as exc:
+            log.error("could not send email", extra={"template": template, "error": str(exc)})
+
+
+def _password_error(exc: PasswordRejected, field: str = "password") -> AccountError:
+    error = AccountError(field, exc.message)
+    error.rule = exc.rule  # type: ignore[attr-defined]
+    return error
+
+
+# -- registration ---------------------------------------------------------------------------
+
+
+async def register(
+    ctx: AccountContext,
+    *,
+    email: str,
+    password: str,
+    name: str | None,
+    return_to: str | None = None,
+    browser_binding: str | None = None,
+) -> None:
+    """Create an inactive account and mail a verification link; or mail the owner if the address
+    is taken. Raises AccountError (field, message) only for input problems."""
+    address = check_email(email)
+    clean_name = (name or "").strip() or None
+    try:
+        ctx.policy.check(password, email=address, name=clean_name)
+    except PasswordRejected as exc:
+        raise _password_error(exc) from None
+    async with ctx.db.session() as session:
+        existing = await UserRepository(session).get_by_email(address)
+    if existing is not None:
+        # Same answer as a fresh registration; the owner learns of the attempt (ASVS 6.3.8).
+        await ctx.hasher.hash(password)  # same cost as creating the account
+        await ctx.events.publish(RegistrationAttempted(user_id=existing.id))
+        await ctx.send(
+            "already_registered",
+            existing.email,
+            login_link=ctx.link("/login"),
+            reset_link=ctx.link("/forgot-password"),
+        )
+        return
+    user = await create_user(
+        ctx.db, ctx.hasher, ctx.events, NewUser(email=address, password=password, name=clean_name), ctx.policy
+    )
+    await send_verification(ctx, user.id, user.email, user.name, return_to=return_to, browser_binding=browser_binding)
+
+
+async def send_verification(
+    ctx: AccountContext,
+    user_id: str,
+    email: str,
+    name: str | None,
+    *,
+    return_to: str | None,
+    browser_binding: str | None,
+) -> None:
+    token = await links.issue(
+        ctx.db,
+        purpose=links.VERIFY_EMAIL,
+        user_id=user_id,
+        ttl=ctx.settings.verification_ttl,
+        email=email,
+        return_to=return_to,
+        browser_binding=browser_binding,
+    )
+    await ctx.send(
+        "verify_email",
+        email,
+        name=name or "",
+        link=ctx.link("/verify-email", token=token),
+        hours=max(1, ctx.settings.verification_ttl // 3600),
+    )
+
+
+async def resend_verification(
+    ctx: AccountContext, email: str, *, return_to: str | None, browser_binding: str | None
+) -> None:
+    """Silently does nothing unless the address belongs to an unverified account."""
+    try:
+        address = check_email(email)
+    except AccountError:
+        return
+    async with ctx.db.session() as session:
+        user = await UserRepository(session).get_by_email(address)
+    if user is not None and not user.email_verified and not user.disabled:
+        await send_verification(
+            ctx, user.id, user.email, user.name, return_to=return_to, browser_binding=browser_binding
+        )
+
+
+@dataclass(frozen=True)
+class Verified:
+    user_id: str
+    return_to: str | None
+    same_browser: bool
+
+
+async def verify_email(ctx: AccountContext, token: str | None, browser_binding: str | None) -> Verified | None:
+    row = await links.consume(ctx.db, links.VERIFY_EMAIL, token)
+    if row is None:
+        return None
+    async with ctx.db.session() as session:
+        user = await UserRepository(session).get(row.user_id)
+        if user is None or user.disabled or (row.email or "").lower() != user.email_normalized:
+            return None  # the account changed its address since the link was sent
+        user.email_verified = True
+    await ctx.events.publish(EmailVerified(user_id=row.user_id))
+    same_browser = bool(browser_binding and row.browser_digest and sha256_digest(browser_binding) == row.browser_digest)
+    return Verified(user_id=row.user_id, return_to=row.return_to, same_browser=same_browser)
+
+
+# -- password reset -------------------------------------------------------------------------
+
+
+async def request_password_reset(ctx: AccountContext, email: str) -> None:
+    """Mail a reset link if the address has an active account; the caller always shows the same page."""
+    try:
+        address = check_email(email)
+    except AccountError:
+        return
+    async with ctx.db.session() as session:
+        user = await UserRepository(session).get_by_email(address)
+    if user is None or user.disabled:
+        return
+    token = await links.issue(
+        ctx.db, purpose=links.RESET_PASSWORD, user_id=user.id, ttl=ctx.settings.reset_ttl, email=user.email
+    )
+    await ctx.events.publish(PasswordResetRequested(user_id=user.id))
+    await ctx.send(
+        "password_reset",
+        user.email,
+        link=ctx.link("/reset-password", token=token),
+        minutes=max(1, ctx.settings.reset_ttl // 60),
+    )
+
+
+async def reset_password(ctx: AccountContext, token: str | None, new_password: str, *, ip: str | None) -> str:
+    """Set a new password from a reset link. Ends every session; returns the user id.
+
+    Raises AccountError("token", …) for an invalid/expired/used link, ("password", …) for a
+    password the policy refuses (the link stays usable then).
+    """
+    row = await links.peek(ctx.db, links.RESET_PASSWORD, token)
+    if row is None:
+        raise AccountError("token", "This reset link is invalid, expired or already used. Ask for a new one.")
+    async with ctx.db.session() as session:
+        user = await UserRepository(session).get(row.user_id)
+    if user is None or user.disabled:
+        raise AccountError("token", "This reset link is invalid, expired or already used. Ask for a new one.")
+    try:
+        ctx.policy.check(new_password, email=user.email, name=user.name)
+    except PasswordRejected as exc:
+        raise _password_error(exc) from None
+    if await links.consume(ctx.db, links.RESET_PASSWORD, token) is None:
+        raise AccountError("token", "This reset link is invalid, expired or already used. Ask for a new one.")
+    new_hash = await ctx.hasher.hash(new_password)
+    async with ctx.db.session() as session:
+        fresh = await UserRepository(session).get(row.user_id)
+        if fresh is None:
+            raise AccountError("token", "This account no longer exists.")
+        fresh.password_hash = new_hash
+        fresh.password_changed_at = utcnow()
+        fresh.email_verified = True  # following the emailed link proved control of the mailbox
+        email = fresh.email
+    ended = await ctx.sessions.end_all_for_user(row.user_id)
+    await ctx.events.publish(PasswordResetCompleted(user_id=row.user_id, sessions_ended=len(ended)))
+    await ctx.send(
+        "password_changed",
+        email,
+        time=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+        ip=ip or "unknown",
+        reset_link=ctx.link("/forgot-password"),
+    )
+    return row.user_id
+
+
+# -- password change ------------------------------------------------------------------------
+
+
+async def change_password(
+    ctx: AccountContext,
+    session: BrowserSession,
+    current_password: str,
+    new_password: str,
+    *,
+    ip: str | None,
+) -> int:
+    """Change the signed-in user's password (ASVS 6.2.3: current and new). Ends the user's other
+    sessions (ASVS 7.4.3) and returns how many ended."""
+    async with ctx.db.session() as db_session:
+        user = await UserRepository(db_session).get(session.user_id)
+    if user is None or user.disabled:
+        raise AccountError("current_password", "Your account is not available.")
+    if not await ctx.hasher.verify(user.password_hash, current_password):
+        raise AccountError("current_password", "The current password is incorrect.")
+    if new_password == current_password:
+        raise AccountError("new_password", "The new password must differ from the current one.")
+    try:
+        ctx.policy.check(new_password, email=user.email, name=user.name)
+    except PasswordRejected as exc:
+        raise _password_error(exc, "new_password") from None
+    new_hash = await ctx.hasher.hash(new_password)
+    async with ctx.db.session() as db_session:
+        fresh = await UserRepository(db_session).get(session.user_id)
+        if fresh is not None:
+            fresh.password_hash = new_hash
+            fresh.password_changed_at = utcnow()
+    ended = await ctx.sessions.end_all_for_user(session.user_id, keep=session.digest)
+    await ctx.events.publish(PasswordChanged(user_id=session.user_id, sessions_ended=len(ended)))
+    await ctx.send(
+        "password_changed",
+        user.email,
+        time=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+        ip=ip or "unknown",
+        reset_link=ctx.link("/forgot-password"),
+    )
+    return len(ended)
