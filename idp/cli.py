@@ -378,12 +378,19 @@ def users_create(
     settings = state.settings()
     new = NewUser(email=email, password=password, name=name, email_verified=verified, is_admin=admin)
 
+    from idp.accounts.password_policy import PasswordPolicy
+
+    try:
+        policy = PasswordPolicy(settings.password_policy)
+    except ValueError as exc:
+        fail(f"config: {exc}")
+
     async def action(rt: Any) -> Any:
-        return await create_user(rt.db, rt.passwords, rt.events, new)
+        return await create_user(rt.db, rt.passwords, rt.events, new, policy)
 
     try:
         # Input checks first: opening the runtime writes (first signing keys), a rejected user must not.
-        check_new_user(new)
+        check_new_user(new, policy)
         user = run_with_runtime(settings, action)
     except AccountError as exc:
         fail(f"{USER_FIELD_FLAGS.get(exc.field, exc.field)}: {exc.message}")

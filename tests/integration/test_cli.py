@@ -195,7 +195,7 @@ def test_users_create_without_password_has_no_hash(cli_env: dict[str, str], data
 @pytest.mark.parametrize(
     ("email", "stdin", "expected"),
     [
-        ("short@example.com", "too-short\n", "--password-stdin: must be at least 15"),
+        ("short@example.com", "too-short\n", "--password-stdin: Use at least 15 characters"),
         ("short@example.com", "\n", "--password-stdin:"),
         ("not-an-email", PASSWORD + "\n", "--email:"),
         ("two@@example.com", PASSWORD + "\n", "--email:"),
@@ -678,3 +678,20 @@ def test_pairwise_clients_need_the_pairwise_secret(cli_env) -> None:
     )
     assert result.exit_code == 1
     assert "--subject-type: pairwise subjects need secrets.pairwise_secret" in result.output
+
+
+def test_users_create_applies_the_password_policy(cli_env: dict[str, str], database_url: str) -> None:
+    """The CLI refuses what registration refuses: a long but common or personal password."""
+    before = row_counts(database_url)
+    line = run_error(
+        cli_env,
+        "users",
+        "create",
+        "--email",
+        "carol.jones@example.com",
+        "--password-stdin",
+        input="carol.jones-is-my-password-2024\n",
+    )
+    assert line.startswith("idp: error: --password-stdin: ")
+    assert "email" in line.lower() or "name" in line.lower()
+    assert row_counts(database_url) == before
