@@ -78,12 +78,19 @@ def build_app(settings: Settings) -> IdPApp:
 
 
 def _register_blueprints(app: IdPApp) -> None:
+    from idp.accounts.api import blueprint as account_api
     from idp.accounts.routes import blueprint as accounts
     from idp.health import blueprint as health
     from idp.oauth.routes import blueprint as oauth
     from idp.oauth.routes import pages as oauth_pages
 
-    for bp, json_errors in ((health, True), (oauth, True), (oauth_pages, False), (accounts, False)):
+    for bp, json_errors in (
+        (health, True),
+        (oauth, True),
+        (oauth_pages, False),
+        (accounts, False),
+        (account_api, True),
+    ):
         app.register_blueprint(bp)
         if json_errors:
             app.json_blueprints.add(bp.name)
@@ -130,12 +137,28 @@ def _install_request_hooks(app: IdPApp) -> None:
         return response
 
 
+JSON_PATH_PREFIXES = (
+    "/api/",
+    "/token",
+    "/userinfo",
+    "/introspect",
+    "/revoke",
+    "/jwks",
+    "/.well-known/",
+    "/healthz",
+    "/readyz",
+)
+
+
 def wants_json() -> bool:
     app = cast(IdPApp, current_app)
     if request.blueprint in app.json_blueprints:
         return True
     if request.blueprint is not None:
         return False
+    # Routing failed (404/405), so no blueprint is known: API paths still answer in JSON.
+    if request.path.startswith(JSON_PATH_PREFIXES):
+        return True
     accept = request.accept_mimetypes
     return accept.best_match(["text/html", "application/json"]) == "application/json"
 

@@ -129,6 +129,37 @@ class PasswordChanged(Event):
 
 
 @dataclass(frozen=True)
+class ProfileUpdated(Event):
+    """The user changed profile claims; the audit log names the fields, never their values."""
+
+    name: ClassVar[str] = "profile_updated"
+    user_id: str
+    fields: tuple[str, ...]
+    client: str | None = None  # the application that made the change, if any
+
+    def details(self) -> dict[str, Any]:
+        return {"fields": list(self.fields)}
+
+
+@dataclass(frozen=True)
+class EmailChangeRequested(Event):
+    """A confirmation link for a new address was issued. Recorded the same way whether or not the
+    address belongs to another account: the user reads this trail (account API activity)."""
+
+    name: ClassVar[str] = "email_change_requested"
+    user_id: str
+    client: str | None = None
+
+
+@dataclass(frozen=True)
+class EmailChanged(Event):
+    """The new address was confirmed through the emailed link (no addresses in the audit log)."""
+
+    name: ClassVar[str] = "email_changed"
+    user_id: str
+
+
+@dataclass(frozen=True)
 class LoginSucceeded(Event):
     name: ClassVar[str] = "login_succeeded"
     user_id: str
@@ -186,6 +217,31 @@ class ConsentWithdrawn(Event):
 
 
 @dataclass(frozen=True)
+class AccountDeleting(Event):
+    """An account is about to be deleted; its rows still exist while subscribers run.
+
+    Published so the protocol side can revoke every grant (their refresh tokens and the index of
+    their access tokens live in rows the deletion cascades away) and send back-channel logout for
+    the sessions that were ended: ``sessions`` is ``(sid, client ids)`` per session.
+    """
+
+    name: ClassVar[str] = "account_deletion_started"
+    user_id: str
+    sessions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def details(self) -> dict[str, Any]:
+        return {"sessions_ended": len(self.sessions)}
+
+
+@dataclass(frozen=True)
+class AccountDeleted(Event):
+    """The account's rows are gone; the audit trail keeps this event and the opaque id only."""
+
+    name: ClassVar[str] = "account_deleted"
+    user_id: str
+
+
+@dataclass(frozen=True)
 class TokenIssued(Event):
     name: ClassVar[str] = "token_issued"
     client: str
@@ -208,7 +264,7 @@ class TokenRevoked(Event):
 
     @property
     def outcome(self) -> str:
-        benign = ("client_request", "logout", "consent_withdrawn", "password_reset")
+        benign = ("client_request", "logout", "consent_withdrawn", "password_reset", "account_deleted")
         return "success" if self.reason in benign else "security_alert"
 
     def details(self) -> dict[str, Any]:

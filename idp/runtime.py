@@ -89,8 +89,37 @@ def _subscribe_protocol_handlers(rt: Runtime) -> None:
         assert isinstance(event, PasswordResetCompleted)
         await revoke_user_client_grants(rt.grants, event.user_id, None, reason="password_reset")
 
+    from idp.events import AccountDeleting
+    from idp.storage.repositories import ClientRepository
+
+    async def on_account_deleting_revoke(event: Event, _context: EventContext) -> None:
+        # Runs while the user's refresh tokens and codes still exist (they cascade away with the
+        # account): revoking their grants puts every access token issued from them on the
+        # denylist, so they stop working at once, not when they expire (ASVS 7.4.2).
+        assert isinstance(event, AccountDeleting)
+        await revoke_user_client_grants(rt.grants, event.user_id, None, reason="account_deleted")
+
+    async def on_account_deleting_logout(event: Event, _context: EventContext) -> None:
+        # A separate subscriber, so a failure here doesn't stop the revocation and vice versa.
+        # Back-Channel Logout 1.0 §2.4: one logout token per ended session with its sid and the
+        # `sub` each client knows the user by (pairwise clients know another one).
+        assert isinstance(event, AccountDeleting)
+        for sid, client_ids in event.sessions:
+            if not client_ids:
+                continue
+            subjects: dict[str, str] = {}
+            async with rt.db.session() as db_session:
+                repo = ClientRepository(db_session)
+                for client_id in client_ids:
+                    client = await repo.get(client_id)
+                    if client is not None:
+                        subjects[client_id] = rt.subjects.subject_for(client, event.user_id)
+            await rt.backchannel.notify(client_ids, subject_for=subjects, sid=sid)
+
     rt.events.subscribe(on_consent_withdrawn, ConsentWithdrawn)
     rt.events.subscribe(on_password_reset, PasswordResetCompleted)
+    rt.events.subscribe(on_account_deleting_revoke, AccountDeleting)
+    rt.events.subscribe(on_account_deleting_logout, AccountDeleting)
 
 
 async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_keys: bool = True) -> Runtime:
@@ -145,7 +174,7 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             keys=keys,
             passwords=hasher,
             tokens=tokens,
-            sessions=SessionStore(kv, idle_ttl=settings.sessions.idle_ttl, absolute_ttl=settings.sessions.absolute_ttl),
+            sessions=sessions,
             interactions=InteractionStore(kv, settings.sessions.interaction_ttl),
             subjects=SubjectResolver(pairwise.get_secret_value() if pairwise else None),
             backchannel=BackchannelNotifier(db, tokens),

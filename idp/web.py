@@ -83,6 +83,9 @@ def local_path(target: str | None, default: str = "/") -> str:
     """Only same-origin paths are followed after sign-in: no open redirector (RFC 9700 §4.11)."""
     if not target or len(target) > 2048 or not target.startswith("/") or target.startswith("//"):
         return default
+    # Control characters: a CR/LF can't go into a Location header, a NUL can't be stored.
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in target):
+        return default
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or "\\" in target:
         return default

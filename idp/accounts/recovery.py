@@ -9,6 +9,10 @@ tokens and the user is notified.
 from __future__ import annotations
 
 import logging
+import unicodedata
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -25,7 +29,7 @@ from idp.events import (
     PasswordResetRequested,
     RegistrationAttempted,
 )
-from idp.mail import EmailRenderer, Mailer, MailError
+from idp.mail import EmailRenderer, Mailer, MailError, OutgoingEmail
 from idp.security.passwords import PasswordHasher
 from idp.security.tokens import sha256_digest
 from idp.storage.db import Database
@@ -33,6 +37,33 @@ from idp.storage.models import utcnow
 from idp.storage.repositories import UserRepository
 
 log = logging.getLogger("idp.accounts")
+
+# Set by deferred_mail(): AccountContext.send queues here instead of delivering.
+_deferred_mail: ContextVar[list[OutgoingEmail] | None] = ContextVar("idp_deferred_mail", default=None)
+
+
+@contextmanager
+def deferred_mail() -> Iterator[list[OutgoingEmail]]:
+    """Collect what ``AccountContext.send`` renders inside the block instead of sending it.
+
+    The caller answers first and delivers afterwards (``deliver``): an SMTP round trip made only
+    when an address has an account would otherwise show in the response time (ASVS 6.3.8).
+    """
+    outbox: list[OutgoingEmail] = []
+    token = _deferred_mail.set(outbox)
+    try:
+        yield outbox
+    finally:
+        _deferred_mail.reset(token)
+
+
+async def in_background(job: Awaitable[object]) -> None:
+    """Await work nobody waits for (run after the answer was sent). A failure is logged with its
+    type only: a message or traceback could hold an address or SQL."""
+    try:
+        await job
+    except Exception as exc:
+        log.error("background task failed", extra={"error": type(exc).__name__})
 
 
 @dataclass
@@ -51,17 +82,98 @@ class AccountContext:
         return f"{self.issuer}{path}?{urlencode(params)}" if params else f"{self.issuer}{path}"
 
     async def send(self, template: str, to: str, **context: object) -> None:
-        """Mail failures are logged, never shown: the answer must not depend on them."""
+        """Mail failures are logged, never shown: the answer must not depend on them (nor on
+        whether the address exists, ASVS 6.3.8)."""
         try:
-            await self.mailer.send(self.emails.render(template, to=to, **context))
-        except MailError as exc:
-            log.error("could not send email", extra={"template": template, "error": str(exc)})
+            message = self.emails.render(template, to=to, **context)
+        except ValueError:
+            # An address the mail headers can't carry (e.g. non-ASCII before the @ on an account
+            # created before registration refused those). The message names no address.
+            log.error("could not send email", extra={"template": template, "error": "address cannot be mailed"})
+            return
+        outbox = _deferred_mail.get()
+        if outbox is not None:
+            outbox.append(message)
+            return
+        await self.deliver(message)
+
+    async def deliver(self, *messages: OutgoingEmail) -> None:
+        """Send rendered messages; failures are logged (template and error only, no address)."""
+        for message in messages:
+            try:
+                await self.mailer.send(message)
+            except MailError as exc:
+                log.error("could not send email", extra={"template": message.template, "error": str(exc)})
 
 
 def _password_error(exc: PasswordRejected, field: str = "password") -> AccountError:
     error = AccountError(field, exc.message)
     error.rule = exc.rule  # type: ignore[attr-defined]
     return error
+
+
+MAX_NAME_LENGTH = 200
+# What a form decoder puts in place of bytes that were not UTF-8 (Quart decodes with "replace").
+_REPLACEMENT_CHARACTER = "\ufffd"
+
+
+# Refused in names, as by the profile API: control characters (NUL, escapes, line breaks — and
+# PostgreSQL can't even store a NUL), line and paragraph separators, lone surrogates; plus U+FFFD.
+_NAME_REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def _unusable_characters(value: str) -> bool:
+    return any(
+        char == _REPLACEMENT_CHARACTER or unicodedata.category(char) in _NAME_REFUSED_CATEGORIES for char in value
+    )
+
+
+def check_mailable_email(email: str) -> str:
+    """check_email, and refuse what the mailer can't address: a verification link that can never
+    be delivered would leave an account nobody can activate. Non-ASCII before the @ needs SMTPUTF8,
+    which idp's mail headers don't support; international domains are fine."""
+    address = check_email(email)
+    if not address.rpartition("@")[0].isascii():
+        raise AccountError(
+            "email",
+            "Addresses with characters other than ASCII letters, digits and punctuation before the @ "
+            "can't receive our emails yet. Use another address.",
+        )
+    return address
+
+
+def check_name(name: str | None) -> str | None:
+    """The display name, stripped; None when empty. Raises AccountError("name", …)."""
+    clean = (name or "").strip() or None
+    if clean is None:
+        return None
+    if len(clean) > MAX_NAME_LENGTH:
+        raise AccountError("name", f"The name may be at most {MAX_NAME_LENGTH} characters.")
+    if _unusable_characters(clean):
+        raise AccountError(
+            "name", "The name contains a character that can't be used (such as a control character). Remove it."
+        )
+    return clean
+
+
+def _check_new_password(
+    ctx: AccountContext, password: str, *, email: str | None, name: str | None, field: str = "password"
+) -> None:
+    """The policy's verdict, plus one thing the policy can't see: a password that arrived as
+    invalid UTF-8 was decoded lossily (U+FFFD), and hashing that would let other byte strings
+    match it (ASVS 6.2.8: verified exactly as received)."""
+    if _REPLACEMENT_CHARACTER in password:
+        error = AccountError(
+            field,
+            "Your password contains a character that could not be read (U+FFFD, or text not sent as UTF-8). "
+            "Remove it and try again.",
+        )
+        error.rule = "invalid"  # type: ignore[attr-defined]
+        raise error
+    try:
+        ctx.policy.check(password, email=email, name=name)
+    except PasswordRejected as exc:
+        raise _password_error(exc, field) from None
 
 
 # -- registration ---------------------------------------------------------------------------
@@ -78,12 +190,9 @@ async def register(
 ) -> None:
     """Create an inactive account and mail a verification link; or mail the owner if the address
     is taken. Raises AccountError (field, message) only for input problems."""
-    address = check_email(email)
-    clean_name = (name or "").strip() or None
-    try:
-        ctx.policy.check(password, email=address, name=clean_name)
-    except PasswordRejected as exc:
-        raise _password_error(exc) from None
+    address = check_mailable_email(email)
+    clean_name = check_name(name)
+    _check_new_password(ctx, password, email=address, name=clean_name)
     async with ctx.db.session() as session:
         existing = await UserRepository(session).get_by_email(address)
     if existing is not None:
@@ -205,10 +314,7 @@ async def reset_password(ctx: AccountContext, token: str | None, new_password: s
         user = await UserRepository(session).get(row.user_id)
     if user is None or user.disabled:
         raise AccountError("token", "This reset link is invalid, expired or already used. Ask for a new one.")
-    try:
-        ctx.policy.check(new_password, email=user.email, name=user.name)
-    except PasswordRejected as exc:
-        raise _password_error(exc) from None
+    _check_new_password(ctx, new_password, email=user.email, name=user.name)
     if await links.consume(ctx.db, links.RESET_PASSWORD, token) is None:
         raise AccountError("token", "This reset link is invalid, expired or already used. Ask for a new one.")
     new_hash = await ctx.hasher.hash(new_password)
@@ -253,10 +359,7 @@ async def change_password(
         raise AccountError("current_password", "The current password is incorrect.")
     if new_password == current_password:
         raise AccountError("new_password", "The new password must differ from the current one.")
-    try:
-        ctx.policy.check(new_password, email=user.email, name=user.name)
-    except PasswordRejected as exc:
-        raise _password_error(exc, "new_password") from None
+    _check_new_password(ctx, new_password, email=user.email, name=user.name, field="new_password")
     new_hash = await ctx.hasher.hash(new_password)
     async with ctx.db.session() as db_session:
         fresh = await UserRepository(db_session).get(session.user_id)

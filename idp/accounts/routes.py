@@ -115,6 +115,16 @@ async def withdraw_app(client_id: str) -> Response:
 # -- account pages ----------------------------------------------------------------------------
 
 
+def _return_to(target: str | None, default: str = "") -> str:
+    """A same-origin path to continue at, or ``default`` (local_path refuses control characters)."""
+    return local_path(target, default)
+
+
+def _echo(value: str, limit: int) -> str:
+    """A submitted value to show back in the form, without control characters."""
+    return "".join(char for char in value[:limit] if ord(char) >= 0x20 and ord(char) != 0x7F)
+
+
 def _page(html: str, status: int = 200) -> Response:
     response = Response(html, status=status, content_type="text/html; charset=utf-8")
     response.headers["Cache-Control"] = "no-store"
@@ -189,18 +199,21 @@ async def _registration_enabled() -> None:
 @blueprint.get("/register")
 async def register() -> Response:
     await _registration_enabled()
-    return await _register_page(return_to=local_path(request.args.get("return_to")))
+    return await _register_page(return_to=_return_to(request.args.get("return_to")))
 
 
 @blueprint.post("/register")
 async def register_submit() -> Response:
+    from quart import current_app
+
     from idp.accounts import recovery
     from idp.accounts.users import AccountError
 
     await _registration_enabled()
     await require_csrf()
     form = await request.form
-    return_to = local_path(form.get("return_to"))
+    # No return_to means "the account page" after verification (not "/", which only redirects there).
+    return_to = _return_to(form.get("return_to"))
     email = (form.get("email") or "").strip()
     name = (form.get("name") or "").strip()
     password = form.get("password") or ""
@@ -213,23 +226,34 @@ async def register_submit() -> Response:
         errors["name"] = "The name may be at most 200 characters."
     if not errors:
         try:
-            await recovery.register(
-                runtime().accounts,
-                email=email,
-                password=password,
-                name=name or None,
-                return_to=return_to,
-                browser_binding=csrf_binding(),
-            )
+            # Mail goes out after the answer: only a fresh address gets a verification link and
+            # only a taken one a notice, and the SMTP time must not tell them apart (ASVS 6.3.8).
+            with recovery.deferred_mail() as outbox:
+                await recovery.register(
+                    runtime().accounts,
+                    email=email,
+                    password=password,
+                    name=name or None,
+                    return_to=return_to or None,
+                    browser_binding=csrf_binding(),
+                )
         except AccountError as exc:
             errors[exc.field] = exc.message
+        else:
+            current_app.add_background_task(recovery.in_background, runtime().accounts.deliver(*outbox))
     if errors:
-        return await _register_page(return_to=return_to, email=email[:320], name=name[:200], errors=errors, status=400)
+        return await _register_page(
+            return_to=return_to, email=_echo(email, 320), name=_echo(name, 200), errors=errors, status=400
+        )
     return await _message(
         "Check your email",
         "We sent a link to confirm your address. Open it to finish creating your account. "
         "If you don't see it within a few minutes, look in your spam folder or ask for a new link.",
-        link=url_for("accounts.resend_verification", return_to=return_to),
+        link=(
+            url_for("accounts.resend_verification", return_to=return_to)
+            if return_to
+            else url_for("accounts.resend_verification")
+        ),
         link_text="Send the link again",
     )
 
@@ -276,7 +300,7 @@ async def verify_email_submit() -> Response:
     verified = await recovery.verify_email(rt.accounts, form.get("token"), csrf_binding())
     if verified is None:
         return await _invalid_verification_link()
-    return_to = local_path(verified.return_to, "/account")
+    return_to = _return_to(verified.return_to, "/account")
     if not verified.same_browser:
         return await _message(
             "Email address confirmed",
@@ -300,9 +324,11 @@ async def verify_email_submit() -> Response:
 
 @blueprint.route("/verify-email/resend", methods=["GET", "POST"])
 async def resend_verification() -> Response:
+    from quart import current_app
+
     from idp.accounts import recovery
 
-    return_to = local_path(request.args.get("return_to"), "")
+    return_to = _return_to(request.args.get("return_to"))
     if request.method == "GET":
         html = await render_template(
             "accounts/email_form.html",
@@ -317,11 +343,15 @@ async def resend_verification() -> Response:
         return _page(html)
     await require_csrf()
     form = await request.form
-    await recovery.resend_verification(
-        runtime().accounts,
-        form.get("email") or "",
-        return_to=local_path(form.get("return_to"), "") or None,
-        browser_binding=csrf_binding(),
+    # After the answer: a link is made and mailed only for an unverified account (ASVS 6.3.8).
+    current_app.add_background_task(
+        recovery.in_background,
+        recovery.resend_verification(
+            runtime().accounts,
+            form.get("email") or "",
+            return_to=_return_to(form.get("return_to")) or None,
+            browser_binding=csrf_binding(),
+        ),
     )
     return await _message(
         "Check your email",
@@ -331,6 +361,8 @@ async def resend_verification() -> Response:
 
 @blueprint.route("/forgot-password", methods=["GET", "POST"])
 async def forgot_password() -> Response:
+    from quart import current_app
+
     from idp.accounts import recovery
 
     if request.method == "GET":
@@ -347,8 +379,11 @@ async def forgot_password() -> Response:
         return _page(html)
     await require_csrf()
     form = await request.form
-    await recovery.request_password_reset(runtime().accounts, form.get("email") or "")
-    # The same answer whether or not the address has an account (ASVS 6.3.8).
+    # The same answer, in the same time, whether or not the address has an account (ASVS 6.3.8):
+    # the look-up, the link and the mail all happen after it.
+    current_app.add_background_task(
+        recovery.in_background, recovery.request_password_reset(runtime().accounts, form.get("email") or "")
+    )
     return await _message(
         "Check your email",
         "If an account exists for that address, we sent a link to reset the password. It expires soon.",
@@ -458,3 +493,79 @@ async def change_password() -> Response:
         link="/account",
         link_text="Back to your account",
     )
+
+
+@blueprint.route("/account/email/confirm", methods=["GET", "POST"])
+async def confirm_email_change() -> Response:
+    """The link mailed to a new address: GET only shows a button (mail scanners prefetch links)."""
+    from idp.accounts import profile
+
+    rt = runtime()
+    if request.method == "GET":
+        token = request.args.get("token") or ""
+        new_email = await profile.peek_email_change(rt.accounts, token)
+        if new_email is None:
+            return await _message(
+                "This link can't be used",
+                "The confirmation link is invalid, has expired or "
+                "was already used. Ask for the change again from your account.",
+                status=400,
+            )
+        html = await render_template(
+            "accounts/email_form.html",
+            title="Confirm your new email address",
+            text=f"Use {new_email} as the address of your account from now on.",
+            action=url_for("accounts.confirm_email_change"),
+            csrf_token=csrf_token(),
+            hidden={"token": token},
+            ask_email=False,
+            submit="Confirm new address",
+        )
+        return _page(html)
+    await require_csrf()
+    form = await request.form
+    if await profile.confirm_email_change(rt.accounts, form.get("token")) is None:
+        return await _message(
+            "This link can't be used",
+            "The confirmation link is invalid, has expired or was "
+            "already used, or the address now belongs to another account.",
+            status=400,
+        )
+    return await _message(
+        "Email address changed",
+        "Your account now uses the new address.",
+        link="/account",
+        link_text="Back to your account",
+    )
+
+
+@blueprint.route("/account/delete", methods=["GET", "POST"])
+async def delete_account() -> Response:
+    """Delete the account and everything held about it, confirmed with the password."""
+    from idp.accounts import deletion
+    from idp.accounts.users import AccountError
+
+    session = await current_session()
+    if session is None:
+        return see_other("/login?return_to=/account/delete")
+    error = None
+    if request.method == "POST":
+        await require_csrf()
+        form = await request.form
+        if form.get("confirm") != "delete":
+            error = "Tick the box to confirm that you want to delete your account."
+        else:
+            try:
+                await deletion.delete_account(runtime().accounts, session.user_id, password=form.get("password") or "")
+            except AccountError as exc:
+                error = exc.message
+            else:
+                response = await _message(
+                    "Account deleted",
+                    "Your account and the data held about it have been "
+                    "deleted, and the applications you used were signed out.",
+                )
+                clear_cookie(response, session_cookie_name())
+                return response
+    html = await render_template("accounts/delete.html", csrf_token=csrf_token(), error=error)
+    return _page(html, 400 if error else 200)

@@ -64,8 +64,10 @@ class InvalidToken(OAuthError):
 
     def __init__(self, description: str | None = None) -> None:
         desc = description or self.default_description
+        # RFC 6750 §3: error_description is a quoted string of printable ASCII without " or \.
+        quoted = "".join(ch for ch in desc if 0x20 <= ord(ch) <= 0x7E and ch not in '"\\')
         super().__init__(
-            desc, headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{desc}"'}
+            desc, headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{quoted}"'}
         )
 
 

@@ -26,7 +26,7 @@ from joserfc.errors import JoseError
 from joserfc.jwt import JWTClaimsRegistry
 
 from idp.oauth.keys import KeyManager, canonical_alg
-from idp.security.tokens import random_token
+from idp.security.tokens import TokenInvalid, random_token
 from idp.storage.kv import KeyValueStore
 
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 - a JWT type, not a secret
@@ -35,12 +35,9 @@ ID_TOKEN_TYP = "JWT"  # noqa: S105 - a JWT type, not a secret
 LOGOUT_TOKEN_TYP = "logout+jwt"  # noqa: S105 - a JWT type, not a secret
 BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 LEEWAY = 60
+__all__ = ["TokenInvalid", "TokenService"]
 _REVOKED_PREFIX = "revoked_jti:"
 _GRANT_TOKENS_PREFIX = "grant_access_tokens:"
-
-
-class TokenInvalid(Exception):
-    """The token is not one we accept; the message says why (safe to log, not to show)."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,11 @@ import hmac
 import secrets
 
 
+class TokenInvalid(Exception):
+    """A token this server signed (or claims to) is not acceptable; the message says why (safe to
+    log, not to show). Defined here so every layer can catch it without importing the protocol."""
+
+
 def random_token(nbytes: int = 32) -> str:
     """A URL-safe random string carrying ``nbytes`` bytes of entropy (default 256 bits)."""
     return secrets.token_urlsafe(nbytes)

@@ -784,3 +784,13 @@ async def test_redirects_after_post_are_303(client: Any, world: World, runtime: 
     allowed = await client.post(location, form={"csrf_token": csrf_from(await text_of(page)), "decision": "allow"})
     assert allowed.status_code == 303
     assert urlsplit(allowed.headers["Location"]).netloc == "rp.example"
+
+
+@pytest.mark.parametrize("target", ["/a\r\nX-Injected: y", "/account\x00", "/\x7f"])
+async def test_login_return_to_with_control_characters_is_ignored(client, runtime, target) -> None:
+    from tests.oauth_helpers import login, make_world
+
+    world = await make_world(runtime)
+    response = await login(client, world.email, return_to=target)
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/"

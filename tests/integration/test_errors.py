@@ -160,3 +160,19 @@ async def test_request_id_is_echoed_only_when_well_formed(client, json_logs) -> 
     lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
     access = [line for line in lines if line["logger"] == "idp.access"]
     assert [line["request_id"] for line in access] == ["req-12345678", evil.headers["X-Request-ID"]]
+
+
+@pytest.mark.parametrize("path", ["/token", "/api/account/nope", "/userinfo"])
+async def test_unmatched_methods_and_paths_on_apis_answer_json(client, path) -> None:
+    """A 404/405 from routing has no blueprint; API paths still get the JSON error shape."""
+    response = await client.put(path, headers={"Accept": "text/html"})
+    assert response.status_code in (404, 405)
+    assert response.mimetype == "application/json"
+    assert (await response.get_json())["error"] in ("not_found", "method_not_allowed")
+
+
+def test_invalid_token_challenge_is_a_valid_quoted_string() -> None:
+    error = InvalidToken('token "x" is \\ revoked\u00e9')
+    header = error.headers["WWW-Authenticate"]
+    inner = header.split('error_description="', 1)[1][:-1]
+    assert '"' not in inner and "\\" not in inner and inner.isascii()

@@ -1,0 +1,337 @@
+"""The account API (``/api/account/…``): JSON for browser apps acting for the signed-in user.
+
+An RFC 6750 protected resource: the caller presents one of our access tokens in the
+``Authorization: Bearer`` header, and only there (no cookies, so no CSRF; no tokens in query
+strings or bodies). Only first-party clients may call it: the standard scopes a third-party
+application is granted let it *read* claims, not rewrite the profile, change the sign-in address
+(which, once confirmed, would let that application reset the password) or read the sign-in
+history. Changing the address also needs a recent sign-in (RFC 9470 step-up).
+
+Cross-origin calls are answered for the web origins registered on clients, never with credentials.
+The domain work lives in ``idp.accounts.profile``; this module translates HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from quart import Blueprint, Response, jsonify, request
+
+from idp import cors
+from idp.accounts import profile
+from idp.accounts.users import AccountError
+from idp.app import runtime
+from idp.errors import Forbidden, IdPError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from idp.runtime import Runtime
+from idp.security.tokens import TokenInvalid
+from idp.storage.models import OAuthClient, User
+from idp.storage.repositories import ClientRepository, UserRepository
+
+blueprint = Blueprint("account_api", __name__, url_prefix="/api/account")
+
+MAX_BODY_BYTES = 16 * 1024
+# RFC 9470: changing the sign-in address needs a sign-in at most this many seconds old.
+EMAIL_CHANGE_MAX_AUTH_AGE = 900
+ALLOWED_METHODS = "GET, PATCH, POST, DELETE"
+ALLOWED_HEADERS = "Authorization, Content-Type"
+EXPOSED_HEADERS = f"{cors.EXPOSED_HEADERS}, Content-Disposition"
+EXPORT_FILENAME = "idp-account-export.json"
+
+
+# -- errors (RFC 6750 §3; the same codes as idp.oauth.errors, which accounts may not import) -------
+
+
+def _challenge(**params: str) -> str:
+    return "Bearer " + ", ".join(f'{name}="{value}"' for name, value in {"realm": "idp", **params}.items())
+
+
+class BearerTokenMissing(IdPError):
+    """RFC 6750 §3.1: a request with no token at all gets a bare challenge, no error code in it."""
+
+    error = "invalid_request"
+    status_code = 401
+    default_description = "An access token is required (Authorization: Bearer)."
+
+    def __init__(self) -> None:
+        super().__init__(headers={"WWW-Authenticate": _challenge()})
+
+
+class InvalidToken(IdPError):
+    error = "invalid_token"
+    status_code = 401
+    default_description = "The access token is invalid, expired or revoked."
+
+    def __init__(self, description: str | None = None) -> None:
+        # Fixed descriptions only: they go into a quoted-string of the challenge.
+        desc = description or self.default_description
+        super().__init__(desc, headers={"WWW-Authenticate": _challenge(error=self.error, error_description=desc)})
+
+
+class InsufficientScope(IdPError):
+    error = "insufficient_scope"
+    status_code = 403
+    default_description = "The access token does not carry the scopes this request needs."
+
+    def __init__(self, scopes: tuple[str, ...]) -> None:
+        needed = " ".join(scopes)
+        super().__init__(
+            f"This request needs the scopes: {needed}.",
+            headers={"WWW-Authenticate": _challenge(error=self.error, scope=needed)},
+        )
+
+
+class InsufficientUserAuthentication(IdPError):
+    """RFC 9470 §3: the sign-in behind the token is too old; ask again with ``max_age``."""
+
+    error = "insufficient_user_authentication"
+    status_code = 401
+
+    def __init__(self, max_age: int) -> None:
+        desc = "A more recent sign-in is required."
+        super().__init__(
+            desc,
+            headers={"WWW-Authenticate": _challenge(error=self.error, error_description=desc, max_age=str(max_age))},
+        )
+
+
+class InvalidField(InvalidRequest):
+    """A 400 naming the member (or ``body``, ``limit``, …) at fault, also as ``field``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "field": self.field}
+
+
+def _invalid(exc: AccountError) -> NoReturn:
+    raise InvalidField(exc.field, exc.message) from None
+
+
+# -- the caller ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    claims: dict[str, Any]
+    scopes: frozenset[str]
+    client: OAuthClient
+    user: User
+
+    @property
+    def subject(self) -> str:
+        return str(self.claims["sub"])
+
+
+def _bearer_token() -> str:
+    header = request.headers.get("Authorization")
+    if not header:
+        raise BearerTokenMissing()
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise InvalidToken("The Authorization header must be a Bearer token.")
+    return value.strip()
+
+
+async def _verify_access_token(rt: Runtime, token: str) -> dict[str, Any]:
+    try:
+        return await rt.tokens.verify_access_token(token)
+    except TokenInvalid:
+        raise InvalidToken() from None
+
+
+async def authenticate(*scopes: str) -> Caller:
+    """The user and first-party client behind the request's access token, which must carry ``scopes``."""
+    rt = runtime()
+    claims = await _verify_access_token(rt, _bearer_token())
+    async with rt.db.session() as db_session:
+        client = await ClientRepository(db_session).get(str(claims.get("client_id")))
+        user_id = rt.subjects.user_id_for(client, str(claims.get("sub"))) if client is not None else None
+        user = await UserRepository(db_session).get(user_id) if user_id else None
+    if client is None or client.disabled or user is None or user.disabled:
+        raise InvalidToken("The user or client of this token no longer exists or is disabled.")
+    if not client.first_party:
+        raise Forbidden("The account API is available to first-party applications only.")
+    granted = frozenset(str(claims.get("scope", "")).split())
+    if not set(scopes) <= granted:
+        raise InsufficientScope(scopes)
+    return Caller(claims=claims, scopes=granted, client=client, user=user)
+
+
+def _require_recent_sign_in(caller: Caller, max_age: int) -> None:
+    auth_time = caller.claims.get("auth_time")
+    if not isinstance(auth_time, int) or time.time() - auth_time > max_age:
+        raise InsufficientUserAuthentication(max_age)
+
+
+# -- request bodies ------------------------------------------------------------------------------
+
+
+def _no_constants(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate member {profile.field_label(key)!r}")
+        result[key] = value
+    return result
+
+
+async def _json_body() -> dict[str, Any]:
+    """A JSON object from a body of at most MAX_BODY_BYTES of UTF-8 (RFC 8259 §8.1)."""
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("The request body must be application/json.")
+    charset = request.mimetype_params.get("charset")
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType("The request body must be UTF-8 encoded JSON.")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"The request body may be at most {MAX_BODY_BYTES} bytes.")
+    raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    if len(raw) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"The request body may be at most {MAX_BODY_BYTES} bytes.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidField("body", f"is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_members, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise InvalidField("body", f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise InvalidField("body", "is nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidField("body", f"is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InvalidField("body", "must be a JSON object")
+    return data
+
+
+# -- responses -----------------------------------------------------------------------------------
+
+
+@blueprint.after_request
+async def _api_headers(response: Response) -> Response:
+    """No caching of personal data; CORS for registered web origins only, never with credentials."""
+    response.headers["Cache-Control"] = "no-store"
+    response.vary.add("Origin")
+    origin = request.headers.get("Origin")
+    if not await runtime().cors.allowed(origin):
+        return response
+    assert origin is not None
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    if request.method == "OPTIONS":
+        response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
+        response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
+        response.headers["Access-Control-Max-Age"] = str(cors.PREFLIGHT_MAX_AGE)
+    return response
+
+
+async def _profile_response(caller: Caller, user: User) -> Response:
+    rt = runtime()
+    include_email = "email" in caller.scopes
+    pending = await profile.pending_email(rt.db, user.id) if include_email else None
+    return jsonify(
+        profile.profile_view(
+            user,
+            subject=caller.subject,
+            include_email=include_email,
+            pending=pending,
+            picture_base_url=f"{rt.settings.issuer}/pictures",
+        )
+    )
+
+
+# -- endpoints -----------------------------------------------------------------------------------
+
+
+@blueprint.get("/profile")
+async def get_profile() -> Response:
+    caller = await authenticate("openid", "profile")
+    return await _profile_response(caller, caller.user)
+
+
+@blueprint.patch("/profile")
+async def patch_profile() -> Response:
+    caller = await authenticate("openid", "profile")
+    body = await _json_body()
+    if "zoneinfo" in body:
+        await asyncio.to_thread(profile.time_zones)  # the first call reads the zone database
+    try:
+        changes = profile.check_profile_update(body)
+        user = await profile.update_profile(
+            runtime().db, runtime().events, caller.user.id, changes, client_id=caller.client.id
+        )
+    except AccountError as exc:
+        _invalid(exc)
+    return await _profile_response(caller, user)
+
+
+@blueprint.post("/email")
+async def change_email() -> tuple[Response, int]:
+    caller = await authenticate("openid", "email")
+    _require_recent_sign_in(caller, EMAIL_CHANGE_MAX_AUTH_AGE)
+    body = await _json_body()
+    for key in body:
+        if key != "email":
+            raise InvalidField(profile.field_label(key), "is not a member of this request")
+    email = body.get("email")
+    if not isinstance(email, str):
+        raise InvalidField("email", "is required (a string)")
+    try:
+        await profile.request_email_change(runtime().accounts, caller.user.id, email, client_id=caller.client.id)
+    except AccountError as exc:
+        _invalid(exc)
+    # The same answer whether or not another account has the address (ASVS 6.3.8).
+    return jsonify(status="verification_sent"), 202
+
+
+@blueprint.delete("")
+async def delete_account() -> Response:
+    """Delete the account and everything held about it; confirmed with the password."""
+    from idp.accounts import deletion
+
+    caller = await authenticate("openid")
+    body = await _json_body()
+    for key in body:
+        if key != "password":
+            raise InvalidField(profile.field_label(key), "is not a member of this request")
+    password = body.get("password")
+    if not isinstance(password, str) or not password:
+        raise InvalidField("password", "is required to confirm the deletion (a string)")
+    try:
+        await deletion.delete_account(runtime().accounts, caller.user.id, password=password)
+    except AccountError as exc:
+        _invalid(exc)
+    return Response("", status=204)
+
+
+@blueprint.get("/activity")
+async def get_activity() -> Response:
+    caller = await authenticate("openid")
+    try:
+        limit, before = profile.parse_activity_query(request.args.get("limit"), request.args.get("before"))
+    except AccountError as exc:
+        _invalid(exc)
+    page = await profile.activity(runtime().db, caller.user.id, limit=limit, before=before)
+    return jsonify(items=page.items, next=page.next)
+
+
+@blueprint.get("/export")
+async def export() -> Response:
+    caller = await authenticate("openid", "profile", "email")
+    rt = runtime()
+    data = await profile.export_account(rt.db, caller.user.id, picture_base_url=f"{rt.settings.issuer}/pictures")
+    if data is None:
+        raise InvalidToken("The user or client of this token no longer exists or is disabled.")
+    response = jsonify(data)
+    response.headers["Content-Disposition"] = f'attachment; filename="{EXPORT_FILENAME}"'
+    return response
