@@ -162,3 +162,51 @@ async def test_oauth_flow_logs_contain_no_credentials(json_logs, client, runtime
         assert value not in logged
     # Not even the signature part of a token.
     assert tokens["id_token"].rsplit(".", 1)[1] not in logged
+
+
+async def test_account_flows_log_no_links_tokens_or_passwords(json_logs, client, runtime, settings) -> None:
+    """Registration, verification and password reset (mail to the .eml outbox): the links' tokens,
+    the passwords and the recipient's address never reach a log line."""
+    import asyncio
+    import email
+    import email.policy
+    import re
+    from pathlib import Path
+
+    from tests.oauth_helpers import csrf_from
+
+    outbox = Path(settings.data_dir) / "outbox"
+
+    async def link_in_mail(number: int, path: str) -> str:
+        # Mail is sent after the response (no timing difference between known and unknown addresses).
+        for _ in range(100):
+            files = sorted(outbox.glob("*.eml"))
+            if len(files) >= number:
+                break
+            await asyncio.sleep(0.02)
+        message = email.message_from_bytes(files[number - 1].read_bytes(), policy=email.policy.default)
+        text = message.get_body(preferencelist=("plain",)).get_content()
+        return re.search(rf"{path}\?token=([\w-]+)", text).group(1)
+
+    async def post_form(path: str, page_path: str, **fields: str):
+        page = await client.get(page_path)
+        return await client.post(path, form={**fields, "csrf_token": csrf_from(await page.get_data(as_text=True))})
+
+    password, new_password = "quiet-harbor-lantern-5521", "amber-glacier-compass-7730"
+    registered = await post_form(
+        "/register", "/register", email="logflow@example.com", password=password, name="Log Flow"
+    )
+    assert registered.status_code == 200
+    verify_token = await link_in_mail(1, "/verify-email")
+    await post_form("/verify-email", f"/verify-email?token={verify_token}", token=verify_token)
+    await post_form("/forgot-password", "/forgot-password", email="logflow@example.com")
+    reset_token = await link_in_mail(2, "/reset-password")
+    done = await post_form(
+        "/reset-password", f"/reset-password?token={reset_token}", token=reset_token, new_password=new_password
+    )
+    assert done.status_code == 200
+
+    logged = json_logs.getvalue()
+    assert "email written to outbox" in logged
+    for secret in (verify_token, reset_token, password, new_password, "logflow@example.com"):
+        assert secret not in logged
