@@ -211,6 +211,59 @@ class PasswordHashSettings(_Section):
     parallelism: Annotated[int, Field(ge=1, le=16)] = 1
 
 
+class PictureSettings(_Section):
+    # Where uploaded profile pictures are kept: "filesystem" (under `directory`) or "s3" (any
+    # S3-compatible object store, with the s3_* keys below).
+    backend: Literal["filesystem", "s3"] = "filesystem"
+    # Default: data_dir/pictures (created with mode 0700).
+    directory: str = ""
+    # Largest accepted upload, in bytes (the request is refused with 413 above it).
+    max_upload_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 5242880
+    # Largest accepted width x height, checked from the header before any pixel is decoded
+    # (a small file can declare a huge image: a decompression bomb).
+    max_pixels: Annotated[int, Field(ge=4096, le=178956970)] = 40000000
+    # Square sizes, in pixels, each picture is stored at; the largest is the `picture` claim.
+    sizes: list[Annotated[int, Field(ge=16, le=2048)]] = Field(
+        default_factory=lambda: [256, 64], min_length=1, max_length=8
+    )
+    s3_bucket: str = ""
+    # Empty: AWS's own endpoint for s3_region.
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    # Empty: the usual AWS credential chain (environment, shared files, instance role).
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+
+    @field_validator("s3_access_key", "s3_secret_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("sizes")
+    @classmethod
+    def _distinct_sizes(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a size twice")
+        return sorted(value, reverse=True)
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_shape(cls, value: str) -> str:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("https", "http") or not parts.hostname:
+                raise ValueError("must be an absolute http(s) URL, or empty")
+        return value
+
+    @model_validator(mode="after")
+    def _s3_requirements(self) -> PictureSettings:
+        if (self.s3_access_key is None) != (self.s3_secret_key is None):
+            raise ValueError("s3_access_key and s3_secret_key must be set together")
+        if self.backend == "s3" and not self.s3_bucket:
+            raise ValueError("s3_bucket: required when backend is s3")
+        return self
+
+
 class Settings(_Section):
     # The issuer identifier (OIDC Discovery §3): an https URL without query or fragment; http is
     # accepted only for loopback hosts or in dev mode.
@@ -236,6 +289,7 @@ class Settings(_Section):
     password_policy: PasswordPolicySettings = Field(default_factory=PasswordPolicySettings)
     accounts: AccountSettings = Field(default_factory=AccountSettings)
     password_hash: PasswordHashSettings = Field(default_factory=PasswordHashSettings)
+    pictures: PictureSettings = Field(default_factory=PictureSettings)
 
     @field_validator("issuer")
     @classmethod

@@ -217,6 +217,19 @@ class ConsentWithdrawn(Event):
 
 
 @dataclass(frozen=True)
+class PictureChanged(Event):
+    """The user's profile picture was replaced or removed (``removed``); no file names logged."""
+
+    name: ClassVar[str] = "picture_changed"
+    user_id: str
+    removed: bool = False
+    client: str | None = None  # the application that made the change, if any
+
+    def details(self) -> dict[str, Any]:
+        return {"removed": self.removed}
+
+
+@dataclass(frozen=True)
 class AccountDeleting(Event):
     """An account is about to be deleted; its rows still exist while subscribers run.
 

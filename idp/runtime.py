@@ -7,7 +7,9 @@ lives in module globals, so any number of instances can share one PostgreSQL and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from idp.accounts import pictures
 from idp.accounts.password_policy import PasswordPolicy
 from idp.accounts.recovery import AccountContext
 from idp.accounts.sessions import SessionStore
@@ -25,6 +27,7 @@ from idp.oauth.tokens import TokenService
 from idp.security.encryption import DecryptionError, Encryptor
 from idp.security.passwords import PasswordHasher
 from idp.storage import migrate
+from idp.storage.blobs import BlobStore, FilesystemBlobStore, S3BlobStore
 from idp.storage.db import Database, DatabaseUnavailable
 from idp.storage.kv import KeyValueStore, KeyValueUnavailable, open_kv_store
 
@@ -49,6 +52,11 @@ class Runtime:
     backchannel: BackchannelNotifier
     cors: CorsPolicy
     accounts: AccountContext
+    blobs: BlobStore
+
+    async def delete_picture(self, stored: str) -> None:
+        """Delete every stored size of a picture (the ``delete_blob`` of account deletion)."""
+        await pictures.delete_picture_files(self.blobs, stored, self.settings.pictures)
 
     @property
     def grants(self) -> GrantContext:
@@ -62,6 +70,7 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        await self.blobs.close()
         await self.accounts.mailer.close()
         await self.backchannel.close()
         await self.kv.close()
@@ -74,6 +83,20 @@ def build_encryptor(settings: Settings) -> Encryptor:
         raise StartupError("secrets.key_encryption_key: not set")
     previous = [decode_kek(item.get_secret_value()) for item in settings.secrets.previous_key_encryption_keys]
     return Encryptor(decode_kek(kek.get_secret_value()), previous)
+
+
+def build_blob_store(settings: Settings) -> BlobStore:
+    """The picture store named by [pictures] (nothing is connected until first use)."""
+    config = settings.pictures
+    if config.backend == "s3":
+        return S3BlobStore(
+            config.s3_bucket,
+            endpoint_url=config.s3_endpoint_url or None,
+            region=config.s3_region or None,
+            access_key=config.s3_access_key.get_secret_value() if config.s3_access_key else None,
+            secret_key=config.s3_secret_key.get_secret_value() if config.s3_secret_key else None,
+        )
+    return FilesystemBlobStore(config.directory or Path(settings.data_dir) / "pictures")
 
 
 def _subscribe_protocol_handlers(rt: Runtime) -> None:
@@ -190,6 +213,7 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
                 settings=settings.accounts,
                 issuer=settings.issuer,
             ),
+            blobs=build_blob_store(settings),
         )
         _subscribe_protocol_handlers(runtime)
         return runtime

@@ -37,6 +37,7 @@ MAX_BODY_BYTES = 16 * 1024
 # RFC 9470: changing the sign-in address needs a sign-in at most this many seconds old.
 EMAIL_CHANGE_MAX_AUTH_AGE = 900
 ALLOWED_METHODS = "GET, PATCH, POST, DELETE"
+PICTURE_METHODS = "PUT, DELETE"  # /api/account/picture
 ALLOWED_HEADERS = "Authorization, Content-Type"
 EXPOSED_HEADERS = f"{cors.EXPOSED_HEADERS}, Content-Disposition"
 EXPORT_FILENAME = "idp-account-export.json"
@@ -229,7 +230,8 @@ async def _api_headers(response: Response) -> Response:
     response.headers["Access-Control-Allow-Origin"] = origin
     response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
     if request.method == "OPTIONS":
-        response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
+        picture = request.path == f"{blueprint.url_prefix}/picture"
+        response.headers["Access-Control-Allow-Methods"] = PICTURE_METHODS if picture else ALLOWED_METHODS
         response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
         response.headers["Access-Control-Max-Age"] = str(cors.PREFLIGHT_MAX_AGE)
     return response
@@ -308,7 +310,9 @@ async def delete_account() -> Response:
     if not isinstance(password, str) or not password:
         raise InvalidField("password", "is required to confirm the deletion (a string)")
     try:
-        await deletion.delete_account(runtime().accounts, caller.user.id, password=password)
+        await deletion.delete_account(
+            runtime().accounts, caller.user.id, password=password, delete_blob=runtime().delete_picture
+        )
     except AccountError as exc:
         _invalid(exc)
     return Response("", status=204)
@@ -335,3 +339,58 @@ async def export() -> Response:
     response = jsonify(data)
     response.headers["Content-Disposition"] = f'attachment; filename="{EXPORT_FILENAME}"'
     return response
+
+
+# -- picture -------------------------------------------------------------------------------------
+
+
+async def _picture_upload(limit: int) -> bytes:
+    """The uploaded image: the raw body (any declared type: the bytes decide) or the ``picture``
+    part of a multipart/form-data body."""
+    if request.content_length is not None and request.content_length > limit + 64 * 1024:
+        raise PayloadTooLarge(f"The picture may be at most {limit} bytes.")
+    if request.mimetype == "multipart/form-data":
+        files = await request.files
+        upload = files.get("picture")
+        if upload is None:
+            raise InvalidField("picture", "is required (a multipart part named picture)")
+        return upload.read(limit + 1)
+    return await request.get_data(cache=False, as_text=False, parse_form_data=False)
+
+
+@blueprint.put("/picture")
+async def put_picture() -> Response:
+    """Set the profile picture; answers the profile with the new `picture` URL."""
+    from idp.accounts import pictures
+
+    caller = await authenticate("openid", "profile")
+    rt = runtime()
+    limit = rt.settings.pictures.max_upload_bytes
+    data = await _picture_upload(limit)
+    try:
+        await pictures.set_picture(
+            rt.accounts, rt.blobs, caller.user.id, data, rt.settings.pictures, client_id=caller.client.id
+        )
+    except pictures.PictureTooLarge:
+        raise PayloadTooLarge(f"The picture may be at most {limit} bytes.") from None
+    except AccountError as exc:
+        _invalid(exc)
+    async with rt.db.session() as db_session:
+        user = await UserRepository(db_session).get(caller.user.id)
+    assert user is not None
+    return await _profile_response(caller, user)
+
+
+@blueprint.delete("/picture")
+async def delete_picture() -> Response:
+    from idp.accounts import pictures
+
+    caller = await authenticate("openid", "profile")
+    rt = runtime()
+    try:
+        await pictures.remove_picture(
+            rt.accounts, rt.blobs, caller.user.id, rt.settings.pictures, client_id=caller.client.id
+        )
+    except AccountError as exc:
+        _invalid(exc)
+    return Response("", status=204)

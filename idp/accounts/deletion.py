@@ -71,8 +71,8 @@ async def delete_account(
     ``confirm_with_password``: the user deletes their own account and must give the password
     again (re-authentication before an irreversible action). Administrators' deletions
     pass ``confirm_with_password=False`` and their own id as ``actor_id``, which the audit trail
-    records. ``delete_blob`` removes a stored picture file by name; picture storage doesn't exist
-    yet, so callers pass nothing until it does.
+    records. ``delete_blob`` removes the stored picture files by name (the routes pass
+    ``Runtime.delete_picture``, which deletes every stored size).
 
     Raises AccountError("password", …) for a missing or wrong password and ("account", …) for an
     account that doesn't exist (or, for self-service, is disabled); nothing changes then.

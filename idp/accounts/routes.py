@@ -495,6 +495,219 @@ async def change_password() -> Response:
     )
 
 
+# -- profile, activity and export pages ------------------------------------------------------
+# The same domain functions as the account API (idp.accounts.profile): the same validation, the
+# same events; only the transport differs (a signed-in browser session and CSRF-checked forms).
+
+# RFC 9470-style step-up, as the API: changing the sign-in address needs a sign-in this recent.
+_EMAIL_CHANGE_MAX_AUTH_AGE = 900
+# What a form decoder puts in place of bytes that were not UTF-8 (Quart decodes with "replace").
+_NOT_UTF8 = "\ufffd"
+_PROFILE_FIELD_LABELS: dict[str, str] = {
+    "name": "Full name",
+    "given_name": "Given name",
+    "family_name": "Family name",
+    "preferred_username": "Username",
+    "locale": "Language (locale)",
+    "zoneinfo": "Time zone",
+    "email": "New email address",
+}
+_ACTIVITY_LABELS: dict[str, str] = {
+    "user_created": "Account created",
+    "registration_duplicate": "Registration attempted with this address",
+    "email_verified": "Email address confirmed",
+    "password_reset_requested": "Password reset requested",
+    "password_reset": "Password reset",
+    "password_changed": "Password changed",
+    "profile_updated": "Profile updated",
+    "email_change_requested": "Email address change requested",
+    "email_changed": "Email address changed",
+    "login_succeeded": "Signed in",
+    "login_failed": "Sign-in failed",
+    "logged_out": "Signed out",
+    "consent_granted": "Access granted to an application",
+    "consent_withdrawn": "Access withdrawn from an application",
+    "account_deletion_started": "Account deletion started",
+    "account_deleted": "Account deleted",
+    "token_issued": "Tokens issued to an application",
+    "token_revoked": "Tokens revoked",
+}
+
+
+def _activity_label(event: str) -> str:
+    return _ACTIVITY_LABELS.get(event) or event.replace("_", " ").capitalize()
+
+
+def _utc_time(value: str | None) -> str:
+    """An RFC 3339 ``…Z`` timestamp (profile.iso) as ``YYYY-MM-DD HH:MM:SS UTC``."""
+    return value.replace("T", " ").removesuffix("Z") + " UTC" if value else ""
+
+
+def _session_is_stale(auth_time: int) -> bool:
+    import time
+
+    return time.time() - auth_time > _EMAIL_CHANGE_MAX_AUTH_AGE
+
+
+async def _profile_page(
+    user_id: str,
+    *,
+    values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    email_value: str = "",
+    notice: str | None = None,
+    status: int = 200,
+) -> Response:
+    import asyncio
+
+    from idp.accounts import profile
+    from idp.storage.repositories import UserRepository
+
+    rt = runtime()
+    async with rt.db.session() as db_session:
+        user = await UserRepository(db_session).get(user_id)
+    if user is None:
+        return see_other("/login?return_to=/account/profile")
+    zones = sorted(await asyncio.to_thread(profile.time_zones))  # the first call reads the zone database
+    current = {field: getattr(user, field) for field in profile.EDITABLE_FIELDS}
+    html = await render_template(
+        "accounts/profile.html",
+        csrf_token=csrf_token(),
+        user=user,
+        fields=[field for field in profile.TEXT_LIMITS],
+        limits={**profile.TEXT_LIMITS, "locale": profile.LOCALE_MAX_LENGTH},
+        labels=_PROFILE_FIELD_LABELS,
+        values={**current, **(values or {})},
+        zones=zones,
+        errors=errors or {},
+        email_value=email_value,
+        pending=await profile.pending_email(rt.db, user_id),
+        notice=notice,
+    )
+    return _page(html, status)
+
+
+_PROFILE_NOTICES = {
+    "saved": "Your profile has been saved.",
+    "email": "We sent a link to the new address. Your address changes when you open it.",
+}
+
+
+@blueprint.route("/account/profile", methods=["GET", "POST"])
+async def profile_page() -> Response:
+    """Edit the profile claims; the same rules and event as PATCH /api/account/profile."""
+    import asyncio
+
+    from idp.accounts import profile
+    from idp.accounts.users import AccountError
+
+    session = await current_session()
+    if session is None:
+        return see_other("/login?return_to=/account/profile")
+    if request.method == "GET":
+        return await _profile_page(session.user_id, notice=_PROFILE_NOTICES.get(request.args.get("notice", "")))
+    await require_csrf()
+    form = await request.form
+    submitted = {field: form.get(field, "") for field in profile.EDITABLE_FIELDS if field in form}
+    shown = {field: _echo(value, 400) for field, value in submitted.items()}
+    for field, value in submitted.items():
+        if _NOT_UTF8 in value:
+            error = {field: "could not be read (it was not valid UTF-8)"}
+            return await _profile_page(session.user_id, values=shown, errors=error, status=400)
+    if "zoneinfo" in submitted:
+        await asyncio.to_thread(profile.time_zones)  # the first call reads the zone database
+    try:
+        changes = profile.check_profile_update(submitted)
+        await profile.update_profile(runtime().db, runtime().events, session.user_id, changes)
+    except AccountError as exc:
+        return await _profile_page(session.user_id, values=shown, errors={exc.field: exc.message}, status=400)
+    return see_other("/account/profile?notice=saved")
+
+
+@blueprint.post("/account/email")
+async def request_email_change_page() -> Response:
+    """Ask for a new sign-in address: a link goes to it; the same answer whether or not it is taken."""
+    from idp.accounts import profile
+    from idp.accounts.users import AccountError
+
+    session = await current_session()
+    if session is None:
+        return see_other("/login?return_to=/account/profile")
+    await require_csrf()
+    if _session_is_stale(session.auth_time):
+        # As the API (RFC 9470): a sign-in at most 15 minutes old; signing in again makes a new session.
+        return see_other("/login?return_to=/account/profile")
+    form = await request.form
+    email = (form.get("email") or "").strip()
+    if _NOT_UTF8 in email:
+        return await _profile_page(
+            session.user_id,
+            errors={"email": "could not be read (it was not valid UTF-8)"},
+            email_value=_echo(email, 320),
+            status=400,
+        )
+    try:
+        await profile.request_email_change(runtime().accounts, session.user_id, email)
+    except AccountError as exc:
+        return await _profile_page(
+            session.user_id, errors={exc.field: exc.message}, email_value=_echo(email, 320), status=400
+        )
+    return see_other("/account/profile?notice=email")
+
+
+@blueprint.get("/account/activity")
+async def activity_page() -> Response:
+    """The user's own audit trail, newest first, 20 at a time (``before`` is the cursor)."""
+    from idp.accounts import profile
+    from idp.accounts.users import AccountError
+
+    session = await current_session()
+    if session is None:
+        return see_other("/login?return_to=/account/activity")
+    try:
+        limit, before = profile.parse_activity_query(None, request.args.get("before"))
+    except AccountError:
+        return await _message(
+            "This page can't be shown",
+            "The link to older activity is not valid.",
+            link=url_for("accounts.activity_page"),
+            link_text="Show the latest activity",
+            status=400,
+        )
+    page = await profile.activity(runtime().db, session.user_id, limit=limit, before=before)
+    items = [
+        {**item, "label": _activity_label(item["event"]), "time": _utc_time(item["occurred_at"])} for item in page.items
+    ]
+    html = await render_template(
+        "accounts/activity.html",
+        items=items,
+        older=url_for("accounts.activity_page", before=page.next) if page.next is not None else None,
+        newest=url_for("accounts.activity_page") if before is not None else None,
+    )
+    return _page(html)
+
+
+@blueprint.get("/account/export")
+async def export_page() -> Response:
+    """Download what the account API's export returns (a GET: it changes nothing)."""
+    from quart import jsonify
+
+    from idp.accounts import profile
+    from idp.accounts.api import EXPORT_FILENAME
+
+    session = await current_session()
+    if session is None:
+        return see_other("/login?return_to=/account/export")
+    rt = runtime()
+    data = await profile.export_account(rt.db, session.user_id, picture_base_url=f"{rt.settings.issuer}/pictures")
+    if data is None:
+        return see_other("/login?return_to=/account/export")
+    response = jsonify(data)
+    response.headers["Content-Disposition"] = f'attachment; filename="{EXPORT_FILENAME}"'
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @blueprint.route("/account/email/confirm", methods=["GET", "POST"])
 async def confirm_email_change() -> Response:
     """The link mailed to a new address: GET only shows a button (mail scanners prefetch links)."""
@@ -556,7 +769,12 @@ async def delete_account() -> Response:
             error = "Tick the box to confirm that you want to delete your account."
         else:
             try:
-                await deletion.delete_account(runtime().accounts, session.user_id, password=form.get("password") or "")
+                await deletion.delete_account(
+                    runtime().accounts,
+                    session.user_id,
+                    password=form.get("password") or "",
+                    delete_blob=runtime().delete_picture,
+                )
             except AccountError as exc:
                 error = exc.message
             else:
@@ -569,3 +787,77 @@ async def delete_account() -> Response:
                 return response
     html = await render_template("accounts/delete.html", csrf_token=csrf_token(), error=error)
     return _page(html, 400 if error else 200)
+
+
+# -- profile picture ---------------------------------------------------------------------------
+# The upload form and the public files. The `picture` claim points at /pictures/<name>, so those
+# are served to anyone; their names are random and change with every upload (immutable caching).
+
+PICTURE_CACHE_CONTROL = "public, max-age=86400, immutable"
+
+
+async def _picture_form(user_id: str, *, error: str | None = None, status: int = 200) -> Response:
+    from idp.accounts.profile import picture_url
+    from idp.storage.models import User
+
+    rt = runtime()
+    async with rt.db.session() as db_session:
+        user = await db_session.get(User, user_id)
+    stored = user.picture if user is not None else None
+    html = await render_template(
+        "accounts/picture.html",
+        csrf_token=csrf_token(),
+        picture=picture_url(stored, f"{rt.settings.issuer}/pictures") if stored else None,
+        max_mb=round(rt.settings.pictures.max_upload_bytes / (1024 * 1024), 1),
+        error=error,
+    )
+    return _page(html, status)
+
+
+@blueprint.route("/account/picture", methods=["GET", "POST"])
+async def picture_page() -> Response:
+    """Upload (multipart, CSRF-checked) or remove the profile picture."""
+    from idp.accounts import pictures
+    from idp.accounts.users import AccountError
+
+    session = await current_session()
+    if session is None:
+        return see_other("/login?return_to=/account/picture")
+    if request.method == "GET":
+        return await _picture_form(session.user_id)
+    rt = runtime()
+    limit = rt.settings.pictures.max_upload_bytes
+    too_large = f"The picture may be at most {limit} bytes."
+    if request.content_length is not None and request.content_length > limit + 64 * 1024:
+        return await _picture_form(session.user_id, error=too_large, status=413)
+    await require_csrf()
+    form = await request.form
+    try:
+        if form.get("action") == "remove":
+            await pictures.remove_picture(rt.accounts, rt.blobs, session.user_id, rt.settings.pictures)
+            return see_other(url_for("accounts.picture_page"))
+        upload = (await request.files).get("picture")
+        if upload is None:
+            raise AccountError("picture", "choose an image file to upload")
+        await pictures.set_picture(rt.accounts, rt.blobs, session.user_id, upload.read(limit + 1), rt.settings.pictures)
+    except pictures.PictureTooLarge:
+        return await _picture_form(session.user_id, error=too_large, status=413)
+    except AccountError as exc:
+        return await _picture_form(session.user_id, error=f"The picture {exc.message}.", status=400)
+    return see_other(url_for("accounts.picture_page"))
+
+
+@blueprint.get("/pictures/<name>")
+async def serve_picture(name: str) -> Response:
+    """A stored picture, public (it is the `picture` claim) and cacheable for ever."""
+    from idp.errors import NotFound
+
+    found = await runtime().blobs.get(name)
+    if found is None:
+        raise NotFound("There is no picture of that name.")
+    data, content_type = found
+    response = Response(data, status=200, content_type=content_type)
+    response.headers["Cache-Control"] = PICTURE_CACHE_CONTROL
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "default-src 'none'"
+    return response
