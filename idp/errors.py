@@ -82,6 +82,68 @@ class TooManyRequests(IdPError):
         self.retry_after = retry_after
 
 
+def bearer_challenge(**params: str) -> str:
+    """A `WWW-Authenticate: Bearer` challenge (RFC 6750 §3). Values are quoted-strings: characters
+    outside printable ASCII, quotes and backslashes are dropped rather than escaped."""
+
+    def quoted(value: str) -> str:
+        return "".join(ch for ch in value if 0x20 <= ord(ch) <= 0x7E and ch not in '"\\')
+
+    return "Bearer " + ", ".join(f'{name}="{quoted(value)}"' for name, value in {"realm": "idp", **params}.items())
+
+
+class BearerTokenMissing(IdPError):
+    """RFC 6750 §3.1: a request with no token at all gets a bare challenge, no error code in it."""
+
+    error = "invalid_request"
+    status_code = 401
+    default_description = "An access token is required (Authorization: Bearer)."
+
+    def __init__(self, description: str | None = None) -> None:
+        super().__init__(description, headers={"WWW-Authenticate": bearer_challenge()})
+
+
+class InvalidToken(IdPError):
+    """RFC 6750 §3.1: the Bearer token is missing its mark: malformed, expired, revoked, foreign."""
+
+    error = "invalid_token"
+    status_code = 401
+    default_description = "The access token is invalid, expired or revoked."
+
+    def __init__(self, description: str | None = None) -> None:
+        desc = description or self.default_description
+        super().__init__(desc, headers={"WWW-Authenticate": bearer_challenge(error=self.error, error_description=desc)})
+
+
+class InsufficientScope(IdPError):
+    """RFC 6750 §3.1: the token lacks a scope the request needs; the challenge names the scope."""
+
+    error = "insufficient_scope"
+    status_code = 403
+    default_description = "The access token does not carry the scopes this request needs."
+
+    def __init__(self, description: str | None = None, *, scope: str | None = None) -> None:
+        params = {"error": self.error, **({"scope": scope} if scope else {})}
+        super().__init__(description, headers={"WWW-Authenticate": bearer_challenge(**params)})
+
+
+class InsufficientUserAuthentication(IdPError):
+    """RFC 9470 §3: the sign-in behind the token is too old (or too weak); ask again with max_age."""
+
+    error = "insufficient_user_authentication"
+    status_code = 401
+    default_description = "A more recent sign-in is required."
+
+    def __init__(self, max_age: int, description: str | None = None) -> None:
+        desc = description or self.default_description
+        super().__init__(
+            desc,
+            headers={
+                "WWW-Authenticate": bearer_challenge(error=self.error, error_description=desc, max_age=str(max_age))
+            },
+        )
+
+
 class ServerError(IdPError):
     error = "server_error"
     status_code = 500

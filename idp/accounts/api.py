@@ -25,7 +25,16 @@ from idp import cors
 from idp.accounts import profile
 from idp.accounts.users import AccountError
 from idp.app import runtime
-from idp.errors import Forbidden, IdPError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from idp.errors import (
+    BearerTokenMissing,
+    Forbidden,
+    InsufficientScope,
+    InsufficientUserAuthentication,
+    InvalidRequest,
+    InvalidToken,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from idp.runtime import Runtime
 from idp.security.tokens import TokenInvalid
 from idp.storage.models import OAuthClient, User
@@ -44,59 +53,6 @@ EXPORT_FILENAME = "idp-account-export.json"
 
 
 # -- errors (RFC 6750 §3; the same codes as idp.oauth.errors, which accounts may not import) -------
-
-
-def _challenge(**params: str) -> str:
-    return "Bearer " + ", ".join(f'{name}="{value}"' for name, value in {"realm": "idp", **params}.items())
-
-
-class BearerTokenMissing(IdPError):
-    """RFC 6750 §3.1: a request with no token at all gets a bare challenge, no error code in it."""
-
-    error = "invalid_request"
-    status_code = 401
-    default_description = "An access token is required (Authorization: Bearer)."
-
-    def __init__(self) -> None:
-        super().__init__(headers={"WWW-Authenticate": _challenge()})
-
-
-class InvalidToken(IdPError):
-    error = "invalid_token"
-    status_code = 401
-    default_description = "The access token is invalid, expired or revoked."
-
-    def __init__(self, description: str | None = None) -> None:
-        # Fixed descriptions only: they go into a quoted-string of the challenge.
-        desc = description or self.default_description
-        super().__init__(desc, headers={"WWW-Authenticate": _challenge(error=self.error, error_description=desc)})
-
-
-class InsufficientScope(IdPError):
-    error = "insufficient_scope"
-    status_code = 403
-    default_description = "The access token does not carry the scopes this request needs."
-
-    def __init__(self, scopes: tuple[str, ...]) -> None:
-        needed = " ".join(scopes)
-        super().__init__(
-            f"This request needs the scopes: {needed}.",
-            headers={"WWW-Authenticate": _challenge(error=self.error, scope=needed)},
-        )
-
-
-class InsufficientUserAuthentication(IdPError):
-    """RFC 9470 §3: the sign-in behind the token is too old; ask again with ``max_age``."""
-
-    error = "insufficient_user_authentication"
-    status_code = 401
-
-    def __init__(self, max_age: int) -> None:
-        desc = "A more recent sign-in is required."
-        super().__init__(
-            desc,
-            headers={"WWW-Authenticate": _challenge(error=self.error, error_description=desc, max_age=str(max_age))},
-        )
 
 
 class InvalidField(InvalidRequest):
@@ -160,7 +116,7 @@ async def authenticate(*scopes: str) -> Caller:
         raise Forbidden("The account API is available to first-party applications only.")
     granted = frozenset(str(claims.get("scope", "")).split())
     if not set(scopes) <= granted:
-        raise InsufficientScope(scopes)
+        raise InsufficientScope(f"This request needs the scopes: {' '.join(scopes)}.", scope=" ".join(scopes))
     return Caller(claims=claims, scopes=granted, client=client, user=user)
 
 

@@ -8,7 +8,10 @@ unverified redirect URI).
 
 from __future__ import annotations
 
-from idp.errors import IdPError
+from idp.errors import BearerTokenMissing, IdPError, InsufficientScope, InvalidToken
+
+# RFC 6750 errors are shared with the account API, so they live in idp.errors.
+__all__ = ["BearerTokenMissing", "InsufficientScope", "InvalidToken"]
 
 
 class OAuthError(IdPError):
@@ -53,33 +56,6 @@ class InvalidScope(OAuthError):
 class UnsupportedTokenType(OAuthError):
     error = "unsupported_token_type"
     default_description = "The token type is not supported."
-
-
-class InvalidToken(OAuthError):
-    """RFC 6750 §3.1: a Bearer token is missing, expired, revoked or malformed."""
-
-    error = "invalid_token"
-    status_code = 401
-    default_description = "The access token is invalid or has expired."
-
-    def __init__(self, description: str | None = None) -> None:
-        desc = description or self.default_description
-        # RFC 6750 §3: error_description is a quoted string of printable ASCII without " or \.
-        quoted = "".join(ch for ch in desc if 0x20 <= ord(ch) <= 0x7E and ch not in '"\\')
-        super().__init__(
-            desc, headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{quoted}"'}
-        )
-
-
-class InsufficientScope(OAuthError):
-    error = "insufficient_scope"
-    status_code = 403
-    default_description = "The access token does not carry the scope this request needs."
-
-    def __init__(self, description: str | None = None, *, scope: str | None = None) -> None:
-        # RFC 6750 §3: the challenge names the error and, helpfully, the scope needed.
-        challenge = 'Bearer error="insufficient_scope"' + (f', scope="{scope}"' if scope else "")
-        super().__init__(description, headers={"WWW-Authenticate": challenge})
 
 
 class RedirectableError(OAuthError):
@@ -136,14 +112,3 @@ class RequestNotSupported(RedirectableError):
 class RequestUriNotSupported(RedirectableError):
     error = "request_uri_not_supported"
     default_description = "request_uri is not supported."
-
-
-class BearerTokenMissing(OAuthError):
-    """RFC 6750 §3.1: a request without any token gets a bare challenge, no error code in it."""
-
-    error = "invalid_request"
-    status_code = 401
-    default_description = "An access token is required."
-
-    def __init__(self, description: str | None = None) -> None:
-        super().__init__(description, headers={"WWW-Authenticate": 'Bearer realm="idp"'})

@@ -116,7 +116,7 @@ async def test_invalid_grant_is_400_with_its_description(probe_app) -> None:
 async def test_invalid_token_follows_rfc_6750(probe_app) -> None:
     response = await probe_app.test_client().get("/probe/invalid-token")
     assert response.status_code == 401
-    assert response.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
+    assert response.headers["WWW-Authenticate"].startswith('Bearer realm="idp", error="invalid_token"')
 
 
 async def test_rate_limit_carries_retry_after(probe_app) -> None:
@@ -145,7 +145,8 @@ async def test_oversized_body_is_413_and_a_body_within_the_limit_is_read(probe_a
     client = probe_app.test_client()
     ok = await client.post("/probe/echo", data=b"x" * 1024, headers={"Content-Type": "text/plain"})
     assert ok.status_code == 200 and await ok.get_data(as_text=True) == "1024"
-    response = await client.post("/probe/echo", data=b"x" * (1024 * 1024 + 1), headers={"Content-Type": "text/plain"})
+    limit = probe_app.config["MAX_CONTENT_LENGTH"]
+    response = await client.post("/probe/echo", data=b"x" * (limit + 1), headers={"Content-Type": "text/plain"})
     assert response.status_code == 413
     assert (await response.get_json())["error"] == "payload_too_large"
 
