@@ -14,7 +14,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -45,6 +45,11 @@ def set_context(context: EventContext) -> None:
 
 def get_context() -> EventContext:
     return _context.get() or _INTERNAL
+
+
+def set_actor(actor_id: str | None) -> None:
+    """Name who acts in this request (the signed-in user, the API caller) for the audit log."""
+    _context.set(replace(get_context(), actor_id=actor_id))
 
 
 @dataclass(frozen=True)

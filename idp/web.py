@@ -10,6 +10,7 @@ from quart import Response, current_app, g, redirect, request
 from idp.accounts.sessions import BrowserSession
 from idp.config import Settings
 from idp.errors import Forbidden
+from idp.events import set_actor
 from idp.security import csrf
 
 
@@ -42,6 +43,8 @@ async def current_session() -> BrowserSession | None:
         from idp.app import runtime
 
         g.idp_session = await runtime().sessions.load(request.cookies.get(session_cookie_name()))
+        if g.idp_session is not None:
+            set_actor(g.idp_session.user_id)
     return cast(BrowserSession | None, g.idp_session)
 
 

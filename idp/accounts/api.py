@@ -35,6 +35,7 @@ from idp.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from idp.events import set_actor
 from idp.runtime import Runtime
 from idp.security.tokens import TokenInvalid
 from idp.storage.models import OAuthClient, User
@@ -117,6 +118,7 @@ async def authenticate(*scopes: str) -> Caller:
     granted = frozenset(str(claims.get("scope", "")).split())
     if not set(scopes) <= granted:
         raise InsufficientScope(f"This request needs the scopes: {' '.join(scopes)}.", scope=" ".join(scopes))
+    set_actor(user.id)
     return Caller(claims=claims, scopes=granted, client=client, user=user)
 
 

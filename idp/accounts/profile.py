@@ -270,6 +270,7 @@ async def confirm_email_change(ctx: AccountContext, token: str | None) -> str | 
             user = await users.get(row.user_id)
             if user is None or user.disabled:
                 return None
+            old_address = user.email
             owner = await users.get_by_email(normalized)
             if owner is not None and owner.id != user.id:
                 return None  # registered or changed to by someone else since the link was sent
@@ -288,6 +289,14 @@ async def confirm_email_change(ctx: AccountContext, token: str | None) -> str | 
         # The unique index on email_normalized settles a race with a concurrent registration.
         return None
     await ctx.events.publish(EmailChanged(user_id=row.user_id))
+    # ASVS 6.3.7: the old address hears of the change (it can no longer receive a reset link).
+    await ctx.send(
+        "email_changed",
+        old_address,
+        new_email=address,
+        time=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+        reset_link=ctx.link("/forgot-password"),
+    )
     return row.user_id
 
 

@@ -664,7 +664,11 @@ async def test_email_change_mails_a_link_to_the_new_address_and_changes_nothing_
     # Single use.
     assert await profile.confirm_email_change(runtime.accounts, link) is None
     assert await profile.peek_email_change(runtime.accounts, link) is None
-    assert len(outbox(runtime)) == 1  # nothing mailed on confirmation (no template for the old address yet)
+    # Confirmation tells the old address (ASVS 6.3.7), once.
+    messages = outbox(runtime)
+    assert len(messages) == 2
+    assert messages[1]["To"] == "alice@example.com"
+    assert messages[1]["Subject"] == "The email address of your account was changed"
 
 
 async def test_an_address_of_another_account_gets_the_same_answer_and_nobody_is_mailed(

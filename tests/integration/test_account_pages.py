@@ -125,3 +125,38 @@ async def test_api_delete_account(client, runtime) -> None:
         headers=basic(world.web_id, world.web_secret),
     )
     assert (await refreshed.get_json())["error"] == "invalid_grant"
+
+
+async def test_audit_rows_name_the_acting_user(client, runtime) -> None:
+    from idp.storage.models import AuditEvent
+
+    world = await make_world(runtime)
+    assert (await login(client, world.email)).status_code == 303
+    page = await client.get("/account/password")
+    changed = await client.post(
+        "/account/password",
+        form={
+            "csrf_token": csrf_from(await page.get_data(as_text=True)),
+            "current_password": PASSWORD,
+            "new_password": "copper-willow-harbor-3391",
+        },
+    )
+    assert changed.status_code == 200
+    async with runtime.db.session() as session:
+        row = (await session.execute(select(AuditEvent).where(AuditEvent.event == "password_changed"))).scalar_one()
+    assert row.actor_id == world.user_id and row.subject_id == world.user_id
+    assert row.ip is not None
+
+
+async def test_old_address_is_told_of_an_email_change(client, runtime) -> None:
+    from idp.accounts import profile
+
+    world = await make_world(runtime)
+    mailer = CollectingMailer()
+    runtime.accounts.mailer = mailer
+    await profile.request_email_change(runtime.accounts, world.user_id, "alice.moved@example.com")
+    token = re.search(r"token=([\w-]+)", mailer.sent[-1].text).group(1)
+    assert await profile.confirm_email_change(runtime.accounts, token) == world.user_id
+    notice = mailer.sent[-1]
+    assert notice.to == world.email
+    assert "alice.moved@example.com" in notice.text and "/forgot-password" in notice.text
