@@ -160,3 +160,27 @@ async def test_old_address_is_told_of_an_email_change(client, runtime) -> None:
     notice = mailer.sent[-1]
     assert notice.to == world.email
     assert "alice.moved@example.com" in notice.text and "/forgot-password" in notice.text
+
+
+async def test_email_change_and_deletion_mail_through_real_smtp(client, runtime, smtp_server) -> None:
+    """The email-change link, the old-address notice and the deletion notice over SMTP on loopback."""
+    from idp.accounts import deletion, profile
+    from idp.mail import SmtpMailer
+
+    world = await make_world(runtime)
+    runtime.accounts.mailer = SmtpMailer(
+        "idp <no-reply@idp.test>", host=smtp_server.host, port=smtp_server.port, security="none"
+    )
+    await profile.request_email_change(runtime.accounts, world.user_id, "alice.smtp@example.com")
+    [link_mail] = await smtp_server.wait_for(1)
+    assert link_mail.rcpt_tos == ["alice.smtp@example.com"]
+    text = link_mail.message.get_body(preferencelist=("plain",)).get_content()
+    token = re.search(r"/account/email/confirm\?token=([\w-]+)", text).group(1)
+    assert await profile.confirm_email_change(runtime.accounts, token) == world.user_id
+    messages = await smtp_server.wait_for(2)
+    assert messages[1].rcpt_tos == [world.email]
+
+    await deletion.delete_account(runtime.accounts, world.user_id, password=PASSWORD)
+    messages = await smtp_server.wait_for(3)
+    assert messages[2].rcpt_tos == ["alice.smtp@example.com"]
+    assert "deleted" in messages[2].message["Subject"].lower()
