@@ -131,6 +131,23 @@ def _page(html: str, status: int = 200) -> Response:
     return response
 
 
+async def _form_page(
+    *, title: str, text: str, action: str, hidden: dict[str, str], ask_email: bool, submit: str
+) -> Response:
+    """A one-button form (confirm a link, or ask for an email address), CSRF-protected."""
+    html = await render_template(
+        "accounts/email_form.html",
+        title=title,
+        text=text,
+        action=action,
+        csrf_token=csrf_token(),
+        hidden=hidden,
+        ask_email=ask_email,
+        submit=submit,
+    )
+    return _page(html)
+
+
 async def _message(
     title: str, text: str, *, link: str | None = None, link_text: str = "", status: int = 200
 ) -> Response:
@@ -262,22 +279,19 @@ async def register_submit() -> Response:
 async def verify_email() -> Response:
     from idp.accounts import links
 
-    token = request.args.get("token")
+    token = request.args.get("token") or ""
     # Opening the link only shows a button: mail scanners prefetch links, and a GET must not
     # use up a single-use token.
     if await links.peek(runtime().db, links.VERIFY_EMAIL, token) is None:
         return await _invalid_verification_link()
-    html = await render_template(
-        "accounts/email_form.html",
+    return await _form_page(
         title="Confirm your email address",
         text="Confirm that this address is yours to activate your account.",
         action=url_for("accounts.verify_email_submit"),
-        csrf_token=csrf_token(),
         hidden={"token": token},
         ask_email=False,
         submit="Confirm",
     )
-    return _page(html)
 
 
 async def _invalid_verification_link() -> Response:
@@ -330,17 +344,14 @@ async def resend_verification() -> Response:
 
     return_to = _return_to(request.args.get("return_to"))
     if request.method == "GET":
-        html = await render_template(
-            "accounts/email_form.html",
+        return await _form_page(
             title="Send the confirmation link again",
             text="Enter the address you registered with.",
             action=url_for("accounts.resend_verification"),
-            csrf_token=csrf_token(),
             hidden={"return_to": return_to} if return_to else {},
             ask_email=True,
             submit="Send link",
         )
-        return _page(html)
     await require_csrf()
     form = await request.form
     # After the answer: a link is made and mailed only for an unverified account (ASVS 6.3.8).
@@ -366,17 +377,14 @@ async def forgot_password() -> Response:
     from idp.accounts import recovery
 
     if request.method == "GET":
-        html = await render_template(
-            "accounts/email_form.html",
+        return await _form_page(
             title="Reset your password",
             text="Enter your email address and we will send you a link to choose a new password.",
             action=url_for("accounts.forgot_password"),
-            csrf_token=csrf_token(),
             hidden={},
             ask_email=True,
             submit="Send reset link",
         )
-        return _page(html)
     await require_csrf()
     form = await request.form
     # The same answer, in the same time, whether or not the address has an account (ASVS 6.3.8):
@@ -724,17 +732,14 @@ async def confirm_email_change() -> Response:
                 "was already used. Ask for the change again from your account.",
                 status=400,
             )
-        html = await render_template(
-            "accounts/email_form.html",
+        return await _form_page(
             title="Confirm your new email address",
             text=f"Use {new_email} as the address of your account from now on.",
             action=url_for("accounts.confirm_email_change"),
-            csrf_token=csrf_token(),
             hidden={"token": token},
             ask_email=False,
             submit="Confirm new address",
         )
-        return _page(html)
     await require_csrf()
     form = await request.form
     if await profile.confirm_email_change(rt.accounts, form.get("token")) is None:
