@@ -260,6 +260,54 @@ class AccountDeleted(Event):
 
 
 @dataclass(frozen=True)
+class MfaEnabled(Event):
+    """A second factor was confirmed (the user proved it works); recovery codes were issued."""
+
+    name: ClassVar[str] = "mfa_enabled"
+    user_id: str
+    method: str  # "totp"
+
+    def details(self) -> dict[str, Any]:
+        return {"method": self.method}
+
+
+@dataclass(frozen=True)
+class MfaDisabled(Event):
+    """A second factor was removed, with the recovery codes that went with it (ASVS 6.5.6)."""
+
+    name: ClassVar[str] = "mfa_disabled"
+    user_id: str
+    method: str  # "totp"
+
+    def details(self) -> dict[str, Any]:
+        return {"method": self.method}
+
+
+@dataclass(frozen=True)
+class RecoveryCodeUsed(Event):
+    """A recovery code was spent; ``remaining`` tells the user (and the audit log) how many are left."""
+
+    name: ClassVar[str] = "recovery_code_used"
+    user_id: str
+    remaining: int
+
+    def details(self) -> dict[str, Any]:
+        return {"remaining": self.remaining, "factor": "recovery_code"}
+
+
+@dataclass(frozen=True)
+class RecoveryCodesRegenerated(Event):
+    """A new set of recovery codes replaced every earlier one, used or not."""
+
+    name: ClassVar[str] = "recovery_codes_regenerated"
+    user_id: str
+    count: int
+
+    def details(self) -> dict[str, Any]:
+        return {"count": self.count}
+
+
+@dataclass(frozen=True)
 class TokenIssued(Event):
     name: ClassVar[str] = "token_issued"
     client: str

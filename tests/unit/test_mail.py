@@ -189,6 +189,11 @@ TEMPLATES: dict[str, dict[str, Any]] = {
         "reset_link": "https://id.example.com/password/forgot",
     },
     "password_reset": {"link": LINK, "minutes": 30},
+    "email_changed": {
+        "new_email": "ada.new@example.com",
+        "time": "2025-01-02 03:04 UTC",
+        "reset_link": "https://id.example.com/password/forgot",
+    },
     "password_changed": {
         "time": "2025-01-02 03:04 UTC",
         "ip": "203.0.113.7",
