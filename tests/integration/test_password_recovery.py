@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +19,16 @@ from sqlalchemy import select, update
 
 from idp.accounts import links
 from idp.storage.models import AuditEvent, OneTimeToken, User, utcnow
+from tests.mail_flows import (  # noqa: F401 - fixtures are found by name
+    SENDER,
+    body,
+    closed_smtp_port,
+    hanging_smtp_port,
+    settings_overrides,
+    settle,
+    text_of,
+    token_of,
+)
 from tests.oauth_helpers import (
     PASSWORD,
     add_user,
@@ -30,12 +38,10 @@ from tests.oauth_helpers import (
     csrf_from,
     login,
     make_world,
-    query_of,
 )
-from tests.smtp import ReceivedMessage, SmtpServer
+from tests.smtp import ReceivedMessage
 
 ISSUER = "http://127.0.0.1:8000"
-SENDER = "idp <no-reply@idp.test>"
 SESSION_COOKIE = "idp_session"  # http issuer in tests: no __Host- prefix
 ALICE = "alice@example.com"
 NEW_PASSWORD = "copper-walrus-violin-tundra"
@@ -45,64 +51,13 @@ CHANGED = '<h1 id="message-title">Password changed</h1>'
 INVALID_LINK = '<h1 id="message-title">This link can&#39;t be used</h1>'
 
 
-@pytest.fixture
-def hanging_smtp_port() -> Iterator[int]:
-    """A loopback port whose connections the kernel accepts (listen backlog) but nobody answers:
-    a mail server that hangs until the client's timeout."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield int(listener.getsockname()[1])
-
-
-@pytest.fixture
-def settings_overrides(
-    settings_overrides: dict[str, Any], smtp_server: SmtpServer, request: pytest.FixtureRequest
-) -> dict[str, Any]:
-    """conftest's settings, mailing through the loopback SMTP server; indirect params add to them
-    (``smtp_hanging``: mail to a server that never answers instead)."""
-    extra: dict[str, Any] = dict(getattr(request, "param", {}))
-    hanging = extra.pop("smtp_hanging", False)
-    mail = {
-        "backend": "smtp",
-        "smtp_host": smtp_server.host,
-        "smtp_port": request.getfixturevalue("hanging_smtp_port") if hanging else smtp_server.port,
-        "smtp_security": "none",
-        "sender": SENDER,
-        "timeout": 5,
-        **extra.pop("mail", {}),
-    }
-    return {**settings_overrides, **extra, "mail": mail}
-
-
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-async def body(response: Any) -> str:
-    return str(await response.get_data(as_text=True))
-
-
-async def settle(app: Any) -> None:
-    """Wait for what the app does after answering: the registration, resend and forgot-password
-    forms send their mail (and the latter two do all their work) once the response is out."""
-    while app.background_tasks:
-        await asyncio.gather(*list(app.background_tasks))
-
-
-def text_of(received: ReceivedMessage) -> str:
-    part = received.message.get_body(("plain",))
-    assert part is not None, "no text/plain part"
-    return str(part.get_content())
 
 
 def reset_path(received: ReceivedMessage) -> str:
     match = RESET_LINK.search(text_of(received))
     assert match, "no reset link in the email"
     return match.group(1)
-
-
-def token_of(path: str) -> str:
-    return query_of(path)["token"]
 
 
 async def request_reset(client: Any, email: str) -> Any:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import socket
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -21,6 +19,16 @@ import pytest
 from sqlalchemy import func, select, update
 
 from idp.storage.models import AuditEvent, OneTimeToken, User, utcnow
+from tests.mail_flows import (  # noqa: F401 - fixtures are found by name
+    SENDER,
+    body,
+    closed_smtp_port,
+    hanging_smtp_port,
+    settings_overrides,
+    settle,
+    text_of,
+    token_of,
+)
 from tests.oauth_helpers import (
     PASSWORD,
     SPA_REDIRECT,
@@ -32,57 +40,15 @@ from tests.oauth_helpers import (
     pkce_pair,
     query_of,
 )
-from tests.smtp import ReceivedMessage, SmtpServer
+from tests.smtp import ReceivedMessage
 
 ISSUER = "http://127.0.0.1:8000"
-SENDER = "idp <no-reply@idp.test>"
 SESSION_COOKIE = "idp_session"  # http issuer in tests: no __Host- prefix
 NEW_PASSWORD = "copper-walrus-violin-tundra"
 ADA = "ada.lovelace@example.org"
 VERIFY_LINK = re.compile(re.escape(ISSUER) + r"(/verify-email\?token=[A-Za-z0-9_\-]+)")
 CHECK_EMAIL = '<h1 id="message-title">Check your email</h1>'
 INVALID_LINK = '<h1 id="message-title">This link can&#39;t be used</h1>'
-
-
-@pytest.fixture
-def closed_smtp_port() -> Iterator[int]:
-    """A loopback port held (bound, never listening) for the test, so connections are refused."""
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        yield int(holder.getsockname()[1])
-
-
-@pytest.fixture
-def hanging_smtp_port() -> Iterator[int]:
-    """A loopback port whose connections the kernel accepts (listen backlog) but nobody answers:
-    a mail server that hangs until the client's timeout."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield int(listener.getsockname()[1])
-
-
-@pytest.fixture
-def settings_overrides(
-    settings_overrides: dict[str, Any], smtp_server: SmtpServer, request: pytest.FixtureRequest
-) -> dict[str, Any]:
-    """conftest's settings, mailing through the loopback SMTP server; indirect params add to them
-    (``smtp_hanging``: mail to a server that never answers instead; ``smtp_closed``: to a closed port)."""
-    extra: dict[str, Any] = dict(getattr(request, "param", {}))
-    port = smtp_server.port
-    for option, fixture in [("smtp_hanging", "hanging_smtp_port"), ("smtp_closed", "closed_smtp_port")]:
-        if extra.pop(option, False):
-            port = request.getfixturevalue(fixture)
-    mail = {
-        "backend": "smtp",
-        "smtp_host": smtp_server.host,
-        "smtp_port": port,
-        "smtp_security": "none",
-        "sender": SENDER,
-        "timeout": 5,
-        **extra.pop("mail", {}),
-    }
-    return {**settings_overrides, **extra, "mail": mail}
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -107,21 +73,11 @@ async def register(
     return await client.post("/register", form=form)
 
 
-def text_of(received: ReceivedMessage) -> str:
-    part = received.message.get_body(("plain",))
-    assert part is not None, "no text/plain part"
-    return str(part.get_content())
-
-
 def verify_path(received: ReceivedMessage) -> str:
     """The verification link in a received email, as a local path."""
     match = VERIFY_LINK.search(text_of(received))
     assert match, "no verification link in the email"
     return match.group(1)
-
-
-def token_of(path: str) -> str:
-    return query_of(path)["token"]
 
 
 async def confirm(client: Any, path: str) -> Any:
@@ -145,17 +101,6 @@ async def count_users(runtime: Any) -> int:
 async def audit(runtime: Any, event: str) -> list[AuditEvent]:
     async with runtime.db.session() as session:
         return list((await session.execute(select(AuditEvent).where(AuditEvent.event == event))).scalars())
-
-
-async def body(response: Any) -> str:
-    return str(await response.get_data(as_text=True))
-
-
-async def settle(app: Any) -> None:
-    """Wait for what the app does after answering: the registration, resend and forgot-password
-    forms send their mail (and the latter two do all their work) once the response is out."""
-    while app.background_tasks:
-        await asyncio.gather(*list(app.background_tasks))
 
 
 # -- the registration form -------------------------------------------------------------------------
