@@ -178,15 +178,16 @@ class LoginSucceeded(Event):
 @dataclass(frozen=True)
 class LoginFailed(Event):
     name: ClassVar[str] = "login_failed"
-    reason: str  # "invalid_credentials" | "disabled" | "unverified"
+    reason: str  # "invalid_credentials" | "disabled" | "unverified" | "locked" | "rate_limited"
     user_id: str | None = None  # known only when the account exists
+    factor: str = "password"  # "password" | "totp" | "recovery_code" | "webauthn"
 
     @property
     def outcome(self) -> str:
         return "failure"
 
     def details(self) -> dict[str, Any]:
-        return {"reason": self.reason, "factor": "password"}
+        return {"reason": self.reason, "factor": self.factor}
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,7 @@ class MfaEnabled(Event):
 
     name: ClassVar[str] = "mfa_enabled"
     user_id: str
-    method: str  # "totp"
+    method: str  # "totp" | "webauthn"
 
     def details(self) -> dict[str, Any]:
         return {"method": self.method}
@@ -281,6 +282,41 @@ class MfaDisabled(Event):
 
     def details(self) -> dict[str, Any]:
         return {"method": self.method}
+
+
+@dataclass(frozen=True)
+class PasskeyRegistered(Event):
+    """A WebAuthn credential (passkey or security key) was added; its name stays out of the log."""
+
+    name: ClassVar[str] = "passkey_registered"
+    user_id: str
+    passkey: str  # the credential's row id
+    discoverable: bool = False  # usable for passwordless sign-in
+
+    def details(self) -> dict[str, Any]:
+        return {"passkey": self.passkey, "discoverable": self.discoverable}
+
+
+@dataclass(frozen=True)
+class PasskeyRenamed(Event):
+    name: ClassVar[str] = "passkey_renamed"
+    user_id: str
+    passkey: str
+
+    def details(self) -> dict[str, Any]:
+        return {"passkey": self.passkey}
+
+
+@dataclass(frozen=True)
+class PasskeyRemoved(Event):
+    """A WebAuthn credential was removed (lost or retired, ASVS 6.5.6)."""
+
+    name: ClassVar[str] = "passkey_removed"
+    user_id: str
+    passkey: str
+
+    def details(self) -> dict[str, Any]:
+        return {"passkey": self.passkey}
 
 
 @dataclass(frozen=True)

@@ -239,6 +239,14 @@ class MfaCredential(Base):
     public_key: Mapped[str | None] = mapped_column(Text)
     sign_count: Mapped[int] = mapped_column(BigInteger, default=0)
     transports: Mapped[list[str]] = mapped_column(default=list)
+    # WebAuthn §6.1.3 backup flags: eligibility (BE) is fixed when the credential is created, the
+    # state (BS) is refreshed at each sign-in.
+    backup_eligible: Mapped[bool] = mapped_column(Boolean, default=False)
+    backed_up: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The authenticator model (WebAuthn §6.5.1), "00000000-0000-0000-0000-000000000000" when hidden.
+    aaguid: Mapped[str | None] = mapped_column(String(36))
+    # Client-side discoverable ("resident") credential, from the credProps extension; None: unknown.
+    discoverable: Mapped[bool | None] = mapped_column(Boolean)
     # TOTP replay protection: the last accepted time step.
     last_used_step: Mapped[int | None] = mapped_column(BigInteger)
     confirmed_at: Mapped[datetime | None]

@@ -1,0 +1,698 @@
+"""Passkeys and security keys: WebAuthn registration and authentication — the domain layer, no HTTP.
+
+Verification is py_webauthn's (WebAuthn §7.1, §7.2); this module keeps the state around it: the
+ceremonies (challenges) in the key-value store, the credentials in ``mfa_credentials``
+(``type = "webauthn"``), and the checks the library leaves to the relying party.
+
+What the callers (the login step, the account pages) must do themselves, because only they know
+the request:
+
+- re-authenticate the user before ``registration_options``/``register_passkey`` and
+  ``remove_passkey`` (ASVS 7.5.1);
+- pass a ``binding`` that identifies the browser that starts a ceremony (e.g. a digest of its
+  session or pre-login cookie), so a ceremony id that leaks can't be finished elsewhere;
+- rate-limit ``authenticate_passkey`` and record failures (``LoginFailed(factor="webauthn")`` with
+  ``PasskeyError.reason``, ASVS 16.3.1); publish the successful sign-in; refuse disabled accounts.
+
+Choices made here:
+
+- A ceremony is a random id (256 bits) handed to the browser; the key-value store holds, under a
+  digest of it, the challenge (64 random bytes from py_webauthn, ASVS 6.7.2), the user and the
+  binding for ``challenge_ttl`` seconds. It is consumed with one atomic ``pop`` before anything
+  is verified: a challenge works once, also under concurrent requests, and a failed attempt
+  burns it (WebAuthn §13.4.3).
+- ``user.id`` is the opaque account id, never an email address (WebAuthn §14.6.1).
+- Registration asks for a discoverable credential where the authenticator can make one
+  (``residentKey: "preferred"``) and for the ``credProps`` extension (§10.1.3) to learn whether
+  it did. Attestation is ``"none"``: we don't restrict authenticator models, so there is nothing
+  to check a certificate chain against.
+- A credential id is registered once, to one account (§7.1: fail a known credential id).
+- Passwordless sign-in requires user verification (the authenticator's PIN or biometric is the
+  second factor) and a user handle naming the credential's owner (§7.2); as a second factor after
+  the password, user presence suffices and verification is only "preferred".
+- The signature counter (§6.1.1) is checked after the signature, as §7.2 orders the steps: a
+  counter that didn't grow (while either value is non-zero) refuses the sign-in as a possibly
+  cloned authenticator, and only a correctly signed response can raise that alarm. The new count
+  is stored by a conditional UPDATE on the count read, so of two concurrent assertions with the
+  same count only one passes.
+- The backup-eligibility flag can't change over a credential's life (§6.1.3); a response whose
+  BE flag differs from the registration's is refused. The backup state is refreshed each time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NoReturn
+
+from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from webauthn import (
+    generate_authentication_options,
+    generate_registration_options,
+    verify_authentication_response,
+    verify_registration_response,
+)
+from webauthn.helpers import (
+    base64url_to_bytes,
+    bytes_to_base64url,
+    decode_credential_public_key,
+    decoded_public_key_to_cryptography,
+    options_to_json_dict,
+    parse_authentication_credential_json,
+    parse_client_data_json,
+    parse_registration_credential_json,
+)
+from webauthn.helpers.cose import COSEAlgorithmIdentifier
+from webauthn.helpers.exceptions import (
+    InvalidAuthenticationResponse,
+    InvalidCertificateChain,
+    InvalidRegistrationResponse,
+    UnsupportedAlgorithm,
+    UnsupportedEC2Curve,
+    UnsupportedPublicKey,
+    UnsupportedPublicKeyType,
+    WebAuthnException,
+)
+from webauthn.helpers.structs import (
+    AttestationConveyancePreference,
+    AuthenticationCredential,
+    AuthenticatorSelectionCriteria,
+    AuthenticatorTransport,
+    CredentialDeviceType,
+    PublicKeyCredentialDescriptor,
+    RegistrationCredential,
+    ResidentKeyRequirement,
+    UserVerificationRequirement,
+)
+
+from idp.accounts.users import AccountError
+from idp.events import EventBus, MfaDisabled, MfaEnabled, PasskeyRegistered, PasskeyRemoved, PasskeyRenamed
+from idp.security.tokens import random_token, sha256_digest
+from idp.storage.db import Database
+from idp.storage.kv import KeyValueStore
+from idp.storage.models import MfaCredential, User, utcnow
+
+WEBAUTHN = "webauthn"
+
+# ES256 first: every authenticator supports it; EdDSA and RS256 (Windows Hello) for the rest.
+ALGORITHMS = (
+    COSEAlgorithmIdentifier.ECDSA_SHA_256,
+    COSEAlgorithmIdentifier.EDDSA,
+    COSEAlgorithmIdentifier.RSASSA_PKCS1_v1_5_SHA_256,
+)
+MAX_CREDENTIAL_JSON = 64 * 1024  # bytes; a real response is a few KiB at most
+MAX_NAME_LENGTH = 64
+MAX_TRANSPORTS = 8
+MAX_PASSKEYS = 25  # per account: bounds excludeCredentials/allowCredentials and the list page
+# §7.1 allows credential ids up to 1023 bytes; the column holds 1024 base64url characters (768 bytes).
+MAX_CREDENTIAL_ID_CHARS = 1024
+_MAX_CEREMONY_ID = 128
+_KNOWN_TRANSPORTS = frozenset(transport.value for transport in AuthenticatorTransport)
+_REGISTRATION = "registration"
+_AUTHENTICATION = "authentication"
+
+_MESSAGES = {
+    "challenge": "This passkey request has expired or was already used. Try again.",
+    "origin": "This passkey response came from another website.",
+    "rp_id": "This passkey was made for another website.",
+    "signature": "The passkey's signature is not valid.",
+    "counter": (
+        "This passkey reported an unexpected use count, so it may have been copied. "
+        "Sign in another way and consider removing it."
+    ),
+    "user_verification": "Your device didn't verify you (PIN, fingerprint or face). Try again.",
+    "user_presence": "The passkey was used without your confirmation on the device. Try again.",
+    "user_mismatch": "This passkey is not registered for this account.",
+    "unknown_credential": "This passkey is not registered here, or it was removed.",
+    "duplicate": "This passkey is already registered.",
+    "algorithm": "This kind of passkey or security key is not supported.",
+    "attestation": "The passkey's attestation could not be verified.",
+    "backup_eligibility": "This passkey's response doesn't match how it was registered.",
+    "limit": f"An account can have at most {MAX_PASSKEYS} passkeys. Remove one first.",
+    "malformed": "The passkey response could not be read. Try again.",
+}
+
+# py_webauthn 3.0.1 reports most failures as InvalidRegistrationResponse/InvalidAuthenticationResponse
+# with a message only; the reason for the audit log comes from it, most specific first. The
+# tests pin every entry, so a reworded message in a new release fails them instead of logging
+# "malformed".
+_LIBRARY_MESSAGES = (
+    ("was missing", "malformed"),
+    ("origin", "origin"),
+    ("rp id hash", "rp_id"),
+    ("challenge", "challenge"),
+    ("user verification", "user_verification"),
+    ("user presence", "user_presence"),
+    ("user was not present", "user_presence"),
+    ("attestation statement alg", "attestation"),
+    ("public key alg", "algorithm"),
+    ("signature", "signature"),
+    ("attestation type", "attestation"),
+    ("attestation statement", "attestation"),
+)
+
+
+@dataclass(frozen=True)
+class RelyingParty:
+    """Who we are to authenticators (WebAuthn §5.4.2) and which pages may run ceremonies."""
+
+    id: str  # RP ID, e.g. "localhost" or "idp.example.com"
+    name: str  # shown by the authenticator
+    origins: tuple[str, ...]  # accepted origins, e.g. ("http://localhost:8000",)
+    challenge_ttl: int = 300  # seconds a ceremony stays valid
+    timeout_ms: int = 300_000  # put in the options
+
+    def __post_init__(self) -> None:
+        if not self.id or not self.name or not self.origins:
+            raise ValueError("a relying party needs an id, a name and at least one origin")
+        if self.challenge_ttl <= 0 or self.timeout_ms <= 0:
+            raise ValueError("challenge_ttl and timeout_ms must be positive")
+
+
+class PasskeyError(AccountError):
+    """A refused passkey ceremony. ``reason`` is for the audit log ("challenge", "origin", "rp_id",
+    "signature", "counter", "unknown_credential", "user_mismatch", "user_verification",
+    "user_presence", "algorithm", "attestation", "backup_eligibility", "duplicate", "limit",
+    "malformed"); ``message`` is for the user."""
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        super().__init__("passkey", message or _MESSAGES.get(reason, _MESSAGES["malformed"]))
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Passkey:
+    """A registered credential as the account pages list it."""
+
+    id: str
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    discoverable: bool | None  # usable without typing the email address; None: the browser didn't say
+    backed_up: bool  # synced to the user's other devices (as of the last use)
+    backup_eligible: bool  # a synced passkey rather than a device-bound one
+    transports: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PasskeyAssertion:
+    """A verified sign-in with a passkey."""
+
+    user_id: str
+    passkey_id: str
+    user_verified: bool
+    backup_eligible: bool
+
+
+@dataclass(frozen=True)
+class _Ceremony:
+    kind: str
+    challenge: bytes
+    user_id: str | None
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _ceremony_key(ceremony_id: str) -> str:
+    # The store holds a digest: whoever can read it can't finish someone's ceremony.
+    return f"webauthn:ceremony:{sha256_digest(ceremony_id)}"
+
+
+async def _start_ceremony(
+    kv: KeyValueStore, rp: RelyingParty, *, kind: str, challenge: bytes, user_id: str | None, binding: str
+) -> str:
+    if not binding:
+        raise ValueError("binding must identify the browser that starts the ceremony")
+    ceremony_id = random_token()
+    record = {
+        "kind": kind,
+        "challenge": bytes_to_base64url(challenge),
+        "user_id": user_id,
+        "binding": sha256_digest(binding),
+    }
+    await kv.set(_ceremony_key(ceremony_id), json.dumps(record), ttl=rp.challenge_ttl)
+    return ceremony_id
+
+
+async def _consume_ceremony(kv: KeyValueStore, ceremony_id: str, *, kind: str, binding: str) -> _Ceremony:
+    """Take the ceremony out of the store (whatever happens next, it can't be used again)."""
+    if not isinstance(ceremony_id, str) or not ceremony_id or len(ceremony_id) > _MAX_CEREMONY_ID:
+        raise PasskeyError("challenge")
+    raw = await kv.pop(_ceremony_key(ceremony_id))
+    if raw is None:
+        raise PasskeyError("challenge")
+    record = json.loads(raw)
+    same_browser = hmac.compare_digest(record["binding"], sha256_digest(binding))
+    if record["kind"] != kind or not same_browser:
+        raise PasskeyError("challenge")
+    return _Ceremony(kind=kind, challenge=base64url_to_bytes(record["challenge"]), user_id=record["user_id"])
+
+
+def _credential_json(credential: str | dict[str, Any]) -> dict[str, Any]:
+    """The browser's PublicKeyCredential JSON as a dict; absurd input is refused before any work."""
+    if isinstance(credential, str):
+        if len(credential) > MAX_CREDENTIAL_JSON or len(credential.encode()) > MAX_CREDENTIAL_JSON:
+            raise PasskeyError("malformed")
+        try:
+            credential = json.loads(credential)
+        except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested deeper than the parser goes
+            raise PasskeyError("malformed") from None
+    if not isinstance(credential, dict):
+        raise PasskeyError("malformed")
+    try:
+        size = len(json.dumps(credential).encode())
+    except (TypeError, ValueError, RecursionError):
+        raise PasskeyError("malformed") from None
+    if size > MAX_CREDENTIAL_JSON:
+        raise PasskeyError("malformed")
+    return credential
+
+
+def _library_failure(exc: Exception) -> NoReturn:
+    """Turn a py_webauthn (or malformed-input) failure into a PasskeyError with its reason."""
+    if isinstance(exc, UnsupportedAlgorithm | UnsupportedEC2Curve | UnsupportedPublicKey | UnsupportedPublicKeyType):
+        raise PasskeyError("algorithm") from exc
+    if isinstance(exc, InvalidCertificateChain):
+        raise PasskeyError("attestation") from exc
+    if isinstance(exc, InvalidRegistrationResponse | InvalidAuthenticationResponse):
+        text = str(exc).lower()
+        for fragment, reason in _LIBRARY_MESSAGES:
+            if fragment in text:
+                raise PasskeyError(reason) from exc
+    # Unparseable JSON, CBOR, authenticator data or key, impossible flags...
+    raise PasskeyError("malformed") from exc
+
+
+# What verifying hostile input can raise besides the library's own exceptions (binascii and
+# cbor2 errors are ValueErrors; a COSE key without "kty" is a KeyError).
+_VERIFICATION_ERRORS = (WebAuthnException, ValueError, TypeError, KeyError, IndexError)
+
+
+def _check_same_origin_context(client_data_json: bytes) -> None:
+    """Refuse a ceremony run in a cross-origin iframe (py_webauthn ignores ``crossOrigin``): our
+    pages never embed one, and §7.1/§7.2 leave accepting it to the relying party's policy."""
+    if parse_client_data_json(client_data_json).cross_origin:
+        raise PasskeyError("origin")
+
+
+def clean_passkey_name(name: str) -> str:
+    """The name as stored: NFC, trimmed, 1..64 characters, no control or invisible formatting
+    characters (which could make two names look alike or reorder the text shown around them)."""
+    clean = unicodedata.normalize("NFC", name if isinstance(name, str) else "").strip()
+    if not clean:
+        raise AccountError("name", "Give the passkey a name.")
+    if len(clean) > MAX_NAME_LENGTH:
+        raise AccountError("name", f"must be at most {MAX_NAME_LENGTH} characters")
+    for char in clean:
+        category = unicodedata.category(char)
+        # U+200D (zero-width joiner) is allowed: emoji sequences need it.
+        if category in ("Cc", "Cs", "Co") or (category == "Cf" and char != "\u200d"):
+            raise AccountError("name", "must not contain control characters")
+    return clean
+
+
+def _passkey(row: MfaCredential) -> Passkey:
+    return Passkey(
+        id=row.id,
+        name=row.name or "",
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        discoverable=row.discoverable,
+        backed_up=row.backed_up,
+        backup_eligible=row.backup_eligible,
+        transports=tuple(row.transports or ()),
+    )
+
+
+def _transports(values: list[AuthenticatorTransport] | None) -> list[str]:
+    """Known transport strings (py_webauthn drops unknown ones), each once, at most 8."""
+    found: list[str] = []
+    for transport in values or ():
+        if transport.value not in found:
+            found.append(transport.value)
+    return found[:MAX_TRANSPORTS]
+
+
+def _descriptor(row: MfaCredential) -> PublicKeyCredentialDescriptor:
+    transports = [AuthenticatorTransport(value) for value in row.transports or () if value in _KNOWN_TRANSPORTS]
+    return PublicKeyCredentialDescriptor(id=base64url_to_bytes(row.credential_id or ""), transports=transports)
+
+
+def _discoverable(credential: dict[str, Any]) -> bool | None:
+    """clientExtensionResults.credProps.rk (§10.1.3); None when the browser didn't report it."""
+    results = credential.get("clientExtensionResults")
+    props = results.get("credProps") if isinstance(results, dict) else None
+    rk = props.get("rk") if isinstance(props, dict) else None
+    return rk if isinstance(rk, bool) else None
+
+
+def _user_handle(user_id: str) -> bytes:
+    handle = user_id.encode()
+    if not 1 <= len(handle) <= 64:  # §5.4.3: a user handle is 1 to 64 bytes
+        raise ValueError("a user id must be 1 to 64 bytes to serve as a WebAuthn user handle")
+    return handle
+
+
+def _webauthn_rows(user_id: str) -> Select[MfaCredential]:
+    return select(MfaCredential).where(
+        MfaCredential.user_id == user_id, MfaCredential.type == WEBAUTHN, MfaCredential.confirmed_at.is_not(None)
+    )
+
+
+async def _count(session: AsyncSession, user_id: str) -> int:
+    query = (
+        select(func.count())
+        .select_from(MfaCredential)
+        .where(
+            MfaCredential.user_id == user_id, MfaCredential.type == WEBAUTHN, MfaCredential.confirmed_at.is_not(None)
+        )
+    )
+    return int((await session.execute(query)).scalar_one())
+
+
+async def _lock_user(session: AsyncSession, user_id: str) -> bool:
+    """Serialise passkey changes of one user (PostgreSQL row lock; SQLite has one writer anyway),
+    so "first passkey" and "last passkey" are decided once under concurrent requests. False when
+    the account doesn't exist (any more)."""
+    query = select(User.id).where(User.id == user_id).with_for_update()
+    return (await session.execute(query)).scalar_one_or_none() is not None
+
+
+# -- registration ---------------------------------------------------------------------------
+
+
+async def registration_options(
+    db: Database,
+    kv: KeyValueStore,
+    rp: RelyingParty,
+    *,
+    user_id: str,
+    user_name: str,
+    display_name: str,
+    binding: str,
+) -> tuple[str, dict[str, Any]]:
+    """Start adding a passkey: (ceremony id, PublicKeyCredentialCreationOptionsJSON for the browser).
+
+    Attestation "none"; a discoverable credential preferred (needed for passwordless sign-in);
+    user verification preferred; the user's passkeys excluded, so an authenticator that holds one
+    says so instead of making a second (§5.4 excludeCredentials); ES256, EdDSA and RS256.
+    ``user.id`` is the account id's UTF-8 bytes: no personal data (§14.6.1). ``user_name`` (the
+    email address) and ``display_name`` are shown by the authenticator only.
+    Raises PasskeyError(reason="limit") when the account has MAX_PASSKEYS already.
+    """
+    async with db.session() as session:
+        rows = list((await session.execute(_webauthn_rows(user_id).order_by(MfaCredential.created_at))).scalars())
+    if len(rows) >= MAX_PASSKEYS:
+        raise PasskeyError("limit")
+    options = generate_registration_options(
+        rp_id=rp.id,
+        rp_name=rp.name,
+        user_id=_user_handle(user_id),
+        user_name=user_name,
+        user_display_name=display_name,
+        timeout=rp.timeout_ms,
+        attestation=AttestationConveyancePreference.NONE,
+        authenticator_selection=AuthenticatorSelectionCriteria(
+            resident_key=ResidentKeyRequirement.PREFERRED,
+            user_verification=UserVerificationRequirement.PREFERRED,
+        ),
+        exclude_credentials=[_descriptor(row) for row in rows],
+        supported_pub_key_algs=list(ALGORITHMS),
+    )
+    ceremony_id = await _start_ceremony(
+        kv, rp, kind=_REGISTRATION, challenge=options.challenge, user_id=user_id, binding=binding
+    )
+    # py_webauthn 3.0.1 has no extensions in its options; credProps tells whether the
+    # authenticator made the credential discoverable (§10.1.3).
+    return ceremony_id, {**options_to_json_dict(options), "extensions": {"credProps": True}}
+
+
+async def register_passkey(
+    db: Database,
+    kv: KeyValueStore,
+    events: EventBus,
+    rp: RelyingParty,
+    *,
+    user_id: str,
+    ceremony_id: str,
+    binding: str,
+    credential: str | dict[str, Any],
+    name: str,
+) -> Passkey:
+    """Verify navigator.credentials.create()'s result (§7.1) and store the passkey, confirmed.
+
+    The name and the response's size and shape are checked first, so a mistyped name doesn't
+    burn the ceremony. Then the ceremony is consumed: a wrong, expired, used, other user's or
+    other browser's ceremony is PasskeyError(reason="challenge"). Verification failures are
+    PasskeyError with the reason ("origin", "rp_id", "signature", "attestation", "algorithm",
+    "malformed", …); a credential id registered before, to anyone, is reason "duplicate".
+    Nothing is stored on any failure. Publishes PasskeyRegistered, and MfaEnabled for the user's
+    first passkey.
+    """
+    clean_name = clean_passkey_name(name)
+    data = _credential_json(credential)
+    ceremony = await _consume_ceremony(kv, ceremony_id, kind=_REGISTRATION, binding=binding)
+    if ceremony.user_id != user_id:
+        raise PasskeyError("challenge")
+    try:
+        parsed: RegistrationCredential = parse_registration_credential_json(data)
+        verified = verify_registration_response(
+            credential=parsed,
+            expected_challenge=ceremony.challenge,
+            expected_rp_id=rp.id,
+            expected_origin=list(rp.origins),
+            require_user_verification=False,
+            supported_pub_key_algs=list(ALGORITHMS),
+        )
+        _check_same_origin_context(parsed.response.client_data_json)
+        # The key must be usable for the assertions to come (a "none" attestation never used it).
+        decoded_public_key_to_cryptography(decode_credential_public_key(verified.credential_public_key))
+    except PasskeyError:
+        raise
+    except _VERIFICATION_ERRORS as exc:
+        _library_failure(exc)
+    credential_id = bytes_to_base64url(verified.credential_id)
+    # The browser's id must be the one the authenticator attested: it is what sign-ins will name.
+    if credential_id != parsed.id or len(credential_id) > MAX_CREDENTIAL_ID_CHARS:
+        raise PasskeyError("malformed")
+    discoverable = _discoverable(data)
+    now = utcnow()
+    async with db.session() as session:
+        if not await _lock_user(session, user_id):
+            raise AccountError("user", "This account no longer exists.")
+        known = select(MfaCredential.id).where(MfaCredential.credential_id == credential_id)
+        if (await session.execute(known)).first() is not None:
+            raise PasskeyError("duplicate")
+        existing = await _count(session, user_id)
+        if existing >= MAX_PASSKEYS:
+            raise PasskeyError("limit")
+        row = MfaCredential(
+            user_id=user_id,
+            type=WEBAUTHN,
+            name=clean_name,
+            credential_id=credential_id,
+            public_key=bytes_to_base64url(verified.credential_public_key),
+            sign_count=verified.sign_count,
+            transports=_transports(parsed.response.transports),
+            backup_eligible=verified.credential_device_type == CredentialDeviceType.MULTI_DEVICE,
+            backed_up=verified.credential_backed_up,
+            aaguid=verified.aaguid,
+            discoverable=discoverable,
+            confirmed_at=now,
+            created_at=now,
+        )
+        session.add(row)
+        try:
+            await session.flush()
+        except IntegrityError:  # registered concurrently by another account
+            raise PasskeyError("duplicate") from None
+        passkey = _passkey(row)
+    await events.publish(PasskeyRegistered(user_id=user_id, passkey=passkey.id, discoverable=bool(discoverable)))
+    if existing == 0:
+        await events.publish(MfaEnabled(user_id=user_id, method=WEBAUTHN))
+    return passkey
+
+
+# -- authentication -------------------------------------------------------------------------
+
+
+async def authentication_options(
+    db: Database, kv: KeyValueStore, rp: RelyingParty, *, user_id: str | None, binding: str
+) -> tuple[str, dict[str, Any]]:
+    """Start a sign-in: (ceremony id, PublicKeyCredentialRequestOptionsJSON for the browser).
+
+    With ``user_id`` (the second factor after the password): allowCredentials lists that user's
+    passkeys and user verification is "preferred"; PasskeyError(reason="unknown_credential") when
+    the user has none. Without (passwordless, discoverable credentials): no allowCredentials, so
+    the authenticator offers the passkeys it holds for this site, and user verification is
+    "required" (the passkey is then both factors).
+    """
+    descriptors: list[PublicKeyCredentialDescriptor] = []
+    if user_id is not None:
+        async with db.session() as session:
+            query = _webauthn_rows(user_id).order_by(MfaCredential.created_at)
+            descriptors = [_descriptor(row) for row in (await session.execute(query)).scalars()]
+        if not descriptors:
+            raise PasskeyError("unknown_credential", "This account has no passkey.")
+    options = generate_authentication_options(
+        rp_id=rp.id,
+        timeout=rp.timeout_ms,
+        allow_credentials=descriptors,
+        user_verification=(
+            UserVerificationRequirement.PREFERRED if user_id is not None else UserVerificationRequirement.REQUIRED
+        ),
+    )
+    ceremony_id = await _start_ceremony(
+        kv, rp, kind=_AUTHENTICATION, challenge=options.challenge, user_id=user_id, binding=binding
+    )
+    return ceremony_id, options_to_json_dict(options)
+
+
+async def authenticate_passkey(
+    db: Database,
+    kv: KeyValueStore,
+    rp: RelyingParty,
+    *,
+    ceremony_id: str,
+    binding: str,
+    credential: str | dict[str, Any],
+) -> PasskeyAssertion:
+    """Verify navigator.credentials.get()'s result (§7.2); who signed in, with which passkey.
+
+    Consumes the ceremony first (single use). The credential must be registered
+    ("unknown_credential") and, as a second factor, belong to the ceremony's user; passwordless,
+    the response's userHandle must name the credential's owner ("user_mismatch") and the user must
+    have been verified ("user_verification"). A counter that didn't grow is "counter" (§6.1.1) and
+    changes nothing. On success the new count, the backup state and last_used_at are stored.
+    Publishes nothing: the login step does, with the session it creates.
+    """
+    data = _credential_json(credential)
+    ceremony = await _consume_ceremony(kv, ceremony_id, kind=_AUTHENTICATION, binding=binding)
+    passwordless = ceremony.user_id is None
+    try:
+        parsed: AuthenticationCredential = parse_authentication_credential_json(data)
+    except _VERIFICATION_ERRORS as exc:
+        _library_failure(exc)
+    credential_id = bytes_to_base64url(parsed.raw_id)
+    if credential_id != parsed.id or len(credential_id) > MAX_CREDENTIAL_ID_CHARS:
+        raise PasskeyError("malformed")
+    async with db.session() as session:
+        query = select(MfaCredential).where(
+            MfaCredential.credential_id == credential_id,
+            MfaCredential.type == WEBAUTHN,
+            MfaCredential.confirmed_at.is_not(None),
+        )
+        row = (await session.execute(query)).scalars().first()
+    if row is None or row.public_key is None:
+        raise PasskeyError("unknown_credential")
+    if not passwordless and row.user_id != ceremony.user_id:
+        raise PasskeyError("user_mismatch")
+    # §7.2: the user handle, when given, must name the credential's owner; passwordless it is
+    # how the user is identified, so it must be given.
+    user_handle = parsed.response.user_handle
+    if (passwordless or user_handle is not None) and (
+        user_handle is None or not hmac.compare_digest(user_handle, row.user_id.encode())
+    ):
+        raise PasskeyError("user_mismatch")
+    try:
+        verified = verify_authentication_response(
+            credential=parsed,
+            expected_challenge=ceremony.challenge,
+            expected_rp_id=rp.id,
+            expected_origin=list(rp.origins),
+            credential_public_key=base64url_to_bytes(row.public_key),
+            # The counter is checked below, after the signature (see the module docstring): with 0
+            # here py_webauthn's own check, which runs before the signature's, never fires.
+            credential_current_sign_count=0,
+            require_user_verification=passwordless,
+        )
+        _check_same_origin_context(parsed.response.client_data_json)
+    except PasskeyError:
+        raise
+    except _VERIFICATION_ERRORS as exc:
+        _library_failure(exc)
+    stored = row.sign_count
+    new = verified.new_sign_count
+    if (new != 0 or stored != 0) and new <= stored:
+        raise PasskeyError("counter")
+    if (verified.credential_device_type == CredentialDeviceType.MULTI_DEVICE) != row.backup_eligible:
+        raise PasskeyError("backup_eligibility")
+    async with db.session() as session:
+        result = await session.execute(
+            update(MfaCredential)
+            .where(MfaCredential.id == row.id, MfaCredential.sign_count == stored)
+            .values(sign_count=new, last_used_at=utcnow(), backed_up=verified.credential_backed_up)
+        )
+        if getattr(result, "rowcount", 0) != 1:
+            still_there = (await session.execute(select(MfaCredential.id).where(MfaCredential.id == row.id))).first()
+            # A concurrent assertion stored its count first, or the passkey was just removed.
+            raise PasskeyError("counter" if still_there else "unknown_credential")
+    return PasskeyAssertion(
+        user_id=row.user_id,
+        passkey_id=row.id,
+        user_verified=verified.user_verified,
+        backup_eligible=row.backup_eligible,
+    )
+
+
+# -- management -----------------------------------------------------------------------------
+
+
+async def list_passkeys(db: Database, user_id: str) -> list[Passkey]:
+    """The user's passkeys, oldest first."""
+    async with db.session() as session:
+        query = _webauthn_rows(user_id).order_by(MfaCredential.created_at, MfaCredential.id)
+        return [_passkey(row) for row in (await session.execute(query)).scalars()]
+
+
+async def count_passkeys(db: Database, user_id: str) -> int:
+    async with db.session() as session:
+        return await _count(session, user_id)
+
+
+async def rename_passkey(db: Database, events: EventBus, user_id: str, passkey_id: str, name: str) -> Passkey:
+    """Rename one of the user's passkeys. AccountError("name", …) for an unusable name and
+    AccountError("passkey", …) when the passkey isn't the user's (or no longer exists)."""
+    clean_name = clean_passkey_name(name)
+    async with db.session() as session:
+        result = await session.execute(
+            update(MfaCredential)
+            .where(MfaCredential.id == passkey_id, MfaCredential.user_id == user_id, MfaCredential.type == WEBAUTHN)
+            .values(name=clean_name)
+        )
+        if getattr(result, "rowcount", 0) != 1:
+            raise AccountError("passkey", "This passkey doesn't exist (any more).")
+        row = (await session.execute(select(MfaCredential).where(MfaCredential.id == passkey_id))).scalar_one()
+        passkey = _passkey(row)
+    await events.publish(PasskeyRenamed(user_id=user_id, passkey=passkey_id))
+    return passkey
+
+
+async def remove_passkey(db: Database, events: EventBus, user_id: str, passkey_id: str) -> bool:
+    """Remove one of the user's passkeys (ASVS 6.5.6); False when it isn't the user's or is gone.
+
+    Publishes PasskeyRemoved, and MfaDisabled(method="webauthn") when it was the user's last one.
+    The caller re-authenticates the user first (ASVS 7.5.1) and, when the account has no
+    password, makes sure the user keeps a way to sign in.
+    """
+    async with db.session() as session:
+        if not await _lock_user(session, user_id):
+            return False
+        result = await session.execute(
+            delete(MfaCredential).where(
+                MfaCredential.id == passkey_id, MfaCredential.user_id == user_id, MfaCredential.type == WEBAUTHN
+            )
+        )
+        if getattr(result, "rowcount", 0) != 1:
+            return False
+        remaining = await _count(session, user_id)
+    await events.publish(PasskeyRemoved(user_id=user_id, passkey=passkey_id))
+    if remaining == 0:
+        await events.publish(MfaDisabled(user_id=user_id, method=WEBAUTHN))
+    return True
