@@ -81,6 +81,7 @@ def build_app(settings: Settings) -> IdPApp:
 
 def _register_blueprints(app: IdPApp) -> None:
     from idp.accounts.api import blueprint as account_api
+    from idp.accounts.mfa_routes import blueprint as mfa_pages
     from idp.accounts.routes import blueprint as accounts
     from idp.health import blueprint as health
     from idp.oauth.routes import blueprint as oauth
@@ -91,6 +92,7 @@ def _register_blueprints(app: IdPApp) -> None:
         (oauth, True),
         (oauth_pages, False),
         (accounts, False),
+        (mfa_pages, False),
         (account_api, True),
     ):
         app.register_blueprint(bp)

@@ -264,6 +264,49 @@ class PictureSettings(_Section):
         return self
 
 
+class MfaSettings(_Section):
+    # Who must have a second factor: "off" (optional), "admins" (administrators) or "all". Users
+    # the policy covers who have none are led through enrolment at their next sign-in (ASVS 6.3.3).
+    required: Literal["off", "admins", "all"] = "off"
+    # The name authenticator apps show next to the code; empty: the issuer's host name.
+    totp_issuer: Annotated[str, Field(max_length=100)] = ""
+
+
+class WebAuthnSettings(_Section):
+    # Relying-party id (WebAuthn §5.1.2): the issuer's host or a registrable suffix of it; passkeys
+    # are bound to it for ever, so choose it once. Empty: the issuer's host name.
+    rp_id: str = ""
+    # The name authenticators show when a passkey is created.
+    rp_name: Annotated[str, Field(min_length=1, max_length=64)] = "idp"
+    # Origins accepted in WebAuthn responses (scheme://host[:port]); empty: the issuer's origin.
+    origins: list[str] = Field(default_factory=list)
+    # Seconds a registration or sign-in ceremony (its challenge) stays valid.
+    challenge_ttl: Annotated[int, Field(ge=30, le=600)] = 300
+
+    @field_validator("origins")
+    @classmethod
+    def _origin_shape(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("https", "http") or not parts.hostname or parts.path or parts.query:
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port])")
+        return value
+
+
+class Limit(_Section):
+    # At most `requests` within any `window` seconds (a sliding window).
+    requests: Annotated[int, Field(ge=1, le=1_000_000)]
+    window: Annotated[int, Field(ge=1, le=86400)]
+
+
+class RateLimitSettings(_Section):
+    # Counters live in the key-value store, so every instance sharing one Redis shares them. Over a
+    # limit the answer is 429 with Retry-After. Second-factor attempts (TOTP, recovery code, passkey
+    # after the password): per account, and per client IP address.
+    mfa_per_account: Limit = Field(default_factory=lambda: Limit(requests=10, window=300))
+    mfa_per_ip: Limit = Field(default_factory=lambda: Limit(requests=50, window=300))
+
+
 class Settings(_Section):
     # The issuer identifier (OIDC Discovery §3): an https URL without query or fragment; http is
     # accepted only for loopback hosts or in dev mode.
@@ -290,6 +333,9 @@ class Settings(_Section):
     accounts: AccountSettings = Field(default_factory=AccountSettings)
     password_hash: PasswordHashSettings = Field(default_factory=PasswordHashSettings)
     pictures: PictureSettings = Field(default_factory=PictureSettings)
+    mfa: MfaSettings = Field(default_factory=MfaSettings)
+    webauthn: WebAuthnSettings = Field(default_factory=WebAuthnSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
 
     @field_validator("issuer")
     @classmethod
@@ -317,6 +363,20 @@ class Settings(_Section):
         if value and value.split("://", 1)[0] not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL, or empty")
         return value
+
+    @model_validator(mode="after")
+    def _webauthn_scope(self) -> Settings:
+        # WebAuthn §5.1.2/§13.4.9: the RP ID is the origin's host or a registrable suffix of it.
+        rp_id = self.webauthn.rp_id
+        if not rp_id:
+            return self
+        hosts = [urlsplit(origin).hostname or "" for origin in self.webauthn.origins] or [
+            urlsplit(self.issuer).hostname or ""
+        ]
+        for host in hosts:
+            if host != rp_id and not host.endswith("." + rp_id):
+                raise ValueError(f"webauthn.rp_id: {rp_id!r} is neither {host!r} nor a parent domain of it")
+        return self
 
     @model_validator(mode="after")
     def _production_requirements(self) -> Settings:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from idp.accounts import pictures
+from idp.accounts import notifications, pictures
+from idp.accounts.authn import PendingLogins
 from idp.accounts.password_policy import PasswordPolicy
 from idp.accounts.recovery import AccountContext
 from idp.accounts.sessions import SessionStore
@@ -26,6 +27,7 @@ from idp.oauth.subjects import SubjectResolver
 from idp.oauth.tokens import TokenService
 from idp.security.encryption import DecryptionError, Encryptor
 from idp.security.passwords import PasswordHasher
+from idp.security.ratelimit import RateLimiter
 from idp.storage import migrate
 from idp.storage.blobs import BlobStore, FilesystemBlobStore, S3BlobStore
 from idp.storage.db import Database, DatabaseUnavailable
@@ -53,6 +55,8 @@ class Runtime:
     cors: CorsPolicy
     accounts: AccountContext
     blobs: BlobStore
+    limits: RateLimiter
+    pending_logins: PendingLogins
 
     async def delete_picture(self, stored: str) -> None:
         """Delete every stored size of a picture (the ``delete_blob`` of account deletion)."""
@@ -214,7 +218,10 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
                 issuer=settings.issuer,
             ),
             blobs=build_blob_store(settings),
+            limits=RateLimiter(kv, dict(settings.rate_limits)),
+            pending_logins=PendingLogins(kv, ttl=settings.sessions.interaction_ttl),
         )
+        notifications.subscribe_security_notices(runtime.accounts)
         _subscribe_protocol_handlers(runtime)
         return runtime
     except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -10,7 +11,7 @@ from quart import Response, current_app, g, redirect, request
 from idp.accounts.sessions import BrowserSession
 from idp.config import Settings
 from idp.errors import Forbidden
-from idp.events import set_actor
+from idp.events import LoginSucceeded, set_actor
 from idp.security import csrf
 
 
@@ -74,6 +75,30 @@ async def require_csrf() -> None:
     form = await request.form
     if not csrf.verify(_secret(), request.cookies.get(csrf.COOKIE_NAME), form.get("csrf_token")):
         raise Forbidden("The form has expired or did not come from this site. Go back, reload and try again.")
+
+
+async def require_csrf_header() -> None:
+    """The same check for a page's fetch() calls, which send the token in ``X-CSRF-Token``."""
+    if not csrf.verify(_secret(), request.cookies.get(csrf.COOKIE_NAME), request.headers.get("X-CSRF-Token")):
+        raise Forbidden("The page has expired or the request did not come from this site. Reload and try again.")
+
+
+async def start_browser_session(user_id: str, amr: Sequence[str], acr: str, response: Response) -> BrowserSession:
+    """Sign the browser in: a fresh session id (the previous session ends, ASVS 7.2.4), the cookie
+    set on ``response`` and LoginSucceeded published."""
+    from idp.app import runtime
+
+    rt = runtime()
+    previous = await current_session()
+    if previous is not None:
+        await rt.sessions.end(previous)
+    cookie_value, session = await rt.sessions.create(
+        user_id, amr=amr, acr=acr, ip=request.remote_addr, user_agent=request.headers.get("User-Agent")
+    )
+    g.idp_session = session
+    await rt.events.publish(LoginSucceeded(user_id=user_id, sid=session.sid, amr=tuple(session.amr)))
+    set_cookie(response, session_cookie_name(), cookie_value, max_age=rt.settings.sessions.absolute_ttl)
+    return session
 
 
 def attach_csrf_cookie(response: Response) -> None:

@@ -27,7 +27,8 @@ from idp.oauth.keys import generate_key as _real_generate_key
 from idp.storage import migrate
 from idp.storage.models import Base
 
-pytest_plugins = ["tests.smtp"]  # the loopback SMTP server fixtures
+# The loopback SMTP server fixtures; the MFA tests' clock and world.
+pytest_plugins = ["tests.smtp", "tests.mfa_helpers"]
 
 TEST_DATABASE_URL = os.environ.get("IDP_TEST_DATABASE_URL", "")
 TEST_REDIS_URL = os.environ.get("IDP_TEST_REDIS_URL", "")

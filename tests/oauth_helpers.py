@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -102,9 +103,11 @@ async def authorize(
     *,
     email: str | None = None,
     consent: bool = True,
+    second_factor: Callable[[Any], Awaitable[Any]] | None = None,
     **params: str,
 ) -> tuple[Any, str | None]:
     """Run /authorize, signing in and consenting through the real forms as needed.
+    ``second_factor(client)`` answers the step after the password (/login/mfa) when it comes.
     Returns the final response (the redirect to the client) and the PKCE verifier used."""
     verifier, challenge = pkce_pair()
     query = {
@@ -124,6 +127,12 @@ async def authorize(
         location = response.headers.get("Location", "")
         if response.status_code not in (302, 303) or not location.startswith("/"):
             break
+        if location.startswith("/login/setup-mfa"):
+            break  # enrolment required: the caller drives it
+        if location.startswith("/login/mfa"):
+            assert second_factor is not None, "a second factor is asked for but none given"
+            response = await second_factor(client)
+            continue
         if location.startswith("/login"):
             assert email is not None, "login needed but no email given"
             response = await login(client, email, return_to=query_of(location)["return_to"])
@@ -140,10 +149,19 @@ async def authorize(
     return response, verifier
 
 
-async def code_flow(client: Any, world: World, *, confidential: bool = True, **params: str) -> dict[str, Any]:
+async def code_flow(
+    client: Any,
+    world: World,
+    *,
+    confidential: bool = True,
+    second_factor: Callable[[Any], Awaitable[Any]] | None = None,
+    **params: str,
+) -> dict[str, Any]:
     client_id = world.web_id if confidential else world.spa_id
     redirect_uri = WEB_REDIRECT if confidential else SPA_REDIRECT
-    response, verifier = await authorize(client, client_id, redirect_uri, email=world.email, **params)
+    response, verifier = await authorize(
+        client, client_id, redirect_uri, email=world.email, second_factor=second_factor, **params
+    )
     assert response.status_code == 303, await response.get_data(as_text=True)
     result = query_of(response.headers["Location"])
     form = {

@@ -27,12 +27,15 @@ from idp.accounts.users import AccountError
 from idp.app import runtime
 from idp.errors import (
     BearerTokenMissing,
+    Conflict,
     Forbidden,
     InsufficientScope,
     InsufficientUserAuthentication,
     InvalidRequest,
     InvalidToken,
+    NotFound,
     PayloadTooLarge,
+    TooManyRequests,
     UnsupportedMediaType,
 )
 from idp.events import set_actor
@@ -144,7 +147,7 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-async def _json_body() -> dict[str, Any]:
+async def json_body() -> dict[str, Any]:
     """A JSON object from a body of at most MAX_BODY_BYTES of UTF-8 (RFC 8259 §8.1)."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("The request body must be application/json.")
@@ -222,7 +225,7 @@ async def get_profile() -> Response:
 @blueprint.patch("/profile")
 async def patch_profile() -> Response:
     caller = await authenticate("openid", "profile")
-    body = await _json_body()
+    body = await json_body()
     if "zoneinfo" in body:
         await asyncio.to_thread(profile.time_zones)  # the first call reads the zone database
     try:
@@ -239,7 +242,7 @@ async def patch_profile() -> Response:
 async def change_email() -> tuple[Response, int]:
     caller = await authenticate("openid", "email")
     _require_recent_sign_in(caller, EMAIL_CHANGE_MAX_AUTH_AGE)
-    body = await _json_body()
+    body = await json_body()
     for key in body:
         if key != "email":
             raise InvalidField(profile.field_label(key), "is not a member of this request")
@@ -260,7 +263,7 @@ async def delete_account() -> Response:
     from idp.accounts import deletion
 
     caller = await authenticate("openid")
-    body = await _json_body()
+    body = await json_body()
     for key in body:
         if key != "password":
             raise InvalidField(profile.field_label(key), "is not a member of this request")
@@ -351,4 +354,233 @@ async def delete_picture() -> Response:
         )
     except AccountError as exc:
         _invalid(exc)
+    return Response("", status=204)
+
+
+# -- second factors (TOTP, recovery codes, passkeys) ----------------------------------------------
+# The same domain functions as the /account/security page. Every change needs the password again
+# (ASVS 7.5.1), removing TOTP a current code as well; code attempts count against the mfa limits.
+
+
+def _only(body: dict[str, Any], *allowed: str) -> None:
+    for key in body:
+        if key not in allowed:
+            raise InvalidField(profile.field_label(key), "is not a member of this request")
+
+
+def _string(body: dict[str, Any], key: str, what: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidField(key, f"is required ({what})")
+    return value
+
+
+async def _with_password(*members: str) -> tuple[Caller, dict[str, Any]]:
+    """The caller and its body, which may hold only ``password`` and ``members`` and must carry the
+    user's current password (ASVS 7.5.1)."""
+    caller = await authenticate("openid")
+    body = await json_body()
+    _only(body, "password", *members)
+    await _check_password(caller, body)
+    return caller, body
+
+
+async def _check_password(caller: Caller, body: dict[str, Any]) -> None:
+    from idp.accounts import mfa
+
+    rt = runtime()
+    try:
+        await mfa.check_password(rt.db, rt.passwords, caller.user.id, _string(body, "password", "a string"))
+    except AccountError as exc:
+        _invalid(exc)
+
+
+async def _count_code_attempt(user_id: str) -> None:
+    from idp.security.ratelimit import RateLimited
+
+    try:
+        await runtime().limits.hit_all({"mfa_per_account": user_id, "mfa_per_ip": request.remote_addr or "unknown"})
+    except RateLimited as exc:
+        raise TooManyRequests(exc.retry_after, "Too many code attempts; try again later.") from None
+
+
+def _passkey_view(key: Any) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "created_at": profile.iso(key.created_at),
+        "last_used_at": profile.iso(key.last_used_at),
+        "discoverable": key.discoverable,
+        "backed_up": key.backed_up,
+        "transports": list(key.transports),
+    }
+
+
+def _api_binding(caller: Caller) -> str:
+    # A ceremony started by this client for this user finishes only with the same pair.
+    return f"api:{caller.client.id}:{caller.user.id}"
+
+
+@blueprint.get("/mfa")
+async def get_mfa() -> Response:
+    from idp.accounts import mfa, passkeys
+
+    caller = await authenticate("openid")
+    rt = runtime()
+    status = await mfa.factor_status(rt.db, caller.user.id)
+    return jsonify(
+        totp=status.totp,
+        recovery_codes_remaining=status.recovery_codes,
+        passkeys=[_passkey_view(key) for key in await passkeys.list_passkeys(rt.db, caller.user.id)],
+        required=mfa.mfa_required(rt.settings.mfa.required, caller.user),
+    )
+
+
+@blueprint.post("/mfa/totp")
+async def start_totp() -> tuple[Response, int]:
+    from idp.accounts import mfa
+
+    caller, _body = await _with_password()
+    rt = runtime()
+    try:
+        enrolment = await mfa.start_totp_enrolment(
+            rt.db,
+            rt.encryptor,
+            caller.user.id,
+            issuer_name=mfa.totp_issuer_name(rt.settings.issuer, rt.settings.mfa.totp_issuer),
+            account_name=caller.user.email,
+        )
+    except AccountError as exc:
+        raise Conflict(exc.message) from None
+    return (
+        jsonify(
+            credential_id=enrolment.credential_id,
+            secret=enrolment.secret,
+            otpauth_uri=enrolment.provisioning_uri,
+            qr_code=mfa.qr_code(enrolment.provisioning_uri),
+        ),
+        201,
+    )
+
+
+@blueprint.post("/mfa/totp/confirm")
+async def confirm_totp() -> Response:
+    from idp.accounts import mfa
+
+    caller = await authenticate("openid")
+    body = await json_body()
+    _only(body, "credential_id", "code")
+    credential_id = _string(body, "credential_id", "the id returned when the setup started")
+    code = _string(body, "code", "the 6-digit code the app shows")
+    await _count_code_attempt(caller.user.id)
+    rt = runtime()
+    try:
+        codes = await mfa.confirm_totp_enrolment(
+            rt.db, rt.encryptor, rt.events, caller.user.id, credential_id[:64], code[:64], hasher=rt.passwords
+        )
+    except AccountError as exc:
+        _invalid(exc)
+    return jsonify(recovery_codes=codes)
+
+
+@blueprint.delete("/mfa/totp")
+async def delete_totp() -> Response:
+    from idp.accounts import mfa
+
+    caller = await authenticate("openid")
+    body = await json_body()
+    _only(body, "password", "code")
+    await _count_code_attempt(caller.user.id)
+    await _check_password(caller, body)
+    rt = runtime()
+    if not await mfa.verify_totp(rt.db, rt.encryptor, caller.user.id, _string(body, "code", "a current code")[:64]):
+        raise InvalidField("code", "is not correct or was already used")
+    await mfa.disable_totp(rt.db, rt.events, caller.user.id)
+    return Response("", status=204)
+
+
+@blueprint.post("/mfa/recovery-codes")
+async def new_recovery_codes() -> Response:
+    from idp.accounts import mfa
+
+    caller, _body = await _with_password()
+    rt = runtime()
+    try:
+        codes = await mfa.regenerate_recovery_codes(rt.db, rt.passwords, rt.events, caller.user.id)
+    except AccountError as exc:
+        raise Conflict(exc.message) from None
+    return jsonify(recovery_codes=codes)
+
+
+@blueprint.post("/passkeys/options")
+async def passkey_options() -> Response:
+    from idp.accounts import authn, passkeys
+
+    caller, _body = await _with_password()
+    rt = runtime()
+    ceremony, options = await passkeys.registration_options(
+        rt.db,
+        rt.kv,
+        authn.relying_party(rt.settings.issuer, rt.settings.webauthn),
+        user_id=caller.user.id,
+        user_name=caller.user.email,
+        display_name=caller.user.name or caller.user.email,
+        binding=_api_binding(caller),
+    )
+    return jsonify(ceremony=ceremony, publicKey=options)
+
+
+@blueprint.post("/passkeys")
+async def add_passkey() -> tuple[Response, int]:
+    from idp.accounts import authn, passkeys
+
+    caller = await authenticate("openid")
+    body = await json_body()
+    _only(body, "ceremony", "credential", "name")
+    credential = body.get("credential")
+    if not isinstance(credential, dict):
+        raise InvalidField("credential", "is required (the PublicKeyCredential as JSON)")
+    rt = runtime()
+    try:
+        key = await passkeys.register_passkey(
+            rt.db,
+            rt.kv,
+            rt.events,
+            authn.relying_party(rt.settings.issuer, rt.settings.webauthn),
+            user_id=caller.user.id,
+            ceremony_id=_string(body, "ceremony", "the id returned with the options"),
+            binding=_api_binding(caller),
+            credential=credential,
+            name=str(body.get("name") or "Passkey"),
+        )
+    except AccountError as exc:
+        _invalid(exc)
+    return jsonify(_passkey_view(key)), 201
+
+
+@blueprint.patch("/passkeys/<passkey_id>")
+async def rename_passkey(passkey_id: str) -> Response:
+    from idp.accounts import passkeys
+
+    caller = await authenticate("openid")
+    body = await json_body()
+    _only(body, "name")
+    try:
+        key = await passkeys.rename_passkey(
+            runtime().db, runtime().events, caller.user.id, passkey_id[:64], _string(body, "name", "a string")
+        )
+    except AccountError as exc:
+        if exc.field == "passkey":
+            raise NotFound(exc.message) from None
+        _invalid(exc)
+    return jsonify(_passkey_view(key))
+
+
+@blueprint.delete("/passkeys/<passkey_id>")
+async def delete_passkey(passkey_id: str) -> Response:
+    from idp.accounts import passkeys
+
+    caller, _body = await _with_password()
+    if not await passkeys.remove_passkey(runtime().db, runtime().events, caller.user.id, passkey_id[:64]):
+        raise NotFound("There is no such passkey on this account.")
     return Response("", status=204)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import pyotp
+import segno
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -193,6 +194,22 @@ async def start_totp_enrolment(
     return TotpEnrolment(credential_id=credential_id, secret=secret, provisioning_uri=uri)
 
 
+async def pending_totp_enrolment(
+    db: Database, encryptor: Encryptor, user_id: str, credential_id: str, *, issuer_name: str, account_name: str
+) -> TotpEnrolment | None:
+    """The user's unconfirmed enrolment ``credential_id`` again (to show after a mistyped code), or
+    None when it no longer exists, is confirmed or belongs to someone else."""
+    async with db.session() as session:
+        credential = await session.get(MfaCredential, credential_id[:36])
+    if credential is None or credential.user_id != user_id or credential.type != TOTP or credential.confirmed_at:
+        return None
+    secret = _decrypt_secret(encryptor, credential)
+    uri = pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_INTERVAL).provisioning_uri(
+        name=account_name, issuer_name=issuer_name
+    )
+    return TotpEnrolment(credential_id=credential.id, secret=secret, provisioning_uri=uri)
+
+
 async def confirm_totp_enrolment(
     db: Database,
     encryptor: Encryptor,
@@ -331,8 +348,8 @@ async def regenerate_recovery_codes(db: Database, hasher: PasswordHasher, events
     codes, hashes = await _new_recovery_codes(hasher)
     async with db.session() as session:
         await _lock_user(session, user_id)
-        if (await session.execute(_confirmed_totp(user_id))).first() is None:
-            raise AccountError("totp", "Set up an authenticator app first.")
+        if (await session.execute(_confirmed_factor(user_id).limit(1))).first() is None:
+            raise AccountError("totp", "Set up an authenticator app or a passkey first.")
         await _replace_recovery_codes(session, user_id, hashes)
     await events.publish(RecoveryCodesRegenerated(user_id=user_id, count=len(codes)))
     return codes
@@ -342,7 +359,8 @@ async def regenerate_recovery_codes(db: Database, hasher: PasswordHasher, events
 
 
 async def disable_totp(db: Database, events: EventBus, user_id: str) -> bool:
-    """Remove the user's TOTP (confirmed or pending) and all recovery codes (ASVS 6.5.6).
+    """Remove the user's TOTP (confirmed or pending) and, unless a passkey remains as a second
+    factor, all recovery codes (ASVS 6.5.6).
 
     Returns whether a confirmed TOTP was removed (MfaDisabled is published then). The caller
     checks the password and a current code first (ASVS 7.5.1) and should offer to end other
@@ -352,17 +370,84 @@ async def disable_totp(db: Database, events: EventBus, user_id: str) -> bool:
         await _lock_user(session, user_id)
         confirmed = (await session.execute(_confirmed_totp(user_id))).first() is not None
         await session.execute(delete(MfaCredential).where(MfaCredential.user_id == user_id, MfaCredential.type == TOTP))
-        await session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
+        if (await session.execute(_confirmed_factor(user_id).limit(1))).first() is None:
+            await session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
     if confirmed:
         await events.publish(MfaDisabled(user_id=user_id, method=TOTP))
     return confirmed
+
+
+def _confirmed_factor(user_id: str) -> Select[str]:
+    return select(MfaCredential.id).where(MfaCredential.user_id == user_id, MfaCredential.confirmed_at.is_not(None))
 
 
 async def has_second_factor(db: Database, user_id: str) -> bool:
     """Whether sign-in must ask for a second factor: a confirmed MFA credential of any type
     (a WebAuthn registration must set ``confirmed_at`` to count)."""
     async with db.session() as session:
-        query = select(MfaCredential.id).where(
-            MfaCredential.user_id == user_id, MfaCredential.confirmed_at.is_not(None)
+        return (await session.execute(_confirmed_factor(user_id).limit(1))).first() is not None
+
+
+@dataclass(frozen=True)
+class FactorStatus:
+    """What sign-in can ask this user for, and what the account pages show."""
+
+    totp: bool
+    webauthn: int  # confirmed passkeys and security keys
+    recovery_codes: int  # unused recovery codes
+
+    @property
+    def any(self) -> bool:
+        return self.totp or self.webauthn > 0
+
+
+async def factor_status(db: Database, user_id: str) -> FactorStatus:
+    async with db.session() as session:
+        types = (
+            (
+                await session.execute(
+                    select(MfaCredential.type).where(
+                        MfaCredential.user_id == user_id, MfaCredential.confirmed_at.is_not(None)
+                    )
+                )
+            )
+            .scalars()
+            .all()
         )
-        return (await session.execute(query.limit(1))).first() is not None
+        remaining = (
+            await session.execute(
+                select(func.count())
+                .select_from(RecoveryCode)
+                .where(RecoveryCode.user_id == user_id, RecoveryCode.used_at.is_(None))
+            )
+        ).scalar_one()
+    return FactorStatus(
+        totp=TOTP in types, webauthn=sum(1 for kind in types if kind != TOTP), recovery_codes=int(remaining)
+    )
+
+
+def mfa_required(policy: str, user: User) -> bool:
+    """Whether the ``[mfa] required`` policy ("off", "admins", "all") covers this user."""
+    return policy == "all" or (policy == "admins" and bool(user.is_admin))
+
+
+async def check_password(db: Database, hasher: PasswordHasher, user_id: str, password: str) -> None:
+    """Re-authentication before a change to the sign-in factors (ASVS 7.5.1); raises
+    AccountError("password", …) when the password is wrong."""
+    async with db.session() as session:
+        user = await session.get(User, user_id)
+        stored = user.password_hash if user is not None else None
+    if len(password) > 1024 or not await hasher.verify(stored, password) or user is None:
+        raise AccountError("password", "The password is not correct.")
+
+
+def qr_code(uri: str) -> str:
+    """An otpauth:// URI as an SVG data URI, rendered here: no third-party QR service sees the seed."""
+    return str(segno.make(uri, error="m").svg_data_uri(scale=5, border=2))
+
+
+def totp_issuer_name(issuer: str, configured: str) -> str:
+    """The name authenticator apps show next to the code: ``[mfa] totp_issuer``, else the host."""
+    from urllib.parse import urlsplit
+
+    return configured or urlsplit(issuer).hostname or "idp"

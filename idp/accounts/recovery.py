@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from idp.accounts import links
+from idp.accounts.mfa import has_second_factor
 from idp.accounts.password_policy import PasswordPolicy, PasswordRejected
 from idp.accounts.sessions import BrowserSession, SessionStore
 from idp.accounts.users import AccountError, NewUser, check_email, create_user
@@ -157,7 +158,13 @@ def check_name(name: str | None) -> str | None:
 
 
 def _check_new_password(
-    ctx: AccountContext, password: str, *, email: str | None, name: str | None, field: str = "password"
+    ctx: AccountContext,
+    password: str,
+    *,
+    email: str | None,
+    name: str | None,
+    field: str = "password",
+    has_second_factor: bool = False,
 ) -> None:
     """The policy's verdict, plus one thing the policy can't see: a password that arrived as
     invalid UTF-8 was decoded lossily (U+FFFD), and hashing that would let other byte strings
@@ -171,7 +178,7 @@ def _check_new_password(
         error.rule = "invalid"  # type: ignore[attr-defined]
         raise error
     try:
-        ctx.policy.check(password, email=email, name=name)
+        ctx.policy.check(password, email=email, name=name, has_second_factor=has_second_factor)
     except PasswordRejected as exc:
         raise _password_error(exc, field) from None
 
@@ -314,7 +321,9 @@ async def reset_password(ctx: AccountContext, token: str | None, new_password: s
         user = await UserRepository(session).get(row.user_id)
     if user is None or user.disabled:
         raise AccountError("token", "This reset link is invalid, expired or already used. Ask for a new one.")
-    _check_new_password(ctx, new_password, email=user.email, name=user.name)
+    # NIST SP 800-63B §3.1.1.2: a password that is one of two factors may be shorter.
+    second_factor = await has_second_factor(ctx.db, user.id)
+    _check_new_password(ctx, new_password, email=user.email, name=user.name, has_second_factor=second_factor)
     if await links.consume(ctx.db, links.RESET_PASSWORD, token) is None:
         raise AccountError("token", "This reset link is invalid, expired or already used. Ask for a new one.")
     new_hash = await ctx.hasher.hash(new_password)
@@ -359,7 +368,10 @@ async def change_password(
         raise AccountError("current_password", "The current password is incorrect.")
     if new_password == current_password:
         raise AccountError("new_password", "The new password must differ from the current one.")
-    _check_new_password(ctx, new_password, email=user.email, name=user.name, field="new_password")
+    second_factor = await has_second_factor(ctx.db, user.id)
+    _check_new_password(
+        ctx, new_password, email=user.email, name=user.name, field="new_password", has_second_factor=second_factor
+    )
     new_hash = await ctx.hasher.hash(new_password)
     async with ctx.db.session() as db_session:
         fresh = await UserRepository(db_session).get(session.user_id)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, render_template, request, url_for
 
+from idp.accounts import authn, mfa, mfa_routes
 from idp.accounts.login import LoginFailure, authenticate_password
 from idp.app import runtime
-from idp.events import LoginSucceeded
 from idp.web import (
     clear_cookie,
     csrf_binding,
@@ -17,7 +17,7 @@ from idp.web import (
     require_csrf,
     see_other,
     session_cookie_name,
-    set_cookie,
+    start_browser_session,
 )
 
 blueprint = Blueprint("accounts", __name__)
@@ -64,16 +64,15 @@ async def login_submit() -> Response:
         user = await authenticate_password(rt.db, rt.passwords, rt.events, email, password)
     except LoginFailure as failure:
         return await _login_page(return_to=return_to, email=email[:320], error=failure.message, status=401)
-    previous = await current_session()
-    if previous is not None:
-        # ASVS 7.2.4: a new session id at every sign-in; the old session ends.
-        await rt.sessions.end(previous)
-    cookie_value, session = await rt.sessions.create(
-        user.id, amr=["pwd"], ip=request.remote_addr, user_agent=request.headers.get("User-Agent")
-    )
-    await rt.events.publish(LoginSucceeded(user_id=user.id, sid=session.sid, amr=tuple(session.amr)))
+    status = await mfa.factor_status(rt.db, user.id)
+    if status.any or mfa.mfa_required(rt.settings.mfa.required, user):
+        # The password was right; the second factor (or, when policy requires one and there is
+        # none yet, its enrolment) comes next. No session exists until then.
+        return await mfa_routes.start_second_step(user.id, return_to, enrol=not status.any)
     response = see_other(return_to)
-    set_cookie(response, session_cookie_name(), cookie_value, max_age=rt.settings.sessions.absolute_ttl)
+    # ASVS 7.2.4: a new session id at every sign-in; the old session ends.
+    signed_in = authn.password_only()
+    await start_browser_session(user.id, signed_in.amr, signed_in.acr, response)
     return response
 
 
@@ -324,15 +323,16 @@ async def verify_email_submit() -> Response:
         )
     # The browser that registered (and chose the password) confirms: sign it in and carry on
     # with the application that asked for the registration (prompt=create).
-    previous = await current_session()
-    if previous is not None:
-        await rt.sessions.end(previous)
-    cookie_value, session = await rt.sessions.create(
-        verified.user_id, amr=["pwd"], ip=request.remote_addr, user_agent=request.headers.get("User-Agent")
-    )
-    await rt.events.publish(LoginSucceeded(user_id=verified.user_id, sid=session.sid, amr=tuple(session.amr)))
+    from idp.storage.repositories import UserRepository
+
+    async with rt.db.session() as db_session:
+        user = await UserRepository(db_session).get(verified.user_id)
+    if user is not None and mfa.mfa_required(rt.settings.mfa.required, user):
+        # A new account has no second factor: policy says it sets one up before it is signed in.
+        return await mfa_routes.start_second_step(verified.user_id, return_to, enrol=True)
     response = see_other(return_to)
-    set_cookie(response, session_cookie_name(), cookie_value, max_age=rt.settings.sessions.absolute_ttl)
+    signed_in = authn.password_only()
+    await start_browser_session(verified.user_id, signed_in.amr, signed_in.acr, response)
     return response
 
 

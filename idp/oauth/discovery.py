@@ -18,6 +18,7 @@ def provider_metadata(
     auth_methods: list[str],
     assertion_algs: list[str],
     claims: list[str],
+    acr_values: list[str] | None = None,
     pairwise: bool,
     registration: bool = False,
 ) -> dict[str, Any]:
@@ -47,6 +48,7 @@ def provider_metadata(
         "revocation_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": claims,
+        **({"acr_values_supported": acr_values} if acr_values else {}),
         # "create" only while self-service registration is on (Initiating User Registration 1.0 §3).
         "prompt_values_supported": [
             "none",

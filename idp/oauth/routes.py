@@ -14,7 +14,7 @@ from urllib.parse import urlencode, urlsplit
 from quart import Blueprint, Response, jsonify, render_template, request
 
 from idp import cors
-from idp.accounts import consents
+from idp.accounts import authn, consents, mfa
 from idp.accounts.sessions import BrowserSession
 from idp.app import runtime
 from idp.errors import InvalidRequest, UnsupportedMediaType
@@ -103,6 +103,7 @@ def _metadata() -> dict[str, Any]:
         auth_methods=list(AUTH_METHODS),
         assertion_algs=[alg for alg in ASSERTION_ALGS if alg != "EdDSA"],
         claims=list(SUPPORTED_CLAIMS),
+        acr_values=list(authn.ACR_VALUES),
         pairwise=rt.subjects.pairwise_available,
         registration=rt.settings.accounts.registration_enabled,
     )
@@ -298,6 +299,15 @@ async def _continue(
         # OIDC Core §3.1.2.1: "max_age=0 is equivalent to prompt=login" (auth_time has 1 s resolution).
         or (req.max_age is not None and (req.max_age == 0 or now - session.auth_time > req.max_age) and not fresh)
         or (hint_user_id is not None and session.user_id != hint_user_id)
+        # Step-up (OIDC Core §3.1.2.1 acr_values): sign in again, with the second factor, when the
+        # session's class is below every requested one — only if the user has a second factor to
+        # use; otherwise the ID token says truthfully what was achieved.
+        or (
+            not fresh
+            and user is not None
+            and not authn.satisfies(session.acr, req.acr_values)
+            and await mfa.has_second_factor(rt.db, user.id)
+        )
     )
     if login_needed:
         if "none" in prompt:
@@ -321,7 +331,7 @@ async def _continue(
         session_id=session.sid,
         auth_time=session.auth_time,
         amr=session.amr,
-        acr=session.acr,
+        acr=authn.acr_claim(session.acr, req.acr_values),
         ttl=rt.settings.tokens.authorization_code_ttl,
     )
     # The interaction cookie stays: it binds the browser, and other interactions started in other

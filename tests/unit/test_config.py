@@ -188,3 +188,20 @@ def test_redacted_view_masks_secrets_and_url_passwords(secrets_env) -> None:
     assert "pw123" not in text and "redispw" not in text
     assert secrets_env["IDP_SECRETS__COOKIE_SECRET"] not in text
     assert secrets_env["IDP_SECRETS__KEY_ENCRYPTION_KEY"] not in text
+
+
+@pytest.mark.parametrize(
+    ("env", "ok"),
+    [
+        ({"IDP_WEBAUTHN__RP_ID": "example.com", "IDP_ISSUER": "https://login.example.com"}, True),
+        ({"IDP_WEBAUTHN__RP_ID": "example.org", "IDP_ISSUER": "https://login.example.com"}, False),
+        ({"IDP_WEBAUTHN__RP_ID": "ample.com", "IDP_ISSUER": "https://example.com"}, False),
+        ({"IDP_WEBAUTHN__ORIGINS": '["https://login.example.com/path"]'}, False),
+    ],
+)
+def test_webauthn_relying_party_must_cover_its_origins(secrets_env, env, ok) -> None:
+    if ok:
+        assert load_settings(environ={**secrets_env, **env}).webauthn.rp_id == env["IDP_WEBAUTHN__RP_ID"]
+    else:
+        with pytest.raises(ConfigError, match="webauthn"):
+            load_settings(environ={**secrets_env, **env})

@@ -201,6 +201,13 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     },
     "email_change_verify": {"link": LINK, "new_email": "ada.new@example.org"},
     "account_deleted": {},
+    "security_notice": {
+        "what": "A passkey was added to your account.",
+        "time": "2025-01-02 03:04 UTC",
+        "ip": "203.0.113.7",
+        "security_link": "https://id.example.com/account/security",
+        "reset_link": "https://id.example.com/password/forgot",
+    },
 }
 
 

@@ -1,0 +1,63 @@
+"""Mail the user when the way they sign in changes, or a recovery code was spent (ASVS 6.3.7,
+issue: "using one is logged and notified by email"), so a change they didn't make stands out."""
+
+from __future__ import annotations
+
+from idp.accounts.recovery import AccountContext
+from idp.events import (
+    Event,
+    EventContext,
+    MfaDisabled,
+    MfaEnabled,
+    PasskeyRegistered,
+    PasskeyRemoved,
+    RecoveryCodesRegenerated,
+    RecoveryCodeUsed,
+)
+from idp.storage.models import User, utcnow
+
+_METHOD_NAMES = {"totp": "An authenticator app", "webauthn": "Passkeys"}
+
+
+def describe(event: Event) -> str | None:
+    """One sentence for the mail, or None for events that don't warrant one."""
+    if isinstance(event, RecoveryCodeUsed):
+        left = f"{event.remaining} unused code{'s' if event.remaining != 1 else ''} remain"
+        return f"A recovery code was used to sign in to your account. {left}."
+    if isinstance(event, RecoveryCodesRegenerated):
+        return "New recovery codes were created for your account; the earlier ones no longer work."
+    if isinstance(event, MfaEnabled):
+        return f"{_METHOD_NAMES.get(event.method, 'A second factor')} now protect(s) your account as a second factor."
+    if isinstance(event, MfaDisabled):
+        return f"{_METHOD_NAMES.get(event.method, 'A second factor')} no longer protect(s) your account."
+    if isinstance(event, PasskeyRegistered):
+        return "A passkey was added to your account."
+    if isinstance(event, PasskeyRemoved):
+        return "A passkey was removed from your account."
+    return None
+
+
+def subscribe_security_notices(ctx: AccountContext) -> None:
+    async def notify(event: Event, context: EventContext) -> None:
+        what = describe(event)
+        user_id = event.subject_id
+        if what is None or user_id is None:
+            return
+        async with ctx.db.session() as session:
+            user = await session.get(User, user_id)
+            email = user.email if user is not None else None
+        if email is None:
+            return
+        await ctx.send(
+            "security_notice",
+            email,
+            what=what,
+            time=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+            ip=context.ip or "unknown",
+            security_link=ctx.link("/account/security"),
+            reset_link=ctx.link("/forgot-password"),
+        )
+
+    ctx.events.subscribe(
+        notify, RecoveryCodeUsed, RecoveryCodesRegenerated, MfaEnabled, MfaDisabled, PasskeyRegistered, PasskeyRemoved
+    )

@@ -1,0 +1,70 @@
+"""Sliding-window rate limits kept in the key-value store, so all instances share the counters.
+
+A limit allows at most ``requests`` hits within any ``window`` seconds. Every attempt is counted,
+refused ones included: a client that keeps hammering stays refused until it pauses for a whole
+window (NIST SP 800-63B §3.2.2 asks to limit consecutive failed attempts; counting attempts also
+limits guesses made with a correct-looking cadence). Keys are hashed, so neither addresses nor
+account ids appear in Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from idp.security.tokens import sha256_digest
+from idp.storage.kv import KeyValueStore
+
+_PREFIX = "ratelimit:"
+
+
+class LimitSpec(Protocol):
+    requests: int
+    window: int
+
+
+@dataclass(frozen=True)
+class RateLimited(Exception):
+    """Over the named limit; try again after ``retry_after`` seconds."""
+
+    limit: str
+    retry_after: int
+
+
+class RateLimiter:
+    def __init__(self, kv: KeyValueStore, limits: Mapping[str, LimitSpec]) -> None:
+        self._kv = kv
+        self._limits = dict(limits)
+
+    def limit(self, name: str) -> LimitSpec:
+        return self._limits[name]
+
+    def _key(self, name: str, subject: str) -> str:
+        return f"{_PREFIX}{name}:{sha256_digest(subject)}"
+
+    async def hit(self, name: str, subject: str) -> None:
+        """Count one attempt against ``name`` for ``subject``; raise RateLimited when over it."""
+        spec = self._limits[name]
+        count = await self._kv.hit_window(self._key(name, subject), spec.window)
+        if count > spec.requests:
+            # The window slides: after a whole quiet window every earlier hit has aged out.
+            raise RateLimited(name, spec.window)
+
+    async def hit_all(self, attempts: Mapping[str, str | None]) -> None:
+        """Count one attempt for each ``{limit name: subject}`` (None subjects skipped); every
+        counter is advanced before the first refusal is raised, so no limit can be dodged."""
+        refused: RateLimited | None = None
+        for name, subject in attempts.items():
+            if subject is None:
+                continue
+            try:
+                await self.hit(name, subject)
+            except RateLimited as exc:
+                if refused is None or exc.retry_after > refused.retry_after:
+                    refused = exc
+        if refused is not None:
+            raise refused
+
+    async def reset(self, name: str, subject: str) -> None:
+        await self._kv.delete(self._key(name, subject))
