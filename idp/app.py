@@ -15,7 +15,7 @@ from idp.errors import IdPError, ServerError, ServiceUnavailable, from_http_stat
 from idp.events import EventContext, set_context
 from idp.observability import accept_request_id, request_id_var, summarize_exception
 from idp.runtime import Runtime, StartupError, open_runtime
-from idp.security.headers import apply_security_headers
+from idp.security.headers import apply_security_headers, new_nonce
 from idp.storage.db import DatabaseUnavailable
 from idp.storage.kv import KeyValueUnavailable
 from idp.web import attach_csrf_cookie
@@ -58,6 +58,13 @@ def build_app(settings: Settings) -> IdPApp:
         SESSION_COOKIE_SECURE=settings.issuer_is_https,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    @app.template_global()
+    def csp_nonce() -> str:
+        """This response's script nonce (made on first use; the CSP header then carries it)."""
+        if "csp_nonce" not in g:
+            g.csp_nonce = new_nonce()
+        return str(g.csp_nonce)
 
     @app.before_serving
     async def _start() -> None:
@@ -121,7 +128,12 @@ def _install_request_hooks(app: IdPApp) -> None:
         if rid:
             response.headers["X-Request-ID"] = rid
         attach_csrf_cookie(response)
-        apply_security_headers(response, https=app.settings.issuer_is_https)
+        apply_security_headers(
+            response,
+            https=app.settings.issuer_is_https,
+            nonce=g.get("csp_nonce"),
+            form_action=None if g.get("forms_leave_site") else "'self'",
+        )
         started = getattr(g, "started", None)
         duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
         access_log.info(

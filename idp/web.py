@@ -120,6 +120,19 @@ def local_path(target: str | None, default: str = "/") -> str:
     return target
 
 
+# Where a flow may leave this site after a form's POST: the authorization endpoint answers the
+# client's redirect URI, logout its post-logout redirect URI.
+_FLOWS_LEAVING_SITE = ("/authorize", "/logout")
+
+
+def let_forms_leave_site(return_to: str | None = None) -> None:
+    """This page's forms may end (through redirects) at another site: its CSP then omits
+    form-action (see idp.security.headers). With ``return_to``, only when that local path is part
+    of a flow that leaves the site; pages that stay here keep ``form-action 'self'``."""
+    if return_to is None or return_to.startswith(_FLOWS_LEAVING_SITE):
+        g.forms_leave_site = True
+
+
 def see_other(location: str) -> Response:
     # RFC 9700 §4.12: 303 after a POST so credentials are never re-posted to the target.
     return cast(Response, redirect(location, code=303))

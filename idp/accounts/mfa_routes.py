@@ -34,6 +34,7 @@ from idp.web import (
     csrf_binding,
     csrf_token,
     current_session,
+    let_forms_leave_site,
     require_csrf,
     require_csrf_header,
     see_other,
@@ -211,6 +212,7 @@ async def _expired_page() -> Response:
 async def _second_factor_page(pending: PendingLogin, *, error: str | None = None, status: int = 200) -> Response:
     rt = runtime()
     factors = await mfa.factor_status(rt.db, pending.user_id)
+    let_forms_leave_site(pending.return_to)
     html = await render_template(
         "accounts/mfa_login.html",
         csrf_token=csrf_token(),
@@ -362,6 +364,7 @@ async def setup_at_login_totp() -> Response:
         return await _setup_page(pending, retry=form.get("credential_id"), error=exc.message, status=400)
     pending.enrolled = authn.TOTP
     await rt.pending_logins.save(pending)
+    let_forms_leave_site(pending.return_to)  # "Continue" ends the sign-in
     return await _recovery_codes_page(codes, continue_action=url_for("mfa.setup_at_login_done"))
 
 

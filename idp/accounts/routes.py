@@ -13,6 +13,7 @@ from idp.web import (
     csrf_binding,
     csrf_token,
     current_session,
+    let_forms_leave_site,
     local_path,
     require_csrf,
     see_other,
@@ -24,6 +25,7 @@ blueprint = Blueprint("accounts", __name__)
 
 
 async def _login_page(*, return_to: str, email: str | None, error: str | None, status: int) -> Response:
+    let_forms_leave_site(return_to)
     html = await render_template(
         "accounts/login.html",
         csrf_token=csrf_token(),

@@ -11,7 +11,7 @@ import time
 from typing import Any, cast
 from urllib.parse import urlencode, urlsplit
 
-from quart import Blueprint, Response, jsonify, render_template, request
+from quart import Blueprint, Response, g, jsonify, render_template, request
 
 from idp import cors
 from idp.accounts import authn, consents, mfa
@@ -37,10 +37,20 @@ from idp.oauth.grants import find_refresh_token, handle_token_request, revoke_gr
 from idp.oauth.interactions import COOKIE_NAME as INTERACTION_COOKIE
 from idp.oauth.interactions import Interaction
 from idp.oauth.tokens import ID_TOKEN_TYP, REFRESH_TOKEN_TYP, TokenInvalid
+from idp.security.headers import content_security_policy
 from idp.security.tokens import random_token
 from idp.storage.models import OAuthClient, User
 from idp.storage.repositories import ClientRepository, UserRepository
-from idp.web import clear_cookie, csrf_token, current_session, require_csrf, see_other, session_cookie_name, set_cookie
+from idp.web import (
+    clear_cookie,
+    csrf_token,
+    current_session,
+    let_forms_leave_site,
+    require_csrf,
+    see_other,
+    session_cookie_name,
+    set_cookie,
+)
 
 blueprint = Blueprint("oauth", __name__)
 pages = Blueprint("oauth_pages", __name__)
@@ -161,9 +171,8 @@ async def _render_form_post(form: _FormPost) -> Response:
     html = await render_template("oauth/form_post.html", action=form.action, fields=form.fields)
     response = Response(html, content_type="text/html; charset=utf-8")
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(form.action))
-    response.headers["Content-Security-Policy"] = (
-        f"default-src 'none'; script-src 'self'; style-src 'self'; form-action {origin}; "
-        "frame-ancestors 'none'; base-uri 'none'"
+    response.headers["Content-Security-Policy"] = content_security_policy(
+        g.get("csp_nonce"), form_action=origin, default_src="'none'"
     )
     return _no_store(response)
 
@@ -349,6 +358,7 @@ async def consent(interaction_id: str) -> Response:
         return see_other(f"/authorize/resume/{interaction.id}")
     req = interaction.request
     if request.method == "GET":
+        let_forms_leave_site()  # Allow and Deny both end at the client's redirect URI
         html = await render_template(
             "oauth/consent.html",
             client=client,
@@ -587,6 +597,8 @@ async def end_session() -> Response:
         if request.method == "POST" and (await request.form).get("confirm") == "yes":
             await require_csrf()
         else:
+            if redirect_to is not None:
+                let_forms_leave_site()  # confirming ends at the post-logout redirect URI
             html = await render_template(
                 "oauth/logout_confirm.html",
                 csrf_token=csrf_token(),
