@@ -153,6 +153,16 @@ class SessionSettings(_Section):
     absolute_ttl: Annotated[int, Field(ge=300, le=7776000)] = 86400
     # How long a user may take to sign in and consent before the authorization request expires.
     interaction_ttl: Annotated[int, Field(ge=60, le=3600)] = 600
+    # Sessions one user may have at once (0: no limit), and what a sign-in beyond that does:
+    # "end_oldest" ends the user's oldest session, "refuse" refuses the sign-in with a message.
+    max_per_user: Annotated[int, Field(ge=0, le=1000)] = 10
+    limit_policy: Literal["end_oldest", "refuse"] = "end_oldest"
+    # Mail the user when their account signs in from a browser it never used before.
+    notify_new_device: bool = True
+    # When a session ends early (logout, ended from another device, password change …), revoke
+    # the refresh tokens issued within it: "online" those without offline_access (OIDC Core §11:
+    # offline access outlives the sign-in), "all", or "none". Back-channel logout is sent anyway.
+    end_revokes_refresh_tokens: Literal["online", "all", "none"] = "online"
 
     @model_validator(mode="after")
     def _idle_within_absolute(self) -> SessionSettings:
@@ -299,12 +309,58 @@ class Limit(_Section):
     window: Annotated[int, Field(ge=1, le=86400)]
 
 
+def _limit(requests: int, window: int) -> Any:
+    return Field(default_factory=lambda: Limit(requests=requests, window=window))
+
+
 class RateLimitSettings(_Section):
     # Counters live in the key-value store, so every instance sharing one Redis shares them. Over a
-    # limit the answer is 429 with Retry-After. Second-factor attempts (TOTP, recovery code, passkey
-    # after the password): per account, and per client IP address.
-    mfa_per_account: Limit = Field(default_factory=lambda: Limit(requests=10, window=300))
-    mfa_per_ip: Limit = Field(default_factory=lambda: Limit(requests=50, window=300))
+    # limit the answer is 429 with Retry-After. Every attempt counts, refused ones included.
+    # Password sign-in attempts: per client IP, and per account (the email address entered).
+    login_per_ip: Limit = _limit(100, 300)
+    login_per_account: Limit = _limit(30, 300)
+    # Second-factor attempts (TOTP, recovery code, passkey after the password).
+    mfa_per_account: Limit = _limit(10, 300)
+    mfa_per_ip: Limit = _limit(50, 300)
+    # Passwordless passkey sign-ins, per client IP.
+    passkey_login_per_ip: Limit = _limit(60, 300)
+    # Sign-ups, per client IP.
+    registration_per_ip: Limit = _limit(20, 3600)
+    # Password reset requests, per IP and per address asked for (each one sends a mail).
+    password_reset_per_ip: Limit = _limit(20, 3600)
+    password_reset_per_account: Limit = _limit(5, 3600)
+    # Re-sent verification mails, per IP and per address.
+    verification_resend_per_ip: Limit = _limit(20, 3600)
+    verification_resend_per_account: Limit = _limit(5, 3600)
+    # Token endpoint requests, per client IP and per client_id presented.
+    token_per_ip: Limit = _limit(1200, 60)
+    token_per_client: Limit = _limit(1200, 60)
+
+
+class LockoutSettings(_Section):
+    # Brute-force protection for password sign-in (see idp.security.lockout). Failures are counted
+    # within `window` seconds. From one IP on one account: after `delay_after` failures each further
+    # attempt waits 1, 2, 4 … up to `max_delay` seconds; after `lock_after` failures that IP may
+    # not try that account for `lock_duration` seconds.
+    window: Annotated[int, Field(ge=60, le=86400)] = 900
+    delay_after: Annotated[int, Field(ge=1, le=1000)] = 3
+    max_delay: Annotated[int, Field(ge=1, le=3600)] = 30
+    lock_after: Annotated[int, Field(ge=1, le=1000)] = 10
+    lock_duration: Annotated[int, Field(ge=60, le=86400)] = 900
+    # From all IPs together: after this many failures the account is locked for `lock_duration`,
+    # for browsers that never signed in to it (a browser the owner used before still works).
+    account_lock_after: Annotated[int, Field(ge=1, le=100000)] = 50
+    # One IP failing this often within `window`, on any accounts (credential stuffing), is refused
+    # for a whole `window`.
+    ip_failures: Annotated[int, Field(ge=1, le=100000)] = 100
+    # Mail the account's owner when a lock is switched on.
+    notify: bool = True
+
+    @model_validator(mode="after")
+    def _delay_before_lock(self) -> LockoutSettings:
+        if self.delay_after > self.lock_after:
+            raise ValueError("delay_after must not exceed lock_after")
+        return self
 
 
 class Settings(_Section):
@@ -336,6 +392,7 @@ class Settings(_Section):
     mfa: MfaSettings = Field(default_factory=MfaSettings)
     webauthn: WebAuthnSettings = Field(default_factory=WebAuthnSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    lockout: LockoutSettings = Field(default_factory=LockoutSettings)
 
     @field_validator("issuer")
     @classmethod

@@ -203,6 +203,82 @@ class LoggedOut(Event):
 
 
 @dataclass(frozen=True)
+class SessionEnded(Event):
+    """A browser session at the IdP ended before it expired. ``clients`` received tokens within it:
+    the protocol side sends them back-channel logout and (as configured) revokes the refresh tokens
+    issued in the session.
+
+    ``reason``: "logout" (the user or a client), "ended_by_user" (from another device),
+    "ended_by_admin", "signed_in_as_another_user", "session_limit", "password_changed",
+    "password_reset", "mfa_changed", "account_disabled", "account_deleted"."""
+
+    name: ClassVar[str] = "session_ended"
+    user_id: str
+    sid: str
+    reason: str
+    clients: tuple[str, ...] = ()
+
+    def details(self) -> dict[str, Any]:
+        return {"sid": self.sid, "reason": self.reason, "clients": len(self.clients)}
+
+
+@dataclass(frozen=True)
+class NewDeviceSignIn(Event):
+    """A sign-in from a browser this account never signed in from (the user is told by email)."""
+
+    name: ClassVar[str] = "new_device_sign_in"
+    user_id: str
+    device: str
+
+    def details(self) -> dict[str, Any]:
+        return {"device": self.device}
+
+
+@dataclass(frozen=True)
+class AccountLocked(Event):
+    """Repeated failed sign-ins switched a lock on. ``scope``: "account_ip" (the attacking IP on
+    this account), "account" (this account, for browsers it never signed in from)."""
+
+    name: ClassVar[str] = "account_locked"
+    user_id: str
+    scope: str
+    duration: int
+
+    @property
+    def outcome(self) -> str:
+        return "failure"
+
+    def details(self) -> dict[str, Any]:
+        return {"scope": self.scope, "duration": self.duration}
+
+
+@dataclass(frozen=True)
+class AccountUnlocked(Event):
+    name: ClassVar[str] = "account_unlocked"
+    user_id: str
+    reason: str  # "admin" | "password_reset"
+
+    def details(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+
+@dataclass(frozen=True)
+class AccountDisabled(Event):
+    name: ClassVar[str] = "account_disabled"
+    user_id: str
+    sessions_ended: int = 0
+
+    def details(self) -> dict[str, Any]:
+        return {"sessions_ended": self.sessions_ended}
+
+
+@dataclass(frozen=True)
+class AccountEnabled(Event):
+    name: ClassVar[str] = "account_enabled"
+    user_id: str
+
+
+@dataclass(frozen=True)
 class ConsentGranted(Event):
     name: ClassVar[str] = "consent_granted"
     user_id: str

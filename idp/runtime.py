@@ -17,15 +17,24 @@ from idp.accounts.sessions import SessionStore
 from idp.audit import AuditLogger
 from idp.config import Settings, decode_kek
 from idp.cors import CorsPolicy
-from idp.events import ConsentWithdrawn, Event, EventBus, EventContext, PasswordResetCompleted
+from idp.events import (
+    AccountUnlocked,
+    ConsentWithdrawn,
+    Event,
+    EventBus,
+    EventContext,
+    PasswordResetCompleted,
+    SessionEnded,
+)
 from idp.mail import EmailRenderer, build_mailer
-from idp.oauth.grants import GrantContext, revoke_user_client_grants
+from idp.oauth.grants import GrantContext, revoke_session_grants, revoke_user_client_grants
 from idp.oauth.interactions import InteractionStore
 from idp.oauth.keys import KeyManager
 from idp.oauth.logout import BackchannelNotifier
 from idp.oauth.subjects import SubjectResolver
 from idp.oauth.tokens import TokenService
 from idp.security.encryption import DecryptionError, Encryptor
+from idp.security.lockout import LoginGuard
 from idp.security.passwords import PasswordHasher
 from idp.security.ratelimit import RateLimiter
 from idp.storage import migrate
@@ -56,6 +65,7 @@ class Runtime:
     accounts: AccountContext
     blobs: BlobStore
     limits: RateLimiter
+    lockout: LoginGuard
     pending_logins: PendingLogins
 
     async def delete_picture(self, stored: str) -> None:
@@ -117,6 +127,7 @@ def _subscribe_protocol_handlers(rt: Runtime) -> None:
         await revoke_user_client_grants(rt.grants, event.user_id, None, reason="password_reset")
 
     from idp.events import AccountDeleting
+    from idp.storage.models import User
     from idp.storage.repositories import ClientRepository
 
     async def on_account_deleting_revoke(event: Event, _context: EventContext) -> None:
@@ -126,27 +137,45 @@ def _subscribe_protocol_handlers(rt: Runtime) -> None:
         assert isinstance(event, AccountDeleting)
         await revoke_user_client_grants(rt.grants, event.user_id, None, reason="account_deleted")
 
-    async def on_account_deleting_logout(event: Event, _context: EventContext) -> None:
-        # A separate subscriber, so a failure here doesn't stop the revocation and vice versa.
-        # Back-Channel Logout 1.0 §2.4: one logout token per ended session with its sid and the
-        # `sub` each client knows the user by (pairwise clients know another one).
-        assert isinstance(event, AccountDeleting)
-        for sid, client_ids in event.sessions:
-            if not client_ids:
-                continue
-            subjects: dict[str, str] = {}
-            async with rt.db.session() as db_session:
-                repo = ClientRepository(db_session)
-                for client_id in client_ids:
-                    client = await repo.get(client_id)
-                    if client is not None:
-                        subjects[client_id] = rt.subjects.subject_for(client, event.user_id)
-            await rt.backchannel.notify(client_ids, subject_for=subjects, sid=sid)
+    async def on_session_ended(event: Event, _context: EventContext) -> None:
+        # Back-Channel Logout 1.0 §2.4: one logout token per client of the session, with its sid
+        # and the `sub` each client knows the user by (pairwise clients know another one).
+        assert isinstance(event, SessionEnded)
+        if not event.clients:
+            return
+        subjects: dict[str, str] = {}
+        async with rt.db.session() as db_session:
+            repo = ClientRepository(db_session)
+            for client_id in event.clients:
+                client = await repo.get(client_id)
+                if client is not None:
+                    subjects[client_id] = rt.subjects.subject_for(client, event.user_id)
+        await rt.backchannel.notify(event.clients, subject_for=subjects, sid=event.sid)
+
+    async def on_session_ended_revoke(event: Event, _context: EventContext) -> None:
+        # A separate subscriber, so a failed delivery doesn't stop the revocation and vice versa.
+        assert isinstance(event, SessionEnded)
+        mode = rt.settings.sessions.end_revokes_refresh_tokens
+        if mode != "none" and event.clients:
+            await revoke_session_grants(
+                rt.grants, event.user_id, event.sid, keep_offline=mode == "online", reason=f"session_{event.reason}"
+            )
+
+    async def on_password_reset_unlock(event: Event, _context: EventContext) -> None:
+        # Completing a reset proved control of the mailbox: the account's sign-in locks go.
+        assert isinstance(event, PasswordResetCompleted)
+        async with rt.db.session() as db_session:
+            user = await db_session.get(User, event.user_id)
+            email = user.email_normalized if user is not None else None
+        if email is not None and await rt.lockout.unlock(email):
+            await rt.events.publish(AccountUnlocked(user_id=event.user_id, reason="password_reset"))
 
     rt.events.subscribe(on_consent_withdrawn, ConsentWithdrawn)
     rt.events.subscribe(on_password_reset, PasswordResetCompleted)
     rt.events.subscribe(on_account_deleting_revoke, AccountDeleting)
-    rt.events.subscribe(on_account_deleting_logout, AccountDeleting)
+    rt.events.subscribe(on_session_ended, SessionEnded)
+    rt.events.subscribe(on_session_ended_revoke, SessionEnded)
+    rt.events.subscribe(on_password_reset_unlock, PasswordResetCompleted)
 
 
 async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_keys: bool = True) -> Runtime:
@@ -186,7 +215,14 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
         )
         pairwise = settings.secrets.pairwise_secret
         hasher = PasswordHasher(settings.password_hash)
-        sessions = SessionStore(kv, idle_ttl=settings.sessions.idle_ttl, absolute_ttl=settings.sessions.absolute_ttl)
+        sessions = SessionStore(
+            kv,
+            events,
+            idle_ttl=settings.sessions.idle_ttl,
+            absolute_ttl=settings.sessions.absolute_ttl,
+            max_per_user=settings.sessions.max_per_user,
+            limit_policy=settings.sessions.limit_policy,
+        )
         try:
             policy = PasswordPolicy(settings.password_policy)
             mailer = build_mailer(settings)
@@ -219,9 +255,12 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             ),
             blobs=build_blob_store(settings),
             limits=RateLimiter(kv, dict(settings.rate_limits)),
+            lockout=LoginGuard(kv, settings.lockout),
             pending_logins=PendingLogins(kv, ttl=settings.sessions.interaction_ttl),
         )
-        notifications.subscribe_security_notices(runtime.accounts)
+        notifications.subscribe_security_notices(
+            runtime.accounts, new_device=settings.sessions.notify_new_device, lockout=settings.lockout.notify
+        )
         _subscribe_protocol_handlers(runtime)
         return runtime
     except BaseException:

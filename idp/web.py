@@ -8,10 +8,12 @@ from urllib.parse import urlsplit
 
 from quart import Response, current_app, g, redirect, request
 
-from idp.accounts.sessions import BrowserSession
+from idp.accounts import devices
+from idp.accounts.devices import DEVICE_COOKIE
+from idp.accounts.sessions import BrowserSession, TooManySessions
 from idp.config import Settings
-from idp.errors import Forbidden
-from idp.events import LoginSucceeded, set_actor
+from idp.errors import Conflict, Forbidden
+from idp.events import LoginSucceeded, NewDeviceSignIn, set_actor
 from idp.security import csrf
 
 
@@ -83,22 +85,63 @@ async def require_csrf_header() -> None:
         raise Forbidden("The page has expired or the request did not come from this site. Reload and try again.")
 
 
+class SessionLimitReached(Conflict):
+    error = "session_limit"
+
+
+def device_cookie_name() -> str:
+    return "__Host-idp_device" if secure_cookies() else DEVICE_COOKIE
+
+
 async def start_browser_session(user_id: str, amr: Sequence[str], acr: str, response: Response) -> BrowserSession:
-    """Sign the browser in: a fresh session id (the previous session ends, ASVS 7.2.4), the cookie
-    set on ``response`` and LoginSucceeded published."""
+    """Sign the browser in with a new cookie value (ASVS 7.2.4): the same user signing in again
+    keeps the session's sid; another user's session in this browser ends. The session limit
+    applies; the browser is remembered as one of the user's devices (a new one is announced);
+    the cookies are set on ``response`` and LoginSucceeded is published."""
     from idp.app import runtime
 
     rt = runtime()
+    ip, user_agent = request.remote_addr, request.headers.get("User-Agent")
+    label = devices.device_label(user_agent)
     previous = await current_session()
-    if previous is not None:
-        await rt.sessions.end(previous)
-    cookie_value, session = await rt.sessions.create(
-        user_id, amr=amr, acr=acr, ip=request.remote_addr, user_agent=request.headers.get("User-Agent")
-    )
+    if previous is not None and previous.user_id == user_id:
+        cookie_value, session = await rt.sessions.reauthenticate(
+            previous, amr=amr, acr=acr, ip=ip, user_agent=user_agent, device=label
+        )
+    else:
+        try:
+            cookie_value, session = await rt.sessions.create(
+                user_id, amr=amr, acr=acr, ip=ip, user_agent=user_agent, device=label
+            )
+        except TooManySessions as exc:
+            raise SessionLimitReached(
+                f"You are signed in on {exc.limit} devices already, the most this site allows. Sign out on one "
+                "of them (or wait until a session there expires), then sign in here again."
+            ) from None
+        if previous is not None:
+            await rt.sessions.end(previous, reason="signed_in_as_another_user")
     g.idp_session = session
+    seen = await devices.remember(rt.db, user_id, request.cookies.get(device_cookie_name()), label=label, ip=ip)
+    set_cookie(response, device_cookie_name(), seen.token, max_age=devices.DEVICE_COOKIE_MAX_AGE)
     await rt.events.publish(LoginSucceeded(user_id=user_id, sid=session.sid, amr=tuple(session.amr)))
+    if not seen.known and not seen.first:
+        await rt.events.publish(NewDeviceSignIn(user_id=user_id, device=label))
     set_cookie(response, session_cookie_name(), cookie_value, max_age=rt.settings.sessions.absolute_ttl)
     return session
+
+
+async def rotate_browser_session(response: Response) -> BrowserSession | None:
+    """A new cookie value for the signed-in session after a privilege change (ASVS 7.2.4)."""
+    from idp.app import runtime
+
+    session = await current_session()
+    if session is None:
+        return None
+    rt = runtime()
+    cookie_value, rotated = await rt.sessions.rotate(session)
+    g.idp_session = rotated
+    set_cookie(response, session_cookie_name(), cookie_value, max_age=rt.settings.sessions.absolute_ttl)
+    return rotated
 
 
 def attach_csrf_cookie(response: Response) -> None:

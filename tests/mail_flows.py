@@ -79,3 +79,18 @@ async def settle(app: Any) -> None:
     forms send their mail (and the latter two do all their work) once the response is out."""
     while app.background_tasks:
         await asyncio.gather(*list(app.background_tasks))
+
+
+async def take_new_device_notice(server: SmtpServer, to: str, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    """The "new sign-in" notice a further browser's sign-in sends (the account's first device sends
+    none): waited for, checked, then removed, so a test can go on counting the mail of its flow."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (found := [m for m in server.messages if m.message["Subject"] == "New sign-in to your account"]):
+        if loop.time() > deadline:
+            raise AssertionError(f"no new-device notice within {timeout}s")
+        await asyncio.sleep(0.01)
+    [notice] = found
+    assert notice.rcpt_tos == [to]
+    assert "a browser it had not used before" in text_of(notice)
+    server.messages.remove(notice)

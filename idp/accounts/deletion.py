@@ -94,7 +94,7 @@ async def delete_account(
     context = replace(get_context(), actor_id=actor_id) if actor_id is not None else None
     emails = await _addresses_of(ctx, user)
     await _disable(ctx, user_id)
-    ended = await ctx.sessions.end_all_for_user(user_id)
+    ended = await ctx.sessions.end_all_for_user(user_id, reason="account_deleted")
     await ctx.events.publish(
         AccountDeleting(user_id=user_id, sessions=tuple((s.sid, tuple(s.clients)) for s in ended)), context
     )

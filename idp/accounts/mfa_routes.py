@@ -468,7 +468,7 @@ async def security() -> Response:
 async def _end_other_sessions_if_asked(form: Any, user_id: str, keep: str) -> None:
     # ASVS 7.4.3: after removing a factor, offer to sign out everywhere else.
     if form.get("end_other_sessions") == "yes":
-        await runtime().sessions.end_all_for_user(user_id, keep=keep)
+        await runtime().sessions.end_all_for_user(user_id, keep=keep, reason="mfa_changed")
 
 
 @blueprint.post("/account/security/totp")

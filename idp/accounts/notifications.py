@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from idp.accounts.recovery import AccountContext
 from idp.events import (
+    AccountLocked,
     Event,
     EventContext,
     MfaDisabled,
     MfaEnabled,
+    NewDeviceSignIn,
     PasskeyRegistered,
     PasskeyRemoved,
     RecoveryCodesRegenerated,
@@ -17,6 +19,10 @@ from idp.events import (
 from idp.storage.models import User, utcnow
 
 _METHOD_NAMES = {"totp": "An authenticator app", "webauthn": "Passkeys"}
+_SUBJECTS = {
+    NewDeviceSignIn.name: "New sign-in to your account",
+    AccountLocked.name: "Sign-in to your account was blocked after failed attempts",
+}
 
 
 def describe(event: Event) -> str | None:
@@ -34,10 +40,20 @@ def describe(event: Event) -> str | None:
         return "A passkey was added to your account."
     if isinstance(event, PasskeyRemoved):
         return "A passkey was removed from your account."
+    if isinstance(event, NewDeviceSignIn):
+        return f"Your account was signed in to from a browser it had not used before: {event.device}."
+    if isinstance(event, AccountLocked):
+        minutes = max(1, event.duration // 60)
+        where = "from one network address" if event.scope == "account_ip" else "from browsers it has not used before"
+        return (
+            f"Someone entered a wrong password for your account many times. Sign-in {where} is blocked for "
+            f"{minutes} minutes. If it wasn't you, your password may be targeted: make sure it is unique to "
+            "this site, and consider a second factor."
+        )
     return None
 
 
-def subscribe_security_notices(ctx: AccountContext) -> None:
+def subscribe_security_notices(ctx: AccountContext, *, new_device: bool = True, lockout: bool = True) -> None:
     async def notify(event: Event, context: EventContext) -> None:
         what = describe(event)
         user_id = event.subject_id
@@ -52,6 +68,7 @@ def subscribe_security_notices(ctx: AccountContext) -> None:
             "security_notice",
             email,
             what=what,
+            subject=_SUBJECTS.get(event.name),
             time=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
             ip=context.ip or "unknown",
             security_link=ctx.link("/account/security"),
@@ -61,3 +78,7 @@ def subscribe_security_notices(ctx: AccountContext) -> None:
     ctx.events.subscribe(
         notify, RecoveryCodeUsed, RecoveryCodesRegenerated, MfaEnabled, MfaDisabled, PasskeyRegistered, PasskeyRemoved
     )
+    if new_device:
+        ctx.events.subscribe(notify, NewDeviceSignIn)
+    if lockout:
+        ctx.events.subscribe(notify, AccountLocked)

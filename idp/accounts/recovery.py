@@ -335,7 +335,7 @@ async def reset_password(ctx: AccountContext, token: str | None, new_password: s
         fresh.password_changed_at = utcnow()
         fresh.email_verified = True  # following the emailed link proved control of the mailbox
         email = fresh.email
-    ended = await ctx.sessions.end_all_for_user(row.user_id)
+    ended = await ctx.sessions.end_all_for_user(row.user_id, reason="password_reset")
     await ctx.events.publish(PasswordResetCompleted(user_id=row.user_id, sessions_ended=len(ended)))
     await ctx.send(
         "password_changed",
@@ -378,7 +378,7 @@ async def change_password(
         if fresh is not None:
             fresh.password_hash = new_hash
             fresh.password_changed_at = utcnow()
-    ended = await ctx.sessions.end_all_for_user(session.user_id, keep=session.digest)
+    ended = await ctx.sessions.end_all_for_user(session.user_id, keep=session.digest, reason="password_changed")
     await ctx.events.publish(PasswordChanged(user_id=session.user_id, sessions_ended=len(ended)))
     await ctx.send(
         "password_changed",

@@ -6,13 +6,14 @@ from __future__ import annotations
 from quart import Blueprint, Response, render_template, request, url_for
 
 from idp.accounts import authn, mfa, mfa_routes
-from idp.accounts.login import LoginFailure, authenticate_password
+from idp.accounts.login import LoginFailure, PasswordSignIn, sign_in_with_password
 from idp.app import runtime
 from idp.web import (
     clear_cookie,
     csrf_binding,
     csrf_token,
     current_session,
+    device_cookie_name,
     let_forms_leave_site,
     local_path,
     require_csrf,
@@ -62,10 +63,21 @@ async def login_submit() -> Response:
     return_to = local_path(form.get("return_to"))
     email = (form.get("email") or "").strip()
     password = form.get("password") or ""
+    deps = PasswordSignIn(rt.db, rt.passwords, rt.events, rt.limits, rt.lockout)
     try:
-        user = await authenticate_password(rt.db, rt.passwords, rt.events, email, password)
+        user = await sign_in_with_password(
+            deps,
+            email,
+            password,
+            ip=request.remote_addr or "unknown",
+            device_token=request.cookies.get(device_cookie_name()),
+        )
     except LoginFailure as failure:
-        return await _login_page(return_to=return_to, email=email[:320], error=failure.message, status=401)
+        code = 401 if failure.retry_after is None else 429
+        page = await _login_page(return_to=return_to, email=email[:320], error=failure.message, status=code)
+        if failure.retry_after is not None:
+            page.headers["Retry-After"] = str(max(1, failure.retry_after))
+        return page
     status = await mfa.factor_status(rt.db, user.id)
     if status.any or mfa.mfa_required(rt.settings.mfa.required, user):
         # The password was right; the second factor (or, when policy requires one and there is

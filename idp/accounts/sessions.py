@@ -2,24 +2,38 @@
 
 The cookie holds a random 256-bit value; the store knows it only by its SHA-256 digest. A session
 ends after ``idle_ttl`` of inactivity or ``absolute_ttl`` after sign-in, whichever comes first.
-``sid`` is the public session identifier relying parties see in ID and logout tokens.
+``sid`` is the public session identifier relying parties see in ID and logout tokens; it stays
+the same when the same user signs in again in the same browser (the cookie value changes), so
+relying parties that got tokens in the session keep a logout channel to it.
+
+Every session ended before its time publishes :class:`~idp.events.SessionEnded`: back-channel
+logout and token revocation subscribe to it, so no caller has to remember them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
 
+from idp.events import EventBus, SessionEnded
 from idp.security.tokens import random_token, sha256_digest
 from idp.storage.kv import KeyValueStore
 
 _SESSION = "session:"
 _USER_SESSIONS = "user_sessions:"
 _SID = "session_sid:"
+_USER_LOCK = "session_lock:"
 # Refresh the idle deadline at most this often per session, to spare a write on every request.
 _TOUCH_INTERVAL = 60
+# How long sign-ins of one user wait for each other while the session limit is applied.
+_LOCK_TTL = 5.0
+_LOCK_WAIT = 2.0
+
+LimitPolicy = Literal["end_oldest", "refuse"]
 
 
 @dataclass
@@ -36,15 +50,44 @@ class BrowserSession:
     user_agent: str | None = None
     # Clients that received tokens within this session: they get back-channel logout.
     clients: list[str] = field(default_factory=list)
+    # "Firefox 120 on Windows": what the session list shows.
+    device: str | None = None
+    # Changes at every authentication (the sid may not): proves a sign-in happened after a point.
+    auth_id: str = ""
+
+    @classmethod
+    def from_json(cls, raw: str) -> BrowserSession:
+        data: dict[str, Any] = json.loads(raw)
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+class TooManySessions(Exception):
+    """The user has ``limit`` sessions already and the policy refuses another."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"already {limit} sessions")
+        self.limit = limit
 
 
 class SessionStore:
     def __init__(
-        self, kv: KeyValueStore, *, idle_ttl: int, absolute_ttl: int, clock: Callable[[], float] = time.time
+        self,
+        kv: KeyValueStore,
+        events: EventBus | None = None,
+        *,
+        idle_ttl: int,
+        absolute_ttl: int,
+        max_per_user: int = 0,
+        limit_policy: LimitPolicy = "end_oldest",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._kv = kv
+        self._events = events
         self.idle_ttl = idle_ttl
         self.absolute_ttl = absolute_ttl
+        self.max_per_user = max_per_user  # 0: no limit
+        self.limit_policy = limit_policy
         self._clock = clock
 
     def _now(self) -> int:
@@ -53,11 +96,20 @@ class SessionStore:
     def _ttl(self, session: BrowserSession, now: int) -> int:
         return max(1, min(self.idle_ttl, session.created_at + self.absolute_ttl - now))
 
+    def _expired(self, session: BrowserSession, now: int) -> bool:
+        return now - session.created_at >= self.absolute_ttl or now - session.last_seen >= self.idle_ttl
+
     async def _save(self, session: BrowserSession, now: int) -> None:
         ttl = self._ttl(session, now)
         await self._kv.set(_SESSION + session.digest, json.dumps(asdict(session)), ttl=ttl)
         await self._kv.set(_SID + session.sid, session.digest, ttl=ttl)
         await self._kv.add_to_set(_USER_SESSIONS + session.user_id, session.digest, ttl=self.absolute_ttl)
+
+    async def _get(self, digest: str) -> BrowserSession | None:
+        raw = await self._kv.get(_SESSION + digest)
+        return BrowserSession.from_json(raw) if raw else None
+
+    # -- sign-in ---------------------------------------------------------------------------------
 
     async def create(
         self,
@@ -67,8 +119,11 @@ class SessionStore:
         acr: str | None = None,
         ip: str | None = None,
         user_agent: str | None = None,
+        device: str | None = None,
     ) -> tuple[str, BrowserSession]:
-        """A new session with a fresh id (never reuse one across sign-ins: session fixation)."""
+        """A new session with a fresh id (never reuse one across sign-ins: session fixation),
+        within the per-user limit: beyond it the oldest sessions end, or :class:`TooManySessions`
+        is raised, as configured."""
         now = self._now()
         cookie_value = random_token(32)
         session = BrowserSession(
@@ -82,21 +137,103 @@ class SessionStore:
             last_seen=now,
             ip=ip,
             user_agent=(user_agent or "")[:512] or None,
+            device=device,
+            auth_id=random_token(12),
         )
-        await self._save(session, now)
+        async with self._user_lock(user_id):
+            await self._make_room(user_id)
+            await self._save(session, now)
         return cookie_value, session
+
+    async def reauthenticate(
+        self,
+        session: BrowserSession,
+        *,
+        amr: Sequence[str],
+        acr: str | None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+        device: str | None = None,
+    ) -> tuple[str, BrowserSession]:
+        """The same user signed in again in this browser (step-up, ``prompt=login``, ``max_age``):
+        a new cookie value (ASVS 7.2.4) and a new authentication, the same ``sid`` and clients."""
+        now = self._now()
+        cookie_value = random_token(32)
+        renewed = BrowserSession(
+            **{
+                **asdict(session),
+                "digest": sha256_digest(cookie_value),
+                "auth_time": now,
+                "amr": list(amr),
+                "acr": acr,
+                "created_at": now,
+                "last_seen": now,
+                "ip": ip,
+                "user_agent": (user_agent or "")[:512] or None,
+                "device": device or session.device,
+                "auth_id": random_token(12),
+            }
+        )
+        await self._discard(session)
+        await self._save(renewed, now)
+        return cookie_value, renewed
+
+    async def rotate(self, session: BrowserSession) -> tuple[str, BrowserSession]:
+        """A new cookie value for the same session (after a privilege change, ASVS 7.2.4)."""
+        now = self._now()
+        cookie_value = random_token(32)
+        rotated = BrowserSession(**{**asdict(session), "digest": sha256_digest(cookie_value), "last_seen": now})
+        await self._discard(session)
+        await self._save(rotated, now)
+        return cookie_value, rotated
+
+    async def _make_room(self, user_id: str) -> None:
+        if self.max_per_user <= 0:
+            return
+        live = await self.list_for_user(user_id)
+        excess = len(live) + 1 - self.max_per_user
+        if excess <= 0:
+            return
+        if self.limit_policy == "refuse":
+            raise TooManySessions(self.max_per_user)
+        for oldest in sorted(live, key=lambda item: (item.created_at, item.last_seen))[:excess]:
+            await self.end(oldest, reason="session_limit")
+
+    class _Lock:
+        def __init__(self, store: SessionStore, user_id: str) -> None:
+            self.store = store
+            self.key = _USER_LOCK + user_id
+            self.token = random_token(8)
+            self.held = False
+
+        async def __aenter__(self) -> None:
+            # Serialises sign-ins of one user across instances while the limit is applied; after
+            # _LOCK_WAIT the sign-in goes ahead anyway (the limit may then be exceeded by one).
+            deadline = time.monotonic() + _LOCK_WAIT
+            while not (held := await self.store._kv.set_if_absent(self.key, self.token, ttl=_LOCK_TTL)):
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.02)
+            self.held = held
+
+        async def __aexit__(self, *exc: object) -> None:
+            if self.held and await self.store._kv.get(self.key) == self.token:
+                await self.store._kv.delete(self.key)
+
+    def _user_lock(self, user_id: str) -> SessionStore._Lock:
+        return SessionStore._Lock(self, user_id)
+
+    # -- use -------------------------------------------------------------------------------------
 
     async def load(self, cookie_value: str | None) -> BrowserSession | None:
         if not cookie_value or len(cookie_value) > 128:
             return None
-        digest = sha256_digest(cookie_value)
-        raw = await self._kv.get(_SESSION + digest)
-        if raw is None:
+        session = await self._get(sha256_digest(cookie_value))
+        if session is None:
             return None
-        session = BrowserSession(**json.loads(raw))
         now = self._now()
-        if now - session.created_at >= self.absolute_ttl or now - session.last_seen >= self.idle_ttl:
-            await self.end(session)
+        if self._expired(session, now):
+            await self._discard(session)
             return None
         if now - session.last_seen >= _TOUCH_INTERVAL:
             session.last_seen = now
@@ -107,31 +244,65 @@ class SessionStore:
         digest = await self._kv.get(_SID + sid)
         if digest is None:
             return None
-        raw = await self._kv.get(_SESSION + digest)
-        return BrowserSession(**json.loads(raw)) if raw else None
+        return await self._get(digest)
+
+    async def list_for_user(self, user_id: str) -> list[BrowserSession]:
+        """The user's live sessions, most recently active first."""
+        now = self._now()
+        found: list[BrowserSession] = []
+        for digest in await self._kv.set_members(_USER_SESSIONS + user_id):
+            session = await self._get(digest)
+            if session is None or session.user_id != user_id:
+                await self._kv.remove_from_set(_USER_SESSIONS + user_id, digest)
+            elif self._expired(session, now):
+                await self._discard(session)
+            else:
+                found.append(session)
+        return sorted(found, key=lambda item: (item.last_seen, item.created_at), reverse=True)
 
     async def add_client(self, session: BrowserSession, client_id: str) -> None:
         if client_id not in session.clients:
             session.clients.append(client_id)
             await self._save(session, self._now())
 
-    async def end(self, session: BrowserSession) -> None:
-        await self._kv.delete(_SESSION + session.digest, _SID + session.sid)
-        await self._kv.remove_from_set(_USER_SESSIONS + session.user_id, session.digest)
+    # -- the end ---------------------------------------------------------------------------------
 
-    async def end_all_for_user(self, user_id: str, *, keep: str | None = None) -> list[BrowserSession]:
+    async def _discard(self, session: BrowserSession) -> bool:
+        removed = await self._kv.delete(_SESSION + session.digest)
+        # The sid index may already point at the session's successor (rotation keeps the sid).
+        if await self._kv.get(_SID + session.sid) == session.digest:
+            await self._kv.delete(_SID + session.sid)
+        await self._kv.remove_from_set(_USER_SESSIONS + session.user_id, session.digest)
+        return removed > 0
+
+    async def end(self, session: BrowserSession, *, reason: str) -> bool:
+        """End the session now; publishes SessionEnded (once, for whichever caller removed it)."""
+        if not await self._discard(session):
+            return False
+        if self._events is not None:
+            await self._events.publish(
+                SessionEnded(user_id=session.user_id, sid=session.sid, reason=reason, clients=tuple(session.clients))
+            )
+        return True
+
+    async def end_by_sid(self, user_id: str, sid: str, *, reason: str) -> bool:
+        """End the user's session ``sid`` (False when there is no such live session of theirs)."""
+        session = await self.by_sid(sid)
+        if session is None or session.user_id != user_id:
+            return False
+        return await self.end(session, reason=reason)
+
+    async def end_all_for_user(self, user_id: str, *, reason: str, keep: str | None = None) -> list[BrowserSession]:
         """End every session of the user, except the one whose digest is ``keep``."""
         ended: list[BrowserSession] = []
         for digest in await self._kv.set_members(_USER_SESSIONS + user_id):
             if digest == keep:
                 continue
-            raw = await self._kv.get(_SESSION + digest)
-            if raw is not None:
-                session = BrowserSession(**json.loads(raw))
-                await self.end(session)
-                ended.append(session)
-            else:
+            session = await self._get(digest)
+            if session is None:
                 await self._kv.remove_from_set(_USER_SESSIONS + user_id, digest)
+            elif await self.end(session, reason=reason):
+                ended.append(session)
         if keep is None:
             await self._kv.delete(_USER_SESSIONS + user_id)
         return ended

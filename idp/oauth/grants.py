@@ -472,3 +472,23 @@ async def revoke_user_client_grants(ctx: GrantContext, user_id: str, client_id: 
     for family, owner in families:
         await revoke_grant(ctx, family, client_id=owner, user_id=user_id, reason=reason)
     return len(families)
+
+
+async def revoke_session_grants(ctx: GrantContext, user_id: str, sid: str, *, keep_offline: bool, reason: str) -> int:
+    """Revoke the grants whose refresh tokens were issued within the IdP session ``sid``; with
+    ``keep_offline``, not those granted offline_access (OIDC Core §11: meant to outlive the
+    sign-in). Returns how many grants were revoked."""
+    async with ctx.db.session() as session:
+        rows = (
+            await session.execute(
+                select(RefreshToken.family_id, RefreshToken.client_id, RefreshToken.scope).where(
+                    RefreshToken.user_id == user_id, RefreshToken.session_id == sid, RefreshToken.revoked_at.is_(None)
+                )
+            )
+        ).all()
+    families = {
+        (family, owner) for family, owner, scope in rows if not (keep_offline and "offline_access" in scope.split())
+    }
+    for family, owner in families:
+        await revoke_grant(ctx, family, client_id=owner, user_id=user_id, reason=reason)
+    return len(families)

@@ -26,9 +26,9 @@ class Interaction:
     request: AuthorizationRequest
     created_at: int
     browser_digest: str
-    # The IdP session (sid) the browser had when the interaction began: a sign-in during the
-    # interaction always makes a new one (ASVS 7.2.4), so only a different sid proves a new sign-in.
-    prior_sid: str | None = None
+    # The authentication (BrowserSession.auth_id) the browser had when the interaction began: every
+    # sign-in makes a new one, so only a different value proves a sign-in during the interaction.
+    prior_auth_id: str | None = None
 
 
 class InteractionStore:
@@ -37,20 +37,20 @@ class InteractionStore:
         self.ttl = ttl
 
     async def start(
-        self, request: AuthorizationRequest, browser_binding: str, prior_sid: str | None = None
+        self, request: AuthorizationRequest, browser_binding: str, prior_auth_id: str | None = None
     ) -> Interaction:
         interaction = Interaction(
             id=random_token(16),
             request=request,
             created_at=int(time.time()),
             browser_digest=sha256_digest(browser_binding),
-            prior_sid=prior_sid,
+            prior_auth_id=prior_auth_id,
         )
         payload = {
             "request": request.to_dict(),
             "created_at": interaction.created_at,
             "browser_digest": interaction.browser_digest,
-            "prior_sid": prior_sid,
+            "prior_auth_id": prior_auth_id,
         }
         await self._kv.set(_PREFIX + interaction.id, json.dumps(payload), ttl=self.ttl)
         return interaction
@@ -69,7 +69,7 @@ class InteractionStore:
             request=AuthorizationRequest.from_dict(data["request"]),
             created_at=int(data["created_at"]),
             browser_digest=data["browser_digest"],
-            prior_sid=data.get("prior_sid"),
+            prior_auth_id=data.get("prior_auth_id"),
         )
 
     async def finish(self, interaction_id: str) -> bool:

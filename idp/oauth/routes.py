@@ -247,7 +247,7 @@ async def _park(
     binding = request.cookies.get(INTERACTION_COOKIE)
     if interaction is None:
         binding = binding if binding and 20 <= len(binding) <= 100 else random_token(32)
-        interaction = await rt.interactions.start(request_, binding, session.sid if session else None)
+        interaction = await rt.interactions.start(request_, binding, session.auth_id if session else None)
     resume = f"/authorize/resume/{interaction.id}"
     if next_path == "login":
         query = {"return_to": resume}
@@ -273,11 +273,12 @@ async def _continue(
     session = await current_session()
     now = int(time.time())
     # Authenticated during this very interaction: satisfies prompt=login and max_age. auth_time has
-    # one-second resolution, so the session must also be a new one (every sign-in makes a new sid).
+    # one-second resolution, so the authentication must also be a new one (auth_id changes at every
+    # sign-in; the sid does not when the same user signs in again).
     fresh = (
         interaction is not None
         and session is not None
-        and session.sid != interaction.prior_sid
+        and session.auth_id != interaction.prior_auth_id
         and session.auth_time >= interaction.created_at
     )
 
@@ -294,7 +295,7 @@ async def _continue(
         async with rt.db.session() as db_session:
             user = await UserRepository(db_session).get(session.user_id)
         if user is None or user.disabled:
-            await rt.sessions.end(session)
+            await rt.sessions.end(session, reason="account_disabled")
             session, user = None, None
 
     # OpenID Connect Initiating User Registration 1.0: prompt=create shows the sign-up page; the
@@ -616,15 +617,8 @@ async def end_session() -> Response:
             return _no_store(Response(html, content_type="text/html; charset=utf-8"))
 
     if session is not None:
-        await rt.sessions.end(session)
-        subjects = {}
-        async with rt.db.session() as db_session:
-            repo = ClientRepository(db_session)
-            for cid in session.clients:
-                rp = await repo.get(cid)
-                if rp is not None:
-                    subjects[cid] = rt.subjects.subject_for(rp, session.user_id)
-        await rt.backchannel.notify(session.clients, subject_for=subjects, sid=session.sid)
+        # Ending the session sends back-channel logout to its clients (a SessionEnded subscriber).
+        await rt.sessions.end(session, reason="logout")
         await rt.events.publish(
             LoggedOut(
                 user_id=session.user_id,

@@ -225,6 +225,20 @@ class Session(Base):
     expires_at: Mapped[datetime]
 
 
+class KnownDevice(Base):
+    """Browsers a user has signed in from, recognised by a long-lived random cookie (its digest)."""
+
+    __tablename__ = "known_devices"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    device_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # "Firefox 120 on Windows", from the user agent of the latest sign-in.
+    label: Mapped[str] = mapped_column(String(200))
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_ip: Mapped[str | None] = mapped_column(String(64))
+
+
 class MfaCredential(Base):
     __tablename__ = "mfa_credentials"
     __table_args__ = (Index("ix_mfa_credentials_user_type", "user_id", "type"),)

@@ -213,6 +213,7 @@ async def test_deletion_purges_everything_of_the_user_and_nothing_else(app: Any,
         "refresh_tokens": 2,
         "consents": 2,
         "sessions": 1,
+        "known_devices": 1,  # the browser that signed in
         "mfa_credentials": 1,
         "recovery_codes": 3,
         "one_time_tokens": 1,

@@ -183,7 +183,7 @@ async def test_logout_with_post_and_hint(client: Any, runtime: Any) -> None:
 
 async def test_logout_with_hint_and_no_session_still_redirects(client: Any, runtime: Any) -> None:
     _, tokens, cookie = await signed_in(client, runtime)
-    await runtime.sessions.end(await runtime.sessions.load(cookie))
+    await runtime.sessions.end(await runtime.sessions.load(cookie), reason="logout")
     response = await logout(client, id_token_hint=tokens["id_token"], post_logout_redirect_uri=BYE, state="x")
     assert response.status_code == 303
     assert response.headers["Location"] == f"{BYE}?state=x"

@@ -25,6 +25,7 @@ from tests.mail_flows import (  # noqa: F401 - fixtures are found by name
     closed_smtp_port,
     hanging_smtp_port,
     settings_overrides,
+    take_new_device_notice,
     settle,
     text_of,
     token_of,
@@ -143,6 +144,7 @@ async def test_reset_ends_everything_issued_under_the_old_password(
     laptop = app.test_client()
     assert (await login(laptop, ALICE, return_to="/account")).status_code == 303
     assert await signed_in(client) and await signed_in(laptop)
+    await take_new_device_notice(smtp_server, ALICE)
     before = await user_row(runtime, world.user_id)
 
     requester = app.test_client()
@@ -202,6 +204,7 @@ async def test_reset_ends_everything_issued_under_the_old_password(
     old = await login(app.test_client(), ALICE, PASSWORD)
     assert old.status_code == 401 and 'id="login-error"' in await body(old)
     assert (await login(app.test_client(), ALICE, NEW_PASSWORD)).status_code == 303
+    await take_new_device_notice(smtp_server, ALICE)
 
     # The owner is told, with a way back if it wasn't them.
     _, notice = await smtp_server.wait_for(2)
@@ -380,6 +383,7 @@ async def test_change_password(app: Any, client: Any, runtime: Any, smtp_server:
     assert (await login(client, ALICE, return_to="/account")).status_code == 303
     phone = app.test_client()
     assert (await login(phone, ALICE, return_to="/account")).status_code == 303
+    await take_new_device_notice(smtp_server, ALICE)
     before = await user_row(runtime, user_id)
 
     for current, new, field, text in [
