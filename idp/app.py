@@ -90,6 +90,7 @@ def _register_blueprints(app: IdPApp) -> None:
     from idp.accounts.api import blueprint as account_api
     from idp.accounts.mfa_routes import blueprint as mfa_pages
     from idp.accounts.routes import blueprint as accounts
+    from idp.accounts.session_routes import blueprint as session_pages
     from idp.health import blueprint as health
     from idp.oauth.routes import blueprint as oauth
     from idp.oauth.routes import pages as oauth_pages
@@ -100,6 +101,7 @@ def _register_blueprints(app: IdPApp) -> None:
         (oauth_pages, False),
         (accounts, False),
         (mfa_pages, False),
+        (session_pages, False),
         (account_api, True),
     ):
         app.register_blueprint(bp)

@@ -406,6 +406,123 @@ def users_create(
     )
 
 
+def _with_user(state: CliState, email: str, action: Callable[[Any, Any], Awaitable[T]]) -> T:
+    """Run ``action(runtime, user)`` for the account with address ``email``; a one-line error when
+    there is none. Events are audited as done through the CLI."""
+    from idp.accounts.account_status import find_user
+    from idp.accounts.users import AccountError
+    from idp.events import EventContext, set_context
+
+    async def run(rt: Any) -> T:
+        set_context(EventContext(via="cli"))
+        user = await find_user(rt.accounts, email)
+        return await action(rt, user)
+
+    try:
+        return run_with_runtime(state.settings(), run)
+    except AccountError as exc:
+        fail(f"EMAIL: {exc.message}")
+
+
+@users.command("disable")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def users_disable(state: CliState, email: str, as_json: bool) -> None:
+    """Stop EMAIL from signing in: ends its sessions (with back-channel logout) and revokes its tokens."""
+    from idp.accounts import account_status
+
+    async def action(rt: Any, user: Any) -> dict[str, Any]:
+        ended = await account_status.disable(rt.accounts, user.id)
+        return {"id": user.id, "disabled": True, "sessions_ended": ended}
+
+    data = _with_user(state, email, action)
+    emit(data, as_json, f"disabled {data['id']}; {data['sessions_ended']} session(s) ended")
+
+
+@users.command("enable")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def users_enable(state: CliState, email: str, as_json: bool) -> None:
+    """Let a disabled account sign in again."""
+    from idp.accounts import account_status
+
+    async def action(rt: Any, user: Any) -> dict[str, Any]:
+        await account_status.enable(rt.accounts, user.id)
+        return {"id": user.id, "disabled": False}
+
+    data = _with_user(state, email, action)
+    emit(data, as_json, f"enabled {data['id']}")
+
+
+@users.command("sessions")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def users_sessions(state: CliState, email: str, as_json: bool) -> None:
+    """List where EMAIL is signed in (session id, browser, IP, times, applications)."""
+    from idp.accounts import sessions
+
+    async def action(rt: Any, user: Any) -> list[dict[str, Any]]:
+        return await sessions.describe_all(rt.sessions, rt.db, user.id, current_sid=None)
+
+    rows = _with_user(state, email, action)
+
+    def text() -> str:
+        if not rows:
+            return "no sessions"
+        return "\n".join(
+            f"{row['id']}  {row['device']}  {row['ip'] or '-'}  signed in {row['signed_in_at']}"
+            f"  last seen {row['last_seen_at']}  {', '.join(row['applications'])}"
+            for row in rows
+        )
+
+    emit(rows, as_json, text)
+
+
+@users.command("end-sessions")
+@click.argument("email")
+@click.option("--session", "sid", default=None, help="End only this session (its id, from `idp users sessions`).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def users_end_sessions(state: CliState, email: str, sid: str | None, as_json: bool) -> None:
+    """Sign EMAIL out everywhere (or of one session): those browsers are signed out at their next request."""
+    from idp.accounts import account_status
+
+    if sid is not None and not 1 <= len(sid) <= 64:
+        fail("--session: not a session id (see `idp users sessions EMAIL`)")
+
+    async def action(rt: Any, user: Any) -> int:
+        return await account_status.end_sessions(rt.accounts, user.id, sid)
+
+    ended = _with_user(state, email, action)
+    if sid is not None and not ended:
+        fail(f"--session: {email} has no live session {sid}")
+    emit({"sessions_ended": ended}, as_json, f"{ended} session(s) ended")
+
+
+@users.command("unlock")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def users_unlock(state: CliState, email: str, as_json: bool) -> None:
+    """Lift the sign-in locks of EMAIL after repeated failed passwords (from every address)."""
+    from idp.accounts import account_status
+
+    async def action(rt: Any, user: Any) -> dict[str, Any]:
+        locked_for = await rt.lockout.locked_for(user.email_normalized)
+        lifted = await account_status.unlock(rt.accounts, rt.lockout, rt.limits, user)
+        return {"id": user.id, "was_locked_for": locked_for, "cleared": lifted}
+
+    data = _with_user(state, email, action)
+    emit(
+        data,
+        as_json,
+        f"unlocked {data['id']}" if data["cleared"] else f"{data['id']} had no failed sign-ins to clear",
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # clients
 

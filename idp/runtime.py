@@ -18,6 +18,7 @@ from idp.audit import AuditLogger
 from idp.config import Settings, decode_kek
 from idp.cors import CorsPolicy
 from idp.events import (
+    AccountDisabled,
     AccountUnlocked,
     ConsentWithdrawn,
     Event,
@@ -137,6 +138,12 @@ def _subscribe_protocol_handlers(rt: Runtime) -> None:
         assert isinstance(event, AccountDeleting)
         await revoke_user_client_grants(rt.grants, event.user_id, None, reason="account_deleted")
 
+    async def on_account_disabled(event: Event, _context: EventContext) -> None:
+        # A disabled account's tokens stop working at once (introspection, the denylist), not
+        # when they expire; its sessions ended already (SessionEnded, back-channel logout).
+        assert isinstance(event, AccountDisabled)
+        await revoke_user_client_grants(rt.grants, event.user_id, None, reason="account_disabled")
+
     async def on_session_ended(event: Event, _context: EventContext) -> None:
         # Back-Channel Logout 1.0 §2.4: one logout token per client of the session, with its sid
         # and the `sub` each client knows the user by (pairwise clients know another one).
@@ -173,6 +180,7 @@ def _subscribe_protocol_handlers(rt: Runtime) -> None:
     rt.events.subscribe(on_consent_withdrawn, ConsentWithdrawn)
     rt.events.subscribe(on_password_reset, PasswordResetCompleted)
     rt.events.subscribe(on_account_deleting_revoke, AccountDeleting)
+    rt.events.subscribe(on_account_disabled, AccountDisabled)
     rt.events.subscribe(on_session_ended, SessionEnded)
     rt.events.subscribe(on_session_ended_revoke, SessionEnded)
     rt.events.subscribe(on_password_reset_unlock, PasswordResetCompleted)

@@ -12,9 +12,10 @@ from idp.accounts import devices
 from idp.accounts.devices import DEVICE_COOKIE
 from idp.accounts.sessions import BrowserSession, TooManySessions
 from idp.config import Settings
-from idp.errors import Conflict, Forbidden
+from idp.errors import Conflict, Forbidden, TooManyRequests
 from idp.events import LoginSucceeded, NewDeviceSignIn, set_actor
 from idp.security import csrf
+from idp.security.ratelimit import RateLimited
 
 
 def _app_settings() -> Settings:
@@ -83,6 +84,22 @@ async def require_csrf_header() -> None:
     """The same check for a page's fetch() calls, which send the token in ``X-CSRF-Token``."""
     if not csrf.verify(_secret(), request.cookies.get(csrf.COOKIE_NAME), request.headers.get("X-CSRF-Token")):
         raise Forbidden("The page has expired or the request did not come from this site. Reload and try again.")
+
+
+def client_ip() -> str:
+    return request.remote_addr or "unknown"
+
+
+async def enforce_limits(attempts: dict[str, str | None], what: str) -> None:
+    """Count this request against the named rate limits ({limit: subject}); over any of them, a 429
+    with Retry-After whose message names ``what`` was attempted too often."""
+    from idp.app import runtime
+
+    try:
+        await runtime().limits.hit_all(attempts)
+    except RateLimited as exc:
+        wait = f"{exc.retry_after} seconds" if exc.retry_after < 90 else f"{round(exc.retry_after / 60)} minutes"
+        raise TooManyRequests(exc.retry_after, f"Too many {what}. Wait {wait} before trying again.") from None
 
 
 class SessionLimitReached(Conflict):

@@ -584,3 +584,46 @@ async def delete_passkey(passkey_id: str) -> Response:
     if not await passkeys.remove_passkey(runtime().db, runtime().events, caller.user.id, passkey_id[:64]):
         raise NotFound("There is no such passkey on this account.")
     return Response("", status=204)
+
+
+# -- sessions ------------------------------------------------------------------------------------
+# Where the user is signed in. The caller's own session is the one its access token was issued in
+# (the token's `sid`); ending another logs that browser out at its next request.
+
+
+@blueprint.get("/sessions")
+async def list_sessions() -> Response:
+    from idp.accounts import sessions
+
+    caller = await authenticate("openid")
+    rt = runtime()
+    current = caller.claims.get("sid")
+    items = await sessions.describe_all(
+        rt.sessions, rt.db, caller.user.id, current_sid=current if isinstance(current, str) else None
+    )
+    return jsonify(sessions=items)
+
+
+@blueprint.delete("/sessions/<sid>")
+async def end_session(sid: str) -> Response:
+    caller = await authenticate("openid")
+    current = caller.claims.get("sid")
+    reason = "logout" if sid == current else "ended_by_user"
+    if len(sid) > 64 or not await runtime().sessions.end_by_sid(caller.user.id, sid, reason=reason):
+        raise NotFound("There is no such session of this account (it may have ended already).")
+    return Response("", status=204)
+
+
+@blueprint.post("/sessions/end-others")
+async def end_other_sessions() -> Response:
+    caller = await authenticate("openid")
+    rt = runtime()
+    current = caller.claims.get("sid")
+    session = await rt.sessions.by_sid(current) if isinstance(current, str) else None
+    if session is None or session.user_id != caller.user.id:
+        raise Conflict(
+            "The session this access token was issued in has ended, so there is no 'this session' to keep. "
+            "End sessions one by one, or sign in again."
+        )
+    ended = await rt.sessions.end_all_for_user(caller.user.id, keep=session.digest, reason="ended_by_user")
+    return jsonify(ended=len(ended))

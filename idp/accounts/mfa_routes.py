@@ -31,12 +31,15 @@ from idp.storage.models import User
 from idp.storage.repositories import UserRepository
 from idp.web import (
     clear_cookie,
+    client_ip,
     csrf_binding,
     csrf_token,
     current_session,
+    enforce_limits,
     let_forms_leave_site,
     require_csrf,
     require_csrf_header,
+    rotate_browser_session,
     see_other,
     set_cookie,
     start_browser_session,
@@ -299,6 +302,7 @@ async def passkey_login() -> Response:
 
     rt = runtime()
     await require_csrf_header()
+    await enforce_limits({"passkey_login_per_ip": client_ip()}, "passkey sign-in attempts")
     body = await json_body()
     assertion = await _verify_assertion(rt, body, csrf_binding(), None)
     if isinstance(assertion, Response):
@@ -465,6 +469,12 @@ async def security() -> Response:
     return await _security_page(session.user_id)
 
 
+async def _rotated(response: Response) -> Response:
+    """After a change to how the account signs in, the session gets a new cookie (ASVS 7.2.4)."""
+    await rotate_browser_session(response)
+    return response
+
+
 async def _end_other_sessions_if_asked(form: Any, user_id: str, keep: str) -> None:
     # ASVS 7.4.3: after removing a factor, offer to sign out everywhere else.
     if form.get("end_other_sessions") == "yes":
@@ -531,7 +541,7 @@ async def security_totp_confirm() -> Response:
         # The same secret again: the entry the user just made in the app stays valid.
         enrolment = await _enrolment(rt, user, form.get("credential_id"))
         return await _totp_form(enrolment, error=exc.message, status=400)
-    return await _recovery_codes_page(codes)
+    return await _rotated(await _recovery_codes_page(codes))
 
 
 @blueprint.post("/account/security/totp/disable")
@@ -550,7 +560,7 @@ async def security_totp_disable() -> Response:
         return await _security_page(session.user_id, error=exc.message, status=400)
     await mfa.disable_totp(rt.db, rt.events, session.user_id)
     await _end_other_sessions_if_asked(form, session.user_id, session.digest)
-    return see_other(url_for("mfa.security", notice="totp-off"))
+    return await _rotated(see_other(url_for("mfa.security", notice="totp-off")))
 
 
 @blueprint.post("/account/security/recovery-codes")
@@ -596,7 +606,9 @@ async def security_passkey_register() -> Response:
     registered = await _register(rt, session.user_id, session.digest)
     if isinstance(registered, Response):
         return registered
-    return _json({"id": registered.id, "redirect": url_for("mfa.security", notice="passkey-added")}, 201)
+    return await _rotated(
+        _json({"id": registered.id, "redirect": url_for("mfa.security", notice="passkey-added")}, 201)
+    )
 
 
 @blueprint.post("/account/security/passkeys/<passkey_id>/rename")
@@ -627,4 +639,4 @@ async def security_passkey_remove(passkey_id: str) -> Response:
     if not await passkeys.remove_passkey(rt.db, rt.events, session.user_id, passkey_id):
         return await _security_page(session.user_id, error="There is no such passkey on your account.", status=404)
     await _end_other_sessions_if_asked(form, session.user_id, session.digest)
-    return see_other(url_for("mfa.security", notice="passkey-removed"))
+    return await _rotated(see_other(url_for("mfa.security", notice="passkey-removed")))

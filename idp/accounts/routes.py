@@ -10,13 +10,16 @@ from idp.accounts.login import LoginFailure, PasswordSignIn, sign_in_with_passwo
 from idp.app import runtime
 from idp.web import (
     clear_cookie,
+    client_ip,
     csrf_binding,
     csrf_token,
     current_session,
     device_cookie_name,
+    enforce_limits,
     let_forms_leave_site,
     local_path,
     require_csrf,
+    rotate_browser_session,
     see_other,
     session_cookie_name,
     start_browser_session,
@@ -241,6 +244,7 @@ async def register_submit() -> Response:
 
     await _registration_enabled()
     await require_csrf()
+    await enforce_limits({"registration_per_ip": client_ip()}, "sign-ups from your network")
     form = await request.form
     # No return_to means "the account page" after verification (not "/", which only redirects there).
     return_to = _return_to(form.get("return_to"))
@@ -368,6 +372,13 @@ async def resend_verification() -> Response:
         )
     await require_csrf()
     form = await request.form
+    await enforce_limits(
+        {
+            "verification_resend_per_ip": client_ip(),
+            "verification_resend_per_account": _limit_subject(form.get("email")),
+        },
+        "requests for a confirmation link",
+    )
     # After the answer: a link is made and mailed only for an unverified account (ASVS 6.3.8).
     current_app.add_background_task(
         recovery.in_background,
@@ -382,6 +393,15 @@ async def resend_verification() -> Response:
         "Check your email",
         "If that address belongs to an account waiting for confirmation, we sent a new link.",
     )
+
+
+def _limit_subject(email: str | None) -> str | None:
+    """The per-address limit's key: the address as accounts are looked up by (whether or not one
+    exists, so the limit says nothing about which do)."""
+    from idp.storage.repositories import normalize_email
+
+    email = (email or "").strip()
+    return normalize_email(email)[:320] if email else None
 
 
 @blueprint.route("/forgot-password", methods=["GET", "POST"])
@@ -401,6 +421,10 @@ async def forgot_password() -> Response:
         )
     await require_csrf()
     form = await request.form
+    await enforce_limits(
+        {"password_reset_per_ip": client_ip(), "password_reset_per_account": _limit_subject(form.get("email"))},
+        "password reset requests",
+    )
     # The same answer, in the same time, whether or not the address has an account (ASVS 6.3.8):
     # the look-up, the link and the mail all happen after it.
     current_app.add_background_task(
@@ -509,12 +533,14 @@ async def change_password() -> Response:
     except AccountError as exc:
         return await _change_form({exc.field: exc.message}, status=400)
     others = f" {ended} other session(s) were signed out." if ended else ""
-    return await _message(
+    response = await _message(
         "Password changed",
         f"Your password has been changed.{others}",
         link="/account",
         link_text="Back to your account",
     )
+    await rotate_browser_session(response)  # a privilege change: a new session cookie (ASVS 7.2.4)
+    return response
 
 
 # -- profile, activity and export pages ------------------------------------------------------
@@ -553,6 +579,12 @@ _ACTIVITY_LABELS: dict[str, str] = {
     "account_deleted": "Account deleted",
     "token_issued": "Tokens issued to an application",
     "token_revoked": "Tokens revoked",
+    "session_ended": "Session ended",
+    "new_device_sign_in": "Signed in from a new browser",
+    "account_locked": "Sign-in blocked after failed attempts",
+    "account_unlocked": "Sign-in unblocked",
+    "account_disabled": "Account disabled",
+    "account_enabled": "Account enabled",
 }
 
 

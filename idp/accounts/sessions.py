@@ -17,11 +17,16 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any, Literal
+
+from sqlalchemy import select
 
 from idp.events import EventBus, SessionEnded
 from idp.security.tokens import random_token, sha256_digest
+from idp.storage.db import Database
 from idp.storage.kv import KeyValueStore
+from idp.storage.models import OAuthClient
 
 _SESSION = "session:"
 _USER_SESSIONS = "user_sessions:"
@@ -54,6 +59,8 @@ class BrowserSession:
     device: str | None = None
     # Changes at every authentication (the sid may not): proves a sign-in happened after a point.
     auth_id: str = ""
+    # When the session began, to the microsecond: which is oldest, for the session limit.
+    started: float = 0.0
 
     @classmethod
     def from_json(cls, raw: str) -> BrowserSession:
@@ -139,6 +146,7 @@ class SessionStore:
             user_agent=(user_agent or "")[:512] or None,
             device=device,
             auth_id=random_token(12),
+            started=self._clock(),
         )
         async with self._user_lock(user_id):
             await self._make_room(user_id)
@@ -172,6 +180,7 @@ class SessionStore:
                 "user_agent": (user_agent or "")[:512] or None,
                 "device": device or session.device,
                 "auth_id": random_token(12),
+                "started": self._clock(),
             }
         )
         await self._discard(session)
@@ -196,7 +205,7 @@ class SessionStore:
             return
         if self.limit_policy == "refuse":
             raise TooManySessions(self.max_per_user)
-        for oldest in sorted(live, key=lambda item: (item.created_at, item.last_seen))[:excess]:
+        for oldest in sorted(live, key=lambda item: (item.created_at, item.started))[:excess]:
             await self.end(oldest, reason="session_limit")
 
     class _Lock:
@@ -306,3 +315,39 @@ class SessionStore:
         if keep is None:
             await self._kv.delete(_USER_SESSIONS + user_id)
         return ended
+
+
+# -- what users (and administrators) see of sessions ---------------------------------------------
+
+
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+
+
+def describe(session: BrowserSession, *, current_sid: str | None, client_names: dict[str, str]) -> dict[str, Any]:
+    """A session as the account pages and APIs show it; ``id`` is its public ``sid``."""
+    return {
+        "id": session.sid,
+        "current": session.sid == current_sid,
+        "device": session.device or "Unknown browser",
+        "ip": session.ip,
+        "signed_in_at": _iso(session.auth_time),
+        "last_seen_at": _iso(session.last_seen),
+        "amr": list(session.amr),
+        "acr": session.acr,
+        "applications": [client_names.get(client_id, client_id) for client_id in session.clients],
+    }
+
+
+async def describe_all(
+    store: SessionStore, db: Database, user_id: str, *, current_sid: str | None
+) -> list[dict[str, Any]]:
+    """The user's live sessions, most recently active first, with the names of their applications."""
+    sessions = await store.list_for_user(user_id)
+    wanted = {client_id for session in sessions for client_id in session.clients}
+    names: dict[str, str] = {}
+    if wanted:
+        async with db.session() as db_session:
+            rows = await db_session.execute(select(OAuthClient.id, OAuthClient.name).where(OAuthClient.id.in_(wanted)))
+            names = {client_id: name for client_id, name in rows.all()}
+    return [describe(session, current_sid=current_sid, client_names=names) for session in sessions]

@@ -43,8 +43,10 @@ from idp.storage.models import OAuthClient, User
 from idp.storage.repositories import ClientRepository, UserRepository
 from idp.web import (
     clear_cookie,
+    client_ip,
     csrf_token,
     current_session,
+    enforce_limits,
     let_forms_leave_site,
     require_csrf,
     see_other,
@@ -394,6 +396,10 @@ async def _form() -> Any:
 async def _authenticated_client(form: Any, endpoint: str) -> OAuthClient:
     rt = runtime()
     credentials = parse_client_credentials(request.headers.get("Authorization"), form)
+    if endpoint == "/token":
+        # Counted before authentication: guessing a client's secret is limited too.
+        client_key = (credentials.client_id or "")[:200] or None
+        await enforce_limits({"token_per_ip": client_ip(), "token_per_client": client_key}, "token requests")
     return await authenticate_client(
         rt.db, rt.kv, credentials, issuer=rt.settings.issuer, endpoint_url=f"{rt.settings.issuer}{endpoint}"
     )

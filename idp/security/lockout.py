@@ -66,7 +66,7 @@ class LoginGuard:
     def __init__(self, kv: KeyValueStore, spec: LockoutSpec, *, clock: Callable[[], float] = time.time) -> None:
         self._kv = kv
         self.spec = spec
-        self._clock = clock
+        self.clock = clock
 
     # -- keys ------------------------------------------------------------------------------------
 
@@ -87,12 +87,12 @@ class LoginGuard:
         if value is None:
             return 0
         try:
-            return max(0, int(float(value) - self._clock() + 0.999))
+            return max(0, int(float(value) - self.clock() + 0.999))
         except ValueError:
             return 0
 
     async def _set_deadline(self, key: str, seconds: int) -> None:
-        await self._kv.set(key, f"{self._clock() + seconds:.3f}", ttl=seconds)
+        await self._kv.set(key, f"{self.clock() + seconds:.3f}", ttl=seconds)
 
     # -- the sign-in steps -----------------------------------------------------------------------
 

@@ -14,46 +14,40 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 import httpx
 import pytest
-from joserfc import jwt
-from joserfc.jwk import KeySet
 from sqlalchemy import select
 
 from idp.accounts.users import NewUser, create_user
-from idp.oauth.clients import ClientSpec, create_client
-from idp.oauth.logout import BackchannelNotifier
 from idp.oauth.tokens import BACKCHANNEL_LOGOUT_EVENT, ID_TOKEN_TYP, LOGOUT_TOKEN_TYP, TokenService
 from idp.storage.models import AuditEvent
+from tests.backchannel_helpers import (
+    BCL_URI,
+    BYE,
+    COOKIE,
+    Recorder,
+    bcl_client,
+    bcl_setup,
+    install_notifier,
+    session_cookie,
+    verify_logout_token,
+)
 from tests.oauth_helpers import (
     PASSWORD,
     WEB_REDIRECT,
     World,
     authorize,
-    basic,
     code_flow,
     csrf_from,
     make_world,
     query_of,
 )
 
-BYE = "https://rp.example/bye"
-COOKIE = "idp_session"  # http issuer in tests: no __Host- prefix
-
-
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def session_cookie(client: Any) -> str | None:
-    for cookie in client.cookie_jar:
-        if cookie.name == COOKIE:
-            return str(cookie.value)
-    return None
 
 
 async def signed_in(client: Any, runtime: Any) -> tuple[World, dict[str, Any], str]:
@@ -341,86 +335,7 @@ async def test_no_session_shows_signed_out_page(client: Any, runtime: Any) -> No
 
 
 # -- Back-channel logout -------------------------------------------------------------------------
-
-BCL_URI = "https://rp.example/bcl"
-Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
-
-
-class Recorder:
-    def __init__(self, answers: list[int | Exception] | None = None) -> None:
-        self.answers = list(answers or [])
-        self.requests: list[httpx.Request] = []
-        self.release: asyncio.Event | None = None
-
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        if self.release is not None:
-            await self.release.wait()
-        self.requests.append(request)
-        answer = self.answers.pop(0) if self.answers else 200
-        if isinstance(answer, Exception):
-            raise answer
-        return httpx.Response(answer)
-
-
-async def install_notifier(runtime: Any, recorder: Recorder) -> None:
-    await runtime.backchannel.close()
-    runtime.backchannel = BackchannelNotifier(
-        runtime.db, runtime.tokens, transport=httpx.MockTransport(recorder), backoff=0.01
-    )
-
-
-async def bcl_client(runtime: Any, *, subject_type: str = "public") -> tuple[str, str]:
-    created = await create_client(
-        runtime.db,
-        runtime.events,
-        ClientSpec(
-            name="BCL RP",
-            client_type="confidential",
-            redirect_uris=[WEB_REDIRECT],
-            post_logout_redirect_uris=[BYE],
-            backchannel_logout_uri=BCL_URI,
-            subject_type=subject_type,
-        ),
-    )
-    assert created.client_secret is not None
-    return created.client.id, created.client_secret
-
-
-async def sign_in_through(client: Any, world: World, client_id: str, secret: str) -> dict[str, Any]:
-    response, verifier = await authorize(client, client_id, WEB_REDIRECT, email=world.email)
-    assert response.status_code == 303
-    token = await client.post(
-        "/token",
-        form={
-            "grant_type": "authorization_code",
-            "code": query_of(response.headers["Location"])["code"],
-            "redirect_uri": WEB_REDIRECT,
-            "code_verifier": verifier,
-        },
-        headers=basic(client_id, secret),
-    )
-    assert token.status_code == 200
-    return dict(await token.get_json())
-
-
-async def bcl_setup(
-    client: Any, runtime: Any, recorder: Recorder, *, subject_type: str = "public"
-) -> tuple[World, str, dict[str, Any], str]:
-    await install_notifier(runtime, recorder)
-    world = await make_world(runtime)
-    client_id, secret = await bcl_client(runtime, subject_type=subject_type)
-    tokens = await sign_in_through(client, world, client_id, secret)
-    cookie = session_cookie(client)
-    assert cookie is not None
-    return world, client_id, tokens, cookie
-
-
-async def verify_logout_token(client: Any, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    jwks = await (await client.get("/jwks")).get_json()
-    keys = KeySet.import_key_set(jwks)
-    algs = [key["alg"] for key in jwks["keys"]]
-    decoded = jwt.decode(token, keys, algorithms=algs)
-    return dict(decoded.header), dict(decoded.claims)
+# (the recording endpoint and the client come from tests.backchannel_helpers)
 
 
 async def test_backchannel_logout_token(client: Any, runtime: Any) -> None:

@@ -25,8 +25,8 @@ from tests.mail_flows import (  # noqa: F401 - fixtures are found by name
     closed_smtp_port,
     hanging_smtp_port,
     settings_overrides,
-    take_new_device_notice,
     settle,
+    take_new_device_notice,
     text_of,
     token_of,
 )

@@ -1,0 +1,471 @@
+"""Browser sessions at the IdP, on the configured key-value store (in-process, or Redis when
+IDP_TEST_REDIS_URL is set): the per-user limit and its two policies, the sessions page and API
+(ending a session signs that browser out at its next request), the sid kept across a second
+sign-in, rotation at privilege changes, device tracking and its notice, and what ending a session
+does to relying parties (back-channel logout) and to the tokens issued within it."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+from sqlalchemy import select
+
+from idp.accounts import account_status
+from idp.oauth.tokens import ID_TOKEN_TYP
+from idp.storage.models import AuditEvent, KnownDevice
+from tests.backchannel_helpers import Recorder, bcl_client, install_notifier, session_cookie, verify_logout_token
+from tests.mfa_helpers import audit, outbox_subjects, text
+from tests.oauth_helpers import (
+    PASSWORD,
+    WEB_REDIRECT,
+    World,
+    add_user,
+    authorize,
+    basic,
+    code_flow,
+    csrf_from,
+    make_world,
+    query_of,
+)
+
+FIREFOX = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:120.0) Gecko/20100101 Firefox/120.0"
+SAFARI_IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"
+)
+CHROME_MAC = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Safari/537.36"
+)
+NEW_SIGN_IN = "New sign-in to your account"
+
+
+@pytest.fixture
+def settings_overrides(settings_overrides: dict[str, Any], request: pytest.FixtureRequest) -> dict[str, Any]:
+    return {**settings_overrides, **getattr(request, "param", {})}
+
+
+@pytest.fixture
+async def world(runtime: Any) -> World:
+    return await make_world(runtime)
+
+
+class Browser:
+    """A test client with its own cookies, user agent and address."""
+
+    def __init__(self, app: Any, user_agent: str = FIREFOX, ip: str = "198.51.100.1") -> None:
+        self.client = app.test_client()
+        self.headers = {"User-Agent": user_agent}
+        self.scope = {"client": (ip, 50000)}
+
+    async def get(self, path: str) -> Any:
+        return await self.client.get(path, headers=self.headers, scope_base=self.scope)
+
+    async def post(self, path: str, form: dict[str, str]) -> Any:
+        return await self.client.post(path, form=form, headers=self.headers, scope_base=self.scope)
+
+    async def sign_in(self, email: str, password: str = PASSWORD) -> Any:
+        page = await self.get("/login?return_to=/account")
+        form = {
+            "email": email,
+            "password": password,
+            "csrf_token": csrf_from(await text(page)),
+            "return_to": "/account",
+        }
+        return await self.post("/login", form)
+
+    async def signed_in(self) -> bool:
+        response = await self.get("/account")
+        return response.status_code == 200
+
+    @property
+    def cookie(self) -> str | None:
+        return session_cookie(self.client)
+
+
+async def signed_in_browser(app: Any, world: World, **kwargs: Any) -> Browser:
+    browser = Browser(app, **kwargs)
+    assert (await browser.sign_in(world.email)).status_code == 303
+    return browser
+
+
+async def ended_reasons(runtime: Any, user_id: str) -> list[str]:
+    return [event.details["reason"] for event in await audit(runtime, user_id, "session_ended")]
+
+
+# -- the per-user limit --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings_overrides", [{"sessions": {"max_per_user": 2}}], indirect=True)
+async def test_beyond_the_limit_the_oldest_session_ends(app: Any, runtime: Any, world: World) -> None:
+    first = await signed_in_browser(app, world, ip="198.51.100.1")
+    second = await signed_in_browser(app, world, ip="198.51.100.2")
+    assert await first.signed_in() and await second.signed_in()
+    third = await signed_in_browser(app, world, ip="198.51.100.3")
+    # The first browser is signed out at its next request; the other two stay.
+    assert not await first.signed_in()
+    assert (await first.get("/account")).headers["Location"].startswith("/login")
+    assert await second.signed_in() and await third.signed_in()
+    assert len(await runtime.sessions.list_for_user(world.user_id)) == 2
+    assert await ended_reasons(runtime, world.user_id) == ["session_limit"]
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"sessions": {"max_per_user": 2, "limit_policy": "refuse"}}], indirect=True
+)
+async def test_beyond_the_limit_a_refusing_policy_says_why(app: Any, runtime: Any, world: World) -> None:
+    first = await signed_in_browser(app, world)
+    second = await signed_in_browser(app, world)
+    third = Browser(app)
+    refused = await third.sign_in(world.email)
+    assert refused.status_code == 409
+    body = await text(refused)
+    assert "signed in on 2 devices already" in body and "Sign out on one" in body
+    assert third.cookie is None
+    assert await first.signed_in() and await second.signed_in()
+    # Once one signs out, there is room again.
+    await first.post("/account/sessions/" + (await runtime.sessions.load(first.cookie)).sid + "/end", {
+        "csrf_token": csrf_from(await text(await first.get("/account/sessions"))),
+    })  # fmt: skip
+    assert (await third.sign_in(world.email)).status_code == 303
+
+
+@pytest.mark.parametrize("settings_overrides", [{"sessions": {"max_per_user": 1}}], indirect=True)
+async def test_signing_in_again_in_the_same_browser_does_not_count_twice(app: Any, runtime: Any, world: World) -> None:
+    browser = await signed_in_browser(app, world)
+    before = await runtime.sessions.load(browser.cookie)
+    old_cookie = browser.cookie
+    assert (await browser.sign_in(world.email)).status_code == 303
+    after = await runtime.sessions.load(browser.cookie)
+    # A new cookie value (ASVS 7.2.4), the same session for relying parties (sid), a new authentication.
+    assert browser.cookie != old_cookie
+    assert await runtime.sessions.load(old_cookie) is None
+    assert after.sid == before.sid and after.auth_id != before.auth_id
+    assert await ended_reasons(runtime, world.user_id) == []
+
+
+async def test_another_user_signing_in_ends_the_first_users_session(app: Any, runtime: Any, world: World) -> None:
+    bob = await add_user(runtime, "bob@example.com")
+    browser = await signed_in_browser(app, world)
+    alice_sid = (await runtime.sessions.load(browser.cookie)).sid
+    assert (await browser.sign_in("bob@example.com")).status_code == 303
+    assert (await runtime.sessions.load(browser.cookie)).user_id == bob
+    assert await runtime.sessions.by_sid(alice_sid) is None
+    assert await ended_reasons(runtime, world.user_id) == ["signed_in_as_another_user"]
+
+
+# -- the sessions page ---------------------------------------------------------------------------
+
+
+async def test_sessions_page_lists_devices_and_ends_one(app: Any, runtime: Any, world: World) -> None:
+    laptop = await signed_in_browser(app, world, user_agent=FIREFOX, ip="198.51.100.10")
+    phone = await signed_in_browser(app, world, user_agent=SAFARI_IPHONE, ip="198.51.100.11")
+    page = await laptop.get("/account/sessions")
+    assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
+    html = await text(page)
+    assert "Firefox 120 on Windows 10" in html and "Safari 17 on iOS" in html
+    assert "198.51.100.10" in html and "198.51.100.11" in html
+    assert html.count("(this browser)") == 1
+    phone_sid = (await runtime.sessions.load(phone.cookie)).sid
+    laptop_sid = (await runtime.sessions.load(laptop.cookie)).sid
+    assert f'data-session-id="{phone_sid}"' in html
+
+    ended = await laptop.post(f"/account/sessions/{phone_sid}/end", {"csrf_token": csrf_from(html)})
+    assert ended.status_code == 303 and ended.headers["Location"] == "/account/sessions?notice=ended"
+    # The phone is signed out at its next request; the laptop is not.
+    assert not await phone.signed_in()
+    assert await laptop.signed_in()
+    assert await ended_reasons(runtime, world.user_id) == ["ended_by_user"]
+
+    # Ending a session that isn't there (any more) changes nothing and says so.
+    again = await laptop.post(f"/account/sessions/{phone_sid}/end", {"csrf_token": csrf_from(html)})
+    assert again.headers["Location"] == "/account/sessions?notice=none-ended"
+    # Another user's session can't be ended from here.
+    await add_user(runtime, "bob@example.com")
+    bob = Browser(app)
+    assert (await bob.sign_in("bob@example.com")).status_code == 303
+    bob_sid = (await runtime.sessions.load(bob.cookie)).sid
+    foreign = await laptop.post(f"/account/sessions/{bob_sid}/end", {"csrf_token": csrf_from(html)})
+    assert foreign.headers["Location"] == "/account/sessions?notice=none-ended"
+    assert await bob.signed_in()
+
+    # Ending this browser's own session signs it out.
+    own = await laptop.post(f"/account/sessions/{laptop_sid}/end", {"csrf_token": csrf_from(html)})
+    assert own.status_code == 303 and own.headers["Location"].startswith("/login")
+    assert not await laptop.signed_in()
+
+
+async def test_sign_out_everywhere_else(app: Any, runtime: Any, world: World) -> None:
+    here = await signed_in_browser(app, world)
+    others = [await signed_in_browser(app, world, ip=f"198.51.100.{n}") for n in (20, 21)]
+    page = await here.get("/account/sessions")
+    response = await here.post("/account/sessions/end-others", {"csrf_token": csrf_from(await text(page))})
+    assert response.headers["Location"] == "/account/sessions?notice=others-ended"
+    assert await here.signed_in()
+    for other in others:
+        assert not await other.signed_in()
+    assert sorted(await ended_reasons(runtime, world.user_id)) == ["ended_by_user", "ended_by_user"]
+
+
+async def test_the_sessions_page_needs_a_session_and_csrf(app: Any, world: World) -> None:
+    stranger = Browser(app)
+    assert (await stranger.get("/account/sessions")).headers["Location"] == "/login?return_to=/account/sessions"
+    browser = await signed_in_browser(app, world)
+    forged = await browser.post("/account/sessions/end-others", {"csrf_token": "forged"})
+    assert forged.status_code == 403
+
+
+# -- the sessions API ----------------------------------------------------------------------------
+
+
+async def test_sessions_api(app: Any, client: Any, runtime: Any, world: World) -> None:
+    from idp.storage.models import OAuthClient
+
+    async with runtime.db.session() as session:
+        (await session.get(OAuthClient, world.spa_id)).first_party = True
+    tokens = await code_flow(client, world, confidential=False)
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    phone = await signed_in_browser(app, world, user_agent=CHROME_MAC, ip="198.51.100.30")
+    phone_sid = (await runtime.sessions.load(phone.cookie)).sid
+
+    listed = await client.get("/api/account/sessions", headers=bearer)
+    assert listed.status_code == 200 and listed.headers["Cache-Control"] == "no-store"
+    items = (await listed.get_json())["sessions"]
+    assert len(items) == 2
+    [current] = [item for item in items if item["current"]]
+    [other] = [item for item in items if not item["current"]]
+    assert current["applications"] == ["SPA"] and current["amr"] == ["pwd"]
+    assert other == {
+        "id": phone_sid,
+        "current": False,
+        "device": "Chrome 120 on macOS",
+        "ip": "198.51.100.30",
+        "signed_in_at": other["signed_in_at"],
+        "last_seen_at": other["last_seen_at"],
+        "amr": ["pwd"],
+        "acr": "urn:idp:acr:1fa",
+        "applications": [],
+    }
+    assert other["signed_in_at"].endswith("Z")
+
+    # No cookies: the API answers Bearer tokens only.
+    assert (await phone.get("/api/account/sessions")).status_code == 401
+
+    assert (await client.delete(f"/api/account/sessions/{phone_sid}", headers=bearer)).status_code == 204
+    assert not await phone.signed_in()
+    missing = await client.delete(f"/api/account/sessions/{phone_sid}", headers=bearer)
+    assert missing.status_code == 404 and (await missing.get_json())["error"] == "not_found"
+
+    laptop = await signed_in_browser(app, world, ip="198.51.100.31")
+    ended = await client.post("/api/account/sessions/end-others", headers=bearer)
+    assert ended.status_code == 200 and await ended.get_json() == {"ended": 1}
+    assert not await laptop.signed_in()
+    assert len(await runtime.sessions.list_for_user(world.user_id)) == 1
+
+    # Once the token's own session has ended there is nothing to keep: a clear 409.
+    await client.delete(f"/api/account/sessions/{current['id']}", headers=bearer)
+    conflict = await client.post("/api/account/sessions/end-others", headers=bearer)
+    assert conflict.status_code == 409 and "has ended" in (await conflict.get_json())["error_description"]
+
+
+# -- devices -------------------------------------------------------------------------------------
+
+
+async def test_a_new_browser_is_announced_by_mail(app: Any, runtime: Any, world: World) -> None:
+    laptop = await signed_in_browser(app, world, user_agent=FIREFOX)
+    assert outbox_subjects(runtime) == []  # the account's first browser: nothing to compare with
+    page = await laptop.get("/account/sessions")
+    await laptop.post("/account/sessions/" + (await runtime.sessions.load(laptop.cookie)).sid + "/end", {
+        "csrf_token": csrf_from(await text(page)),
+    })  # fmt: skip
+    assert (await laptop.sign_in(world.email)).status_code == 303  # the same browser again: known
+    assert outbox_subjects(runtime) == []
+
+    await signed_in_browser(app, world, user_agent=SAFARI_IPHONE, ip="198.51.100.99")
+    assert outbox_subjects(runtime) == [NEW_SIGN_IN]
+    [event] = await audit(runtime, world.user_id, "new_device_sign_in")
+    assert event.details["device"] == "Safari 17 on iOS" and event.ip == "198.51.100.99"
+    async with runtime.db.session() as session:
+        devices = list((await session.execute(select(KnownDevice))).scalars())
+    assert sorted(device.label for device in devices) == ["Firefox 120 on Windows 10", "Safari 17 on iOS"]
+    # The device cookie is long-lived and only its digest is stored.
+    cookies = {cookie.name: cookie.value for cookie in laptop.client.cookie_jar}
+    assert cookies["idp_device"] not in {device.device_digest for device in devices}
+
+
+@pytest.mark.parametrize("settings_overrides", [{"sessions": {"notify_new_device": False}}], indirect=True)
+async def test_the_new_browser_notice_can_be_switched_off(app: Any, runtime: Any, world: World) -> None:
+    await signed_in_browser(app, world)
+    await signed_in_browser(app, world)
+    assert outbox_subjects(runtime) == []
+    assert len(await audit(runtime, world.user_id, "new_device_sign_in")) == 1
+
+
+# -- rotation at privilege changes ---------------------------------------------------------------
+
+
+async def test_password_change_rotates_this_sessions_cookie(app: Any, runtime: Any, world: World) -> None:
+    browser = await signed_in_browser(app, world)
+    other = await signed_in_browser(app, world)
+    before_cookie = browser.cookie
+    sid = (await runtime.sessions.load(before_cookie)).sid
+    page = await browser.get("/account/password")
+    changed = await browser.post(
+        "/account/password",
+        {
+            "csrf_token": csrf_from(await text(page)),
+            "current_password": PASSWORD,
+            "new_password": "a-brand-new-long-passphrase-42",
+        },
+    )
+    assert changed.status_code == 200
+    assert browser.cookie != before_cookie
+    assert await runtime.sessions.load(before_cookie) is None
+    assert (await runtime.sessions.load(browser.cookie)).sid == sid
+    assert await browser.signed_in() and not await other.signed_in()
+    assert await ended_reasons(runtime, world.user_id) == ["password_changed"]
+
+
+# -- what ending a session does to relying parties -----------------------------------------------
+
+
+async def test_ending_a_session_logs_its_clients_out(client: Any, runtime: Any, world: World) -> None:
+    recorder = Recorder()
+    await install_notifier(runtime, recorder)
+    client_id, secret = await bcl_client(runtime)
+    online = await _tokens_for(client, world, client_id, secret, scope="openid profile")
+    offline = await _tokens_for(client, world, client_id, secret, scope="openid offline_access")
+    id_claims = runtime.tokens.verify(online["id_token"], typ=ID_TOKEN_TYP, audience=client_id)
+    session = await runtime.sessions.load(session_cookie(client))
+    assert session.clients == [client_id] and session.sid == id_claims["sid"]
+
+    # Ended from elsewhere (the user's other device, an administrator): the RP hears of it …
+    assert await account_status.end_sessions(runtime.accounts, world.user_id, session.sid) == 1
+    await runtime.backchannel.drain()
+    [delivery] = recorder.requests
+    _, claims = await verify_logout_token(client, parse_qs(delivery.content.decode())["logout_token"][0])
+    assert claims["sid"] == id_claims["sid"] and claims["sub"] == id_claims["sub"]
+    # … the refresh token issued for the signed-in user dies with the session, the offline one lives on.
+    assert (await _refresh(client, online, client_id, secret)).status_code == 400
+    assert (await _refresh(client, offline, client_id, secret)).status_code == 200
+    assert await ended_reasons(runtime, world.user_id) == ["ended_by_admin"]
+
+
+async def _tokens_for(client: Any, world: World, client_id: str, secret: str, *, scope: str) -> dict[str, Any]:
+    response, verifier = await authorize(client, client_id, WEB_REDIRECT, email=world.email, scope=scope)
+    assert response.status_code == 303, await text(response)
+    token = await client.post(
+        "/token",
+        form={
+            "grant_type": "authorization_code",
+            "code": query_of(response.headers["Location"])["code"],
+            "redirect_uri": WEB_REDIRECT,
+            "code_verifier": verifier,
+        },
+        headers=basic(client_id, secret),
+    )
+    assert token.status_code == 200
+    return dict(await token.get_json())
+
+
+async def _refresh(client: Any, tokens: dict[str, Any], client_id: str, secret: str) -> Any:
+    return await client.post(
+        "/token",
+        form={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        headers=basic(client_id, secret),
+    )
+
+
+async def test_online_refresh_tokens_die_with_their_session(client: Any, runtime: Any, world: World) -> None:
+    tokens = await code_flow(client, world, scope="openid profile")
+    cookie = session_cookie(client)
+    session = await runtime.sessions.load(cookie)
+    await runtime.sessions.end(session, reason="ended_by_user")
+    refreshed = await client.post(
+        "/token",
+        form={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        headers=basic(world.web_id, world.web_secret),
+    )
+    assert refreshed.status_code == 400 and (await refreshed.get_json())["error"] == "invalid_grant"
+    introspected = await client.post(
+        "/introspect", form={"token": tokens["access_token"]}, headers=basic(world.web_id, world.web_secret)
+    )
+    assert await introspected.get_json() == {"active": False}
+
+
+async def test_offline_refresh_tokens_outlive_their_session(client: Any, runtime: Any, world: World) -> None:
+    tokens = await code_flow(client, world, scope="openid offline_access")
+    await runtime.sessions.end(await runtime.sessions.load(session_cookie(client)), reason="logout")
+    refreshed = await client.post(
+        "/token",
+        form={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        headers=basic(world.web_id, world.web_secret),
+    )
+    assert refreshed.status_code == 200
+
+
+@pytest.mark.parametrize("settings_overrides", [{"sessions": {"end_revokes_refresh_tokens": "all"}}], indirect=True)
+async def test_all_refresh_tokens_die_with_their_session_when_configured(
+    client: Any, runtime: Any, world: World
+) -> None:
+    tokens = await code_flow(client, world, scope="openid offline_access")
+    await runtime.sessions.end(await runtime.sessions.load(session_cookie(client)), reason="logout")
+    refreshed = await client.post(
+        "/token",
+        form={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        headers=basic(world.web_id, world.web_secret),
+    )
+    assert refreshed.status_code == 400
+
+
+@pytest.mark.parametrize("settings_overrides", [{"sessions": {"end_revokes_refresh_tokens": "none"}}], indirect=True)
+async def test_no_refresh_tokens_die_with_their_session_when_configured(
+    client: Any, runtime: Any, world: World
+) -> None:
+    tokens = await code_flow(client, world, scope="openid profile")
+    await runtime.sessions.end(await runtime.sessions.load(session_cookie(client)), reason="logout")
+    refreshed = await client.post(
+        "/token",
+        form={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        headers=basic(world.web_id, world.web_secret),
+    )
+    assert refreshed.status_code == 200
+
+
+# -- administration ------------------------------------------------------------------------------
+
+
+async def test_disabling_an_account_ends_its_sessions_and_tokens(
+    app: Any, client: Any, runtime: Any, world: World
+) -> None:
+    tokens = await code_flow(client, world, scope="openid offline_access")
+    phone = await signed_in_browser(app, world)
+    assert await account_status.disable(runtime.accounts, world.user_id) == 2
+    assert not await phone.signed_in()
+    assert (await client.get("/account")).status_code == 303
+    refreshed = await client.post(
+        "/token",
+        form={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        headers=basic(world.web_id, world.web_secret),
+    )
+    assert refreshed.status_code == 400
+    assert (await phone.sign_in(world.email)).status_code == 401
+    assert sorted(await ended_reasons(runtime, world.user_id)) == ["account_disabled", "account_disabled"]
+    [disabled] = await audit(runtime, world.user_id, "account_disabled")
+    assert disabled.details["sessions_ended"] == 2
+
+    await account_status.enable(runtime.accounts, world.user_id)
+    assert (await phone.sign_in(world.email)).status_code == 303
+    assert len(await audit(runtime, world.user_id, "account_enabled")) == 1
+
+
+async def test_session_end_events_name_no_cookie(runtime: Any, app: Any, world: World) -> None:
+    browser = await signed_in_browser(app, world)
+    await account_status.end_sessions(runtime.accounts, world.user_id)
+    async with runtime.db.session() as session:
+        rows = list((await session.execute(select(AuditEvent).where(AuditEvent.event == "session_ended"))).scalars())
+    assert len(rows) == 1
+    assert browser.cookie not in str(rows[0].details)
+    assert set(rows[0].details) == {"sid", "reason", "clients", "via"}
