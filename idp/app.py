@@ -172,6 +172,8 @@ def wants_json() -> bool:
     app = cast(IdPApp, current_app)
     if request.blueprint in app.json_blueprints:
         return True
+    if request.mimetype == "application/json":
+        return True  # a page's fetch() call (passkey ceremonies) reads JSON errors
     if request.blueprint is not None:
         return False
     # Routing failed (404/405), so no blueprint is known: API paths still answer in JSON.
