@@ -406,12 +406,22 @@ def users_create(
     )
 
 
-def _with_user(state: CliState, email: str, action: Callable[[Any, Any], Awaitable[T]]) -> T:
+def _with_user(
+    state: CliState, email: str, action: Callable[[Any, Any], Awaitable[T]], *, shared_state: bool = False
+) -> T:
     """Run ``action(runtime, user)`` for the account with address ``email``; a one-line error when
-    there is none. Events are audited as done through the CLI."""
+    there is none. Events are audited as done through the CLI. ``shared_state``: the command acts
+    on sessions or sign-in locks, which a running server only shares through Redis."""
     from idp.accounts.account_status import find_user
     from idp.accounts.users import AccountError
     from idp.events import EventContext, set_context
+
+    settings = state.settings()
+    if shared_state and not settings.redis_url:
+        fail(
+            "redis_url: not set, so sessions and sign-in locks live in the running server's own memory, out of "
+            "this command's reach; set redis_url (as the server has it), or act from the server itself"
+        )
 
     async def run(rt: Any) -> T:
         set_context(EventContext(via="cli"))
@@ -419,7 +429,7 @@ def _with_user(state: CliState, email: str, action: Callable[[Any, Any], Awaitab
         return await action(rt, user)
 
     try:
-        return run_with_runtime(state.settings(), run)
+        return run_with_runtime(settings, run)
     except AccountError as exc:
         fail(f"EMAIL: {exc.message}")
 
@@ -429,7 +439,9 @@ def _with_user(state: CliState, email: str, action: Callable[[Any, Any], Awaitab
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def users_disable(state: CliState, email: str, as_json: bool) -> None:
-    """Stop EMAIL from signing in: ends its sessions (with back-channel logout) and revokes its tokens."""
+    """Stop EMAIL from signing in: ends its sessions (with back-channel logout) and revokes its tokens.
+
+    Without Redis the server's sessions are out of reach: each ends at its next request."""
     from idp.accounts import account_status
 
     async def action(rt: Any, user: Any) -> dict[str, Any]:
@@ -467,7 +479,7 @@ def users_sessions(state: CliState, email: str, as_json: bool) -> None:
     async def action(rt: Any, user: Any) -> list[dict[str, Any]]:
         return await sessions.describe_all(rt.sessions, rt.db, user.id, current_sid=None)
 
-    rows = _with_user(state, email, action)
+    rows = _with_user(state, email, action, shared_state=True)
 
     def text() -> str:
         if not rows:
@@ -496,7 +508,7 @@ def users_end_sessions(state: CliState, email: str, sid: str | None, as_json: bo
     async def action(rt: Any, user: Any) -> int:
         return await account_status.end_sessions(rt.accounts, user.id, sid)
 
-    ended = _with_user(state, email, action)
+    ended = _with_user(state, email, action, shared_state=True)
     if sid is not None and not ended:
         fail(f"--session: {email} has no live session {sid}")
     emit({"sessions_ended": ended}, as_json, f"{ended} session(s) ended")
@@ -515,7 +527,7 @@ def users_unlock(state: CliState, email: str, as_json: bool) -> None:
         lifted = await account_status.unlock(rt.accounts, rt.lockout, rt.limits, user)
         return {"id": user.id, "was_locked_for": locked_for, "cleared": lifted}
 
-    data = _with_user(state, email, action)
+    data = _with_user(state, email, action, shared_state=True)
     emit(
         data,
         as_json,

@@ -16,6 +16,7 @@ from idp.errors import Conflict, Forbidden, TooManyRequests
 from idp.events import LoginSucceeded, NewDeviceSignIn, set_actor
 from idp.security import csrf
 from idp.security.ratelimit import RateLimited
+from idp.storage.models import User
 
 
 def _app_settings() -> Settings:
@@ -42,13 +43,23 @@ def clear_cookie(response: Response, name: str) -> None:
 
 
 async def current_session() -> BrowserSession | None:
-    """The signed-in browser session, if any (cached for the request)."""
+    """The signed-in browser session, if any (cached for the request). A session of an account
+    that was disabled or deleted meanwhile ends here (an administrator's change may have reached
+    only the database, e.g. from the CLI while the sessions live in this process's memory)."""
     if not hasattr(g, "idp_session"):
         from idp.app import runtime
 
-        g.idp_session = await runtime().sessions.load(request.cookies.get(session_cookie_name()))
-        if g.idp_session is not None:
-            set_actor(g.idp_session.user_id)
+        rt = runtime()
+        session = await rt.sessions.load(request.cookies.get(session_cookie_name()))
+        if session is not None:
+            async with rt.db.session() as db_session:
+                user = await db_session.get(User, session.user_id)
+            if user is None or user.disabled:
+                await rt.sessions.end(session, reason="account_disabled")
+                session = None
+        g.idp_session = session
+        if session is not None:
+            set_actor(session.user_id)
     return cast(BrowserSession | None, g.idp_session)
 
 

@@ -469,3 +469,19 @@ async def test_session_end_events_name_no_cookie(runtime: Any, app: Any, world: 
     assert len(rows) == 1
     assert browser.cookie not in str(rows[0].details)
     assert set(rows[0].details) == {"sid", "reason", "clients", "via"}
+
+
+async def test_a_session_of_an_account_disabled_elsewhere_ends_at_its_next_request(
+    app: Any, runtime: Any, world: World
+) -> None:
+    """Disabled by a process that can't reach this server's sessions (the CLI without Redis)."""
+    from sqlalchemy import update
+
+    from idp.storage.models import User
+
+    browser = await signed_in_browser(app, world)
+    async with runtime.db.session() as session:
+        await session.execute(update(User).where(User.id == world.user_id).values(disabled=True))
+    assert not await browser.signed_in()
+    assert await runtime.sessions.list_for_user(world.user_id) == []
+    assert await ended_reasons(runtime, world.user_id) == ["account_disabled"]
