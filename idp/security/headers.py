@@ -45,5 +45,9 @@ def apply_security_headers(
     headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
     if response.mimetype == "text/html":
         headers.setdefault("Content-Security-Policy", content_security_policy(nonce, form_action=form_action))
+        # Every page of an identity provider is personal and some show secrets once (recovery
+        # codes, a TOTP seed): no browser or shared cache keeps them (ASVS 14.3.2). A route that
+        # chose its own caching keeps it.
+        headers.setdefault("Cache-Control", "no-store")
     if https:
         headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
