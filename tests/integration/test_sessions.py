@@ -485,3 +485,22 @@ async def test_a_session_of_an_account_disabled_elsewhere_ends_at_its_next_reque
     assert not await browser.signed_in()
     assert await runtime.sessions.list_for_user(world.user_id) == []
     assert await ended_reasons(runtime, world.user_id) == ["account_disabled"]
+
+
+async def test_concurrent_sign_ins_respect_the_limit(runtime: Any, world: World) -> None:
+    """Sign-ins racing on several nodes: the per-user lock in the shared store keeps the count."""
+    import asyncio
+
+    from idp.accounts.sessions import SessionStore, TooManySessions
+
+    nodes = [
+        SessionStore(runtime.kv, runtime.events, idle_ttl=3600, absolute_ttl=86400, max_per_user=2, limit_policy=policy)
+        for policy in ("refuse", "refuse", "refuse", "refuse")
+    ]
+    results = await asyncio.gather(*(node.create(world.user_id, amr=["pwd"]) for node in nodes), return_exceptions=True)
+    assert sum(isinstance(result, TooManySessions) for result in results) == 2
+    assert len(await runtime.sessions.list_for_user(world.user_id)) == 2
+
+    ending = [SessionStore(runtime.kv, runtime.events, idle_ttl=3600, absolute_ttl=86400, max_per_user=2)] * 3
+    await asyncio.gather(*(node.create(world.user_id, amr=["pwd"]) for node in ending))
+    assert len(await runtime.sessions.list_for_user(world.user_id)) == 2
