@@ -29,17 +29,32 @@ def secure_cookies() -> bool:
     return _app_settings().issuer_is_https
 
 
+SESSION_COOKIE = "idp_session"
+
+
+def cookie_name(base: str) -> str:
+    """ASVS 3.3.1/3.3.3: every cookie of ours takes the __Host- prefix (Secure, Path=/, no Domain)
+    whenever served over https, so a sibling subdomain can neither plant nor overwrite it (cookie
+    tossing would otherwise defeat the CSRF binding or fix a session)."""
+    return f"__Host-{base}" if secure_cookies() else base
+
+
+def read_cookie(base: str) -> str | None:
+    return request.cookies.get(cookie_name(base))
+
+
 def session_cookie_name() -> str:
-    # ASVS 3.3.1/3.3.3: the __Host- prefix (Secure, Path=/, no Domain) whenever served over https.
-    return "__Host-idp_session" if secure_cookies() else "idp_session"
+    return cookie_name(SESSION_COOKIE)
 
 
-def set_cookie(response: Response, name: str, value: str, *, max_age: int | None = None) -> None:
-    response.set_cookie(name, value, max_age=max_age, path="/", secure=secure_cookies(), httponly=True, samesite="Lax")
+def set_cookie(response: Response, base: str, value: str, *, max_age: int | None = None) -> None:
+    response.set_cookie(
+        cookie_name(base), value, max_age=max_age, path="/", secure=secure_cookies(), httponly=True, samesite="Lax"
+    )
 
 
-def clear_cookie(response: Response, name: str) -> None:
-    response.delete_cookie(name, path="/", secure=secure_cookies(), httponly=True, samesite="Lax")
+def clear_cookie(response: Response, base: str) -> None:
+    response.delete_cookie(cookie_name(base), path="/", secure=secure_cookies(), httponly=True, samesite="Lax")
 
 
 async def current_session() -> BrowserSession | None:
@@ -50,7 +65,7 @@ async def current_session() -> BrowserSession | None:
         from idp.app import runtime
 
         rt = runtime()
-        session = await rt.sessions.load(request.cookies.get(session_cookie_name()))
+        session = await rt.sessions.load(read_cookie(SESSION_COOKIE))
         if session is not None:
             async with rt.db.session() as db_session:
                 user = await db_session.get(User, session.user_id)
@@ -65,7 +80,7 @@ async def current_session() -> BrowserSession | None:
 
 def csrf_binding() -> str:
     """The browser's CSRF binding value; created (and set as a cookie after the request) if absent."""
-    binding = request.cookies.get(csrf.COOKIE_NAME)
+    binding = read_cookie(csrf.COOKIE_NAME)
     if binding and 20 <= len(binding) <= 100:
         return binding
     if not getattr(g, "new_csrf_binding", None):
@@ -87,13 +102,13 @@ def _secret() -> str:
 async def require_csrf() -> None:
     """Reject a state-changing form post without a valid CSRF token (ASVS 3.5.1)."""
     form = await request.form
-    if not csrf.verify(_secret(), request.cookies.get(csrf.COOKIE_NAME), form.get("csrf_token")):
+    if not csrf.verify(_secret(), read_cookie(csrf.COOKIE_NAME), form.get("csrf_token")):
         raise Forbidden("The form has expired or did not come from this site. Go back, reload and try again.")
 
 
 async def require_csrf_header() -> None:
     """The same check for a page's fetch() calls, which send the token in ``X-CSRF-Token``."""
-    if not csrf.verify(_secret(), request.cookies.get(csrf.COOKIE_NAME), request.headers.get("X-CSRF-Token")):
+    if not csrf.verify(_secret(), read_cookie(csrf.COOKIE_NAME), request.headers.get("X-CSRF-Token")):
         raise Forbidden("The page has expired or the request did not come from this site. Reload and try again.")
 
 
@@ -115,10 +130,6 @@ async def enforce_limits(attempts: dict[str, str | None], what: str) -> None:
 
 class SessionLimitReached(Conflict):
     error = "session_limit"
-
-
-def device_cookie_name() -> str:
-    return "__Host-idp_device" if secure_cookies() else DEVICE_COOKIE
 
 
 async def start_browser_session(user_id: str, amr: Sequence[str], acr: str, response: Response) -> BrowserSession:
@@ -149,12 +160,12 @@ async def start_browser_session(user_id: str, amr: Sequence[str], acr: str, resp
         if previous is not None:
             await rt.sessions.end(previous, reason="signed_in_as_another_user")
     g.idp_session = session
-    seen = await devices.remember(rt.db, user_id, request.cookies.get(device_cookie_name()), label=label, ip=ip)
-    set_cookie(response, device_cookie_name(), seen.token, max_age=devices.DEVICE_COOKIE_MAX_AGE)
+    seen = await devices.remember(rt.db, user_id, read_cookie(DEVICE_COOKIE), label=label, ip=ip)
+    set_cookie(response, DEVICE_COOKIE, seen.token, max_age=devices.DEVICE_COOKIE_MAX_AGE)
     await rt.events.publish(LoginSucceeded(user_id=user_id, sid=session.sid, amr=tuple(session.amr)))
     if not seen.known and not seen.first:
         await rt.events.publish(NewDeviceSignIn(user_id=user_id, device=label))
-    set_cookie(response, session_cookie_name(), cookie_value, max_age=rt.settings.sessions.absolute_ttl)
+    set_cookie(response, SESSION_COOKIE, cookie_value, max_age=rt.settings.sessions.absolute_ttl)
     return session
 
 
@@ -168,7 +179,7 @@ async def rotate_browser_session(response: Response) -> BrowserSession | None:
     rt = runtime()
     cookie_value, rotated = await rt.sessions.rotate(session)
     g.idp_session = rotated
-    set_cookie(response, session_cookie_name(), cookie_value, max_age=rt.settings.sessions.absolute_ttl)
+    set_cookie(response, SESSION_COOKIE, cookie_value, max_age=rt.settings.sessions.absolute_ttl)
     return rotated
 
 

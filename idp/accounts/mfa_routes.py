@@ -37,6 +37,7 @@ from idp.web import (
     current_session,
     enforce_limits,
     let_forms_leave_site,
+    read_cookie,
     require_csrf,
     require_csrf_header,
     rotate_browser_session,
@@ -182,7 +183,7 @@ async def start_second_step(user_id: str, return_to: str, *, enrol: bool) -> Res
 
 
 async def _pending() -> PendingLogin | None:
-    return await runtime().pending_logins.load(request.cookies.get(PENDING_COOKIE))
+    return await runtime().pending_logins.load(read_cookie(PENDING_COOKIE))
 
 
 async def _complete(pending: PendingLogin, proved: authn.Authentication, response: Response) -> Response | None:

@@ -6,22 +6,23 @@ from __future__ import annotations
 from quart import Blueprint, Response, render_template, request, url_for
 
 from idp.accounts import authn, mfa, mfa_routes
+from idp.accounts.devices import DEVICE_COOKIE
 from idp.accounts.login import LoginFailure, PasswordSignIn, sign_in_with_password
 from idp.app import runtime
 from idp.web import (
+    SESSION_COOKIE,
     clear_cookie,
     client_ip,
     csrf_binding,
     csrf_token,
     current_session,
-    device_cookie_name,
     enforce_limits,
     let_forms_leave_site,
     local_path,
+    read_cookie,
     require_csrf,
     rotate_browser_session,
     see_other,
-    session_cookie_name,
     start_browser_session,
 )
 
@@ -73,7 +74,7 @@ async def login_submit() -> Response:
             email,
             password,
             ip=request.remote_addr or "unknown",
-            device_token=request.cookies.get(device_cookie_name()),
+            device_token=read_cookie(DEVICE_COOKIE),
         )
     except LoginFailure as failure:
         code = 401 if failure.retry_after is None else 429
@@ -491,7 +492,7 @@ async def reset_password_submit() -> Response:
         link=url_for("accounts.login"),
         link_text="Sign in",
     )
-    clear_cookie(response, session_cookie_name())
+    clear_cookie(response, SESSION_COOKIE)
     return response
 
 
@@ -834,7 +835,7 @@ async def delete_account() -> Response:
                     "Your account and the data held about it have been "
                     "deleted, and the applications you used were signed out.",
                 )
-                clear_cookie(response, session_cookie_name())
+                clear_cookie(response, SESSION_COOKIE)
                 return response
     html = await render_template("accounts/delete.html", csrf_token=csrf_token(), error=error)
     return _page(html, 400 if error else 200)

@@ -10,7 +10,7 @@ from quart import Blueprint, Response, render_template, request, url_for
 
 from idp.accounts import sessions
 from idp.app import runtime
-from idp.web import clear_cookie, csrf_token, current_session, require_csrf, see_other, session_cookie_name
+from idp.web import SESSION_COOKIE, clear_cookie, csrf_token, current_session, require_csrf, see_other
 
 blueprint = Blueprint("sessions", __name__)
 
@@ -55,7 +55,7 @@ async def end_session(sid: str) -> Response:
         # Ending this browser's own session is signing out.
         await rt.sessions.end(session, reason="logout")
         response = see_other("/login?return_to=/account")
-        clear_cookie(response, session_cookie_name())
+        clear_cookie(response, SESSION_COOKIE)
         return response
     ended = len(sid) <= 64 and await rt.sessions.end_by_sid(session.user_id, sid, reason="ended_by_user")
     return see_other(url_for("sessions.sessions_page", notice="ended" if ended else "none-ended"))

@@ -42,15 +42,16 @@ from idp.security.tokens import random_token
 from idp.storage.models import OAuthClient, User
 from idp.storage.repositories import ClientRepository, UserRepository
 from idp.web import (
+    SESSION_COOKIE,
     clear_cookie,
     client_ip,
     csrf_token,
     current_session,
     enforce_limits,
     let_forms_leave_site,
+    read_cookie,
     require_csrf,
     see_other,
-    session_cookie_name,
     set_cookie,
 )
 
@@ -216,7 +217,7 @@ async def resume(interaction_id: str) -> Response:
 
 
 async def _load_interaction(interaction_id: str) -> Interaction:
-    interaction = await runtime().interactions.load(interaction_id, request.cookies.get(INTERACTION_COOKIE))
+    interaction = await runtime().interactions.load(interaction_id, read_cookie(INTERACTION_COOKIE))
     if interaction is None:
         # Never redirect here: the request can't be tied to this browser any more.
         raise InvalidRequest(
@@ -246,7 +247,7 @@ async def _park(
 ) -> Response:
     """Start (or keep) an interaction and send the browser to a login or consent page."""
     rt = runtime()
-    binding = request.cookies.get(INTERACTION_COOKIE)
+    binding = read_cookie(INTERACTION_COOKIE)
     if interaction is None:
         binding = binding if binding and 20 <= len(binding) <= 100 else random_token(32)
         interaction = await rt.interactions.start(request_, binding, session.auth_id if session else None)
@@ -640,5 +641,5 @@ async def end_session() -> Response:
     else:
         html = await render_template("oauth/logged_out.html", client=client)
         response = _no_store(Response(html, content_type="text/html; charset=utf-8"))
-    clear_cookie(response, session_cookie_name())
+    clear_cookie(response, SESSION_COOKIE)
     return response

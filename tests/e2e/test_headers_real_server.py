@@ -145,13 +145,13 @@ def test_hsts_and_host_prefixed_cookies_follow_an_https_issuer(cli_env: dict[str
         page = http.get("/login")
         check_page(page)
         assert page.headers["strict-transport-security"] == HSTS
-        assert cookie(page, "idp_csrf") == "idp_csrf=VALUE; Secure; HttpOnly; Path=/; SameSite=Lax"
+        assert cookie(page, "__Host-idp_csrf") == "__Host-idp_csrf=VALUE; Secure; HttpOnly; Path=/; SameSite=Lax"
         binding = page.headers["set-cookie"].split(";", 1)[0].split("=", 1)[1]
         # httpx keeps Secure cookies for https only: this browser sends the binding itself.
         signed_in = http.post(
             "/login",
             data={"email": EMAIL, "password": PASSWORD, "return_to": "/", "csrf_token": csrf_token(page.text)},
-            headers={"Cookie": f"idp_csrf={binding}"},
+            headers={"Cookie": f"__Host-idp_csrf={binding}"},
         )
         assert signed_in.status_code == 303
         assert signed_in.headers["strict-transport-security"] == HSTS

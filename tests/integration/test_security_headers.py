@@ -129,7 +129,8 @@ def check_every_cookie(response: Any, *, https: bool) -> dict[str, tuple[str, di
         flags = {key: value for key, value in attributes.items() if key not in ("Expires", "Max-Age")}
         expected: dict[str, str | bool] = {"HttpOnly": True, "Path": "/", "SameSite": "Lax"}
         assert flags == ({"Secure": True, **expected} if https else expected), name
-        assert https or not name.startswith("__Host-"), name
+        # Under https every cookie is __Host- (no sibling subdomain can plant or overwrite it).
+        assert name.startswith("__Host-") == https, name
     return cookies
 
 
@@ -347,7 +348,12 @@ async def test_cookies_and_hsts_over_an_https_issuer(https_app: Any) -> None:
     assert max_age is not None and int(max_age.group(1)) >= ONE_YEAR
     await check_page(page, https=True)
     cookies = check_every_cookie(page, https=True)
-    assert cookies[csrf.COOKIE_NAME][1] == {"Secure": True, "HttpOnly": True, "Path": "/", "SameSite": "Lax"}
+    assert cookies["__Host-" + csrf.COOKIE_NAME][1] == {
+        "Secure": True,
+        "HttpOnly": True,
+        "Path": "/",
+        "SameSite": "Lax",
+    }
 
     signed_in = await client.post(
         "/login",
@@ -411,15 +417,19 @@ async def test_the_code_flow_works_over_the_https_issuer(https_app: Any) -> None
     assert tokens["token_type"] == "Bearer"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Known gap (idp/web.py): under https the CSRF binding cookie is idp_csrf, not __Host-idp_csrf. "
-        "A sibling subdomain can then set idp_csrf (Domain=<parent>) in the victim's browser to a binding "
-        "it has a valid token for, and forge any form post, sign-in included (cookie tossing; OWASP CSRF "
-        "cheat sheet, signed double-submit). Remove this marker when the cookie takes the prefix."
-    ),
-)
 async def test_the_csrf_cookie_is_host_only_under_https(https_app: Any) -> None:
-    page = await https_app.test_client().get("/login", scheme="https")
+    """Without the prefix a sibling subdomain could set idp_csrf (Domain=<parent>) in a victim's
+    browser to a binding it holds a valid token for, and forge any form post (cookie tossing)."""
+    client = https_app.test_client()
+    page = await client.get("/login", scheme="https")
     assert "__Host-idp_csrf" in check_every_cookie(page, https=True)
+    # A planted, unprefixed binding is not the one checked: the attacker's token for it fails.
+    from idp.security.csrf import form_token, new_binding
+
+    planted = new_binding()
+    token = form_token(https_app.settings.secrets.cookie_secret.get_secret_value(), planted)
+    client.set_cookie("login.example.test", "idp_csrf", planted)
+    forged = await client.post(
+        "/login", form={"email": "a@example.com", "password": "x", "csrf_token": token}, scheme="https"
+    )
+    assert forged.status_code == 403
