@@ -504,3 +504,66 @@ async def test_concurrent_sign_ins_respect_the_limit(runtime: Any, world: World)
     ending = [SessionStore(runtime.kv, runtime.events, idle_ttl=3600, absolute_ttl=86400, max_per_user=2)] * 3
     await asyncio.gather(*(node.create(world.user_id, amr=["pwd"]) for node in ending))
     assert len(await runtime.sessions.list_for_user(world.user_id)) == 2
+
+
+async def test_removing_a_second_factor_rotates_this_sessions_cookie(app: Any, runtime: Any, clock: Any) -> None:
+    import pyotp
+
+    from tests.mfa_helpers import enable_totp, post_code
+
+    world = await make_world(runtime)
+    secret, _ = await enable_totp(runtime, world.user_id, clock)
+    browser = Browser(app)
+    await browser.sign_in(world.email)
+    assert (await post_code(browser.client, "totp", pyotp.TOTP(secret).at(clock.now))).status_code == 303
+    clock.advance()
+    before = browser.cookie
+    sid = (await runtime.sessions.load(before)).sid
+    page = await browser.get("/account/security")
+    off = await browser.post(
+        "/account/security/totp/disable",
+        {"csrf_token": csrf_from(await text(page)), "password": PASSWORD, "code": pyotp.TOTP(secret).at(clock.now)},
+    )
+    assert off.status_code == 303
+    assert browser.cookie != before and await runtime.sessions.load(before) is None
+    assert (await runtime.sessions.load(browser.cookie)).sid == sid and await browser.signed_in()
+
+
+# -- timeouts --------------------------------------------------------------------------------------
+
+
+class SessionClock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_idle_timeout_and_absolute_lifetime(runtime: Any, world: World) -> None:
+    from idp.accounts.sessions import SessionStore
+
+    clock = SessionClock()
+    store = SessionStore(runtime.kv, runtime.events, idle_ttl=600, absolute_ttl=1800, clock=clock)
+    cookie, _ = await store.create(world.user_id, amr=["pwd"])
+    # Idle: 599 s without a request is fine, and the request counts as activity …
+    clock.now += 599
+    assert await store.load(cookie) is not None
+    clock.now += 599
+    assert await store.load(cookie) is not None
+    # … 600 s without one ends it.
+    clock.now += 600
+    assert await store.load(cookie) is None
+    assert await store.list_for_user(world.user_id) == []
+
+    # Absolute: however active, the session ends absolute_ttl after sign-in.
+    cookie, _ = await store.create(world.user_id, amr=["pwd"])
+    for _ in range(5):
+        clock.now += 300
+        assert await store.load(cookie) is not None
+    clock.now += 299
+    assert await store.load(cookie) is not None  # 1799 s
+    clock.now += 1
+    assert await store.load(cookie) is None
+    # Expiry is not an early end: no SessionEnded, nothing for relying parties.
+    assert await ended_reasons(runtime, world.user_id) == []
