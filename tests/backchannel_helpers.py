@@ -70,8 +70,10 @@ async def bcl_client(runtime: Any, *, subject_type: str = "public") -> tuple[str
     return created.client.id, created.client_secret
 
 
-async def sign_in_through(client: Any, world: World, client_id: str, secret: str) -> dict[str, Any]:
-    response, verifier = await authorize(client, client_id, WEB_REDIRECT, email=world.email)
+async def sign_in_through(client: Any, world: World, client_id: str, secret: str, **params: str) -> dict[str, Any]:
+    """Sign in through an authorization request of ``client_id`` (``params`` override the helper's
+    defaults, e.g. ``scope``) and redeem the code; the token response."""
+    response, verifier = await authorize(client, client_id, WEB_REDIRECT, email=world.email, **params)
     assert response.status_code == 303
     token = await client.post(
         "/token",

@@ -164,59 +164,24 @@ def test_two_nodes_share_sessions_limits_and_revocations(cluster: Cluster) -> No
 
         # -- revocation and rotation across nodes ---------------------------------------------
         code, verifier = authorization_code(other_browser, cluster, cluster.b)
-        tokens = rp.post(
-            f"{cluster.a}/token",
-            data={
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": REDIRECT,
-                "code_verifier": verifier,
-            },
-            auth=auth,
-        ).json()
+        tokens = redeem(rp, cluster, cluster.a, code, verifier).json()
         # The code was consumed on A: replaying it on B fails.
-        replay = rp.post(
-            f"{cluster.b}/token",
-            data={
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": REDIRECT,
-                "code_verifier": verifier,
-            },
-            auth=auth,
-        )
+        replay = redeem(rp, cluster, cluster.b, code, verifier)
         assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
         # The replay revoked the grant everywhere (RFC 9700 §4.14.2): A no longer honours its tokens.
         introspected = rp.post(f"{cluster.a}/introspect", data={"token": tokens["access_token"]}, auth=auth)
         assert introspected.json() == {"active": False}
 
         code, verifier = authorization_code(other_browser, cluster, cluster.a)
-        tokens = rp.post(
-            f"{cluster.b}/token",
-            data={
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": REDIRECT,
-                "code_verifier": verifier,
-            },
-            auth=auth,
-        ).json()
+        tokens = redeem(rp, cluster, cluster.b, code, verifier).json()
         assert rp.post(f"{cluster.a}/introspect", data={"token": tokens["access_token"]}, auth=auth).json()["active"]
         assert rp.post(f"{cluster.a}/revoke", data={"token": tokens["access_token"]}, auth=auth).status_code == 200
         assert rp.post(f"{cluster.b}/introspect", data={"token": tokens["access_token"]}, auth=auth).json() == {
             "active": False
         }
-        rotated = rp.post(
-            f"{cluster.a}/token",
-            data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
-            auth=auth,
-        )
+        rotated = refresh(rp, cluster, cluster.a, tokens["refresh_token"])
         assert rotated.status_code == 200
-        reused = rp.post(
-            f"{cluster.b}/token",
-            data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
-            auth=auth,
-        )
+        reused = refresh(rp, cluster, cluster.b, tokens["refresh_token"])
         assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
 
         # -- rate limits: one counter for both nodes --------------------------------------------

@@ -15,19 +15,23 @@ from sqlalchemy import select
 from idp.accounts import account_status
 from idp.oauth.tokens import ID_TOKEN_TYP
 from idp.storage.models import AuditEvent, KnownDevice
-from tests.backchannel_helpers import Recorder, bcl_client, install_notifier, session_cookie, verify_logout_token
+from tests.backchannel_helpers import (
+    Recorder,
+    bcl_client,
+    install_notifier,
+    session_cookie,
+    sign_in_through,
+    verify_logout_token,
+)
 from tests.mfa_helpers import audit, outbox_subjects, text
 from tests.oauth_helpers import (
     PASSWORD,
-    WEB_REDIRECT,
     World,
     add_user,
-    authorize,
     basic,
     code_flow,
     csrf_from,
     make_world,
-    query_of,
 )
 
 FIREFOX = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:120.0) Gecko/20100101 Firefox/120.0"
@@ -335,8 +339,8 @@ async def test_ending_a_session_logs_its_clients_out(client: Any, runtime: Any, 
     recorder = Recorder()
     await install_notifier(runtime, recorder)
     client_id, secret = await bcl_client(runtime)
-    online = await _tokens_for(client, world, client_id, secret, scope="openid profile")
-    offline = await _tokens_for(client, world, client_id, secret, scope="openid offline_access")
+    online = await sign_in_through(client, world, client_id, secret, scope="openid profile")
+    offline = await sign_in_through(client, world, client_id, secret, scope="openid offline_access")
     id_claims = runtime.tokens.verify(online["id_token"], typ=ID_TOKEN_TYP, audience=client_id)
     session = await runtime.sessions.load(session_cookie(client))
     assert session.clients == [client_id] and session.sid == id_claims["sid"]
@@ -353,23 +357,6 @@ async def test_ending_a_session_logs_its_clients_out(client: Any, runtime: Any, 
     assert await ended_reasons(runtime, world.user_id) == ["ended_by_admin"]
 
 
-async def _tokens_for(client: Any, world: World, client_id: str, secret: str, *, scope: str) -> dict[str, Any]:
-    response, verifier = await authorize(client, client_id, WEB_REDIRECT, email=world.email, scope=scope)
-    assert response.status_code == 303, await text(response)
-    token = await client.post(
-        "/token",
-        form={
-            "grant_type": "authorization_code",
-            "code": query_of(response.headers["Location"])["code"],
-            "redirect_uri": WEB_REDIRECT,
-            "code_verifier": verifier,
-        },
-        headers=basic(client_id, secret),
-    )
-    assert token.status_code == 200
-    return dict(await token.get_json())
-
-
 async def _refresh(client: Any, tokens: dict[str, Any], client_id: str, secret: str) -> Any:
     return await client.post(
         "/token",
@@ -383,11 +370,7 @@ async def test_online_refresh_tokens_die_with_their_session(client: Any, runtime
     cookie = session_cookie(client)
     session = await runtime.sessions.load(cookie)
     await runtime.sessions.end(session, reason="ended_by_user")
-    refreshed = await client.post(
-        "/token",
-        form={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
-        headers=basic(world.web_id, world.web_secret),
-    )
+    refreshed = await _refresh(client, tokens, world.web_id, world.web_secret)
     assert refreshed.status_code == 400 and (await refreshed.get_json())["error"] == "invalid_grant"
     introspected = await client.post(
         "/introspect", form={"token": tokens["access_token"]}, headers=basic(world.web_id, world.web_secret)
@@ -395,43 +378,21 @@ async def test_online_refresh_tokens_die_with_their_session(client: Any, runtime
     assert await introspected.get_json() == {"active": False}
 
 
-async def test_offline_refresh_tokens_outlive_their_session(client: Any, runtime: Any, world: World) -> None:
-    tokens = await code_flow(client, world, scope="openid offline_access")
-    await runtime.sessions.end(await runtime.sessions.load(session_cookie(client)), reason="logout")
-    refreshed = await client.post(
-        "/token",
-        form={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
-        headers=basic(world.web_id, world.web_secret),
-    )
-    assert refreshed.status_code == 200
-
-
-@pytest.mark.parametrize("settings_overrides", [{"sessions": {"end_revokes_refresh_tokens": "all"}}], indirect=True)
-async def test_all_refresh_tokens_die_with_their_session_when_configured(
-    client: Any, runtime: Any, world: World
+@pytest.mark.parametrize(
+    ("settings_overrides", "scope", "status"),
+    [
+        ({}, "openid offline_access", 200),  # "online", the default: offline access outlives the sign-in
+        ({"sessions": {"end_revokes_refresh_tokens": "all"}}, "openid offline_access", 400),
+        ({"sessions": {"end_revokes_refresh_tokens": "none"}}, "openid profile", 200),
+    ],
+    indirect=["settings_overrides"],
+)
+async def test_which_refresh_tokens_die_with_their_session(
+    client: Any, runtime: Any, world: World, scope: str, status: int
 ) -> None:
-    tokens = await code_flow(client, world, scope="openid offline_access")
+    tokens = await code_flow(client, world, scope=scope)
     await runtime.sessions.end(await runtime.sessions.load(session_cookie(client)), reason="logout")
-    refreshed = await client.post(
-        "/token",
-        form={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
-        headers=basic(world.web_id, world.web_secret),
-    )
-    assert refreshed.status_code == 400
-
-
-@pytest.mark.parametrize("settings_overrides", [{"sessions": {"end_revokes_refresh_tokens": "none"}}], indirect=True)
-async def test_no_refresh_tokens_die_with_their_session_when_configured(
-    client: Any, runtime: Any, world: World
-) -> None:
-    tokens = await code_flow(client, world, scope="openid profile")
-    await runtime.sessions.end(await runtime.sessions.load(session_cookie(client)), reason="logout")
-    refreshed = await client.post(
-        "/token",
-        form={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
-        headers=basic(world.web_id, world.web_secret),
-    )
-    assert refreshed.status_code == 200
+    assert (await _refresh(client, tokens, world.web_id, world.web_secret)).status_code == status
 
 
 # -- administration ------------------------------------------------------------------------------
