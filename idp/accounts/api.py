@@ -604,11 +604,28 @@ async def list_sessions() -> Response:
     return jsonify(sessions=items)
 
 
+async def _reauthenticated(caller: Caller) -> None:
+    """ASVS 7.5.2: ending another session needs a fresh authentication: the token's sign-in is at
+    most REAUTH_WINDOW old, or the body carries the password. Otherwise RFC 9470's challenge tells
+    the app to sign the user in again with max_age."""
+    from idp.accounts.sessions import REAUTH_WINDOW
+
+    # A body is optional here: an empty DELETE or POST relies on a recent sign-in.
+    body = await json_body() if request.content_length or request.mimetype else {}
+    _only(body, "password")
+    if "password" in body:
+        await _check_password(caller, body)
+        return
+    _require_recent_sign_in(caller, REAUTH_WINDOW)
+
+
 @blueprint.delete("/sessions/<sid>")
 async def end_session(sid: str) -> Response:
     caller = await authenticate("openid")
-    current = caller.claims.get("sid")
-    reason = "logout" if sid == current else "ended_by_user"
+    own = sid == caller.claims.get("sid")
+    if not own:
+        await _reauthenticated(caller)
+    reason = "logout" if own else "ended_by_user"
     if len(sid) > 64 or not await runtime().sessions.end_by_sid(caller.user.id, sid, reason=reason):
         raise NotFound("There is no such session of this account (it may have ended already).")
     return Response("", status=204)
@@ -617,6 +634,7 @@ async def end_session(sid: str) -> Response:
 @blueprint.post("/sessions/end-others")
 async def end_other_sessions() -> Response:
     caller = await authenticate("openid")
+    await _reauthenticated(caller)
     rt = runtime()
     current = caller.claims.get("sid")
     session = await rt.sessions.by_sid(current) if isinstance(current, str) else None

@@ -1,15 +1,23 @@
 """The account's sessions page: where the user is signed in, and ending any of those sessions.
 
-Ending a session from here logs that browser out at its next request (the session is gone from the
-shared store), and tells the applications it used (back-channel logout, see SessionEnded).
+Ending another session needs the user to have authenticated again (ASVS 7.5.2): the password on
+the confirmation page, or a sign-in within the last few minutes (accounts without a password sign
+in again). Ending it logs that browser out at its next request (the session is gone from the
+shared store) and tells the applications it used (back-channel logout, see SessionEnded).
+Ending this browser's own session is signing out, which needs nothing more.
 """
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from quart import Blueprint, Response, render_template, request, url_for
 
-from idp.accounts import sessions
+from idp.accounts import mfa, sessions
+from idp.accounts.sessions import BrowserSession
+from idp.accounts.users import AccountError
 from idp.app import runtime
+from idp.storage.models import User
 from idp.web import SESSION_COOKIE, clear_cookie, csrf_token, current_session, require_csrf, see_other
 
 blueprint = Blueprint("sessions", __name__)
@@ -44,6 +52,76 @@ async def sessions_page() -> Response:
     return _page(html)
 
 
+# -- confirming with a fresh authentication --------------------------------------------------------
+
+
+async def _has_password(user_id: str) -> bool:
+    async with runtime().db.session() as db_session:
+        user = await db_session.get(User, user_id)
+    return user is not None and user.password_hash is not None
+
+
+async def _confirm_page(
+    session: BrowserSession,
+    *,
+    target: dict[str, object] | None,
+    action: str,
+    error: str | None = None,
+    status: int = 200,
+) -> Response:
+    recent = sessions.recently_authenticated(session)
+    html = await render_template(
+        "accounts/sessions_confirm.html",
+        target=target,
+        action=action,
+        csrf_token=csrf_token(),
+        ask_password=not recent and await _has_password(session.user_id),
+        sign_in_again=f"/login?{_return_query(action)}",
+        error=error,
+    )
+    return _page(html, status)
+
+
+def _return_query(path: str) -> str:
+    return urlencode({"return_to": path})
+
+
+async def _reauthenticated(session: BrowserSession) -> str | None:
+    """None when the user has authenticated again (a recent sign-in, or the right password in the
+    form); otherwise the error to show."""
+    if sessions.recently_authenticated(session):
+        return None
+    password = (await request.form).get("password") or ""
+    if not password:
+        return "Enter your password to confirm, or sign in again."
+    try:
+        await mfa.check_password(runtime().db, runtime().passwords, session.user_id, password)
+    except AccountError as exc:
+        return exc.message
+    return None
+
+
+async def _target(session: BrowserSession, sid: str) -> dict[str, object] | None:
+    rt = runtime()
+    if len(sid) > 64:
+        return None
+    for item in await sessions.describe_all(rt.sessions, rt.db, session.user_id, current_sid=session.sid):
+        if item["id"] == sid:
+            return item
+    return None
+
+
+@blueprint.get("/account/sessions/<sid>/end")
+async def end_session_confirm(sid: str) -> Response:
+    session = await current_session()
+    if session is None:
+        return see_other(_SIGN_IN)
+    target = await _target(session, sid)
+    if target is None:
+        return see_other(url_for("sessions.sessions_page", notice="none-ended"))
+    return await _confirm_page(session, target=target, action=url_for("sessions.end_session", sid=sid))
+
+
 @blueprint.post("/account/sessions/<sid>/end")
 async def end_session(sid: str) -> Response:
     session = await current_session()
@@ -57,8 +135,22 @@ async def end_session(sid: str) -> Response:
         response = see_other("/login?return_to=/account")
         clear_cookie(response, SESSION_COOKIE)
         return response
-    ended = len(sid) <= 64 and await rt.sessions.end_by_sid(session.user_id, sid, reason="ended_by_user")
+    target = await _target(session, sid)
+    if target is None:
+        return see_other(url_for("sessions.sessions_page", notice="none-ended"))
+    if (error := await _reauthenticated(session)) is not None:
+        action = url_for("sessions.end_session", sid=sid)
+        return await _confirm_page(session, target=target, action=action, error=error, status=400)
+    ended = await rt.sessions.end_by_sid(session.user_id, sid, reason="ended_by_user")
     return see_other(url_for("sessions.sessions_page", notice="ended" if ended else "none-ended"))
+
+
+@blueprint.get("/account/sessions/end-others")
+async def end_other_sessions_confirm() -> Response:
+    session = await current_session()
+    if session is None:
+        return see_other(_SIGN_IN)
+    return await _confirm_page(session, target=None, action=url_for("sessions.end_other_sessions"))
 
 
 @blueprint.post("/account/sessions/end-others")
@@ -67,5 +159,8 @@ async def end_other_sessions() -> Response:
     if session is None:
         return see_other(_SIGN_IN)
     await require_csrf()
+    if (error := await _reauthenticated(session)) is not None:
+        action = url_for("sessions.end_other_sessions")
+        return await _confirm_page(session, target=None, action=action, error=error, status=400)
     await runtime().sessions.end_all_for_user(session.user_id, keep=session.digest, reason="ended_by_user")
     return see_other(url_for("sessions.sessions_page", notice="others-ended"))

@@ -319,6 +319,14 @@ class SessionStore:
 
 # -- what users (and administrators) see of sessions ---------------------------------------------
 
+# ASVS 7.5.2: ending another session needs the user to have authenticated again; a sign-in within
+# this many seconds counts as that (otherwise the password is asked for).
+REAUTH_WINDOW = 300
+
+
+def recently_authenticated(session: BrowserSession, now: float | None = None) -> bool:
+    return (time.time() if now is None else now) - session.auth_time <= REAUTH_WINDOW
+
 
 def _iso(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"

@@ -528,3 +528,82 @@ async def test_idle_timeout_and_absolute_lifetime(runtime: Any, world: World) ->
     assert await store.load(cookie) is None
     # Expiry is not an early end: no SessionEnded, nothing for relying parties.
     assert await ended_reasons(runtime, world.user_id) == []
+
+
+# -- ending another session needs a fresh authentication (ASVS 7.5.2) --------------------------------
+
+
+async def _age(runtime: Any, browser: Browser, seconds: int) -> None:
+    session = await runtime.sessions.load(browser.cookie)
+    session.auth_time -= seconds
+    await runtime.sessions._save(session, int(session.last_seen))
+
+
+async def test_ending_another_session_later_asks_for_the_password(app: Any, runtime: Any, world: World) -> None:
+    laptop = await signed_in_browser(app, world, ip="198.51.100.40")
+    phone = await signed_in_browser(app, world, user_agent=SAFARI_IPHONE, ip="198.51.100.41")
+    phone_sid = (await runtime.sessions.load(phone.cookie)).sid
+    await _age(runtime, laptop, 301)
+
+    listed = await text(await laptop.get("/account/sessions"))
+    assert f'href="/account/sessions/{phone_sid}/end"' in listed
+    confirm = await laptop.get(f"/account/sessions/{phone_sid}/end")
+    html = await text(confirm)
+    assert confirm.status_code == 200 and "Safari 17 on iOS" in html and 'name="password"' in html
+    token = csrf_from(html)
+
+    for password, message in (("", "Enter your password to confirm"), ("not-my-password", "not correct")):
+        refused = await laptop.post(f"/account/sessions/{phone_sid}/end", {"csrf_token": token, "password": password})
+        assert refused.status_code == 400 and message in await text(refused)
+        assert await phone.signed_in()
+    ended = await laptop.post(f"/account/sessions/{phone_sid}/end", {"csrf_token": token, "password": PASSWORD})
+    assert ended.headers["Location"] == "/account/sessions?notice=ended"
+    assert not await phone.signed_in()
+
+    # Signing in again (same browser, same session) counts as authenticating again.
+    other = await signed_in_browser(app, world, ip="198.51.100.42")
+    assert (await laptop.sign_in(world.email)).status_code == 303
+    page = await laptop.get("/account/sessions/end-others")
+    assert 'name="password"' not in await text(page)
+    done = await laptop.post("/account/sessions/end-others", {"csrf_token": csrf_from(await text(page))})
+    assert done.headers["Location"] == "/account/sessions?notice=others-ended"
+    assert not await other.signed_in() and await laptop.signed_in()
+
+
+async def test_signing_out_this_browser_needs_no_password(app: Any, runtime: Any, world: World) -> None:
+    browser = await signed_in_browser(app, world)
+    await _age(runtime, browser, 3000)
+    sid = (await runtime.sessions.load(browser.cookie)).sid
+    page = await text(await browser.get("/account/sessions"))
+    out = await browser.post(f"/account/sessions/{sid}/end", {"csrf_token": csrf_from(page)})
+    assert out.status_code == 303 and not await browser.signed_in()
+
+
+async def test_the_api_asks_for_a_fresh_sign_in_or_the_password(
+    app: Any, client: Any, runtime: Any, world: World
+) -> None:
+    from idp.storage.models import OAuthClient
+    from tests.oauth_helpers import age_session, login
+
+    async with runtime.db.session() as session:
+        (await session.get(OAuthClient, world.spa_id)).first_party = True
+    await login(client, world.email)
+    await age_session(runtime, client, 600)
+    tokens = await code_flow(client, world, confidential=False)  # the token's auth_time is 600 s old
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    phone = await signed_in_browser(app, world)
+    phone_sid = (await runtime.sessions.load(phone.cookie)).sid
+
+    stale = await client.delete(f"/api/account/sessions/{phone_sid}", headers=bearer)
+    assert stale.status_code == 401
+    assert (await stale.get_json())["error"] == "insufficient_user_authentication"
+    assert 'max_age="300"' in stale.headers["WWW-Authenticate"]
+    wrong = await client.delete(f"/api/account/sessions/{phone_sid}", headers=bearer, json={"password": "nope"})
+    assert wrong.status_code == 400 and (await wrong.get_json())["field"] == "password"
+    unknown = await client.post("/api/account/sessions/end-others", headers=bearer, json={"passwd": PASSWORD})
+    assert unknown.status_code == 400
+    assert await phone.signed_in()
+
+    done = await client.delete(f"/api/account/sessions/{phone_sid}", headers=bearer, json={"password": PASSWORD})
+    assert done.status_code == 204 and not await phone.signed_in()
+    assert (await client.post("/api/account/sessions/end-others", headers=bearer)).status_code == 401
