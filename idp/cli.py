@@ -514,6 +514,36 @@ def users_end_sessions(state: CliState, email: str, sid: str | None, as_json: bo
     emit({"sessions_ended": ended}, as_json, f"{ended} session(s) ended")
 
 
+@users.command("end-all-sessions")
+@click.option("--yes", is_flag=True, help="Confirm: every user of this IdP is signed out.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def users_end_all_sessions(state: CliState, yes: bool, as_json: bool) -> None:
+    """Sign every user out everywhere (after a suspected compromise); needs redis_url."""
+    from sqlalchemy import select
+
+    from idp.events import EventContext, set_context
+    from idp.storage.models import User
+
+    if not yes:
+        fail("--yes: required, to confirm that every user is signed out")
+    settings = state.settings()
+    if not settings.redis_url:
+        fail("redis_url: not set, so sessions live in the running server's own memory; restarting it ends them all")
+
+    async def action(rt: Any) -> dict[str, int]:
+        set_context(EventContext(via="cli"))
+        async with rt.db.session() as session:
+            user_ids = list((await session.execute(select(User.id))).scalars())
+        ended = 0
+        for user_id in user_ids:
+            ended += len(await rt.sessions.end_all_for_user(user_id, reason="ended_by_admin"))
+        return {"users": len(user_ids), "sessions_ended": ended}
+
+    data = run_with_runtime(settings, action)
+    emit(data, as_json, f"{data['sessions_ended']} session(s) of {data['users']} user(s) ended")
+
+
 @users.command("unlock")
 @click.argument("email")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -136,3 +136,28 @@ def test_unlock(cli_env: dict[str, str], settings: Settings, user_id: str) -> No
     assert data["cleared"] is True and 0 < data["was_locked_for"] <= settings.lockout.lock_duration
     assert with_runtime(settings, lambda rt: rt.lockout.locked_for(EMAIL)) == 0
     assert run(cli_env, "users", "unlock", EMAIL).stdout.strip() == f"{user_id} had no failed sign-ins to clear"
+
+
+def test_end_all_sessions_needs_confirmation_and_the_shared_store(cli_env: dict[str, str]) -> None:
+    assert run_error(cli_env, "users", "end-all-sessions") == (
+        "idp: error: --yes: required, to confirm that every user is signed out"
+    )
+    line = run_error({**cli_env, "IDP_REDIS_URL": ""}, "users", "end-all-sessions", "--yes")
+    assert line.startswith("idp: error: redis_url: not set")
+
+
+@needs_redis
+def test_end_all_sessions(cli_env: dict[str, str], settings: Settings, user_id: str) -> None:
+    other = json.loads(run(cli_env, "users", "create", "--email", "bo@example.com", "--json").stdout)["id"]
+
+    async def sign_in_everyone(rt: Any) -> None:
+        for uid in (user_id, user_id, other):
+            await rt.sessions.create(uid, amr=["pwd"])
+
+    with_runtime(settings, sign_in_everyone)
+    assert run_json(cli_env, "users", "end-all-sessions", "--yes") == {"users": 2, "sessions_ended": 3}
+
+    async def remaining(rt: Any) -> int:
+        return sum([len(await rt.sessions.list_for_user(uid)) for uid in (user_id, other)])
+
+    assert with_runtime(settings, remaining) == 0
