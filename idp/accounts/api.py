@@ -294,7 +294,17 @@ async def get_activity() -> Response:
 async def export() -> Response:
     caller = await authenticate("openid", "profile", "email")
     rt = runtime()
-    data = await profile.export_account(rt.db, caller.user.id, picture_base_url=f"{rt.settings.issuer}/pictures")
+    from idp.accounts import sessions
+
+    current = caller.claims.get("sid")
+    data = await profile.export_account(
+        rt.db,
+        caller.user.id,
+        picture_base_url=f"{rt.settings.issuer}/pictures",
+        sessions=await sessions.describe_all(
+            rt.sessions, rt.db, caller.user.id, current_sid=current if isinstance(current, str) else None
+        ),
+    )
     if data is None:
         raise InvalidToken("The user or client of this token no longer exists or is disabled.")
     response = jsonify(data)

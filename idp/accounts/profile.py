@@ -35,6 +35,7 @@ from idp.storage.db import Database
 from idp.storage.models import (
     AuditEvent,
     Consent,
+    KnownDevice,
     MfaCredential,
     OAuthClient,
     OneTimeToken,
@@ -351,12 +352,20 @@ async def activity(db: Database, user_id: str, *, limit: int, before: int | None
 # -- export ---------------------------------------------------------------------------------------
 
 
-async def export_account(db: Database, user_id: str, *, picture_base_url: str) -> dict[str, Any] | None:
+async def export_account(
+    db: Database,
+    user_id: str,
+    *,
+    picture_base_url: str,
+    sessions: list[dict[str, Any]] | None = None,
+) -> dict[str, Any] | None:
     """Everything stored about the account, for the user to keep (GDPR Art. 15 and 20).
 
     Never credentials or what stands in for them: no password hash, MFA secrets or keys, recovery
-    code hashes, token values, digests or ids. Browser sessions live in the key-value store with
-    no per-user listing and are not included; nor are authorization codes (minutes-long).
+    code hashes, token values, digests or ids, nor session cookies or device-cookie digests.
+    ``sessions`` are the user's live browser sessions as the sessions page shows them (they live
+    in the key-value store, which the caller reads). Authorization codes (minutes-long) are not
+    included.
     """
     async with db.session() as session:
         user = await UserRepository(session).get(user_id)
@@ -396,6 +405,17 @@ async def export_account(db: Database, user_id: str, *, picture_base_url: str) -
                 .order_by(RefreshToken.issued_at, RefreshToken.jti)
             )
         ).all()
+        devices = (
+            (
+                await session.execute(
+                    select(KnownDevice)
+                    .where(KnownDevice.user_id == user_id)
+                    .order_by(KnownDevice.first_seen_at, KnownDevice.device_digest)
+                )
+            )
+            .scalars()
+            .all()
+        )
         audit = (
             (await session.execute(select(AuditEvent).where(AuditEvent.subject_id == user_id).order_by(AuditEvent.id)))
             .scalars()
@@ -452,6 +472,16 @@ async def export_account(db: Database, user_id: str, *, picture_base_url: str) -
                 "revoked_at": iso(row.RefreshToken.revoked_at),
             }
             for row in refresh
+        ],
+        "sessions": list(sessions or []),
+        "known_devices": [
+            {
+                "device": device.label,
+                "first_seen_at": iso(device.first_seen_at),
+                "last_seen_at": iso(device.last_seen_at),
+                "last_ip": device.last_ip,
+            }
+            for device in devices
         ],
         "audit_events": [audit_view(event) for event in audit],
     }

@@ -754,7 +754,14 @@ async def export_page() -> Response:
     if session is None:
         return see_other("/login?return_to=/account/export")
     rt = runtime()
-    data = await profile.export_account(rt.db, session.user_id, picture_base_url=f"{rt.settings.issuer}/pictures")
+    from idp.accounts import sessions
+
+    data = await profile.export_account(
+        rt.db,
+        session.user_id,
+        picture_base_url=f"{rt.settings.issuer}/pictures",
+        sessions=await sessions.describe_all(rt.sessions, rt.db, session.user_id, current_sid=session.sid),
+    )
     if data is None:
         return see_other("/login?return_to=/account/export")
     response = jsonify(data)

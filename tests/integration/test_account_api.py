@@ -19,7 +19,16 @@ import pytest
 from sqlalchemy import select, update
 
 from idp.accounts import consents, links, profile
-from idp.storage.models import AuditEvent, MfaCredential, OAuthClient, OneTimeToken, RecoveryCode, RefreshToken, User
+from idp.storage.models import (
+    AuditEvent,
+    KnownDevice,
+    MfaCredential,
+    OAuthClient,
+    OneTimeToken,
+    RecoveryCode,
+    RefreshToken,
+    User,
+)
 from tests.oauth_helpers import World, add_user, basic, code_flow, make_world
 
 SPA = "http://127.0.0.1:8080"  # the SPA's registered web origin (make_world)
@@ -943,6 +952,8 @@ async def test_export_holds_everything_but_secrets(client: Any, runtime: Any) ->
         "mfa_credentials",
         "recovery_codes",
         "refresh_tokens",
+        "sessions",
+        "known_devices",
         "audit_events",
     }
     assert data["profile"]["id"] == world.user_id
@@ -976,6 +987,17 @@ async def test_export_holds_everything_but_secrets(client: Any, runtime: Any) ->
         "openid profile email offline_access",
     )
     assert issued["revoked_at"] is None and issued["expires_at"] > issued["issued_at"]
+    # The browser that signed in: its session (by sid, never the cookie) and the device it is.
+    [browser] = data["sessions"]
+    assert browser["current"] is True and browser["applications"] == ["Web App"] and browser["amr"] == ["pwd"]
+    [device] = data["known_devices"]
+    assert set(device) == {"device", "first_seen_at", "last_seen_at", "last_ip"}
+    async with runtime.db.session() as session:
+        digests = (await session.execute(select(KnownDevice.device_digest))).scalars().all()
+    for cookie in client.cookie_jar:
+        assert cookie.value not in text
+    for digest in digests:
+        assert digest not in text
     trail = await audit_rows(runtime, world.user_id)
     assert [event["id"] for event in data["audit_events"]] == [row.id for row in reversed(trail)]
     assert {"login_succeeded", "profile_updated", "token_issued"} <= {e["event"] for e in data["audit_events"]}
