@@ -247,13 +247,19 @@ def db_current(state: CliState, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def db_cleanup(state: CliState, as_json: bool) -> None:
-    """Delete expired authorization codes, refresh tokens and signing keys (safe to run any time)."""
+    """Delete expired authorization codes, refresh tokens, signing keys and forgotten devices
+    (safe to run any time)."""
+    from datetime import timedelta
+
+    from idp.accounts.devices import DEVICE_COOKIE_MAX_AGE
     from idp.storage.models import utcnow
     from idp.storage.repositories import MaintenanceRepository
 
     async def action(rt: Any) -> dict[str, int]:
         async with rt.db.session() as session:
-            counts = await MaintenanceRepository(session).delete_expired(utcnow())
+            counts = await MaintenanceRepository(session).delete_expired(
+                utcnow(), device_lifetime=timedelta(seconds=DEVICE_COOKIE_MAX_AGE)
+            )
         counts["signing_keys"] = await rt.keys.purge_expired()
         return counts
 

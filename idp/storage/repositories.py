@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from idp.storage.models import AuditEvent, AuthorizationCode, OAuthClient, RefreshToken, SigningKey, User
+from idp.storage.models import AuditEvent, AuthorizationCode, KnownDevice, OAuthClient, RefreshToken, SigningKey, User
 
 
 def normalize_email(email: str) -> str:
@@ -139,7 +139,12 @@ class MaintenanceRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def delete_expired(self, now: datetime, code_grace: timedelta = timedelta(days=1)) -> dict[str, int]:
+    async def delete_expired(
+        self,
+        now: datetime,
+        code_grace: timedelta = timedelta(days=1),
+        device_lifetime: timedelta = timedelta(days=400),
+    ) -> dict[str, int]:
         # Used codes are kept a while past expiry: replay detection needs them, not just validity.
         codes = await self.session.execute(
             delete(AuthorizationCode).where(AuthorizationCode.expires_at < now - code_grace)
@@ -150,7 +155,12 @@ class MaintenanceRepository:
                 or_(RefreshToken.family_expires_at < now, RefreshToken.expires_at < now - code_grace)
             )
         )
+        # A browser unseen for longer than its device cookie lives can't be recognised any more.
+        devices = await self.session.execute(
+            delete(KnownDevice).where(KnownDevice.last_seen_at < now - device_lifetime)
+        )
         return {
             "authorization_codes": int(getattr(codes, "rowcount", 0) or 0),
             "refresh_tokens": int(getattr(refresh, "rowcount", 0) or 0),
+            "known_devices": int(getattr(devices, "rowcount", 0) or 0),
         }

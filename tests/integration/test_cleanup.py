@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from idp.cli import cli
-from idp.storage.models import AuthorizationCode, RefreshToken, utcnow
+from idp.storage.models import AuthorizationCode, KnownDevice, RefreshToken, utcnow
 from tests.oauth_helpers import code_flow, make_world
 
 
@@ -30,10 +30,28 @@ async def test_cleanup_deletes_expired_rows_and_keeps_live_ones(client, runtime,
         token = (await session.execute(select(RefreshToken).limit(1))).scalar_one()
         token.family_expires_at = utcnow() - timedelta(seconds=1)
     assert await _counts(runtime) == (2, 2)
+    # Two remembered browsers: one seen within the device cookie's 400 days, one not.
+    async with runtime.db.session() as session:
+        for digest, age in (("a" * 64, 399), ("b" * 64, 401)):
+            seen = utcnow() - timedelta(days=age)
+            session.add(
+                KnownDevice(
+                    user_id=world.user_id, device_digest=digest, label="Firefox", first_seen_at=seen, last_seen_at=seen
+                )
+            )
 
     import asyncio
 
     result = await asyncio.to_thread(CliRunner().invoke, cli, ["db", "cleanup", "--json"], env=cli_env)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == {"authorization_codes": 1, "refresh_tokens": 1, "signing_keys": 0}
+    assert json.loads(result.output) == {
+        "authorization_codes": 1,
+        "refresh_tokens": 1,
+        "known_devices": 1,
+        "signing_keys": 0,
+    }
     assert await _counts(runtime) == (1, 1)
+    async with runtime.db.session() as session:
+        kept = set((await session.execute(select(KnownDevice.device_digest))).scalars())
+    assert "a" * 64 in kept and "b" * 64 not in kept
+    assert len(kept) == 2  # with the test browser's own, seen just now
