@@ -177,7 +177,12 @@ async def rotate_browser_session(response: Response) -> BrowserSession | None:
     if session is None:
         return None
     rt = runtime()
-    cookie_value, rotated = await rt.sessions.rotate(session)
+    renewed = await rt.sessions.rotate(session)
+    if renewed is None:  # ended from elsewhere while this request ran: signed out
+        g.idp_session = None
+        clear_cookie(response, SESSION_COOKIE)
+        return None
+    cookie_value, rotated = renewed
     g.idp_session = rotated
     set_cookie(response, SESSION_COOKIE, cookie_value, max_age=rt.settings.sessions.absolute_ttl)
     return rotated

@@ -164,7 +164,12 @@ class SessionStore:
         device: str | None = None,
     ) -> tuple[str, BrowserSession]:
         """The same user signed in again in this browser (step-up, ``prompt=login``, ``max_age``):
-        a new cookie value (ASVS 7.2.4) and a new authentication, the same ``sid`` and clients."""
+        a new cookie value (ASVS 7.2.4) and a new authentication, the same ``sid`` and clients.
+        If the session ended meanwhile (from another device), this is a new session instead."""
+        if not await self._discard(session):
+            return await self.create(
+                session.user_id, amr=amr, acr=acr, ip=ip, user_agent=user_agent, device=device or session.device
+            )
         now = self._now()
         cookie_value = random_token(32)
         renewed = BrowserSession(
@@ -183,16 +188,17 @@ class SessionStore:
                 "started": self._clock(),
             }
         )
-        await self._discard(session)
         await self._save(renewed, now)
         return cookie_value, renewed
 
-    async def rotate(self, session: BrowserSession) -> tuple[str, BrowserSession]:
-        """A new cookie value for the same session (after a privilege change, ASVS 7.2.4)."""
+    async def rotate(self, session: BrowserSession) -> tuple[str, BrowserSession] | None:
+        """A new cookie value for the same session (after a privilege change, ASVS 7.2.4); None when
+        the session ended meanwhile (it is not brought back)."""
+        if not await self._discard(session):
+            return None
         now = self._now()
         cookie_value = random_token(32)
         rotated = BrowserSession(**{**asdict(session), "digest": sha256_digest(cookie_value), "last_seen": now})
-        await self._discard(session)
         await self._save(rotated, now)
         return cookie_value, rotated
 

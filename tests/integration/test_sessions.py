@@ -607,3 +607,16 @@ async def test_the_api_asks_for_a_fresh_sign_in_or_the_password(
     done = await client.delete(f"/api/account/sessions/{phone_sid}", headers=bearer, json={"password": PASSWORD})
     assert done.status_code == 204 and not await phone.signed_in()
     assert (await client.post("/api/account/sessions/end-others", headers=bearer)).status_code == 401
+
+
+async def test_a_session_ended_meanwhile_is_not_brought_back(runtime: Any, world: World) -> None:
+    """Another device ends the session while this browser's request rotates or renews it."""
+    cookie, session = await runtime.sessions.create(world.user_id, amr=["pwd"])
+    loaded = await runtime.sessions.load(cookie)
+    await runtime.sessions.end(session, reason="ended_by_user")
+    assert await runtime.sessions.rotate(loaded) is None
+    assert await runtime.sessions.list_for_user(world.user_id) == []
+    # Signing in again then is a new session: a new sid, not the ended one revived.
+    new_cookie, renewed = await runtime.sessions.reauthenticate(loaded, amr=["pwd"], acr=None)
+    assert renewed.sid != session.sid and await runtime.sessions.load(new_cookie) is not None
+    assert await runtime.sessions.by_sid(session.sid) is None
