@@ -106,11 +106,19 @@ class SessionStore:
     def _expired(self, session: BrowserSession, now: int) -> bool:
         return now - session.created_at >= self.absolute_ttl or now - session.last_seen >= self.idle_ttl
 
-    async def _save(self, session: BrowserSession, now: int) -> None:
+    async def _save(self, session: BrowserSession, now: int, *, existing: bool = False) -> bool:
+        """Write the session and its indexes. ``existing``: only if it is still stored (an update
+        must not bring back a session another instance ended meanwhile); False when it was not."""
         ttl = self._ttl(session, now)
-        await self._kv.set(_SESSION + session.digest, json.dumps(asdict(session)), ttl=ttl)
+        raw = json.dumps(asdict(session))
+        if existing:
+            if not await self._kv.set_if_present(_SESSION + session.digest, raw, ttl=ttl):
+                return False
+        else:
+            await self._kv.set(_SESSION + session.digest, raw, ttl=ttl)
         await self._kv.set(_SID + session.sid, session.digest, ttl=ttl)
         await self._kv.add_to_set(_USER_SESSIONS + session.user_id, session.digest, ttl=self.absolute_ttl)
+        return True
 
     async def _get(self, digest: str) -> BrowserSession | None:
         raw = await self._kv.get(_SESSION + digest)
@@ -252,7 +260,8 @@ class SessionStore:
             return None
         if now - session.last_seen >= _TOUCH_INTERVAL:
             session.last_seen = now
-            await self._save(session, now)
+            if not await self._save(session, now, existing=True):
+                return None  # ended from elsewhere a moment ago
         return session
 
     async def by_sid(self, sid: str) -> BrowserSession | None:
@@ -278,7 +287,7 @@ class SessionStore:
     async def add_client(self, session: BrowserSession, client_id: str) -> None:
         if client_id not in session.clients:
             session.clients.append(client_id)
-            await self._save(session, self._now())
+            await self._save(session, self._now(), existing=True)
 
     # -- the end ---------------------------------------------------------------------------------
 

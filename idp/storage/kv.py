@@ -88,6 +88,11 @@ class KeyValueStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def set_if_present(self, key: str, value: str, ttl: float | None = None) -> bool:
+        """Atomically replace the value of an existing ``key``; False (and nothing written) when it
+        is absent, so an update can't bring back what another instance deleted."""
+
+    @abc.abstractmethod
     async def pop(self, key: str) -> str | None:
         """Atomically read and delete ``key`` so a consume-once artefact is used exactly once."""
 
@@ -254,6 +259,15 @@ class MemoryStore(KeyValueStore):
         deadline = self._deadline(ttl)
         full = self._k(key)
         if self._live(full) is not None:
+            return False
+        self._data[full] = _Entry(value, deadline)
+        self._wrote()
+        return True
+
+    async def set_if_present(self, key: str, value: str, ttl: float | None = None) -> bool:
+        deadline = self._deadline(ttl)  # validates ttl whether or not the key exists
+        full = self._k(key)
+        if self._live(full) is None:
             return False
         self._data[full] = _Entry(value, deadline)
         self._wrote()
@@ -469,6 +483,12 @@ class RedisStore(KeyValueStore):
         async with self._guard():
             created = await self._redis.set(self._k(key), value, px=px, nx=True)
         return bool(created)
+
+    async def set_if_present(self, key: str, value: str, ttl: float | None = None) -> bool:
+        px = None if ttl is None else _ttl_ms(ttl)
+        async with self._guard():
+            replaced = await self._redis.set(self._k(key), value, px=px, xx=True)
+        return bool(replaced)
 
     async def pop(self, key: str) -> str | None:
         async with self._guard():

@@ -620,3 +620,18 @@ async def test_a_session_ended_meanwhile_is_not_brought_back(runtime: Any, world
     new_cookie, renewed = await runtime.sessions.reauthenticate(loaded, amr=["pwd"], acr=None)
     assert renewed.sid != session.sid and await runtime.sessions.load(new_cookie) is not None
     assert await runtime.sessions.by_sid(session.sid) is None
+
+
+async def test_a_touch_or_a_new_client_does_not_revive_an_ended_session(runtime: Any, world: World) -> None:
+    """The browser's request reads its session just before another device ends it."""
+    from idp.accounts.sessions import SessionStore
+
+    clock = SessionClock()
+    store = SessionStore(runtime.kv, runtime.events, idle_ttl=3600, absolute_ttl=86400, clock=clock)
+    cookie, session = await store.create(world.user_id, amr=["pwd"])
+    in_flight = await store.load(cookie)
+    await store.end(session, reason="ended_by_user")
+    await store.add_client(in_flight, "some-client")
+    clock.now += 120  # past the touch interval: loading would refresh last_seen
+    assert await store.load(cookie) is None
+    assert await store.by_sid(session.sid) is None and await store.list_for_user(world.user_id) == []

@@ -170,12 +170,29 @@ async def test_expire_shortens_life(store: KeyValueStore) -> None:
     assert await store.get("k") is None
 
 
+async def test_set_if_present_only_replaces_a_live_key(store: KeyValueStore) -> None:
+    assert await store.set_if_present("k", "v") is False
+    assert await store.get("k") is None  # nothing was written
+    await store.set("k", "v1", ttl=60)
+    assert await store.set_if_present("k", "v2", ttl=0.15) is True
+    assert await store.get("k") == "v2"
+    await asyncio.sleep(0.3)
+    # Expired is absent: an update can't revive it.
+    assert await store.set_if_present("k", "v3") is False
+    assert await store.get("k") is None
+    await store.set("gone", "v")
+    await store.delete("gone")
+    assert await store.set_if_present("gone", "v") is False
+
+
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf")])
 async def test_invalid_ttl_is_rejected(store: KeyValueStore, bad: float) -> None:
     with pytest.raises(ValueError, match="ttl must be a positive number"):
         await store.set("k", "v", ttl=bad)
     with pytest.raises(ValueError):
         await store.set_if_absent("k", "v", ttl=bad)
+    with pytest.raises(ValueError):
+        await store.set_if_present("k", "v", ttl=bad)
     with pytest.raises(ValueError):
         await store.incr("k", ttl=bad)
     with pytest.raises(ValueError):
