@@ -19,6 +19,15 @@ import httpx
 IDP = str(Path(sys.executable).with_name("idp"))
 
 
+def run_idp(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    """Run the `idp` command with ``env`` (and no other IDP_* variables); its standard output."""
+    full_env = {key: value for key, value in os.environ.items() if not key.startswith("IDP_")}
+    full_env.update(env)
+    done = subprocess.run([IDP, *args], env=full_env, input=stdin, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"idp {' '.join(args)} exited {done.returncode}: {done.stderr}"
+    return done.stdout
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

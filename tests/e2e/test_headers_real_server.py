@@ -7,16 +7,14 @@ served over plain HTTP on loopback, as behind a proxy that ends TLS: HSTS and th
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
 import pytest
 
-from tests.e2e.server import IDP, free_port, running
+from tests.e2e.server import IDP, free_port, run_idp, running
 
 pytestmark = pytest.mark.server
 
@@ -32,24 +30,16 @@ ON_EVERY_RESPONSE = {
 HSTS = "max-age=63072000; includeSubDomains"
 
 
-def _idp(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    full_env = {key: value for key, value in os.environ.items() if not key.startswith("IDP_")}
-    full_env.update(env)
-    done = subprocess.run([IDP, *args], env=full_env, input=stdin, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"idp {' '.join(args)} exited {done.returncode}: {done.stderr}"
-    return done.stdout
-
-
 @contextmanager
 def serving(cli_env: dict[str, str], issuer: str | None = None) -> Iterator[str]:
     """A migrated, seeded `idp serve`; yields its base URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**cli_env, "IDP_ISSUER": issuer or base, "IDP_SERVER__PORT": str(port), "IDP_SERVER__WORKERS": "1"}
-    _idp(env, "db", "upgrade")
-    _idp(env, "users", "create", "--email", EMAIL, "--password-stdin", "--verified", stdin=PASSWORD + "\n")
+    run_idp(env, "db", "upgrade")
+    run_idp(env, "users", "create", "--email", EMAIL, "--password-stdin", "--verified", stdin=PASSWORD + "\n")
     client = ["clients", "create", "--name", "SPA", "--public", "--auth-method", "none", "--json"]
-    _idp(env, *client, "--redirect-uri", f"{SPA_ORIGIN}/cb", "--web-origin", SPA_ORIGIN)
+    run_idp(env, *client, "--redirect-uri", f"{SPA_ORIGIN}/cb", "--web-origin", SPA_ORIGIN)
     with running([IDP, "serve"], env, port):
         yield base
 

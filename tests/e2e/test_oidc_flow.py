@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import html
 import json
-import os
 import secrets
 import signal
-import subprocess
 import threading
 import time
 import warnings
@@ -37,7 +35,7 @@ from joserfc.errors import InvalidClaimError
 from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
 
-from tests.e2e.server import IDP, Server, free_port, running
+from tests.e2e.server import IDP, Server, free_port, run_idp, running
 
 with warnings.catch_warnings():
     # Authlib 1.9 prefers its "httpx2" fork and warns once, at import, when it falls back to httpx
@@ -143,14 +141,6 @@ class Provider:
     receiver: LogoutReceiver
 
 
-def _idp(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    full_env = {key: value for key, value in os.environ.items() if not key.startswith("IDP_")}
-    full_env.update(env)
-    done = subprocess.run([IDP, *args], env=full_env, input=stdin, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"idp {' '.join(args)} exited {done.returncode}: {done.stderr}"
-    return done.stdout
-
-
 @contextmanager
 def _provider(cli_env: dict[str, str], **extra_env: str) -> Iterator[Provider]:
     port, rp_port = free_port(), free_port()
@@ -165,16 +155,16 @@ def _provider(cli_env: dict[str, str], **extra_env: str) -> Iterator[Provider]:
     }
     rp = f"http://127.0.0.1:{rp_port}"
     with LogoutReceiver() as receiver, ThreadPoolExecutor(max_workers=2) as pool:
-        _idp(env, "db", "upgrade")
+        run_idp(env, "db", "upgrade")
         # The first command to open the runtime creates the signing keys; the rest may run side by side.
         user = ["users", "create", "--email", EMAIL, "--name", "River Example", "--password-stdin", "--verified"]
-        _idp(env, *user, stdin=PASSWORD + "\n")
+        run_idp(env, *user, stdin=PASSWORD + "\n")
         common = ["--redirect-uri", f"{rp}/cb", "--post-logout-redirect-uri", f"{rp}/bye", "--json"]
         common += ["--grant", "authorization_code", "--grant", "refresh_token"]
         web_args = ["--confidential", "--auth-method", "client_secret_basic", "--backchannel-logout-uri", receiver.uri]
         spa_args = ["--public", "--auth-method", "none", "--id-token-alg", "ES256"]
-        web_created = pool.submit(_idp, env, "clients", "create", "--name", "Web RP", *web_args, *common)
-        spa_created = pool.submit(_idp, env, "clients", "create", "--name", "SPA RP", *spa_args, *common)
+        web_created = pool.submit(run_idp, env, "clients", "create", "--name", "Web RP", *web_args, *common)
+        spa_created = pool.submit(run_idp, env, "clients", "create", "--name", "SPA RP", *spa_args, *common)
         with running([IDP, "serve"], env, port) as server:
             web, spa = json.loads(web_created.result()), json.loads(spa_created.result())
             assert web["client_secret"] and spa["client_secret"] is None
@@ -542,7 +532,7 @@ async def test_key_rotation_keeps_issued_tokens_valid(fast_reload_provider: Prov
         )
         assert {kid_of(token["access_token"]), kid_of(token["id_token"])} <= old_kids
 
-        rotated = json.loads(await asyncio.to_thread(_idp, provider.env, "keys", "rotate", "--json"))
+        rotated = json.loads(await asyncio.to_thread(run_idp, provider.env, "keys", "rotate", "--json"))
         new_kids = set(rotated["created"])
         assert len(new_kids) == len(old_kids) and not new_kids & old_kids
         # The server re-reads the key set once keys.reload_interval (1 s here) has passed.

@@ -14,9 +14,7 @@ platform authenticator whose keys are not backup-eligible, hence ``hwk`` rather 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,7 +35,7 @@ from playwright.async_api import Browser, BrowserContext, Page, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.e2e.browser import Credential, VirtualAuthenticator, chromium, new_page, require_chromium
-from tests.e2e.server import IDP, Server, free_port, running
+from tests.e2e.server import IDP, Server, free_port, run_idp, running
 from tests.oauth_helpers import pkce_pair, query_of
 
 pytestmark = pytest.mark.server
@@ -62,15 +60,6 @@ class Provider:
     client_id: str
     redirect_uri: str  # served by a CallbackReceiver
     server: Server
-
-
-def idp(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    """Run the `idp` command with ``env`` (and no other IDP_* variables); its output."""
-    full_env = {key: value for key, value in os.environ.items() if not key.startswith("IDP_")}
-    full_env.update(env)
-    done = subprocess.run([IDP, *args], env=full_env, input=stdin, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"idp {' '.join(args)} exited {done.returncode}: {done.stderr}"
-    return done.stdout
 
 
 class CallbackReceiver:
@@ -119,13 +108,13 @@ def provider(chromium_path: Path, cli_env: dict[str, str]) -> Iterator[Provider]
     port = free_port()
     issuer = f"http://localhost:{port}"
     env = {**cli_env, "IDP_ISSUER": issuer, "IDP_SERVER__PORT": str(port), "IDP_SERVER__WORKERS": "1"}
-    idp(env, "db", "upgrade")
-    idp(env, "users", "create", "--email", EMAIL, "--name", "Paz Passkey", "--password-stdin", "--verified",
+    run_idp(env, "db", "upgrade")
+    run_idp(env, "users", "create", "--email", EMAIL, "--name", "Paz Passkey", "--password-stdin", "--verified",
          stdin=PASSWORD + "\n")  # fmt: skip
     with CallbackReceiver() as receiver, ThreadPoolExecutor(max_workers=1) as pool:
         # The user's creation made the signing keys; the client is registered while the server starts.
         created = pool.submit(
-            idp, env, "clients", "create", "--name", "Passkey RP", "--public", "--auth-method", "none",
+            run_idp, env, "clients", "create", "--name", "Passkey RP", "--public", "--auth-method", "none",
             "--first-party", "--redirect-uri", receiver.uri, "--grant", "authorization_code", "--json",
         )  # fmt: skip
         with running([IDP, "serve"], env, port) as server:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 
-from tests.e2e.server import IDP, free_port, running
+from tests.e2e.server import IDP, free_port, run_idp, running
 from tests.oauth_helpers import pkce_pair
 
 pytestmark = pytest.mark.server
@@ -38,14 +37,6 @@ class Cluster:
     b: str  # base URL of node B
     client_id: str
     client_secret: str
-
-
-def idp(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    full_env = {key: value for key, value in os.environ.items() if not key.startswith("IDP_")}
-    full_env.update(env)
-    done = subprocess.run([IDP, *args], env=full_env, input=stdin, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"idp {' '.join(args)}: {done.stderr}"
-    return done.stdout
 
 
 @pytest.fixture
@@ -71,10 +62,10 @@ def cluster(cli_env: dict[str, str], redis_url: str) -> Iterator[Cluster]:
         "IDP_RATE_LIMITS__LOGIN_PER_IP__REQUESTS": str(LIMIT),
         "IDP_RATE_LIMITS__LOGIN_PER_IP__WINDOW": "120",
     }
-    idp(env, "db", "upgrade")
-    idp(env, "users", "create", "--email", EMAIL, "--password-stdin", "--verified", stdin=PASSWORD + "\n")
+    run_idp(env, "db", "upgrade")
+    run_idp(env, "users", "create", "--email", EMAIL, "--password-stdin", "--verified", stdin=PASSWORD + "\n")
     created = json.loads(
-        idp(
+        run_idp(
             env,
             "clients",
             "create",
