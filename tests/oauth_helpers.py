@@ -149,6 +149,22 @@ async def authorize(
     return response, verifier
 
 
+def authorization_url(client_id: str, redirect_uri: str, **params: str) -> str:
+    """A minimal code-flow request (PKCE S256, scope openid) as a local URL; ``params`` add to it."""
+    _, challenge = pkce_pair()
+    query = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": redirect_uri,
+        "scope": "openid",
+        "state": "s",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        **params,
+    }
+    return f"/authorize?{urlencode(query)}"
+
+
 async def code_flow(
     client: Any,
     world: World,

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from tests.mfa_helpers import enable_totp, text
-from tests.oauth_helpers import WEB_REDIRECT, World, authorize, csrf_from, login, pkce_pair
+from tests.oauth_helpers import WEB_REDIRECT, World, authorization_url, authorize, csrf_from, login
 
 
 def directives(response: Any) -> dict[str, str]:
@@ -27,17 +27,7 @@ def script_nonces(html: str) -> set[str]:
 
 async def start_authorization(client: Any, world: World) -> str:
     """GET /authorize without a session; the login page URL it sends the browser to."""
-    _, challenge = pkce_pair()
-    query = {
-        "response_type": "code",
-        "client_id": world.web_id,
-        "redirect_uri": WEB_REDIRECT,
-        "scope": "openid",
-        "state": "s",
-        "code_challenge": challenge,
-        "code_challenge_method": "S256",
-    }
-    response = await client.get(f"/authorize?{urlencode(query)}")
+    response = await client.get(authorization_url(world.web_id, WEB_REDIRECT))
     assert response.status_code == 303
     location = response.headers["Location"]
     assert location.startswith("/login?return_to=%2Fauthorize%2Fresume%2F")

@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlencode
 
 import pyotp
 import pytest
@@ -25,13 +24,13 @@ from tests.oauth_helpers import (
     PASSWORD,
     WEB_REDIRECT,
     World,
+    authorization_url,
     authorize,
     basic,
     code_flow,
     csrf_from,
     login,
     make_world,
-    pkce_pair,
     query_of,
 )
 
@@ -383,17 +382,7 @@ async def test_cookies_and_hsts_over_an_https_issuer(https_app: Any) -> None:
         assert response.headers["Strict-Transport-Security"] == HSTS, response.status_code
 
     # A sign-in started by a client sets its interaction binding cookie, as strictly.
-    _, challenge = pkce_pair()
-    query = {
-        "response_type": "code",
-        "client_id": world.web_id,
-        "redirect_uri": WEB_REDIRECT,
-        "scope": "openid",
-        "state": "s",
-        "code_challenge": challenge,
-        "code_challenge_method": "S256",
-    }
-    parked = await https_app.test_client().get(f"/authorize?{urlencode(query)}", scheme="https")
+    parked = await https_app.test_client().get(authorization_url(world.web_id, WEB_REDIRECT), scheme="https")
     assert parked.status_code == 303 and set_cookies(parked)
     check_every_cookie(parked, https=True)
 
