@@ -135,6 +135,10 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int 
 
     from idp.observability import configure_logging
 
+    from idp.config import workers_without_shared_state
+
+    if workers is not None and (problem := workers_without_shared_state(workers, settings.redis_url)):
+        fail(f"--workers: {problem}")
     configure_logging(settings.log.level, settings.log_format)
     # Fail fast, with one clear line, before any worker starts: database, Redis, schema, keys.
     run_with_runtime(settings, lambda rt: asyncio.sleep(0))

@@ -11,6 +11,7 @@ with one line naming the key and where its value came from.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -51,6 +52,7 @@ class _Section(BaseModel):
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    # Worker processes of `idp serve`; more than one needs redis_url (workers_without_shared_state).
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     # Addresses of reverse proxies whose X-Forwarded-For/-Proto headers are trusted (RFC 9700 §4.13:
     # never trust forwarding headers from anyone else).
@@ -436,6 +438,13 @@ class Settings(_Section):
         return self
 
     @model_validator(mode="after")
+    def _shared_state_for_workers(self) -> Settings:
+        problem = workers_without_shared_state(self.server.workers, self.redis_url)
+        if problem:
+            raise ValueError(f"server.workers: {problem}")
+        return self
+
+    @model_validator(mode="after")
     def _production_requirements(self) -> Settings:
         if self.dev_mode:
             return self
@@ -469,7 +478,27 @@ class Settings(_Section):
 
 
 def _is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
+    """Loopback IP literals and ``localhost`` only (RFC 9700 §2.6): a name such as
+    ``127.evil.example`` resolves wherever its owner wants."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def workers_without_shared_state(workers: int, redis_url: str) -> str | None:
+    """Why ``workers`` processes can't run without Redis, or None when they can.
+
+    Each process has its own in-process store: a token revoked, an assertion used or a session
+    ended in one worker would still be accepted by the others (RFC 7009 §2.2, RFC 7523 §3)."""
+    if workers > 1 and not redis_url:
+        return (
+            f"{workers} worker processes need redis_url (each would keep its own sessions, revoked tokens and "
+            "replay records); set redis_url or run 1 worker"
+        )
+    return None
 
 
 def decode_kek(value: str) -> bytes:

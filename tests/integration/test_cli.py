@@ -618,6 +618,20 @@ def test_bad_value_in_environment(cli_env: dict[str, str]) -> None:
     assert "IDP_SERVER__PORT" in line
 
 
+def test_several_workers_without_redis_are_refused(cli_env: dict[str, str]) -> None:
+    """H1 (RFC 7009 §2.2, RFC 7523 §3, ASVS 7.4.1): `idp config check` and `idp serve` refuse
+    several workers without Redis, in one line naming both settings, before anything starts."""
+    cli_env = {**cli_env, "IDP_REDIS_URL": ""}
+    line = assert_one_line_error(run_idp({**cli_env, "IDP_SERVER__WORKERS": "4"}, "config", "check"))
+    assert "server.workers: 4 worker processes need redis_url" in line
+    for args in (["serve", "--port", "0", "--workers", "2"], ["serve", "--workers=3"]):
+        process = run_idp(cli_env, *args)
+        line = assert_one_line_error(process)
+        assert line.startswith("idp: error: --workers:"), line
+        assert "need redis_url" in line
+        assert "serving" not in process.stderr
+
+
 def test_unreachable_database(cli_env: dict[str, str]) -> None:
     env = {**cli_env, "IDP_DATABASE_URL": "postgresql+asyncpg://u:hunter2@127.0.0.1:1/x"}
     line = assert_one_line_error(run_idp(env, "keys", "list"))

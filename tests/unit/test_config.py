@@ -56,7 +56,10 @@ def test_documented_env_names_work_exactly_as_spelled(secrets_env) -> None:
 
 
 def test_precedence_defaults_file_environment_overrides(tmp_path, secrets_env) -> None:
-    path = write(tmp_path, 'issuer = "https://file.example"\n[server]\nport = 7000\nworkers = 3\n')
+    path = write(
+        tmp_path,
+        'issuer = "https://file.example"\nredis_url = "redis://cache:6379/0"\n[server]\nport = 7000\nworkers = 3\n',
+    )
     settings = load_settings(path, environ={**secrets_env, "IDP_SERVER__PORT": "7100"})
     assert settings.issuer == "https://file.example"  # file beats default
     assert settings.server.port == 7100  # environment beats file
@@ -126,6 +129,37 @@ def test_invalid_toml_and_missing_file(tmp_path, secrets_env) -> None:
 )
 def test_bad_values_are_named(secrets_env, env, expected) -> None:
     assert error_of(environ={**secrets_env, **env}).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.evil.example", "127.0.0.1.nip.io", "localhost.evil.example", "evil-localhost", "128.0.0.1", "0.0.0.0"],
+)
+def test_http_issuer_only_for_loopback_ips_and_localhost(secrets_env, host) -> None:
+    """L10, RFC 9700 §2.6: a name that merely starts with "127." is not loopback; it resolves
+    wherever its owner wants, so http there would send codes and cookies in the clear."""
+    message = error_of(environ={**secrets_env, "IDP_ISSUER": f"http://{host}:8000"})
+    assert message.startswith("issuer: must be https outside dev mode")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "[::1]", "localhost"])
+def test_http_issuer_accepted_on_loopback(secrets_env, host) -> None:
+    settings = load_settings(environ={**secrets_env, "IDP_ISSUER": f"http://{host}:8000"})
+    assert settings.issuer == f"http://{host}:8000"
+
+
+@pytest.mark.parametrize("dev_mode", ["false", "true"])
+def test_several_workers_need_redis(tmp_path, secrets_env, dev_mode) -> None:
+    """H1: without Redis each worker process has its own store, so a token revoked, an assertion
+    used or a session ended in one worker would still work in the others (RFC 7009 §2.2,
+    RFC 7523 §3, ASVS 7.4.1). The one line names both settings."""
+    env = {**secrets_env, "IDP_DEV_MODE": dev_mode, "IDP_DATA_DIR": str(tmp_path), "IDP_SERVER__WORKERS": "2"}
+    message = error_of(environ=env)
+    assert message.startswith("server.workers: 2 worker processes need redis_url")
+    assert message.endswith("set redis_url or run 1 worker")
+    settings = load_settings(environ={**env, "IDP_REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert settings.server.workers == 2
+    assert load_settings(environ={**env, "IDP_SERVER__WORKERS": "1"}).server.workers == 1
 
 
 def test_secrets_have_no_default_outside_dev_mode(secrets_env) -> None:
