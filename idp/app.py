@@ -15,6 +15,7 @@ from idp.errors import IdPError, ServerError, ServiceUnavailable, from_http_stat
 from idp.events import EventContext, set_context
 from idp.observability import accept_request_id, request_id_var, summarize_exception
 from idp.runtime import Runtime, StartupError, open_runtime
+from idp.security import request_limits
 from idp.security.headers import apply_security_headers, new_nonce
 from idp.storage.db import DatabaseUnavailable
 from idp.storage.kv import KeyValueUnavailable
@@ -113,6 +114,10 @@ def _install_request_hooks(app: IdPApp) -> None:
     @app.before_request
     async def _begin() -> None:
         g.started = time.perf_counter()
+        # `idp serve` refuses these while they arrive; this holds the rule under any ASGI server.
+        refusal = request_limits.head_refusal(_target_length(), request.headers.items())
+        if refusal is not None:
+            raise from_http_status(refusal.status, refusal.message)
         g.request_id = accept_request_id(request.headers.get("X-Request-ID")) or uuid.uuid4().hex
         request_id_var.set(g.request_id)
         set_context(
@@ -153,6 +158,13 @@ def _install_request_hooks(app: IdPApp) -> None:
             },
         )
         return response
+
+
+def _target_length() -> int:
+    """Bytes of the request target as sent (the raw path and the query string)."""
+    raw_path = request.scope.get("raw_path") or request.path.encode()
+    query = request.query_string
+    return len(raw_path) + (len(query) + 1 if query else 0)
 
 
 JSON_PATH_PREFIXES = (

@@ -113,29 +113,12 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 # serve / demo
 
 
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """How idp runs under uvicorn: uvloop + httptools (about twice Hypercorn's throughput here,
-    see bench/README.md), sans-io websockets, and our own access log (no query strings)."""
-    return {
-        "loop": "uvloop",
-        "http": "httptools",
-        "ws": "websockets-sansio",
-        "lifespan": "on",
-        "access_log": False,
-        "server_header": False,
-        "log_config": None,
-        "proxy_headers": bool(settings.server.forwarded_allow_ips),
-        "forwarded_allow_ips": settings.server.forwarded_allow_ips or None,
-        "timeout_graceful_shutdown": 10,
-    }
-
-
 def _serve(settings: Settings, host: str | None, port: int | None, workers: int | None) -> None:
     import uvicorn
 
-    from idp.observability import configure_logging
-
     from idp.config import workers_without_shared_state
+    from idp.observability import configure_logging
+    from idp.server import uvicorn_options
 
     if workers is not None and (problem := workers_without_shared_state(workers, settings.redis_url)):
         fail(f"--workers: {problem}")

@@ -66,6 +66,18 @@ class PayloadTooLarge(IdPError):
     default_description = "The request body is too large."
 
 
+class UriTooLong(IdPError):
+    error = "uri_too_long"
+    status_code = 414
+    default_description = "The request target is too long."
+
+
+class RequestHeaderFieldsTooLarge(IdPError):
+    error = "request_header_fields_too_large"
+    status_code = 431
+    default_description = "The request header fields are too large."
+
+
 class UnsupportedMediaType(IdPError):
     error = "unsupported_media_type"
     status_code = 415
@@ -164,7 +176,9 @@ _STATUS_TO_ERROR: dict[int, type[IdPError]] = {
     405: MethodNotAllowed,
     409: Conflict,
     413: PayloadTooLarge,
+    414: UriTooLong,
     415: UnsupportedMediaType,
+    431: RequestHeaderFieldsTooLarge,
     503: ServiceUnavailable,
 }
 

@@ -69,7 +69,7 @@ def test_websockets_work_under_the_chosen_server_options(tmp_path: Path) -> None
             f"""
             import uvicorn
             from quart import Quart, websocket
-            from idp.cli import uvicorn_options
+            from idp.server import uvicorn_options
             from idp.config import load_settings
 
             app = Quart("ws")

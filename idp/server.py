@@ -1,0 +1,120 @@
+"""How `idp serve` runs the application: uvicorn's options and its HTTP protocol with head limits.
+
+uvicorn's httptools protocol reads a request head of any size: httptools buffers a header value
+until it ends, so one 50 MB header (or 5,000 small ones) is read, kept and parsed before the
+application can refuse it. ``LimitedHttpToolsProtocol`` applies ``idp.security.request_limits``
+while the head arrives and answers 414 or 431 without dispatching the request.
+"""
+
+from __future__ import annotations
+
+import http
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from idp.config import Settings
+from idp.security import request_limits
+from idp.security.request_limits import HeadRefusal
+
+
+class _HeadRefused(Exception):
+    """Raised from a parser callback to stop parsing a head that is over a limit."""
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, refusing request heads over the limits as they arrive."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_complete = False
+        # Bytes received while a head was incomplete: catches a single huge field, whose
+        # callback httptools makes only once the whole value has arrived.
+        self._head_bytes = 0
+        self._field_bytes = 0
+        self._refusal: HeadRefusal | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return  # answered already; the connection is closing
+        if not self._head_complete:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        limit = request_limits.MAX_TARGET_BYTES + request_limits.MAX_HEADER_BYTES
+        if self._refusal is None and not self._head_complete and self._head_bytes > limit:
+            self._refuse(request_limits.HEADERS_TOO_LARGE)
+
+    # -- parser callbacks (each raises to stop the parser at the first limit crossed) -------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_complete = False
+        self._field_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > request_limits.MAX_TARGET_BYTES:
+            self._stop(request_limits.TARGET_TOO_LONG)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self._field_bytes += request_limits.field_size(name, value)
+        if len(self.headers) > request_limits.MAX_HEADER_FIELDS:
+            self._stop(request_limits.TOO_MANY_HEADERS)
+        if self._field_bytes > request_limits.MAX_HEADER_BYTES:
+            self._stop(request_limits.HEADERS_TOO_LARGE)
+
+    def on_headers_complete(self) -> None:
+        self._head_complete = True
+        self._head_bytes = 0
+        super().on_headers_complete()
+
+    # -- refusing ----------------------------------------------------------------------------------
+
+    def _stop(self, refusal: HeadRefusal) -> None:
+        # httptools turns the exception into HttpParserError; uvicorn's data_received then calls
+        # send_400_response, which answers with this refusal instead.
+        self._refusal = refusal
+        raise _HeadRefused(refusal.message)
+
+    def send_400_response(self, msg: str) -> None:
+        if self._refusal is None:
+            super().send_400_response(msg)
+        else:
+            self._write_refusal(self._refusal)
+
+    def _refuse(self, refusal: HeadRefusal) -> None:
+        self._refusal = refusal
+        self._write_refusal(refusal)
+
+    def _write_refusal(self, refusal: HeadRefusal) -> None:
+        body = refusal.message.encode("ascii")
+        reason = http.HTTPStatus(refusal.status).phrase.encode("ascii")
+        lines = [b"HTTP/1.1 %d %s\r\n" % (refusal.status, reason)]
+        lines += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        lines += [
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+        self.transport.write(b"".join(lines))
+        self.transport.close()
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How idp runs under uvicorn: uvloop + httptools (about twice Hypercorn's throughput here,
+    see bench/README.md) with the request-head limits, sans-io websockets, and our own access log
+    (no query strings)."""
+    return {
+        "loop": "uvloop",
+        "http": LimitedHttpToolsProtocol,
+        "ws": "websockets-sansio",
+        "lifespan": "on",
+        "access_log": False,
+        "server_header": False,
+        "log_config": None,
+        "proxy_headers": bool(settings.server.forwarded_allow_ips),
+        "forwarded_allow_ips": settings.server.forwarded_allow_ips or None,
+        "timeout_graceful_shutdown": 10,
+    }
