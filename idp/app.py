@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any, cast
 
 from quart import Quart, Response, current_app, g, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from idp.config import Settings
-from idp.errors import IdPError, ServerError, ServiceUnavailable, from_http_status
+from idp.errors import IdPError, InvalidRequest, ServerError, ServiceUnavailable, from_http_status
 from idp.events import EventContext, set_context
 from idp.observability import accept_request_id, request_id_var, summarize_exception
 from idp.runtime import Runtime, StartupError, open_runtime
-from idp.security import request_limits
+from idp.security import inputs, request_limits
 from idp.security.headers import apply_security_headers, new_nonce
 from idp.storage.db import DatabaseUnavailable
 from idp.storage.kv import KeyValueUnavailable
@@ -25,8 +26,17 @@ access_log = logging.getLogger("idp.access")
 error_log = logging.getLogger("idp.errors")
 
 
+class IdPResponse(Response):
+    """Quart's Response, except that a body states its own type: Quart would label every body,
+    an empty one too, text/html (RFC 9110 §8.3: Content-Type describes content)."""
+
+    default_mimetype = None  # type: ignore[assignment]
+
+
 class IdPApp(Quart):
     """Quart with the settings and the per-process runtime attached."""
+
+    response_class = IdPResponse
 
     settings: Settings
     json_blueprints: set[str]
@@ -118,6 +128,7 @@ def _install_request_hooks(app: IdPApp) -> None:
         refusal = request_limits.head_refusal(_target_length(), request.headers.items())
         if refusal is not None:
             raise from_http_status(refusal.status, refusal.message)
+        await _refuse_unusable_text()
         g.request_id = accept_request_id(request.headers.get("X-Request-ID")) or uuid.uuid4().hex
         request_id_var.set(g.request_id)
         set_context(
@@ -135,6 +146,7 @@ def _install_request_hooks(app: IdPApp) -> None:
         if rid:
             response.headers["X-Request-ID"] = rid
         attach_csrf_cookie(response)
+        _describe_body_truthfully(response)
         apply_security_headers(
             response,
             https=app.settings.issuer_is_https,
@@ -158,6 +170,41 @@ def _install_request_hooks(app: IdPApp) -> None:
             },
         )
         return response
+
+
+async def _refuse_unusable_text() -> None:
+    """400 naming the input when a query parameter, path segment, form field or header carries a
+    character no handler could store (NUL) or encode (a lone surrogate): before any query runs,
+    whichever route it is (idp.security.inputs)."""
+    sources: list[tuple[str, Iterable[tuple[str, str]]]] = [
+        ("query parameter", request.args.items(multi=True)),
+        ("path segment", ((name, str(value)) for name, value in (request.view_args or {}).items())),
+        ("header", request.headers.items()),
+    ]
+    view = current_app.view_functions.get(request.endpoint or "")
+    own_validation = getattr(view, "validates_own_form_text", False)
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data") and not own_validation:
+        sources.append(("form field", (await request.form).items(multi=True)))
+    for where, pairs in sources:
+        found = inputs.first_unusable(pairs)
+        if found is not None:
+            name, problem = found
+            raise InvalidRequest(f"The {where} {name[:50]!r} contains {problem}, which is not allowed.")
+
+
+# RFC 9110 §15.2, §15.3.5, §15.4.5: these never carry content.
+_NO_CONTENT_STATUSES = frozenset({204, 304})
+
+
+def _describe_body_truthfully(response: Response) -> None:
+    """An empty body has no media type (RFC 9110 §8.3: Content-Type describes content), and a 204
+    or 304 no Content-Length either (§8.6). A text/html label on an empty revocation answer made
+    browser OpenID libraries refuse it, and drew the HTML CSP."""
+    if response.status_code in _NO_CONTENT_STATUSES or response.status_code < 200:
+        response.headers.pop("Content-Type", None)
+        response.headers.pop("Content-Length", None)
+    elif response.content_length == 0:
+        response.headers.pop("Content-Type", None)
 
 
 def _target_length() -> int:

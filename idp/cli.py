@@ -362,7 +362,10 @@ def users_create(
 
     password = None
     if password_stdin:
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline()
+        except UnicodeDecodeError:
+            fail("--password-stdin: the password is not text in the terminal's encoding")
         # Only the line ending is removed: passwords are used exactly as typed.
         password = line[:-1] if line.endswith("\n") else line
         password = password[:-1] if password.endswith("\r") else password
@@ -639,6 +642,10 @@ def clients_create(
             jwks = json.loads(Path(jwks_file).read_text())
         except (OSError, ValueError) as exc:
             fail(f"--jwks-file: cannot read a JSON JWK Set ({type(exc).__name__})")
+        from idp.security.inputs import unusable_in_json
+
+        if (unusable := unusable_in_json(jwks)) is not None:
+            fail(f"--jwks-file: {unusable[0][:60]} contains {unusable[1]}, which is not allowed")
     spec = ClientSpec(
         name=options["name"],
         client_type=client_type,
@@ -843,6 +850,13 @@ def config_check(state: CliState, as_json: bool) -> None:
 
 
 def main() -> None:
+    # Undecodable bytes in argv arrive as lone surrogates (PEP 383), and a NUL can't be stored:
+    # refuse them here, naming the argument, rather than fail inside a query.
+    from idp.security.inputs import unusable_character
+
+    for position, argument in enumerate(sys.argv[1:], start=1):
+        if (problem := unusable_character(argument)) is not None:
+            fail(f"argument {position} contains {problem}, which is not allowed")
     cli(prog_name="idp")
 
 

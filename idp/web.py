@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from quart import Response, current_app, g, redirect, request
@@ -218,6 +218,18 @@ def let_forms_leave_site(return_to: str | None = None) -> None:
     of a flow that leaves the site; pages that stay here keep ``form-action 'self'``."""
     if return_to is None or return_to.startswith(_FLOWS_LEAVING_SITE):
         g.forms_leave_site = True
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def validates_own_form_text(view: F) -> F:
+    """Mark a form route whose handler refuses NUL and lone surrogates in every form field itself,
+    with its own field errors: the app's request hook then leaves its form fields to it (query,
+    path and headers are still checked there). tests/integration/test_input_walk.py sends every
+    route such characters, on both databases."""
+    view.validates_own_form_text = True  # type: ignore[attr-defined]
+    return view
 
 
 def see_other(location: str) -> Response:

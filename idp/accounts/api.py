@@ -40,6 +40,7 @@ from idp.errors import (
 )
 from idp.events import set_actor
 from idp.runtime import Runtime
+from idp.security import inputs
 from idp.security.tokens import TokenInvalid
 from idp.storage.models import OAuthClient, User
 from idp.storage.repositories import ClientRepository, UserRepository
@@ -173,6 +174,9 @@ async def json_body() -> dict[str, Any]:
         raise InvalidField("body", f"is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InvalidField("body", "must be a JSON object")
+    # "\u0000" and lone surrogates ("\ud800") are valid JSON escapes but not storable text.
+    if (unusable := inputs.unusable_in_json(data)) is not None:
+        raise InvalidField(profile.field_label(unusable[0]), f"contains {unusable[1]}, which is not allowed")
     return data
 
 

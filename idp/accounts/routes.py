@@ -24,6 +24,7 @@ from idp.web import (
     rotate_browser_session,
     see_other,
     start_browser_session,
+    validates_own_form_text,
 )
 
 blueprint = Blueprint("accounts", __name__)
@@ -237,6 +238,7 @@ async def register() -> Response:
 
 
 @blueprint.post("/register")
+@validates_own_form_text
 async def register_submit() -> Response:
     from quart import current_app
 
@@ -649,6 +651,7 @@ _PROFILE_NOTICES = {
 
 
 @blueprint.route("/account/profile", methods=["GET", "POST"])
+@validates_own_form_text
 async def profile_page() -> Response:
     """Edit the profile claims; the same rules and event as PATCH /api/account/profile."""
     import asyncio

@@ -786,7 +786,22 @@ async def test_redirects_after_post_are_303(client: Any, world: World, runtime: 
     assert urlsplit(allowed.headers["Location"]).netloc == "rp.example"
 
 
-@pytest.mark.parametrize("target", ["/a\r\nX-Injected: y", "/account\x00", "/\x7f"])
+async def test_login_return_to_with_a_nul_is_refused(client, runtime) -> None:
+    """A NUL can't be stored (PostgreSQL text), so it is bad input anywhere: refused, nothing signed in."""
+    from tests.oauth_helpers import csrf_from, make_world
+
+    world = await make_world(runtime)
+    assert (await client.get("/login?return_to=%2Faccount%00")).status_code == 400
+    token = csrf_from(await (await client.get("/login")).get_data(as_text=True))
+    response = await client.post(
+        "/login", form={"email": world.email, "password": PASSWORD, "csrf_token": token, "return_to": "/account\x00"}
+    )
+    assert response.status_code == 400
+    assert "'return_to' contains a NUL character" in html.unescape(await response.get_data(as_text=True))
+    assert "Set-Cookie" not in response.headers or "idp_session" not in response.headers["Set-Cookie"]
+
+
+@pytest.mark.parametrize("target", ["/a\r\nX-Injected: y", "/\x7f"])
 async def test_login_return_to_with_control_characters_is_ignored(client, runtime, target) -> None:
     from tests.oauth_helpers import login, make_world
 

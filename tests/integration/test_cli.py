@@ -632,6 +632,14 @@ def test_several_workers_without_redis_are_refused(cli_env: dict[str, str]) -> N
         assert "serving" not in process.stderr
 
 
+def test_undecodable_arguments_are_refused_by_position(cli_env: dict[str, str]) -> None:
+    """A byte that isn't UTF-8 in argv arrives as a lone surrogate (PEP 383), which no database
+    driver can encode: refused before any query, naming the argument (ASVS 2.2.1)."""
+    process = run_idp(cli_env, "users", "create", "--email", "ada\udcff@example.com")
+    line = assert_one_line_error(process)
+    assert line == "idp: error: argument 4 contains a lone surrogate (not Unicode text), which is not allowed"
+
+
 def test_unreachable_database(cli_env: dict[str, str]) -> None:
     env = {**cli_env, "IDP_DATABASE_URL": "postgresql+asyncpg://u:hunter2@127.0.0.1:1/x"}
     line = assert_one_line_error(run_idp(env, "keys", "list"))
