@@ -266,5 +266,6 @@ class _KvLock:
             await asyncio.sleep(0.1)
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._kv is not None and await self._kv.get(self._name) == self._token:
-            await self._kv.delete(self._name)
+        # Only our own lock: if it expired and another node took it, that node's stays.
+        if self._kv is not None:
+            await self._kv.delete_if_equal(self._name, self._token)

@@ -101,6 +101,14 @@ class KeyValueStore(abc.ABC):
         """Delete ``keys``; returns how many existed."""
 
     @abc.abstractmethod
+    async def delete_if_equal(self, key: str, value: str) -> bool:
+        """Atomically delete ``key`` only while it holds ``value``; True when it did.
+
+        Releasing a lock: a holder whose lock expired and was taken by another must not delete the
+        new holder's lock, so the comparison and the deletion are one step.
+        """
+
+    @abc.abstractmethod
     async def exists(self, key: str) -> bool:
         """Whether ``key`` currently exists (of any type)."""
 
@@ -290,6 +298,14 @@ class MemoryStore(KeyValueStore):
                 removed += 1
         return removed
 
+    async def delete_if_equal(self, key: str, value: str) -> bool:
+        full = self._k(key)
+        entry = self._live(full)
+        if entry is None or entry.value != value:
+            return False
+        del self._data[full]
+        return True
+
     async def exists(self, key: str) -> bool:
         return self._live(self._k(key)) is not None
 
@@ -416,6 +432,13 @@ _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
 
 _DELETE_BATCH = 500
 
+_DELETE_IF_EQUAL = """
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 
 def _escape_glob(text: str) -> str:
     """Make ``text`` match literally in a SCAN MATCH pattern."""
@@ -501,6 +524,13 @@ class RedisStore(KeyValueStore):
         async with self._guard():
             removed = await self._redis.unlink(*(self._k(k) for k in keys))
         return int(removed)
+
+    async def delete_if_equal(self, key: str, value: str) -> bool:
+        # One script, so no other client's command runs between the GET and the DEL. A key of
+        # another type is simply not equal (TYPE first: GET on a set would be WRONGTYPE).
+        async with self._guard():
+            deleted = await self._redis.eval(_DELETE_IF_EQUAL, 1, self._k(key), value)
+        return bool(deleted)
 
     async def exists(self, key: str) -> bool:
         async with self._guard():

@@ -232,6 +232,40 @@ async def test_concurrent_first_start_of_two_nodes_creates_one_key_per_algorithm
     assert await runtime.kv.get("lock:signing-keys") is None
 
 
+class _LockTakenOverStore:
+    """The shared store, where the bootstrap lock expires and another node takes it just after
+    the first holder read its own token back (the gap a read-then-delete release leaves open)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def _take_over(self, key: str) -> None:
+        await self._inner.set(key, "another-node", ttl=30)
+
+    async def get(self, key: str) -> str | None:
+        value = await self._inner.get(key)
+        await self._take_over(key)
+        return value  # type: ignore[no-any-return]
+
+    async def delete_if_equal(self, key: str, value: str) -> bool:
+        await self._take_over(key)
+        return await self._inner.delete_if_equal(key, value)  # type: ignore[no-any-return]
+
+
+async def test_releasing_the_bootstrap_lock_never_deletes_another_holders_lock(runtime) -> None:
+    """The release compares the token and deletes in one atomic step (architecture review):
+    a node whose lock expired and was retaken must leave the new holder's lock in place."""
+    from idp.oauth.keys import _KvLock
+
+    store = _LockTakenOverStore(runtime.kv)
+    async with _KvLock(store, "lock:test", ttl=5):
+        assert (await runtime.kv.get("lock:test")) not in (None, "another-node")
+    assert await runtime.kv.get("lock:test") == "another-node"
+
+
 # -- encryption at rest ------------------------------------------------------------------------------
 
 

@@ -226,6 +226,24 @@ async def test_pop_consumes_once_among_50(store: KeyValueStore) -> None:
     assert await store.pop("code:xyz") is None
 
 
+async def test_delete_if_equal_deletes_only_the_expected_value(store: KeyValueStore) -> None:
+    await store.set("lock", "mine", ttl=30)
+    assert await store.delete_if_equal("lock", "theirs") is False
+    assert await store.get("lock") == "mine"
+    assert await store.delete_if_equal("lock", "mine") is True
+    assert await store.exists("lock") is False
+    assert await store.delete_if_equal("lock", "mine") is False  # missing
+    await store.add_to_set("a-set", "mine")
+    assert await store.delete_if_equal("a-set", "mine") is False  # another type is never equal
+    assert await store.set_members("a-set") == {"mine"}
+
+
+async def test_delete_if_equal_single_winner_among_50(store: KeyValueStore) -> None:
+    await store.set("lock", "token", ttl=30)
+    results = await asyncio.gather(*(store.delete_if_equal("lock", "token") for _ in range(50)))
+    assert results.count(True) == 1
+
+
 async def test_incr_counts(store: KeyValueStore) -> None:
     assert await store.incr("c") == 1
     assert await store.incr("c", 5) == 6
