@@ -11,7 +11,6 @@ with one line naming the key and where its value came from.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import secrets
@@ -30,6 +29,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from idp.security.hosts import is_loopback_host
 
 ENV_PREFIX = "IDP_"
 ENV_SEPARATOR = "__"
@@ -449,7 +450,7 @@ class Settings(_Section):
         if self.dev_mode:
             return self
         host = urlsplit(self.issuer).hostname or ""
-        if urlsplit(self.issuer).scheme != "https" and not _is_loopback(host):
+        if urlsplit(self.issuer).scheme != "https" and not is_loopback_host(host):
             raise ValueError("issuer: must be https outside dev mode (RFC 8414 §2); http is for loopback only")
         if self.secrets.cookie_secret is None:
             raise ValueError("secrets.cookie_secret: required outside dev mode (generate: idp secrets generate)")
@@ -475,17 +476,6 @@ class Settings(_Section):
         data["database_url"] = redact_url(self.database_url)
         data["redis_url"] = redact_url(self.redis_url)
         return data
-
-
-def _is_loopback(host: str) -> bool:
-    """Loopback IP literals and ``localhost`` only (RFC 9700 §2.6): a name such as
-    ``127.evil.example`` resolves wherever its owner wants."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def workers_without_shared_state(workers: int, redis_url: str) -> str | None:

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiosmtplib
 import jinja2
 
+from idp.security.hosts import is_loopback_host
+
 if TYPE_CHECKING:
     from idp.config import Settings
 
@@ -153,10 +155,6 @@ class OutboxMailer(Mailer):
         return final
 
 
-def _is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
 class SmtpMailer(Mailer):
     """Sends through an SMTP server, one connection per message (no idle connection to go stale)."""
 
@@ -184,7 +182,7 @@ class SmtpMailer(Mailer):
         self._tls_context = tls_context
         # aiosmtplib looks up our FQDN for EHLO on every connection; remember it after the first.
         self._local_hostname: str | None = None
-        if security == "none" and not _is_loopback(host):
+        if security == "none" and not is_loopback_host(host):
             log.warning(
                 "mail.smtp_security is none for a remote host: messages and any SMTP password travel unencrypted",
                 extra={"smtp_host": host},

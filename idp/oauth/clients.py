@@ -5,7 +5,6 @@ Secrets are generated here with 256 bits of entropy, returned once, and stored o
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from idp.events import ClientCreated, ClientSecretRotated, EventBus
+from idp.security.hosts import is_loopback_host
 from idp.security.tokens import random_token, secret_digest
 from idp.storage.db import Database
 from idp.storage.models import OAuthClient
@@ -64,15 +64,6 @@ class CreatedClient:
     client: OAuthClient
     # The plain secret, available only at creation time.
     client_secret: str | None
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_uri(field_name: str, uri: str, application_type: str, *, redirect: bool) -> None:

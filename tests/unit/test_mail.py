@@ -298,3 +298,17 @@ def test_text_only_template(tmp_path: Path) -> None:
     assert outgoing.subject == "A note"
     assert outgoing.text == "Hi Ada & Bob\n"
     assert outgoing.html is None
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"),
+    [("127.0.0.1", False), ("::1", False), ("localhost", False), ("127.evil.example", True), ("mail.example", True)],
+)
+def test_unencrypted_smtp_is_flagged_unless_the_host_is_loopback(caplog, host, warned) -> None:
+    """The one loopback rule (idp.security.hosts, as for the issuer, L10): a name starting with
+    "127." is not this machine."""
+    from idp.mail import SmtpMailer
+
+    with caplog.at_level("WARNING", logger="idp.mail"):
+        SmtpMailer("idp <no-reply@example.com>", host=host, port=25, security="none")
+    assert any("unencrypted" in record.getMessage() for record in caplog.records) is warned
