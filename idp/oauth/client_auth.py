@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -415,12 +416,21 @@ def _verify_signature(assertion: str, alg: str, kid: object, keys: KeySet) -> di
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
+    """RFC 7519 §2: a NumericDate is a JSON number. Python's json accepts NaN and ±Infinity, which
+    are not JSON (RFC 8259 §6): NaN passes every comparison below and would reach the jti record's
+    TTL. Integers beyond a float's range don't convert. All are refused (ASVS 2.2.1)."""
     value = claims.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidClient(f"client assertion {name} must be a NumericDate")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidClient(f"client assertion {name} must be a NumericDate") from None
+    if not math.isfinite(number):
+        raise InvalidClient(f"client assertion {name} must be a NumericDate")
+    return number
 
 
 def _check_assertion_claims(

@@ -495,6 +495,19 @@ async def test_assertion_within_leeway_is_accepted(runtime: Any, jwt_client: OAu
         ({"nbf": int(time.time()) + 600}, "client assertion nbf is in the future"),
         ({"aud": "https://evil.example/token"}, "aud must be the issuer or the endpoint URL"),
         ({"aud": None}, "aud must be the issuer or the endpoint URL"),
+        # ASVS 2.2.1 / RFC 7519 §2: a NumericDate is a finite JSON number. NaN passes every
+        # comparison and overflowing integers break float(); neither may reach the jti TTL.
+        ({"exp": float("nan")}, "client assertion exp must be a NumericDate"),
+        ({"exp": float("inf")}, "client assertion exp must be a NumericDate"),
+        ({"exp": float("-inf")}, "client assertion exp must be a NumericDate"),
+        ({"exp": 10**400}, "client assertion exp must be a NumericDate"),
+        ({"exp": True}, "client assertion exp must be a NumericDate"),
+        ({"iat": float("nan")}, "client assertion iat must be a NumericDate"),
+        ({"iat": float("-inf")}, "client assertion iat must be a NumericDate"),
+        ({"iat": -(10**400)}, "client assertion iat must be a NumericDate"),
+        ({"nbf": float("nan")}, "client assertion nbf must be a NumericDate"),
+        ({"nbf": float("-inf")}, "client assertion nbf must be a NumericDate"),
+        ({"nbf": False}, "client assertion nbf must be a NumericDate"),
     ],
     ids=[
         "missing-jti",
@@ -506,6 +519,17 @@ async def test_assertion_within_leeway_is_accepted(runtime: Any, jwt_client: OAu
         "future-nbf",
         "wrong-aud",
         "no-aud",
+        "nan-exp",
+        "infinite-exp",
+        "minus-infinite-exp",
+        "overflowing-exp",
+        "boolean-exp",
+        "nan-iat",
+        "minus-infinite-iat",
+        "overflowing-iat",
+        "nan-nbf",
+        "minus-infinite-nbf",
+        "boolean-nbf",
     ],
 )
 async def test_assertion_claims_are_checked(
@@ -518,6 +542,25 @@ async def test_assertion_claims_are_checked(
 
     if claims.get("jti"):
         assert not await runtime.kv.exists(f"client_assertion_jti:{jwt_client.id}:{claims['jti']}")
+
+
+async def test_token_request_with_a_nan_exp_is_invalid_client_not_a_server_error(
+    client: Any, runtime: Any, keys: Keys
+) -> None:
+    """Security test 2026-12-01 L8 (ASVS 2.2.1, 9.2.1): signed with the registered key, "exp": NaN."""
+    created = await confidential(
+        runtime, "private_key_jwt", jwks=keys.public_jwks(), grant_types=["client_credentials"]
+    )
+    claims = assertion_claims(runtime, created.client.id, exp=float("nan"))
+    assertion = sign(claims, keys.rsa, kid="rsa-1")
+
+    response = await client.post("/token", form=assertion_form(assertion, grant_type="client_credentials"))
+
+    body = await response.get_json()
+    assert response.status_code == 401, body
+    assert body == {"error": "invalid_client", "error_description": "client assertion exp must be a NumericDate"}
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="idp"'
+    assert not await runtime.kv.exists(f"client_assertion_jti:{created.client.id}:{claims['jti']}")
 
 
 async def test_iss_differing_from_sub_is_refused(runtime: Any, jwt_client: OAuthClient, keys: Keys) -> None:
