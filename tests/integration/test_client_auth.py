@@ -293,57 +293,93 @@ async def test_disabled_client_is_refused_like_an_unknown_one(runtime: Any) -> N
     assert exc.description == InvalidClient().description
 
 
+# A client presented with a method it isn't registered for is answered exactly like an unknown
+# client or a wrong secret: naming the registered method would tell a caller which ids exist and
+# how they authenticate before any credential was checked (OIDC Registration §2:
+# token_endpoint_auth_method is fixed at registration, so there is no fallback either).
+
+
+async def expect_generic(runtime: Any, authorization: str | None = None, form: dict[str, str] | None = None) -> None:
+    exc = await expect_error(runtime, InvalidClient, "Client authentication failed", authorization, form)
+    assert exc.description == InvalidClient().description
+
+
 async def test_basic_client_using_post_is_refused(runtime: Any) -> None:
     created = await confidential(runtime, "client_secret_basic")
     assert created.client_secret is not None
 
-    await expect_error(
-        runtime,
-        InvalidClient,
-        "client is registered for client_secret_basic",
-        form={"client_id": created.client.id, "client_secret": created.client_secret},
-    )
+    await expect_generic(runtime, form={"client_id": created.client.id, "client_secret": created.client_secret})
 
 
 async def test_post_client_using_basic_is_refused(runtime: Any) -> None:
     created = await confidential(runtime, "client_secret_post")
     assert created.client_secret is not None
 
-    await expect_error(
-        runtime,
-        InvalidClient,
-        "client is registered for client_secret_post",
-        basic(created.client.id, created.client_secret),
-    )
+    await expect_generic(runtime, basic(created.client.id, created.client_secret))
 
 
 async def test_confidential_client_without_its_secret_is_refused(runtime: Any) -> None:
     created = await confidential(runtime)
 
-    await expect_error(
-        runtime, InvalidClient, "client is registered for client_secret_basic", form={"client_id": created.client.id}
-    )
+    await expect_generic(runtime, form={"client_id": created.client.id})
 
 
 async def test_public_client_presenting_a_secret_is_refused(runtime: Any) -> None:
     created = await public(runtime)
 
-    await expect_error(runtime, InvalidClient, "client is registered for none", basic(created.client.id, "anything"))
+    await expect_generic(runtime, basic(created.client.id, "anything"))
+    await expect_generic(runtime, form={"client_id": created.client.id, "client_secret": "anything"})
 
 
 async def test_secret_client_using_an_assertion_is_refused(runtime: Any, keys: Keys) -> None:
     created = await confidential(runtime)
     assertion = sign(assertion_claims(runtime, created.client.id), keys.rsa, kid="rsa-1")
 
-    await expect_error(
-        runtime, InvalidClient, "client is registered for client_secret_basic", form=assertion_form(assertion)
-    )
+    await expect_generic(runtime, form=assertion_form(assertion))
 
 
 async def test_jwt_client_using_a_secret_is_refused(runtime: Any, jwt_client: OAuthClient) -> None:
-    await expect_error(
-        runtime, InvalidClient, "client is registered for private_key_jwt", basic(jwt_client.id, "guess")
-    )
+    await expect_generic(runtime, basic(jwt_client.id, "guess"))
+    await expect_generic(runtime, form={"client_id": jwt_client.id, "client_secret": "guess"})
+
+
+@pytest.mark.parametrize(
+    ("registered", "presented"),
+    [
+        ("client_secret_basic", "client_secret_post"),
+        ("client_secret_post", "client_secret_basic"),
+        ("private_key_jwt", "client_secret_basic"),
+        ("private_key_jwt", "client_secret_post"),
+        ("none", "client_secret_basic"),
+        ("none", "client_secret_post"),
+    ],
+)
+async def test_a_secret_under_the_wrong_method_is_still_compared(
+    runtime: Any, keys: Keys, monkeypatch: pytest.MonkeyPatch, registered: str, presented: str
+) -> None:
+    # Same work as a wrong secret (the dummy comparison), so timing doesn't tell the method either.
+    if registered == "none":
+        client_id = (await public(runtime)).client.id
+    else:
+        client_id = (
+            await confidential(
+                runtime, registered, jwks=keys.public_jwks() if registered == "private_key_jwt" else None
+            )
+        ).client.id
+    compared: list[tuple[str, str | None]] = []
+    real = client_auth.verify_secret
+
+    def spy(secret: str, stored: str | None) -> bool:
+        compared.append((secret, stored))
+        return real(secret, stored)
+
+    monkeypatch.setattr(client_auth, "verify_secret", spy)
+    if presented == "client_secret_basic":
+        await expect_generic(runtime, basic(client_id, "some-secret"))
+    else:
+        await expect_generic(runtime, form={"client_id": client_id, "client_secret": "some-secret"})
+
+    assert compared == [("some-secret", None)]
 
 
 @pytest.mark.parametrize(
@@ -604,28 +640,37 @@ async def test_alg_none_is_refused(runtime: Any, jwt_client: OAuthClient) -> Non
     await expect_error(runtime, InvalidClient, "client assertion alg is not allowed", form=assertion_form(unsigned))
 
 
-async def test_assertion_signed_by_an_unregistered_key_is_refused(runtime: Any, jwt_client: OAuthClient) -> None:
+# Until the signature verifies, nothing proves the caller is the client: failures that depend on
+# what is registered for it (its keys, its kids, its jwks_uri) are answered like an unknown client
+# (a wrong secret, in effect); the reason goes to the log for the operator.
+
+
+def logged_reasons(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [str(getattr(record, "reason", "")) for record in caplog.records if record.name == "idp.client_auth"]
+
+
+async def test_assertion_signed_by_an_unregistered_key_is_refused(
+    runtime: Any, jwt_client: OAuthClient, caplog: pytest.LogCaptureFixture
+) -> None:
     impostor = RSAKey.generate_key(2048, parameters={"kid": "rsa-1"})
     assertion = sign(assertion_claims(runtime, jwt_client.id), impostor, kid="rsa-1")
 
-    await expect_error(
-        runtime,
-        InvalidClient,
-        "signature does not verify with the client's registered keys",
-        form=assertion_form(assertion),
-    )
+    with caplog.at_level("INFO", logger="idp.client_auth"):
+        await expect_generic(runtime, form=assertion_form(assertion))
+
+    assert logged_reasons(caplog) == ["client assertion signature does not verify with the client's registered keys"]
 
 
-async def test_assertion_naming_an_unregistered_kid_is_refused(runtime: Any, jwt_client: OAuthClient) -> None:
+async def test_assertion_naming_an_unregistered_kid_is_refused(
+    runtime: Any, jwt_client: OAuthClient, caplog: pytest.LogCaptureFixture
+) -> None:
     impostor = ECKey.generate_key("P-256")
     assertion = sign(assertion_claims(runtime, jwt_client.id), impostor, "ES256", kid="not-registered")
 
-    await expect_error(
-        runtime,
-        InvalidClient,
-        "no registered key of the client has the assertion's kid",
-        form=assertion_form(assertion),
-    )
+    with caplog.at_level("INFO", logger="idp.client_auth"):
+        await expect_generic(runtime, form=assertion_form(assertion))
+
+    assert logged_reasons(caplog) == ["no registered key of the client has the assertion's kid and suits ES256"]
 
 
 @pytest.mark.parametrize(
@@ -666,11 +711,14 @@ async def test_assertion_for_an_unknown_client_is_refused(runtime: Any, keys: Ke
     assert exc.description == InvalidClient().description
 
 
-async def test_jwks_uri_needs_a_fetcher(runtime: Any, keys: Keys) -> None:
+async def test_jwks_uri_needs_a_fetcher(runtime: Any, keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
     created = await confidential(runtime, "private_key_jwt", jwks_uri="https://app.example.com/jwks")
     assertion = sign(assertion_claims(runtime, created.client.id), keys.rsa, kid="rsa-1")
 
-    await expect_error(runtime, InvalidClient, "jwks_uri is not supported yet", form=assertion_form(assertion))
+    with caplog.at_level("INFO", logger="idp.client_auth"):
+        await expect_generic(runtime, form=assertion_form(assertion))
+
+    assert logged_reasons(caplog) == ["the client's jwks_uri is not supported yet; register its jwks instead"]
 
     fetched: list[str] = []
 
@@ -684,12 +732,65 @@ async def test_jwks_uri_needs_a_fetcher(runtime: Any, keys: Keys) -> None:
     assert fetched == ["https://app.example.com/jwks"]
 
 
-async def test_jwks_uri_fetch_failure_is_invalid_client(runtime: Any, keys: Keys) -> None:
+async def test_jwks_uri_fetch_failure_is_invalid_client(
+    runtime: Any, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
     created = await confidential(runtime, "private_key_jwt", jwks_uri="https://app.example.com/jwks")
     assertion = sign(assertion_claims(runtime, created.client.id), keys.rsa, kid="rsa-1")
 
     async def fetch(url: str) -> dict[str, Any]:
         raise OSError("connection refused")
 
-    with pytest.raises(InvalidClient, match="jwks_uri could not be fetched"):
+    with caplog.at_level("INFO", logger="idp.client_auth"), pytest.raises(InvalidClient) as caught:
         await authenticate(runtime, form=assertion_form(assertion), http_fetch_jwks=fetch)
+
+    assert caught.value.description == InvalidClient().description
+    assert logged_reasons(caplog) == ["the client's jwks_uri could not be fetched"]
+
+
+# -- the client-authenticated endpoints over HTTP --------------------------------------------------
+
+
+async def test_every_client_authentication_failure_reads_the_same(client: Any, runtime: Any, keys: Keys) -> None:
+    """Unknown client, wrong secret and wrong method get one answer, byte for byte (ASVS 6.3.8 by
+    analogy: nothing tells which client ids exist or how they authenticate)."""
+    grants = {"grant_types": ["client_credentials"]}
+    basic_client = await confidential(runtime, "client_secret_basic", **grants)
+    post_client = await confidential(runtime, "client_secret_post", **grants)
+    key_client = await confidential(runtime, "private_key_jwt", jwks=keys.public_jwks(), **grants)
+    spa = (await public(runtime)).client.id
+    basic_id, basic_secret = basic_client.client.id, str(basic_client.client_secret)
+    post_id, post_secret = post_client.client.id, str(post_client.client_secret)
+    key_id = key_client.client.id
+    impostor = RSAKey.generate_key(2048, parameters={"kid": "rsa-1"})
+
+    def signed(client_id: str, key: Any = keys.rsa) -> dict[str, str]:
+        return assertion_form(sign(assertion_claims(runtime, client_id), key, kid="rsa-1"))
+
+    cases: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+        "unknown client, basic": ({"Authorization": basic("no-such-client", "guess")}, {}),
+        "unknown client, post": ({}, {"client_id": "no-such-client", "client_secret": "guess"}),
+        "unknown client, none": ({}, {"client_id": "no-such-client"}),
+        "unknown client, assertion": ({}, signed("no-such-client")),
+        "wrong secret, basic": ({"Authorization": basic(basic_id, "guess")}, {}),
+        "wrong secret, post": ({}, {"client_id": post_id, "client_secret": "guess"}),
+        "basic client using post": ({}, {"client_id": basic_id, "client_secret": basic_secret}),
+        "basic client using none": ({}, {"client_id": basic_id}),
+        "basic client using an assertion": ({}, signed(basic_id)),
+        "post client using basic": ({"Authorization": basic(post_id, post_secret)}, {}),
+        "post client using none": ({}, {"client_id": post_id}),
+        "key client using basic": ({"Authorization": basic(key_id, "guess")}, {}),
+        "key client using post": ({}, {"client_id": key_id, "client_secret": "guess"}),
+        "key client using none": ({}, {"client_id": key_id}),
+        "key client, key not registered": ({}, signed(key_id, impostor)),
+        "public client using basic": ({"Authorization": basic(spa, "guess")}, {}),
+        "public client using post": ({}, {"client_id": spa, "client_secret": "guess"}),
+        "public client using an assertion": ({}, signed(spa)),
+    }
+    answers = {}
+    for name, (headers, form) in cases.items():
+        response = await client.post("/token", form={"grant_type": "client_credentials", **form}, headers=headers)
+        answers[name] = (response.status_code, await response.get_json(), response.headers.get("WWW-Authenticate"))
+
+    generic = {"error": "invalid_client", "error_description": "Client authentication failed."}
+    assert answers == {name: (401, generic, 'Basic realm="idp"') for name in cases}
