@@ -332,7 +332,10 @@ class RateLimitSettings(_Section):
     # Re-sent verification mails, per IP and per address.
     verification_resend_per_ip: Limit = _limit(20, 3600)
     verification_resend_per_account: Limit = _limit(5, 3600)
-    # Token endpoint requests, per client IP and per client_id presented.
+    # Requests to the endpoints where clients authenticate: token, introspection and revocation,
+    # each counted on its own. Before authentication a request counts per client IP only (client
+    # ids are public, so failures counted per client would let anyone lock a client out); once
+    # authenticated, per client as well.
     token_per_ip: Limit = _limit(1200, 60)
     token_per_client: Limit = _limit(1200, 60)
 

@@ -394,16 +394,32 @@ async def _form() -> Any:
     return await request.form
 
 
+# The endpoints where clients authenticate, and what the 429 says was attempted too often. Each
+# has counters of its own (a resource server introspecting a lot can't starve the same client's
+# token requests) under the [rate_limits] token_per_ip / token_per_client settings.
+CLIENT_AUTH_ENDPOINTS = {
+    "/token": "token requests",
+    "/introspect": "introspection requests",
+    "/revoke": "revocation requests",
+}
+
+
 async def _authenticated_client(form: Any, endpoint: str) -> OAuthClient:
+    """Client authentication for the token (RFC 6749 §2.3), introspection (RFC 7662 §2.1) and
+    revocation (RFC 7009 §2.1) endpoints, with their rate limits (ASVS 6.3.1, 15.2.2)."""
     rt = runtime()
+    what = CLIENT_AUTH_ENDPOINTS[endpoint]
+    # Before authentication only the address is counted: secret guessing is limited, but client
+    # ids are public, so failures counted per client would let anyone lock a client out.
+    await enforce_limits({"token_per_ip": f"{endpoint} {client_ip()}"}, what)
     credentials = parse_client_credentials(request.headers.get("Authorization"), form)
-    if endpoint == "/token":
-        # Counted before authentication: guessing a client's secret is limited too.
-        client_key = (credentials.client_id or "")[:200] or None
-        await enforce_limits({"token_per_ip": client_ip(), "token_per_client": client_key}, "token requests")
-    return await authenticate_client(
+    client = await authenticate_client(
         rt.db, rt.kv, credentials, issuer=rt.settings.issuer, endpoint_url=f"{rt.settings.issuer}{endpoint}"
     )
+    # Only an authenticated client spends its own budget. (An assertion refused with 429 here is
+    # spent: its jti was recorded while authenticating, so a replayed one can't use the budget.)
+    await enforce_limits({"token_per_client": f"{endpoint} {client.id}"}, what)
+    return client
 
 
 @blueprint.post("/token")
