@@ -32,6 +32,7 @@ from joserfc.jwk import Key, KeySet, OKPKey
 from joserfc.jws import JWSRegistry
 
 from idp.oauth.errors import InvalidClient, InvalidRequest
+from idp.oauth.params import single_value
 from idp.security.tokens import verify_secret
 from idp.storage.db import Database
 from idp.storage.kv import KeyValueStore
@@ -94,9 +95,9 @@ class ClientCredentials:
 
 
 def _form_value(form: Mapping[str, str], name: str) -> str | None:
-    # RFC 6749 §3.2: parameters sent without a value are treated as if omitted.
-    value = form.get(name)
-    return value or None
+    # RFC 6749 §3.2: parameters sent without a value are treated as if omitted, and none may be
+    # repeated (the first of two client_ids would otherwise win).
+    return single_value(form, name)
 
 
 def _parse_basic(authorization_header: str) -> tuple[str, str] | None:
@@ -121,8 +122,9 @@ def _parse_basic(authorization_header: str) -> tuple[str, str] | None:
 def parse_client_credentials(authorization_header: str | None, form: Mapping[str, str]) -> ClientCredentials:
     """Detect the method the request used; refuse a request that uses more than one.
 
-    Raises InvalidClient for a malformed Basic header and InvalidRequest for several methods at
-    once (RFC 6749 §2.3: "MUST NOT use more than one authentication method in each request").
+    Raises InvalidClient for a malformed Basic header, InvalidRequest for a repeated parameter
+    (RFC 6749 §3.2) and for several methods at once (RFC 6749 §2.3: "MUST NOT use more than one
+    authentication method in each request").
     Authorization schemes other than Basic are not client authentication and are ignored.
     """
     basic = _parse_basic(authorization_header) if authorization_header else None

@@ -23,6 +23,7 @@ from idp.accounts.sessions import SessionStore
 from idp.config import TokenSettings
 from idp.events import EventBus, TokenIssued, TokenRevoked
 from idp.oauth import errors
+from idp.oauth.params import single_value
 from idp.oauth.subjects import SubjectResolver
 from idp.oauth.tokens import REFRESH_TOKEN_TYP, TokenInvalid, TokenService
 from idp.security.tokens import random_token, sha256_digest
@@ -45,16 +46,10 @@ class GrantContext:
 
 
 def _form_value(form: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
-    getlist = getattr(form, "getlist", None)
-    values = getlist(name) if getlist else ([form[name]] if name in form else [])
-    if len(values) > 1:
-        raise errors.InvalidRequest(f"{name} is repeated")
-    value = values[0] if values else None
-    if not value:
-        if required:
-            raise errors.InvalidRequest(f"{name} is required")
-        return None
-    return str(value)
+    value = single_value(form, name)  # RFC 6749 §3.2: never repeated
+    if value is None and required:
+        raise errors.InvalidRequest(f"{name} is required")
+    return value
 
 
 def s256(verifier: str) -> str:

@@ -12,14 +12,17 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, urlencode
 
 import pytest
 from joserfc import jwt
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 from sqlalchemy import update
+from werkzeug.datastructures import MultiDict
 
 import idp.oauth.client_auth as client_auth
 from idp.errors import IdPError
@@ -31,8 +34,8 @@ from idp.oauth.client_auth import (
 )
 from idp.oauth.clients import ClientSpec, CreatedClient, create_client
 from idp.oauth.errors import InvalidClient, InvalidRequest
-from idp.security.tokens import secret_digest
-from idp.storage.models import OAuthClient
+from idp.security.tokens import secret_digest, sha256_digest
+from idp.storage.models import AuthorizationCode, OAuthClient
 from idp.storage.repositories import ClientRepository
 
 REDIRECT = "https://app.example.com/callback"
@@ -794,3 +797,174 @@ async def test_every_client_authentication_failure_reads_the_same(client: Any, r
 
     generic = {"error": "invalid_client", "error_description": "Client authentication failed."}
     assert answers == {name: (401, generic, 'Basic realm="idp"') for name in cases}
+
+
+# RFC 6749 §3.1 / §3.2: request parameters MUST NOT be included more than once. Refused at every
+# client-authenticated endpoint (and /userinfo's access_token), before client authentication and
+# before the request is counted against a rate limit (token_per_ip is 1 here) or changes anything.
+REPEATED = [
+    ("/token", "client_id"),
+    ("/token", "client_secret"),
+    ("/token", "client_assertion"),
+    ("/token", "client_assertion_type"),
+    ("/token", "grant_type"),
+    ("/token", "code"),
+    ("/introspect", "token"),
+    ("/introspect", "token_type_hint"),
+    ("/introspect", "client_id"),
+    ("/revoke", "token"),
+    ("/revoke", "token_type_hint"),
+    ("/revoke", "client_secret"),
+    ("/userinfo", "access_token"),
+]
+
+
+@pytest.fixture
+def settings_overrides(settings_overrides: dict[str, Any], request: pytest.FixtureRequest) -> dict[str, Any]:
+    return {**settings_overrides, **getattr(request, "param", {})}
+
+
+@dataclass
+class Probe:
+    path: str
+    params: list[tuple[str, str]]
+    repeat: str
+    headers: dict[str, str]
+    unchanged: Callable[[], Awaitable[None]]
+
+
+async def repeated_parameter_probe(client: Any, runtime: Any, keys: Keys, path: str, name: str) -> Probe:
+    from tests.oauth_helpers import WEB_REDIRECT, authorize, code_flow, make_world, query_of
+
+    world = await make_world(runtime)
+    web = {"Authorization": basic(world.web_id, world.web_secret)}
+    cc = {"grant_type": "client_credentials"}
+    tokens = await code_flow(client, world, scope="openid profile")  # the one /token hit of 127.0.0.1
+    access_token = str(tokens["access_token"])
+
+    async def still_active() -> None:
+        await runtime.tokens.verify_access_token(access_token)
+
+    async def nothing() -> None:
+        return None
+
+    if path == "/token" and name == "client_id":
+        return Probe(path, [*cc.items(), ("client_id", world.web_id)], world.spa_id, web, nothing)
+    if path == "/token" and name == "client_secret":
+        created = await confidential(runtime, "client_secret_post", grant_types=["client_credentials"])
+        params = [*cc.items(), ("client_id", created.client.id), ("client_secret", str(created.client_secret))]
+        return Probe(path, params, "wrong-secret", {}, nothing)
+    if path == "/token" and name in ("client_assertion", "client_assertion_type"):
+        created = await confidential(
+            runtime, "private_key_jwt", jwks=keys.public_jwks(), grant_types=["client_credentials"]
+        )
+        claims = assertion_claims(runtime, created.client.id)
+        jti_key = f"client_assertion_jti:{created.client.id}:{claims['jti']}"
+
+        async def jti_unused() -> None:
+            assert not await runtime.kv.exists(jti_key)
+
+        params = [*cc.items(), *assertion_form(sign(claims, keys.rsa, kid="rsa-1")).items()]
+        return Probe(path, params, "x.y.z" if name == "client_assertion" else ASSERTION_TYPE, {}, jti_unused)
+    if path == "/token" and name == "grant_type":
+        return Probe(path, list(cc.items()), "client_credentials", web, nothing)
+    if path == "/token" and name == "code":
+        response, verifier = await authorize(client, world.web_id, WEB_REDIRECT, email=world.email)
+        code = query_of(response.headers["Location"])["code"]
+        params = [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", WEB_REDIRECT),
+            ("code_verifier", str(verifier)),
+        ]
+
+        async def code_unused() -> None:
+            async with runtime.db.session() as session:
+                row = await session.get(AuthorizationCode, sha256_digest(code))
+            assert row is not None and row.consumed_at is None
+
+        return Probe(path, params, code, web, code_unused)
+    if path in ("/introspect", "/revoke") and name in ("token", "token_type_hint", "client_id"):
+        params = [("token", access_token), ("token_type_hint", "access_token")]
+        if name == "client_id":
+            params.append(("client_id", world.web_id))
+        repeat = {"token": access_token, "token_type_hint": "refresh_token", "client_id": world.spa_id}[name]
+        return Probe(path, params, repeat, web, still_active)
+    if path == "/revoke" and name == "client_secret":
+        created = await confidential(runtime, "client_secret_post", grant_types=["client_credentials"])
+        own = runtime.tokens.issue_access_token(subject=created.client.id, client_id=created.client.id, scope="")
+
+        async def own_active() -> None:
+            await runtime.tokens.verify_access_token(own.value)
+
+        params = [("client_id", created.client.id), ("client_secret", str(created.client_secret)), ("token", own.value)]
+        return Probe(path, params, str(created.client_secret), {}, own_active)
+    assert (path, name) == ("/userinfo", "access_token")
+    return Probe(path, [("access_token", access_token)], access_token, {}, nothing)
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"rate_limits": {"token_per_ip": {"requests": 1, "window": 60}}}], indirect=True
+)
+@pytest.mark.parametrize(("path", "name"), REPEATED, ids=[f"{path}-{name}" for path, name in REPEATED])
+async def test_a_repeated_parameter_is_invalid_request(
+    client: Any, runtime: Any, keys: Keys, path: str, name: str
+) -> None:
+    probe = await repeated_parameter_probe(client, runtime, keys, path, name)
+    form = "application/x-www-form-urlencoded"
+    at_ip = {"scope_base": {"client": ("192.0.2.50", 40000)}}
+
+    repeated = urlencode([*probe.params, (name, probe.repeat)])
+    refused = await client.post(path, data=repeated, headers={"Content-Type": form, **probe.headers}, **at_ip)
+
+    assert refused.status_code == 400, await refused.get_data(as_text=True)
+    assert await refused.get_json() == {"error": "invalid_request", "error_description": f"{name} is repeated"}
+    await probe.unchanged()
+    # Not counted either: the same request sent once is the one request this address may make.
+    single = await client.post(
+        path, data=urlencode(probe.params), headers={"Content-Type": form, **probe.headers}, **at_ip
+    )
+    assert single.status_code == 200, await single.get_data(as_text=True)
+
+
+def test_parsing_refuses_repeated_client_credentials() -> None:
+    # The protocol module holds the rule too, for callers that hand it a multi-valued form.
+    given = [("client_id", "c"), ("client_secret", "s"), ("client_assertion", "a"), ("client_assertion_type", "t")]
+    for name in ("client_id", "client_secret", "client_assertion", "client_assertion_type"):
+        form = MultiDict([*given, (name, "again")])
+        with pytest.raises(InvalidRequest) as caught:
+            parse_client_credentials(None, form)
+        assert caught.value.description == f"{name} is repeated"
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"rate_limits": {"token_per_ip": {"requests": 1, "window": 60}}}], indirect=True
+)
+@pytest.mark.parametrize("path", ["/token", "/introspect", "/revoke", "/userinfo"])
+async def test_two_authorization_headers_are_invalid_request(client: Any, runtime: Any, path: str) -> None:
+    # The header carries credentials too, and is not a list (RFC 9110 §5.3): the first of two
+    # must not win any more than the first of two client_ids does.
+    from werkzeug.datastructures import Headers
+
+    from tests.oauth_helpers import code_flow, make_world
+
+    world = await make_world(runtime)
+    access_token = str((await code_flow(client, world, scope="openid"))["access_token"])
+    if path == "/userinfo":
+        first, second = f"Bearer {access_token}", f"Bearer {access_token}"
+    else:
+        first, second = basic(world.web_id, world.web_secret), basic(world.spa_id, "guess")
+    form = {"grant_type": "client_credentials"} if path == "/token" else {"token": access_token}
+    headers = Headers([("Authorization", first), ("Authorization", second)])
+    at_ip = {"scope_base": {"client": ("192.0.2.51", 40000)}}
+
+    refused = await client.post(path, form=form, headers=headers, **at_ip)
+
+    assert refused.status_code == 400, await refused.get_data(as_text=True)
+    assert await refused.get_json() == {
+        "error": "invalid_request",
+        "error_description": "the Authorization header is repeated",
+    }
+    await runtime.tokens.verify_access_token(access_token)  # not revoked
+    single = await client.post(path, form=form, headers={"Authorization": first}, **at_ip)
+    assert single.status_code == 200, await single.get_data(as_text=True)
