@@ -160,8 +160,10 @@ class SessionSettings(_Section):
     # Mail the user when their account signs in from a browser it never used before.
     notify_new_device: bool = True
     # When a session ends early (logout, ended from another device, password change …), revoke
-    # the refresh tokens issued within it: "online" those without offline_access (OIDC Core §11:
-    # offline access outlives the sign-in), "all", or "none". Back-channel logout is sent anyway.
+    # the grants issued within it, refresh and access tokens alike: "online" those without a
+    # refresh token with offline_access (OIDC Core §11: offline access outlives the sign-in; a
+    # client without refresh tokens keeps nothing offline), "all", or "none". Back-channel logout
+    # is sent anyway.
     end_revokes_refresh_tokens: Literal["online", "all", "none"] = "online"
 
     @model_validator(mode="after")
