@@ -163,8 +163,10 @@ class SessionSettings(_Section):
     # Mail the user when their account signs in from a browser it never used before.
     notify_new_device: bool = True
     # When a session ends early (logout, ended from another device, password change …), revoke
-    # the refresh tokens issued within it: "online" those without offline_access (OIDC Core §11:
-    # offline access outlives the sign-in), "all", or "none". Back-channel logout is sent anyway.
+    # the grants issued within it, refresh and access tokens alike: "online" those without a
+    # refresh token with offline_access (OIDC Core §11: offline access outlives the sign-in; a
+    # client without refresh tokens keeps nothing offline), "all", or "none". Back-channel logout
+    # is sent anyway.
     end_revokes_refresh_tokens: Literal["online", "all", "none"] = "online"
 
     @model_validator(mode="after")
@@ -335,7 +337,10 @@ class RateLimitSettings(_Section):
     # Re-sent verification mails, per IP and per address.
     verification_resend_per_ip: Limit = _limit(20, 3600)
     verification_resend_per_account: Limit = _limit(5, 3600)
-    # Token endpoint requests, per client IP and per client_id presented.
+    # Requests to the endpoints where clients authenticate: token, introspection and revocation,
+    # each counted on its own. Before authentication a request counts per client IP only (client
+    # ids are public, so failures counted per client would let anyone lock a client out); once
+    # authenticated, per client as well.
     token_per_ip: Limit = _limit(1200, 60)
     token_per_client: Limit = _limit(1200, 60)
 

@@ -161,6 +161,7 @@ def _subscribe_protocol_handlers(rt: Runtime) -> None:
 
     async def on_session_ended_revoke(event: Event, _context: EventContext) -> None:
         # A separate subscriber, so a failed delivery doesn't stop the revocation and vice versa.
+        # Refresh and access tokens alike, for clients with or without refresh tokens (ASVS 7.4.1).
         assert isinstance(event, SessionEnded)
         mode = rt.settings.sessions.end_revokes_refresh_tokens
         if mode != "none" and event.clients:

@@ -4,7 +4,9 @@ The route parses what the request carried (``parse_client_credentials``), then
 ``authenticate_client`` returns the registered, enabled client or raises ``InvalidClient`` /
 ``InvalidRequest``. Supported methods: ``client_secret_basic``, ``client_secret_post``,
 ``private_key_jwt`` and ``none`` (public clients). A client must use exactly the method it is
-registered for. No Quart here: plain arguments in, a client out.
+registered for. Every failure that depends on what is registered for the client (its method, its
+secret, its keys) gets the same generic answer as an unknown client. No Quart here: plain
+arguments in, a client out.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,6 +32,7 @@ from joserfc.jwk import Key, KeySet, OKPKey
 from joserfc.jws import JWSRegistry
 
 from idp.oauth.errors import InvalidClient, InvalidRequest
+from idp.oauth.params import single_value
 from idp.security.tokens import verify_secret
 from idp.storage.db import Database
 from idp.storage.kv import KeyValueStore
@@ -68,6 +73,8 @@ _MAX_JTI_LENGTH = 256
 _KEY_TYPE_FOR_ALG = {"RS256": "RSA", "PS256": "RSA", "ES256": "EC", "Ed25519": "OKP", "EdDSA": "OKP"}
 _JTI_KEY = "client_assertion_jti:{client_id}:{jti}"
 
+log = logging.getLogger("idp.client_auth")
+
 
 # -- what the request carried ------------------------------------------------------------------
 
@@ -88,9 +95,9 @@ class ClientCredentials:
 
 
 def _form_value(form: Mapping[str, str], name: str) -> str | None:
-    # RFC 6749 §3.2: parameters sent without a value are treated as if omitted.
-    value = form.get(name)
-    return value or None
+    # RFC 6749 §3.2: parameters sent without a value are treated as if omitted, and none may be
+    # repeated (the first of two client_ids would otherwise win).
+    return single_value(form, name)
 
 
 def _parse_basic(authorization_header: str) -> tuple[str, str] | None:
@@ -115,8 +122,9 @@ def _parse_basic(authorization_header: str) -> tuple[str, str] | None:
 def parse_client_credentials(authorization_header: str | None, form: Mapping[str, str]) -> ClientCredentials:
     """Detect the method the request used; refuse a request that uses more than one.
 
-    Raises InvalidClient for a malformed Basic header and InvalidRequest for several methods at
-    once (RFC 6749 §2.3: "MUST NOT use more than one authentication method in each request").
+    Raises InvalidClient for a malformed Basic header, InvalidRequest for a repeated parameter
+    (RFC 6749 §3.2) and for several methods at once (RFC 6749 §2.3: "MUST NOT use more than one
+    authentication method in each request").
     Authorization schemes other than Basic are not client authentication and are ignored.
     """
     basic = _parse_basic(authorization_header) if authorization_header else None
@@ -218,21 +226,32 @@ async def _load_client(db: Database, client_id: str | None) -> OAuthClient | Non
     return client
 
 
-def _check_registered_method(client: OAuthClient, method: str) -> None:
-    # The registered method is a security decision (e.g. a key-based client must never be accepted
-    # with a secret), so no fallback to another method (OIDC Registration §2).
-    if client.token_endpoint_auth_method != method:
-        raise InvalidClient(f"client is registered for {client.token_endpoint_auth_method}")
+def _registered_for(client: OAuthClient | None, method: str) -> OAuthClient | None:
+    """The client when it is registered for ``method``, else None.
+
+    The registered method is a security decision (a key-based client must never be accepted with
+    a secret), so there is no fallback to another one (OIDC Registration §2). A client presented
+    with another method is refused exactly like an unknown client or a wrong secret: naming the
+    registered method would tell anyone which ids exist and how they authenticate."""
+    if client is None or client.token_endpoint_auth_method != method:
+        return None
+    return client
+
+
+def _refused(client_id: str | None, reason: str) -> InvalidClient:
+    """The generic refusal for a failure that depends on what is registered for the client (it
+    tells the caller nothing); the reason goes to the log for the operator."""
+    log.info("client authentication failed", extra={"client_id": client_id, "reason": reason})
+    return InvalidClient()
 
 
 async def _authenticate_with_secret(db: Database, credentials: ClientCredentials, method: str) -> OAuthClient:
     secret = credentials.client_secret
     if credentials.client_id is None or secret is None:
         raise InvalidClient(f"{method} needs both client_id and client_secret")
-    client = await _load_client(db, credentials.client_id)
-    if client is not None:
-        _check_registered_method(client, method)
-    # Compare even for an unknown client, so the response time doesn't reveal which ids exist.
+    client = _registered_for(await _load_client(db, credentials.client_id), method)
+    # Compare even for an unknown client or a wrong method (against no digest: the same work), so
+    # the response time doesn't tell which ids exist or what they are registered for.
     matches = verify_secret(secret, client.secret_digest if client is not None else None)
     if client is None or not matches:
         raise InvalidClient()
@@ -240,10 +259,9 @@ async def _authenticate_with_secret(db: Database, credentials: ClientCredentials
 
 
 async def _authenticate_public(db: Database, credentials: ClientCredentials) -> OAuthClient:
-    client = await _load_client(db, credentials.client_id)
+    client = _registered_for(await _load_client(db, credentials.client_id), "none")
     if client is None:
         raise InvalidClient()
-    _check_registered_method(client, "none")
     return client
 
 
@@ -341,13 +359,14 @@ async def _authenticate_with_assertion(
     if credentials.client_id is not None and credentials.client_id != client_id:
         raise InvalidClient("client_id does not match the client assertion's sub")
 
-    client = await _load_client(db, client_id)
+    client = _registered_for(await _load_client(db, client_id), ASSERTION_METHOD)
     if client is None:
         raise InvalidClient()
-    _check_registered_method(client, ASSERTION_METHOD)
 
+    # Until the signature verifies nothing proves the caller is the client, so failures that
+    # depend on its registration (keys, kids, jwks_uri) read like an unknown client's.
     keys = await _client_keys(client, http_fetch_jwks)
-    claims = _verify_signature(assertion, alg, header.get("kid"), keys)
+    claims = _verify_signature(client.id, assertion, alg, header.get("kid"), keys)
     jti, exp = _check_assertion_claims(claims, client_id, issuer=issuer, endpoint_url=endpoint_url, now=now)
 
     # RFC 7523 §3 item 7 / OIDC Core §9: a jti is single use. The record lives as long as the
@@ -364,20 +383,20 @@ async def _client_keys(client: OAuthClient, http_fetch_jwks: JWKSFetcher | None)
         data = client.jwks
     elif client.jwks_uri:
         if http_fetch_jwks is None:
-            raise InvalidClient("the client's jwks_uri is not supported yet; register its jwks instead")
+            raise _refused(client.id, "the client's jwks_uri is not supported yet; register its jwks instead")
         try:
             data = await http_fetch_jwks(client.jwks_uri)
         except Exception as exc:  # whatever the fetcher raises, the client can't be authenticated
-            raise InvalidClient("the client's jwks_uri could not be fetched") from exc
+            raise _refused(client.id, "the client's jwks_uri could not be fetched") from exc
     else:
-        raise InvalidClient("the client has no registered keys")
+        raise _refused(client.id, "the client has no registered keys")
     entries = data.get("keys") if isinstance(data, Mapping) else None
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
-        raise InvalidClient("the client's JWK Set is malformed")
+        raise _refused(client.id, "the client's JWK Set is malformed")
     try:
         return KeySet.import_key_set({"keys": entries})
     except (JoseError, ValueError, TypeError) as exc:
-        raise InvalidClient("the client's JWK Set cannot be imported") from exc
+        raise _refused(client.id, "the client's JWK Set cannot be imported") from exc
 
 
 def _candidate_keys(keys: KeySet, alg: str, kid: object) -> list[Key]:
@@ -393,12 +412,12 @@ def _candidate_keys(keys: KeySet, alg: str, kid: object) -> list[Key]:
     return usable
 
 
-def _verify_signature(assertion: str, alg: str, kid: object, keys: KeySet) -> dict[str, Any]:
+def _verify_signature(client_id: str, assertion: str, alg: str, kid: object, keys: KeySet) -> dict[str, Any]:
     candidates = _candidate_keys(keys, alg, kid)
     if not candidates:
         if kid is not None:
-            raise InvalidClient(f"no registered key of the client has the assertion's kid and suits {alg}")
-        raise InvalidClient(f"the client has no registered key for {alg}")
+            raise _refused(client_id, f"no registered key of the client has the assertion's kid and suits {alg}")
+        raise _refused(client_id, f"the client has no registered key for {alg}")
     registry = _AssertionRegistry(algorithms=[alg])
     # Without a kid several keys may fit; try each (the set is the client's own and small).
     for key in candidates:
@@ -409,18 +428,27 @@ def _verify_signature(assertion: str, alg: str, kid: object, keys: KeySet) -> di
         except JoseError as exc:
             # The error code names the check (unsupported_header, invalid_key_curve, ...) without
             # echoing anything from the assertion.
-            raise InvalidClient(f"client assertion could not be verified ({exc.error})") from None
+            raise _refused(client_id, f"client assertion could not be verified ({exc.error})") from None
         return dict(token.claims)
-    raise InvalidClient("client assertion signature does not verify with the client's registered keys")
+    raise _refused(client_id, "client assertion signature does not verify with the client's registered keys")
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
+    """RFC 7519 §2: a NumericDate is a JSON number. Python's json accepts NaN and ±Infinity, which
+    are not JSON (RFC 8259 §6): NaN passes every comparison below and would reach the jti record's
+    TTL. Integers beyond a float's range don't convert. All are refused (ASVS 2.2.1)."""
     value = claims.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidClient(f"client assertion {name} must be a NumericDate")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidClient(f"client assertion {name} must be a NumericDate") from None
+    if not math.isfinite(number):
+        raise InvalidClient(f"client assertion {name} must be a NumericDate")
+    return number
 
 
 def _check_assertion_claims(

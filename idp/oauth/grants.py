@@ -23,6 +23,7 @@ from idp.accounts.sessions import SessionStore
 from idp.config import TokenSettings
 from idp.events import EventBus, TokenIssued, TokenRevoked
 from idp.oauth import errors
+from idp.oauth.params import single_value
 from idp.oauth.subjects import SubjectResolver
 from idp.oauth.tokens import REFRESH_TOKEN_TYP, TokenInvalid, TokenService
 from idp.security.tokens import random_token, sha256_digest
@@ -45,16 +46,10 @@ class GrantContext:
 
 
 def _form_value(form: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
-    getlist = getattr(form, "getlist", None)
-    values = getlist(name) if getlist else ([form[name]] if name in form else [])
-    if len(values) > 1:
-        raise errors.InvalidRequest(f"{name} is repeated")
-    value = values[0] if values else None
-    if not value:
-        if required:
-            raise errors.InvalidRequest(f"{name} is required")
-        return None
-    return str(value)
+    value = single_value(form, name)  # RFC 6749 §3.2: never repeated
+    if value is None and required:
+        raise errors.InvalidRequest(f"{name} is required")
+    return value
 
 
 def s256(verifier: str) -> str:
@@ -475,20 +470,39 @@ async def revoke_user_client_grants(ctx: GrantContext, user_id: str, client_id: 
 
 
 async def revoke_session_grants(ctx: GrantContext, user_id: str, sid: str, *, keep_offline: bool, reason: str) -> int:
-    """Revoke the grants whose refresh tokens were issued within the IdP session ``sid``; with
-    ``keep_offline``, not those granted offline_access (OIDC Core §11: meant to outlive the
-    sign-in). Returns how many grants were revoked."""
+    """Revoke the grants issued within the IdP session ``sid``: their refresh tokens and their
+    access tokens (ASVS 7.4.1, 7.4.3). With ``keep_offline``, grants whose refresh tokens carry
+    offline_access are kept (OIDC Core §11: meant to outlive the sign-in); a grant that never
+    yielded a refresh token keeps nothing offline, so its access tokens go whatever its scope.
+    Grants revoked before (their refresh tokens revoked, or their access tokens already gone) are
+    not revoked again. Returns how many grants were revoked."""
     async with ctx.db.session() as session:
-        rows = (
+        refresh_rows = (
             await session.execute(
-                select(RefreshToken.family_id, RefreshToken.client_id, RefreshToken.scope).where(
-                    RefreshToken.user_id == user_id, RefreshToken.session_id == sid, RefreshToken.revoked_at.is_(None)
+                select(
+                    RefreshToken.family_id, RefreshToken.client_id, RefreshToken.scope, RefreshToken.revoked_at
+                ).where(RefreshToken.user_id == user_id, RefreshToken.session_id == sid)
+            )
+        ).all()
+        # Code-only grants index their access tokens under the grant_id of the code that started them.
+        code_rows = (
+            await session.execute(
+                select(AuthorizationCode.grant_id, AuthorizationCode.client_id).where(
+                    AuthorizationCode.user_id == user_id,
+                    AuthorizationCode.session_id == sid,
+                    AuthorizationCode.consumed_at.is_not(None),
                 )
             )
         ).all()
-    families = {
-        (family, owner) for family, owner, scope in rows if not (keep_offline and "offline_access" in scope.split())
+    with_refresh_tokens = {family for family, _, _, _ in refresh_rows}
+    grants = {
+        (family, owner)
+        for family, owner, scope, revoked_at in refresh_rows
+        if revoked_at is None and not (keep_offline and "offline_access" in scope.split())
     }
-    for family, owner in families:
-        await revoke_grant(ctx, family, client_id=owner, user_id=user_id, reason=reason)
-    return len(families)
+    for grant, owner in code_rows:
+        if grant not in with_refresh_tokens and await ctx.tokens.grant_has_access_tokens(grant):
+            grants.add((grant, owner))
+    for grant, owner in grants:
+        await revoke_grant(ctx, grant, client_id=owner, user_id=user_id, reason=reason)
+    return len(grants)

@@ -36,6 +36,7 @@ from idp.oauth.discovery import provider_metadata
 from idp.oauth.grants import find_refresh_token, handle_token_request, revoke_grant
 from idp.oauth.interactions import COOKIE_NAME as INTERACTION_COOKIE
 from idp.oauth.interactions import Interaction
+from idp.oauth.params import reject_repeated, single_value
 from idp.oauth.tokens import ID_TOKEN_TYP, REFRESH_TOKEN_TYP, TokenInvalid
 from idp.security.headers import content_security_policy
 from idp.security.tokens import random_token
@@ -389,21 +390,51 @@ async def consent(interaction_id: str) -> Response:
 
 
 async def _form() -> Any:
+    """The body of a token, introspection or revocation request: form-encoded, and refused before
+    anything else happens (authentication, rate limits) when a parameter repeats (RFC 6749 §3.2)."""
     if request.mimetype != "application/x-www-form-urlencoded":
         raise errors.InvalidRequest("The request body must be application/x-www-form-urlencoded.")
-    return await request.form
+    form = await request.form
+    reject_repeated(form)
+    return form
+
+
+def _authorization_header() -> str | None:
+    """The Authorization header, which carries credentials like a parameter does: two of them are
+    refused, not resolved by taking the first (it is not a list-based field, RFC 9110 §5.3)."""
+    values = request.headers.getlist("Authorization")
+    if len(values) > 1:
+        raise errors.InvalidRequest("the Authorization header is repeated")
+    return values[0] if values else None
+
+
+# The endpoints where clients authenticate, and what the 429 says was attempted too often. Each
+# has counters of its own (a resource server introspecting a lot can't starve the same client's
+# token requests) under the [rate_limits] token_per_ip / token_per_client settings.
+CLIENT_AUTH_ENDPOINTS = {
+    "/token": "token requests",
+    "/introspect": "introspection requests",
+    "/revoke": "revocation requests",
+}
 
 
 async def _authenticated_client(form: Any, endpoint: str) -> OAuthClient:
+    """Client authentication for the token (RFC 6749 §2.3), introspection (RFC 7662 §2.1) and
+    revocation (RFC 7009 §2.1) endpoints, with their rate limits (ASVS 6.3.1, 15.2.2)."""
     rt = runtime()
-    credentials = parse_client_credentials(request.headers.get("Authorization"), form)
-    if endpoint == "/token":
-        # Counted before authentication: guessing a client's secret is limited too.
-        client_key = (credentials.client_id or "")[:200] or None
-        await enforce_limits({"token_per_ip": client_ip(), "token_per_client": client_key}, "token requests")
-    return await authenticate_client(
+    what = CLIENT_AUTH_ENDPOINTS[endpoint]
+    authorization = _authorization_header()
+    # Before authentication only the address is counted: secret guessing is limited, but client
+    # ids are public, so failures counted per client would let anyone lock a client out.
+    await enforce_limits({"token_per_ip": f"{endpoint} {client_ip()}"}, what)
+    credentials = parse_client_credentials(authorization, form)
+    client = await authenticate_client(
         rt.db, rt.kv, credentials, issuer=rt.settings.issuer, endpoint_url=f"{rt.settings.issuer}{endpoint}"
     )
+    # Only an authenticated client spends its own budget. (An assertion refused with 429 here is
+    # spent: its jti was recorded while authenticating, so a replayed one can't use the budget.)
+    await enforce_limits({"token_per_client": f"{endpoint} {client.id}"}, what)
+    return client
 
 
 @blueprint.post("/token")
@@ -415,10 +446,10 @@ async def token() -> Response:
 
 
 async def _bearer_token() -> str:
-    header = request.headers.get("Authorization")
+    header = _authorization_header()
     form_token = None
     if request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded":
-        form_token = (await request.form).get("access_token")
+        form_token = single_value(await request.form, "access_token")  # RFC 6750 §2.2, RFC 6749 §3.2
     if header and form_token:
         raise errors.InvalidRequest("Send the access token in one place only (RFC 6750 §2).")
     if header:

@@ -280,6 +280,11 @@ class TokenService:
         ttl = max(1, expires_at - self.now() + LEEWAY)
         await self._kv.set(_REVOKED_PREFIX + jti, "1", ttl=ttl)
 
+    async def grant_has_access_tokens(self, grant_id: str) -> bool:
+        """Whether the grant has indexed access tokens that may still be live (revoking the grant
+        forgets its index; otherwise the index expires with the last token it holds)."""
+        return await self._kv.exists(_GRANT_TOKENS_PREFIX + grant_id)
+
     async def revoke_grant_access_tokens(self, grant_id: str) -> int:
         members = await self._kv.set_members(_GRANT_TOKENS_PREFIX + grant_id)
         for member in members:

@@ -1,7 +1,8 @@
 """Rate limits on the endpoints that can be abused besides the password form: sign-up, password
-reset, verification resend, passwordless passkey sign-in and the token endpoint. Over a limit the
-answer is 429 with Retry-After and a message naming what was attempted too often, and the refused
-request does nothing (no account, no mail, no token)."""
+reset, verification resend, passwordless passkey sign-in and the endpoints where clients
+authenticate (token, introspection, revocation). Over a limit the answer is 429 with Retry-After
+and a message naming what was attempted too often, and the refused request does nothing (no
+account, no mail, no token, no revocation)."""
 
 from __future__ import annotations
 
@@ -125,17 +126,98 @@ async def test_token_requests_per_client(app: Any, runtime: Any) -> None:
     for _ in range(2):
         ok = await client.post("/token", form=form, headers=basic(world.web_id, world.web_secret))
         assert ok.status_code == 200, await text(ok)
-    # A wrong secret counts too: guessing is limited before authentication.
-    limited = await client.post("/token", form=form, headers=basic(world.web_id, "wrong-secret"))
+    # A wrong secret is not the client: it is counted per address only (it used to count against
+    # the client, so anyone could use up a client's budget with its public id: security test M2).
+    wrong = await client.post("/token", form=form, headers=basic(world.web_id, "wrong-secret"))
+    assert wrong.status_code == 401 and (await wrong.get_json())["error"] == "invalid_client"
+    limited = await client.post("/token", form=form, headers=basic(world.web_id, world.web_secret))
     assert limited.status_code == 429 and limited.headers["Retry-After"] == str(WINDOW)
     body = await limited.get_json()
     assert body["error"] == "rate_limited" and "token requests" in body["error_description"]
-    assert limited.headers["Cache-Control"] == "no-store" or "access_token" not in body
+    assert limited.headers["Cache-Control"] == "no-store" and "access_token" not in body
     # Other clients are not affected.
     other = await client.post(
         "/token", form={"grant_type": "refresh_token", "refresh_token": "x", "client_id": world.spa_id}
     )
     assert other.status_code == 400
+
+
+# Token, introspection and revocation authenticate clients the same way, so they share one rule
+# (ASVS 6.3.1, 15.2.2): before authentication a request counts against `token_per_ip` only;
+# once authenticated, against `token_per_client` of that client. Each endpoint counts separately.
+CLIENT_ENDPOINTS = {
+    "/token": "token requests",
+    "/introspect": "introspection requests",
+    "/revoke": "revocation requests",
+}
+
+
+def endpoint_form(path: str, token: str = "a.b.c") -> dict[str, str]:
+    return {"grant_type": "client_credentials", "scope": ""} if path == "/token" else {"token": token}
+
+
+@pytest.mark.parametrize("path", list(CLIENT_ENDPOINTS))
+@pytest.mark.parametrize("settings_overrides", [limits(token_per_client=2, token_per_ip=1000)], indirect=True)
+async def test_failed_authentications_never_use_up_the_clients_budget(app: Any, runtime: Any, path: str) -> None:
+    """Security test M2: 1,205 `-u svc:wrong` requests made the real client get 429 elsewhere."""
+    world = await make_world(runtime)
+    client = app.test_client()
+    for _ in range(5):
+        guess = await client.post(
+            path, form=endpoint_form(path), headers=basic(world.web_id, "wrong"), **at("192.0.2.66")
+        )
+        assert guess.status_code == 401, await text(guess)
+        assert (await guess.get_json())["error"] == "invalid_client"
+        assert guess.headers["WWW-Authenticate"] == 'Basic realm="idp"'
+    # From elsewhere, the real client still has its whole budget, and then meets its own limit.
+    real = basic(world.web_id, world.web_secret)
+    for _ in range(2):
+        ok = await client.post(path, form=endpoint_form(path), headers=real, **at("192.0.2.7"))
+        assert ok.status_code == 200, await text(ok)
+    over = await client.post(path, form=endpoint_form(path), headers=real, **at("192.0.2.8"))
+    assert over.status_code == 429 and over.headers["Retry-After"] == str(WINDOW)
+    assert await over.get_json() == {
+        "error": "rate_limited",
+        "error_description": f"Too many {CLIENT_ENDPOINTS[path]}. Wait 2 minutes before trying again.",
+    }
+
+
+@pytest.mark.parametrize("path", list(CLIENT_ENDPOINTS))
+@pytest.mark.parametrize("settings_overrides", [limits(token_per_ip=3)], indirect=True)
+async def test_secret_guessing_is_limited_per_address(app: Any, runtime: Any, path: str) -> None:
+    """Security test L7: 1,300 wrong secrets at /introspect or /revoke were all answered 401."""
+    world = await make_world(runtime)
+    client = app.test_client()
+    victim = runtime.tokens.issue_access_token(subject=world.web_id, client_id=world.web_id, scope="")
+    form = endpoint_form(path, victim.value)
+    for n in range(3):
+        guess = await client.post(path, form=form, headers=basic(world.web_id, f"guess-{n}"), **at("192.0.2.1"))
+        assert guess.status_code == 401, await text(guess)
+    limited = await client.post(path, form=form, headers=basic(world.web_id, "guess-3"), **at("192.0.2.1"))
+    await assert_limited(limited, CLIENT_ENDPOINTS[path])
+    assert (await limited.get_json())["error"] == "rate_limited"
+    # Over the limit even the right secret is refused, and the refused request changes nothing.
+    refused = await client.post(path, form=form, headers=basic(world.web_id, world.web_secret), **at("192.0.2.1"))
+    assert refused.status_code == 429 and "access_token" not in await refused.get_json()
+    await runtime.tokens.verify_access_token(victim.value)  # not revoked
+    # Another address is not affected.
+    other = await client.post(path, form=form, headers=basic(world.web_id, world.web_secret), **at("192.0.2.2"))
+    assert other.status_code == 200, await text(other)
+
+
+@pytest.mark.parametrize("settings_overrides", [limits(token_per_client=2, token_per_ip=1000)], indirect=True)
+async def test_each_client_endpoint_counts_on_its_own(app: Any, runtime: Any) -> None:
+    # A resource server introspecting heavily can't starve the same client's token requests.
+    world = await make_world(runtime)
+    client = app.test_client()
+    real = basic(world.web_id, world.web_secret)
+    for _ in range(2):
+        assert (await client.post("/introspect", form=endpoint_form("/introspect"), headers=real)).status_code == 200
+    over = await client.post("/introspect", form=endpoint_form("/introspect"), headers=real)
+    assert over.status_code == 429
+    for path in ("/token", "/revoke"):
+        ok = await client.post(path, form=endpoint_form(path), headers=real)
+        assert ok.status_code == 200, await text(ok)
 
 
 @pytest.mark.parametrize("settings_overrides", [limits(token_per_ip=1)], indirect=True)

@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from idp.accounts import account_status
+from idp.oauth.clients import ClientSpec, create_client
 from idp.oauth.tokens import ID_TOKEN_TYP
-from idp.storage.models import AuditEvent, KnownDevice
+from idp.storage.models import AuditEvent, KnownDevice, User
 from tests.backchannel_helpers import (
     Recorder,
     bcl_client,
@@ -26,6 +27,7 @@ from tests.backchannel_helpers import (
 from tests.mfa_helpers import audit, outbox_subjects, text
 from tests.oauth_helpers import (
     PASSWORD,
+    WEB_REDIRECT,
     World,
     add_user,
     basic,
@@ -393,6 +395,171 @@ async def test_which_refresh_tokens_die_with_their_session(
     tokens = await code_flow(client, world, scope=scope)
     await runtime.sessions.end(await runtime.sessions.load(session_cookie(client)), reason="logout")
     assert (await _refresh(client, tokens, world.web_id, world.web_secret)).status_code == status
+
+
+# Security test M4 (ASVS 7.4.1, 7.4.3, 7.5.2): a session that ends revokes the access tokens issued
+# in it by the rule of its refresh tokens, whatever grants the client has. A client without the
+# refresh grant keeps nothing "offline", so in the default mode its tokens die with the session.
+
+
+async def code_only_client(runtime: Any) -> tuple[str, str]:
+    created = await create_client(
+        runtime.db,
+        runtime.events,
+        ClientSpec(
+            name="No refresh",
+            client_type="confidential",
+            redirect_uris=[WEB_REDIRECT],
+            grant_types=["authorization_code"],
+            first_party=True,
+        ),
+    )
+    assert created.client_secret is not None
+    return created.client.id, created.client_secret
+
+
+async def user_name(runtime: Any, user_id: str) -> str | None:
+    async with runtime.db.session() as session:
+        user = await session.get(User, user_id)
+        assert user is not None
+        return user.name
+
+
+async def token_works(client: Any, access_token: str) -> bool:
+    response = await client.get("/userinfo", headers={"Authorization": f"Bearer {access_token}"})
+    return bool(response.status_code == 200)
+
+
+async def assert_token_dead(client: Any, runtime: Any, world: World, access_token: str) -> None:
+    bearer = {"Authorization": f"Bearer {access_token}"}
+    before = await user_name(runtime, world.user_id)
+    userinfo = await client.get("/userinfo", headers=bearer)
+    assert userinfo.status_code == 401 and (await userinfo.get_json())["error"] == "invalid_token"
+    assert userinfo.headers["WWW-Authenticate"].startswith("Bearer ")
+    changed = await client.patch(
+        "/api/account/profile", json={"name": "changed after the session ended"}, headers=bearer
+    )
+    assert changed.status_code == 401 and (await changed.get_json())["error"] == "invalid_token"
+    assert await user_name(runtime, world.user_id) == before == "Alice Example"
+
+
+async def _log_out(client: Any, app: Any, runtime: Any, world: World) -> None:
+    page = await client.get("/logout")
+    done = await client.post("/logout", form={"csrf_token": csrf_from(await text(page)), "confirm": "yes"})
+    assert done.status_code == 200 and session_cookie(client) is None
+
+
+async def _end_others_on_the_page(client: Any, app: Any, runtime: Any, world: World) -> None:
+    phone = await signed_in_browser(app, world, user_agent=SAFARI_IPHONE, ip="198.51.100.61")
+    page = await phone.get("/account/sessions")
+    done = await phone.post("/account/sessions/end-others", {"csrf_token": csrf_from(await text(page))})
+    assert done.headers["Location"] == "/account/sessions?notice=others-ended"
+
+
+async def _end_others_through_the_api(client: Any, app: Any, runtime: Any, world: World) -> None:
+    from idp.storage.models import OAuthClient
+
+    async with runtime.db.session() as session:
+        (await session.get(OAuthClient, world.spa_id)).first_party = True
+    phone = Browser(app, user_agent=SAFARI_IPHONE, ip="198.51.100.62")
+    spa_tokens = await code_flow(phone.client, world, confidential=False)
+    bearer = {"Authorization": f"Bearer {spa_tokens['access_token']}"}
+    done = await phone.client.post("/api/account/sessions/end-others", headers=bearer)
+    assert done.status_code == 200 and await done.get_json() == {"ended": 1}
+
+
+async def _change_the_password_elsewhere(client: Any, app: Any, runtime: Any, world: World) -> None:
+    phone = await signed_in_browser(app, world, ip="198.51.100.63")
+    page = await phone.get("/account/password")
+    form = {
+        "csrf_token": csrf_from(await text(page)),
+        "current_password": PASSWORD,
+        "new_password": "a-brand-new-long-passphrase-42",
+    }
+    assert (await phone.post("/account/password", form)).status_code == 200
+
+
+async def _administrator_ends_them(client: Any, app: Any, runtime: Any, world: World) -> None:
+    # What `idp users end-sessions` runs (the CLI opens its own runtime, so call it here).
+    assert await account_status.end_sessions(runtime.accounts, world.user_id) == 1
+
+
+@pytest.mark.parametrize(
+    "end_session",
+    [
+        _log_out,
+        _end_others_on_the_page,
+        _end_others_through_the_api,
+        _change_the_password_elsewhere,
+        _administrator_ends_them,
+    ],
+    ids=["logout", "end-others-page", "end-others-api", "password-change", "administrator"],
+)
+async def test_access_tokens_of_a_client_without_refresh_tokens_die_with_their_session(
+    app: Any, client: Any, runtime: Any, world: World, end_session: Any
+) -> None:
+    client_id, secret = await code_only_client(runtime)
+    tokens = await sign_in_through(client, world, client_id, secret, scope="openid profile")
+    assert "refresh_token" not in tokens and await token_works(client, tokens["access_token"])
+
+    await end_session(client, app, runtime, world)
+
+    await assert_token_dead(client, runtime, world, tokens["access_token"])
+    introspected = await client.post(
+        "/introspect", form={"token": tokens["access_token"]}, headers=basic(client_id, secret)
+    )
+    assert await introspected.get_json() == {"active": False}
+
+
+@pytest.mark.parametrize(
+    ("settings_overrides", "code_only_dies", "offline_dies", "online_dies"),
+    [
+        ({}, True, False, True),  # "online": offline_access outlives the sign-in, if there is a refresh token
+        ({"sessions": {"end_revokes_refresh_tokens": "all"}}, True, True, True),
+        ({"sessions": {"end_revokes_refresh_tokens": "none"}}, False, False, False),
+    ],
+    ids=["online", "all", "none"],
+    indirect=["settings_overrides"],
+)
+async def test_which_access_tokens_die_with_their_session(
+    client: Any, runtime: Any, world: World, code_only_dies: bool, offline_dies: bool, online_dies: bool
+) -> None:
+    client_id, secret = await code_only_client(runtime)
+    # Asked for offline_access, but without a refresh token there is nothing offline to keep.
+    code_only = await sign_in_through(client, world, client_id, secret, scope="openid offline_access")
+    offline = await code_flow(client, world, scope="openid offline_access")
+    online = await code_flow(client, world, scope="openid profile")
+
+    await runtime.sessions.end(await runtime.sessions.load(session_cookie(client)), reason="logout")
+
+    assert await token_works(client, code_only["access_token"]) is not code_only_dies
+    assert await token_works(client, offline["access_token"]) is not offline_dies
+    assert await token_works(client, online["access_token"]) is not online_dies
+    assert (await _refresh(client, offline, world.web_id, world.web_secret)).status_code == (
+        400 if offline_dies else 200
+    )
+
+
+async def test_a_session_end_revokes_each_grant_once(client: Any, runtime: Any, world: World) -> None:
+    client_id, secret = await code_only_client(runtime)
+    first = await sign_in_through(client, world, client_id, secret, scope="openid profile")
+    second = await sign_in_through(client, world, client_id, secret, scope="openid email")
+    online = await code_flow(client, world, scope="openid profile")
+    # A grant its client revoked already (RFC 7009) is not revoked, or audited, a second time.
+    revoked = await code_flow(client, world, scope="openid profile")
+    refused = await client.post(
+        "/revoke", form={"token": revoked["refresh_token"]}, headers=basic(world.web_id, world.web_secret)
+    )
+    assert refused.status_code == 200
+
+    await runtime.sessions.end(await runtime.sessions.load(session_cookie(client)), reason="logout")
+
+    for tokens in (first, second, online, revoked):
+        assert not await token_works(client, tokens["access_token"])
+    events = await audit(runtime, world.user_id, "token_revoked")
+    by_session = sorted(str(event.client_id) for event in events if event.details["reason"] == "session_logout")
+    assert by_session == sorted([client_id, client_id, world.web_id])
+    assert [event.details["reason"] for event in events].count("client_request") == 1
 
 
 # -- administration ------------------------------------------------------------------------------
