@@ -17,7 +17,7 @@ from idp.oauth import errors
 __all__ = ("reject_repeated", "single_value")
 
 # Names echoed in the error are the registered kind; anything else is named generically.
-_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def _values(params: Mapping[str, Any], name: str) -> list[Any]:
@@ -28,7 +28,7 @@ def _values(params: Mapping[str, Any], name: str) -> list[Any]:
 
 
 def _repeated(name: str) -> errors.InvalidRequest:
-    shown = name if _PLAIN_NAME.match(name) else "a parameter"
+    shown = name if _PLAIN_NAME.fullmatch(name) else "a parameter"
     return errors.InvalidRequest(f"{shown} is repeated")
 
 
