@@ -24,8 +24,9 @@ from idp.storage.repositories import ClientRepository
 
 RESPONSE_MODES = ("query", "form_post")
 PROMPTS = ("none", "login", "consent", "select_account", "create")
-# RFC 7636 §4.1: 43-128 characters of the unreserved set.
-_PKCE_VALUE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
+# RFC 7636 §4.1: 43-128 characters of the unreserved set. Used with fullmatch: "$" would also
+# match before a trailing newline.
+_PKCE_VALUE = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 MAX_STATE = 2048
 MAX_NONCE = 512
 MAX_HINT = 4096
@@ -226,7 +227,7 @@ def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarge
     else:
         if (method or "plain") != "S256":
             raise errors.InvalidRequest("code_challenge_method must be S256 (plain is not allowed)")
-        if not _PKCE_VALUE.match(challenge):
+        if not _PKCE_VALUE.fullmatch(challenge):
             raise errors.InvalidRequest("code_challenge must be 43-128 characters of [A-Za-z0-9-._~]")
 
     prompt = (_single(params, "prompt") or "").split()

@@ -275,6 +275,9 @@ REDIRECTED_ERRORS = [
     pytest.param({"code_challenge_method": "plain"}, "invalid_request", id="pkce-plain"),
     pytest.param({"code_challenge": "a" * 42}, "invalid_request", id="pkce-challenge-too-short"),
     pytest.param({"code_challenge": "a" * 129}, "invalid_request", id="pkce-challenge-too-long"),
+    # [10.4.6] RFC 7636 §4.2 ABNF: "$" would also match before a trailing newline (L5).
+    pytest.param({"code_challenge": "A" * 43 + "\n"}, "invalid_request", id="pkce-challenge-trailing-newline"),
+    pytest.param({"code_challenge": "\n" + "A" * 43}, "invalid_request", id="pkce-challenge-leading-newline"),
     pytest.param({"request": "eyJhbGciOiJub25lIn0.e30."}, "request_not_supported", id="request"),
     pytest.param({"request_uri": "https://rp.example/request.jwt"}, "request_uri_not_supported", id="request_uri"),
     pytest.param({"prompt": "none login"}, "invalid_request", id="prompt-none-combined"),
