@@ -27,6 +27,9 @@ PROMPTS = ("none", "login", "consent", "select_account", "create")
 # RFC 7636 §4.1: 43-128 characters of the unreserved set. Used with fullmatch: "$" would also
 # match before a trailing newline.
 _PKCE_VALUE = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+# Numeric parameters are ASCII digits only: str.isdigit() and int() also take superscript,
+# Arabic-Indic and fullwidth digits (and int() "+1", " 1", "1_0"). Ten digits bound the value.
+_ASCII_NUMBER = re.compile(r"[0-9]{1,10}")
 MAX_STATE = 2048
 MAX_NONCE = 512
 MAX_HINT = 4096
@@ -240,8 +243,9 @@ def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarge
     max_age_raw = _single(params, "max_age")
     max_age = None
     if max_age_raw is not None:
-        if not max_age_raw.isdigit() or len(max_age_raw) > 10:
-            raise errors.InvalidRequest("max_age must be a non-negative integer")
+        # OIDC Core §3.1.2.1: max_age is a number of seconds.
+        if not _ASCII_NUMBER.fullmatch(max_age_raw):
+            raise errors.InvalidRequest("max_age must be a non-negative integer of at most 10 ASCII digits")
         max_age = int(max_age_raw)
 
     nonce = _single(params, "nonce")

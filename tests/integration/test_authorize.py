@@ -284,6 +284,17 @@ REDIRECTED_ERRORS = [
     pytest.param({"prompt": "sometimes"}, "invalid_request", id="prompt-unknown"),
     pytest.param({"max_age": "abc"}, "invalid_request", id="max_age-not-a-number"),
     pytest.param({"max_age": "-1"}, "invalid_request", id="max_age-negative"),
+    # ASVS 2.2.1: ASCII digits only; str.isdigit() and int() take other scripts' digits (M5).
+    pytest.param({"max_age": "\u00b2"}, "invalid_request", id="max_age-superscript-two"),
+    pytest.param({"max_age": "\u0663"}, "invalid_request", id="max_age-arabic-indic-three"),
+    pytest.param({"max_age": "\uff11"}, "invalid_request", id="max_age-fullwidth-one"),
+    pytest.param({"max_age": "1\u00b2"}, "invalid_request", id="max_age-ascii-then-superscript"),
+    pytest.param({"max_age": "+1"}, "invalid_request", id="max_age-plus"),
+    pytest.param({"max_age": " 1"}, "invalid_request", id="max_age-leading-space"),
+    pytest.param({"max_age": "1 "}, "invalid_request", id="max_age-trailing-space"),
+    pytest.param({"max_age": "1\n"}, "invalid_request", id="max_age-trailing-newline"),
+    pytest.param({"max_age": "1_0"}, "invalid_request", id="max_age-underscore"),
+    pytest.param({"max_age": "1" * 11}, "invalid_request", id="max_age-eleven-digits"),
     pytest.param({"response_mode": "fragment"}, "invalid_request", id="response_mode-fragment"),
 ]
 
