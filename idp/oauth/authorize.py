@@ -13,10 +13,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from idp.oauth import errors
-from idp.oauth.clients import is_loopback_host
 from idp.security.tokens import random_token, sha256_digest
 from idp.storage.db import Database
 from idp.storage.models import AuthorizationCode, OAuthClient, utcnow
@@ -116,28 +114,42 @@ def _single(params: Mapping[str, Any], name: str) -> str | None:
 
 def redirect_uri_matches(client: OAuthClient, candidate: str) -> bool:
     """Exact string match (RFC 9700 §2.1), except the port of loopback IP redirect URIs of native
-    clients, which the OS picks at run time (RFC 8252 §7.3)."""
+    clients, which the OS picks at run time (RFC 8252 §7.3). Nothing is normalised or stripped
+    first: userinfo, a fragment or a malformed port make the URI a different one."""
+    if "#" in candidate:
+        return False  # RFC 6749 §3.1.2: the redirection endpoint URI MUST NOT include a fragment
     if candidate in client.redirect_uris:
         return True
     if client.application_type != "native":
         return False
-    parts = urlsplit(candidate)
-    if parts.scheme != "http" or not parts.hostname:
-        return False
+    requested = _portless_loopback_uri(candidate)
+    return requested is not None and any(
+        _portless_loopback_uri(registered) == requested for registered in client.redirect_uris
+    )
+
+
+# http://<IP literal>[:<port>]<path and query>, taken apart by hand: urlsplit accepts userinfo and
+# any port text (it checks the port only when .port is read). Only an IP literal: RFC 8252 §8.3
+# does not recommend "localhost", so it gets no port freedom.
+_LOOPBACK_URI = re.compile(r"http://(?P<host>[0-9.]+|\[[0-9A-Fa-f:]+\])(?::(?P<port>[^/?#]*))?(?P<rest>[/?][^#]*)?")
+_PORT = re.compile(r"[1-9][0-9]{0,4}")  # ASCII digits, no sign, no leading zero
+
+
+def _portless_loopback_uri(uri: str) -> tuple[str, str] | None:
+    """(host, path and query) of an http URI on a loopback IP literal with a valid port or none,
+    else None."""
+    match = _LOOPBACK_URI.fullmatch(uri)
+    if match is None:
+        return None
+    host, port = match.group("host"), match.group("port")
     try:
-        if not ipaddress.ip_address(parts.hostname).is_loopback:
-            return False
+        if not ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return None
     except ValueError:
-        return False  # RFC 8252 §8.3: "localhost" is NOT RECOMMENDED, so no port freedom for it
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    portless = urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
-    for registered in client.redirect_uris:
-        reg = urlsplit(registered)
-        if reg.scheme == "http" and reg.hostname == parts.hostname and is_loopback_host(reg.hostname or ""):
-            reg_host = f"[{reg.hostname}]" if ":" in (reg.hostname or "") else reg.hostname
-            if urlunsplit((reg.scheme, reg_host, reg.path, reg.query, "")) == portless:
-                return True
-    return False
+        return None
+    if port is not None and (not _PORT.fullmatch(port) or int(port) > 65535):
+        return None
+    return host, match.group("rest") or ""
 
 
 def requested_client_id(params: Mapping[str, Any]) -> str | None:

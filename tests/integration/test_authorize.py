@@ -262,6 +262,110 @@ async def test_localhost_gets_no_port_freedom(client: Any, runtime: Any) -> None
     await assert_error_page(response, "invalid_request")
 
 
+NATIVE_LOOPBACK = "http://127.0.0.1/cb"
+
+# [10.4.1] [§2.1] RFC 9700 §2.1, RFC 8252 §7.3: for a native client's loopback IP redirect URI only
+# the port may differ, and it must be a port: 1-65535 in ASCII digits. RFC 6749 §3.1.2: never a
+# fragment. Everything else is compared as an exact string.
+NOT_THE_REGISTERED_LOOPBACK_URI = [
+    pytest.param("http://evil@127.0.0.1:5555/cb", id="userinfo"),
+    pytest.param("http://evil@127.0.0.1/cb", id="userinfo-no-port"),
+    pytest.param("http://evil:pw@127.0.0.1:5555/cb", id="userinfo-with-password"),
+    pytest.param("http://127.0.0.1:5555@evil.example/cb", id="port-then-userinfo"),
+    pytest.param("http://127.0.0.1:5555/cb#frag", id="fragment"),
+    pytest.param("http://127.0.0.1/cb#frag", id="fragment-no-port"),
+    pytest.param("http://127.0.0.1:5555/cb#", id="empty-fragment"),
+    pytest.param("http://127.0.0.1:notaport/cb", id="port-not-a-number"),
+    pytest.param("http://127.0.0.1:99999/cb", id="port-out-of-range"),
+    pytest.param("http://127.0.0.1:65536/cb", id="port-65536"),
+    pytest.param("http://127.0.0.1:0/cb", id="port-zero"),
+    pytest.param("http://127.0.0.1:/cb", id="port-empty"),
+    pytest.param("http://127.0.0.1:+5555/cb", id="port-plus"),
+    pytest.param("http://127.0.0.1:05555/cb", id="port-leading-zero"),
+    pytest.param("http://127.0.0.1:\u0665\u0665\u0665\u0665/cb", id="port-arabic-indic-digits"),
+    pytest.param("http://127.0.0.1:5555 /cb", id="port-trailing-space"),
+    pytest.param("http://127.0.0.1:5555/cb?x=1", id="query-added"),
+    pytest.param("http://127.0.0.1:5555/cb/", id="path-differs"),
+    pytest.param("http://127.0.0.1:5555/CB", id="path-case-differs"),
+    pytest.param("https://127.0.0.1:5555/cb", id="scheme-differs"),
+    pytest.param("HTTP://127.0.0.1:5555/cb", id="scheme-case-differs"),
+    pytest.param("http://127.0.0.2:5555/cb", id="another-loopback-address"),
+    pytest.param("http://[::1]:5555/cb", id="ipv6-loopback-for-ipv4-registration"),
+    pytest.param("http://localhost:5555/cb", id="localhost"),
+]
+
+
+@pytest.mark.parametrize("redirect_uri", NOT_THE_REGISTERED_LOOPBACK_URI)
+async def test_native_loopback_redirect_uri_may_differ_only_in_a_valid_port(
+    client: Any, world: World, runtime: Any, redirect_uri: str
+) -> None:
+    """L1: fatal (an error page, never a redirect), even for a signed-in user who has consented,
+    for whom a matching URI would get a code at once."""
+    client_id, _ = await add_client(
+        runtime,
+        ClientSpec(name="Native", client_type="public", application_type="native", redirect_uris=[NATIVE_LOOPBACK]),
+    )
+    first_party = await add_client(
+        runtime,
+        ClientSpec(
+            name="Native own",
+            client_type="public",
+            application_type="native",
+            redirect_uris=[NATIVE_LOOPBACK],
+            first_party=True,
+        ),
+    )
+    await login(client, world.email)
+    for cid in (client_id, first_party[0]):
+        response = await get_authorize(client, auth_params(cid, redirect_uri))
+        await assert_error_page(response, "invalid_request")
+        response = await client.post("/authorize", form=auth_params(cid, redirect_uri))
+        await assert_error_page(response, "invalid_request")
+    assert await code_count(runtime) == 0
+
+
+@pytest.mark.parametrize(
+    ("registered", "requested"),
+    [
+        pytest.param(NATIVE_LOOPBACK, "http://127.0.0.1:1/cb", id="port-1"),
+        pytest.param(NATIVE_LOOPBACK, "http://127.0.0.1:65535/cb", id="port-65535"),
+        pytest.param(NATIVE_LOOPBACK, NATIVE_LOOPBACK, id="exact"),
+        pytest.param("http://127.0.0.1:8000/cb?app=1", "http://127.0.0.1:49152/cb?app=1", id="registered-port-query"),
+        pytest.param("http://127.0.0.1:8000/cb", "http://127.0.0.1/cb", id="port-omitted"),
+        pytest.param("http://[::1]/cb", "http://[::1]:49152/cb", id="ipv6"),
+    ],
+)
+async def test_native_loopback_redirect_uri_with_another_port_gets_the_code(
+    client: Any, world: World, runtime: Any, registered: str, requested: str
+) -> None:
+    """RFC 8252 §7.3: any port on the registered loopback IP literal; the code goes exactly there."""
+    client_id, _ = await add_client(
+        runtime,
+        ClientSpec(
+            name="Native", client_type="public", application_type="native", redirect_uris=[registered], first_party=True
+        ),
+    )
+    response, _ = await authorize(client, client_id, requested, email=world.email)
+    separator = "&" if "?" in requested else "?"
+    assert response.status_code == 303
+    assert response.headers["Location"].startswith(requested + separator + "code="), response.headers["Location"]
+
+
+async def test_a_redirect_uri_with_a_fragment_is_never_accepted(client: Any, world: World, runtime: Any) -> None:
+    """[§2.1] RFC 6749 §3.1.2: the redirection endpoint URI MUST NOT include a fragment, whatever
+    is registered (a row written before registration refused them, or by hand)."""
+    async with runtime.db.session() as session:
+        await session.execute(
+            update(OAuthClient)
+            .where(OAuthClient.id == world.web_id)
+            .values(redirect_uris=[WEB_REDIRECT, WEB_REDIRECT + "#frag"])
+        )
+    await login(client, world.email)
+    response = await get_authorize(client, auth_params(world.web_id, WEB_REDIRECT + "#frag"))
+    await assert_error_page(response, "invalid_request")
+    assert await code_count(runtime) == 0
+
+
 # -- phase two: redirectable errors ----------------------------------------------------------------
 
 
