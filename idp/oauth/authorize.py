@@ -79,6 +79,9 @@ class AuthorizationRequest:
     id_token_hint: str | None = None
     acr_values: list[str] = field(default_factory=list)
     ui_locales: str | None = None
+    # RFC 6749 §4.1.3: if the request carried redirect_uri, the token request must repeat it.
+    # (Requests parked before this field existed read as True, the stricter answer.)
+    redirect_uri_in_request: bool = True
 
     @property
     def scope(self) -> str:
@@ -100,10 +103,16 @@ class AuthorizationRequest:
         return cls(**data)
 
 
-def _single(params: Mapping[str, Any], name: str) -> str | None:
-    """A parameter's value; RFC 6749 §3.1: parameters MUST NOT be included more than once."""
+def _values(params: Mapping[str, Any], name: str) -> list[str]:
+    """Every value of a parameter, repeated or not (for decisions that must not wait for _single)."""
     getlist = getattr(params, "getlist", None)
     values = getlist(name) if getlist else ([params[name]] if name in params else [])
+    return [str(value) for value in values]
+
+
+def _single(params: Mapping[str, Any], name: str) -> str | None:
+    """A parameter's value; RFC 6749 §3.1: parameters MUST NOT be included more than once."""
+    values = _values(params, name)
     if len(values) > 1:
         raise errors.InvalidRequest(f"{name} is repeated")
     if not values:
@@ -180,7 +189,10 @@ def verify_client_and_redirect(client: OAuthClient, params: Mapping[str, Any]) -
     except errors.InvalidRequest as exc:
         raise InvalidRedirectUri(exc.description) from None
     if redirect_uri is None:
-        # OIDC Core §3.1.2.1 requires it; plain OAuth may omit it only with a single registration.
+        # OIDC Core §3.1.2.1 requires it; plain OAuth (RFC 6749 §3.1.2.3) may omit it only with a
+        # single registration.
+        if _asks_for_openid(params):
+            raise InvalidRedirectUri("The redirect_uri parameter is required in an OpenID Connect request.")
         if len(client.redirect_uris) != 1:
             raise InvalidRedirectUri("The redirect_uri parameter is required.")
         redirect_uri = client.redirect_uris[0]
@@ -189,6 +201,12 @@ def verify_client_and_redirect(client: OAuthClient, params: Mapping[str, Any]) -
     if response_mode not in RESPONSE_MODES:
         response_mode = "query"  # the error about it still needs a way back
     return RedirectTarget(redirect_uri, state[:MAX_STATE] if state else None, response_mode)
+
+
+def _asks_for_openid(params: Mapping[str, Any]) -> bool:
+    # Phase one can't rely on the scope parsing of phase two: a repeated scope is an error there,
+    # so any of its values asking for openid counts.
+    return any("openid" in value.split() for value in _values(params, "scope"))
 
 
 def parse_authorization_request(client: OAuthClient, params: Mapping[str, Any]) -> AuthorizationRequest:
@@ -286,6 +304,7 @@ def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarge
         id_token_hint=id_token_hint,
         acr_values=acr_values[:10],
         ui_locales=ui_locales[:200] if ui_locales else None,
+        redirect_uri_in_request=_single(params, "redirect_uri") is not None,
     )
 
 
@@ -320,6 +339,7 @@ async def issue_authorization_code(
                 client_id=request.client_id,
                 user_id=user_id,
                 redirect_uri=request.redirect_uri,
+                redirect_uri_in_request=request.redirect_uri_in_request,
                 scope=request.scope,
                 nonce=request.nonce,
                 code_challenge=request.code_challenge,

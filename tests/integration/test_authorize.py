@@ -187,6 +187,50 @@ async def test_missing_redirect_uri_with_two_registered_shows_an_error_page(clie
     await assert_error_page(response, "invalid_request")
 
 
+@pytest.mark.parametrize(
+    "scope",
+    [
+        pytest.param("openid", id="openid"),
+        pytest.param("profile openid email", id="openid-among-others"),
+        pytest.param("openid admin", id="openid-and-an-invalid-scope"),
+    ],
+)
+async def test_openid_request_without_redirect_uri_shows_an_error_page(
+    client: Any, world: World, runtime: Any, scope: str
+) -> None:
+    """L3, OIDC Core §3.1.2.1: redirect_uri is REQUIRED in an OpenID request, even when the
+    client has a single registered URI. Fatal: nothing was verified to redirect to."""
+    await code_flow(client, world)  # signed in and consented: a valid request would get a code at once
+    before = await code_count(runtime)
+    response = await get_authorize(client, auth_params(world.web_id, None, scope=scope))
+    body = await assert_error_page(response, "invalid_request")
+    assert "redirect_uri" in body
+    assert await code_count(runtime) == before
+
+
+async def test_openid_request_with_a_repeated_scope_and_no_redirect_uri_shows_an_error_page(
+    client: Any, world: World, runtime: Any
+) -> None:
+    """A repeated scope is invalid anyway; one of its values asking for openid still makes the
+    missing redirect_uri fatal rather than a redirect to the registered URI."""
+    params = [*auth_params(world.web_id, None, scope="profile").items(), ("scope", "openid")]
+    await assert_error_page(await get_authorize(client, params), "invalid_request")
+
+
+async def test_plain_oauth_request_may_omit_redirect_uri_with_one_registered(
+    client: Any, world: World, runtime: Any
+) -> None:
+    """RFC 6749 §3.1.2.3: without openid, a single registered URI may be left out; the code goes
+    to it and records that the request did not carry it (RFC 6749 §4.1.3)."""
+    response, _ = await authorize(client, world.web_id, None, email=world.email, scope="profile")
+    result = assert_redirect_to(response, WEB_REDIRECT)
+    async with runtime.db.session() as session:
+        row = (await session.execute(select(AuthorizationCode))).scalar_one()
+    assert row.redirect_uri == WEB_REDIRECT
+    assert row.redirect_uri_in_request is False
+    assert result["code"]
+
+
 async def test_fatal_errors_are_not_redirected_even_with_other_errors(client: Any, world: World) -> None:
     """An invalid response_type must not turn an unregistered redirect_uri into a redirect."""
     response = await get_authorize(
