@@ -2,7 +2,9 @@
 
 Validation runs in two phases. Until the client and its redirect URI are verified, every error is
 fatal: the IdP renders it itself and never redirects (RFC 6749 §4.1.2.1, RFC 9700 §4.11.2). After
-that, errors are returned to the verified redirect URI with ``state`` and ``iss`` (RFC 9207).
+that, errors are returned to the verified redirect URI with ``state`` and ``iss`` (RFC 9207) — but
+only once the user is authenticated, or at once with prompt=none (RFC 9700 §4.11.2; the routes
+park the error until sign-in).
 """
 
 from __future__ import annotations
@@ -207,6 +209,12 @@ def _asks_for_openid(params: Mapping[str, Any]) -> bool:
     # Phase one can't rely on the scope parsing of phase two: a repeated scope is an error there,
     # so any of its values asking for openid counts.
     return any("openid" in value.split() for value in _values(params, "scope"))
+
+
+def asks_prompt_none(params: Mapping[str, Any]) -> bool:
+    """Whether the raw request says prompt=none (OIDC Core §3.1.2.1), read without validating it:
+    the answer matters most when validation (perhaps of prompt itself) failed."""
+    return any("none" in value.split() for value in _values(params, "prompt"))
 
 
 def parse_authorization_request(client: OAuthClient, params: Mapping[str, Any]) -> AuthorizationRequest:

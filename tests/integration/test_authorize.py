@@ -2,8 +2,9 @@
 
 Fatal errors (unknown client, unverified redirect URI) are rendered by the IdP and never redirect
 (RFC 6749 §4.1.2.1, RFC 9700 §4.11.2); every other error goes back to the verified redirect URI with
-``state`` and ``iss`` (RFC 9207). Each test asserts the error code, the status and, where there is
-one, the storage side effect.
+``state`` and ``iss`` (RFC 9207), after the user has signed in unless the request says prompt=none
+(RFC 9700 §4.11.2). Each test asserts the error code, the status and, where there is one, the
+storage side effect.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy import func, select, update
 import idp.oauth.interactions as interactions_module
 from idp.accounts.sessions import BrowserSession
 from idp.oauth.clients import ClientSpec
-from idp.storage.models import AuthorizationCode, Consent, OAuthClient
+from idp.storage.models import AuthorizationCode, Consent, OAuthClient, User
 from tests.oauth_helpers import (
     PASSWORD,
     SPA_REDIRECT,
@@ -428,7 +429,6 @@ REDIRECTED_ERRORS = [
     pytest.param({"code_challenge": "\n" + "A" * 43}, "invalid_request", id="pkce-challenge-leading-newline"),
     pytest.param({"request": "eyJhbGciOiJub25lIn0.e30."}, "request_not_supported", id="request"),
     pytest.param({"request_uri": "https://rp.example/request.jwt"}, "request_uri_not_supported", id="request_uri"),
-    pytest.param({"prompt": "none login"}, "invalid_request", id="prompt-none-combined"),
     pytest.param({"prompt": "sometimes"}, "invalid_request", id="prompt-unknown"),
     pytest.param({"max_age": "abc"}, "invalid_request", id="max_age-not-a-number"),
     pytest.param({"max_age": "-1"}, "invalid_request", id="max_age-negative"),
@@ -447,39 +447,190 @@ REDIRECTED_ERRORS = [
 ]
 
 
+async def sign_in_for_the_parked_error(client: Any, world: World, runtime: Any, response: Any) -> Any:
+    """[§4.11.2] L2: without a signed-in session the error is not sent to the client yet: the browser
+    goes to the sign-in page with a resume URL bound to it, and nothing reaches the client. Signs in
+    and returns the resume route's answer."""
+    assert response.status_code == 303, await text_of(response)
+    location = response.headers["Location"]
+    assert location.startswith("/login?"), location
+    resume = query_of(location)["return_to"]
+    assert re.fullmatch(r"/authorize/resume/[A-Za-z0-9_-]+", resume), resume
+    # Bound like a parked request: the interaction cookie, for the interaction's lifetime.
+    binding = [value for value in response.headers.getlist("Set-Cookie") if value.startswith("idp_interaction=")]
+    assert len(binding) == 1 and f"Max-Age={runtime.interactions.ttl}" in binding[0], binding
+    assert await code_count(runtime) == 0
+    signed_in = await login(client, world.email, return_to=resume)
+    assert signed_in.status_code == 303 and signed_in.headers["Location"] == resume
+    return await client.get(resume)
+
+
 @pytest.mark.parametrize(("overrides", "error"), REDIRECTED_ERRORS)
-async def test_invalid_requests_are_redirected_with_state_and_iss(
+async def test_invalid_requests_are_redirected_with_state_and_iss_after_sign_in(
     client: Any, world: World, runtime: Any, overrides: dict[str, str | None], error: str
 ) -> None:
-    """RFC 6749 §4.1.2.1 / OIDC Core §3.1.2.6 error codes, with ``iss`` (RFC 9207 §2)."""
+    """RFC 6749 §4.1.2.1 / OIDC Core §3.1.2.6 error codes, with ``iss`` (RFC 9207 §2). [§4.11.2]
+    RFC 9700 §4.11.2 (L2): the user authenticates first, even for an error response."""
+    response = await get_authorize(client, auth_params(world.web_id, **overrides))
+    final = await sign_in_for_the_parked_error(client, world, runtime, response)
+    assert_error_redirect(final, runtime, error)
+    assert await code_count(runtime) == 0
+    # Delivered once: the parked error is gone.
+    replay = await client.get(query_of(response.headers["Location"])["return_to"])
+    await assert_error_page(replay, "invalid_request")
+
+
+@pytest.mark.parametrize(("overrides", "error"), REDIRECTED_ERRORS)
+async def test_invalid_requests_of_a_signed_in_user_are_redirected_at_once(
+    client: Any, world: World, runtime: Any, overrides: dict[str, str | None], error: str
+) -> None:
+    """[§4.11.2] The user is authenticated already: the error goes straight back, with state and iss."""
+    await login(client, world.email)
     response = await get_authorize(client, auth_params(world.web_id, **overrides))
     assert_error_redirect(response, runtime, error)
     assert await code_count(runtime) == 0
 
 
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        pytest.param({"prompt": "none", "scope": "openid admin"}, "invalid_scope", id="scope-not-allowed"),
+        pytest.param({"prompt": "none", "response_type": "token"}, "unsupported_response_type", id="response_type"),
+        pytest.param({"prompt": "none", "max_age": "\u00b2"}, "invalid_request", id="max_age-superscript"),
+        pytest.param({"prompt": "none", "code_challenge": None}, "invalid_request", id="pkce-missing"),
+    ],
+)
+async def test_prompt_none_errors_are_redirected_at_once_without_a_session(
+    client: Any, world: World, runtime: Any, overrides: dict[str, str | None], error: str
+) -> None:
+    """[§4.11.2] The prompt=none exception: the client asked for no user interaction, so the error
+    (like login_required) goes back at once. The raw prompt decides: validation may have failed."""
+    response = await get_authorize(client, auth_params(world.web_id, **overrides))
+    assert_error_redirect(response, runtime, error)
+    assert cookie_value(client, "idp_interaction") is None  # nothing parked
+    assert await code_count(runtime) == 0
+
+
+async def test_repeated_prompt_with_none_is_redirected_at_once(client: Any, world: World, runtime: Any) -> None:
+    params = [*auth_params(world.web_id, prompt="none").items(), ("prompt", "login")]
+    assert_error_redirect(await get_authorize(client, params), runtime, "invalid_request")
+
+
+async def test_invalid_post_request_waits_for_sign_in(client: Any, world: World, runtime: Any) -> None:
+    """[§4.11.2] POST /authorize (OIDC Core §3.1.2.1) follows the same rule; 303 (RFC 9700 §4.12)."""
+    response = await client.post("/authorize", form=auth_params(world.web_id, scope="openid admin"))
+    final = await sign_in_for_the_parked_error(client, world, runtime, response)
+    assert_error_redirect(final, runtime, "invalid_scope")
+
+
+async def test_a_disabled_users_session_does_not_count_as_signed_in(client: Any, world: World, runtime: Any) -> None:
+    """[§4.11.2] Only a signed-in session of an enabled user releases the error at once."""
+    await login(client, world.email)
+    async with runtime.db.session() as session:
+        await session.execute(update(User).where(User.id == world.user_id).values(disabled=True))
+    response = await get_authorize(client, auth_params(world.web_id, response_type="token"))
+    assert response.status_code == 303
+    assert response.headers["Location"].startswith("/login?"), response.headers["Location"]
+    assert await current_session(runtime, client) is None  # and the session has ended
+    assert await code_count(runtime) == 0
+
+
+async def test_parked_error_needs_a_sign_in_at_resume(client: Any, world: World, runtime: Any) -> None:
+    """Opening the resume URL without signing in goes back to the sign-in page, not to the client."""
+    response = await get_authorize(client, auth_params(world.web_id, scope="openid admin"))
+    resume = query_of(response.headers["Location"])["return_to"]
+    again = await client.get(resume)
+    assert again.status_code == 303
+    assert again.headers["Location"] == response.headers["Location"]
+    await login(client, world.email, return_to=resume)
+    assert_error_redirect(await client.get(resume), runtime, "invalid_scope")
+
+
+async def test_parked_error_is_bound_to_the_browser(app: Any, world: World, runtime: Any) -> None:
+    """The resume URL of a parked error is useless in another browser, even a signed-in one: it
+    can't be used to make the IdP redirect someone else (RFC 9700 §4.11.2)."""
+    browser_a, browser_b = app.test_client(), app.test_client()
+    response = await get_authorize(browser_a, auth_params(world.web_id, response_type="token"))
+    resume = query_of(response.headers["Location"])["return_to"]
+    await login(browser_b, world.email)
+    await get_authorize(browser_b, auth_params(world.web_id, response_type="token"))  # its own binding
+    await assert_error_page(await browser_b.get(resume), "invalid_request")
+    await assert_error_page(await browser_b.get(resume.replace("resume", "consent")), "invalid_request")
+    # Browser A still gets its error after signing in.
+    await login(browser_a, world.email, return_to=resume)
+    assert_error_redirect(await browser_a.get(resume), runtime, "unsupported_response_type")
+
+
+async def test_parked_error_has_no_consent_step(client: Any, world: World, runtime: Any) -> None:
+    response = await get_authorize(client, auth_params(world.web_id, scope="openid admin"))
+    resume = query_of(response.headers["Location"])["return_to"]
+    await login(client, world.email, return_to=resume)
+    consent = resume.replace("resume", "consent")
+    await assert_error_page(await client.get(consent), "invalid_request")
+    await assert_error_page(await client.post(consent, form={"decision": "allow"}), "invalid_request")
+    assert await code_count(runtime) == 0
+    assert_error_redirect(await client.get(resume), runtime, "invalid_scope")
+
+
+async def test_parked_error_of_a_client_disabled_meanwhile_is_an_error_page(
+    client: Any, world: World, runtime: Any
+) -> None:
+    response = await get_authorize(client, auth_params(world.web_id, scope="openid admin"))
+    resume = query_of(response.headers["Location"])["return_to"]
+    async with runtime.db.session() as session:
+        await session.execute(update(OAuthClient).where(OAuthClient.id == world.web_id).values(disabled=True))
+    await login(client, world.email, return_to=resume)
+    await assert_error_page(await client.get(resume), "invalid_client")
+
+
+async def test_invalid_id_token_hint_without_a_session_waits_for_sign_in(
+    app: Any, client: Any, world: World, runtime: Any
+) -> None:
+    """[§4.11.2] The id_token_hint check runs after parsing (it needs the keys), but is held back
+    the same way; with prompt=none it goes back at once."""
+    first = await code_flow(app.test_client(), world)
+    header, payload, signature = first["id_token"].split(".")
+    forged = f"{header}.{payload[:-4]}AAAA.{signature}"
+    params = auth_params(world.web_id, scope="openid profile email", id_token_hint=forged)
+    silent = await get_authorize(client, {**params, "prompt": "none"})
+    assert_error_redirect(silent, runtime, "invalid_request")
+    before = await code_count(runtime)  # the code of the flow that got the ID token
+    response = await get_authorize(client, params)
+    assert response.status_code == 303 and response.headers["Location"].startswith("/login?")
+    resume = query_of(response.headers["Location"])["return_to"]
+    await login(client, world.email, return_to=resume)
+    assert_error_redirect(await client.get(resume), runtime, "invalid_request")
+    assert await code_count(runtime) == before
+
+
 async def test_public_client_without_pkce_is_refused(client: Any, world: World, runtime: Any) -> None:
-    """RFC 9700 §2.1.1: PKCE is required of public clients."""
+    """RFC 9700 §2.1.1: PKCE is required of public clients (reported after sign-in, RFC 9700 §4.11.2)."""
     params = auth_params(world.spa_id, SPA_REDIRECT, code_challenge=None, code_challenge_method=None)
     response = await get_authorize(client, params)
-    assert_error_redirect(response, runtime, "invalid_request", redirect_uri=SPA_REDIRECT)
+    final = await sign_in_for_the_parked_error(client, world, runtime, response)
+    assert_error_redirect(final, runtime, "invalid_request", redirect_uri=SPA_REDIRECT)
 
 
 async def test_a_repeated_parameter_is_invalid_request(client: Any, world: World, runtime: Any) -> None:
     """RFC 6749 §3.1: request parameters MUST NOT be included more than once."""
     params = [*auth_params(world.web_id).items(), ("scope", "openid email")]
     response = await get_authorize(client, params)
-    assert_error_redirect(response, runtime, "invalid_request")
+    final = await sign_in_for_the_parked_error(client, world, runtime, response)
+    assert_error_redirect(final, runtime, "invalid_request")
 
 
 async def test_error_redirect_without_state_carries_none(client: Any, world: World, runtime: Any) -> None:
     response = await get_authorize(client, auth_params(world.web_id, state=None, response_type="token"))
-    assert_error_redirect(response, runtime, "unsupported_response_type", state=None)
+    final = await sign_in_for_the_parked_error(client, world, runtime, response)
+    assert_error_redirect(final, runtime, "unsupported_response_type", state=None)
 
 
 async def test_error_in_form_post_mode_is_posted(client: Any, world: World, runtime: Any) -> None:
     response = await get_authorize(client, auth_params(world.web_id, response_mode="form_post", scope="admin"))
-    assert response.status_code == 200
-    fields = form_post_fields(await text_of(response), WEB_REDIRECT)
+    final = await sign_in_for_the_parked_error(client, world, runtime, response)
+    assert final.status_code == 200
+    assert "Location" not in final.headers
+    fields = form_post_fields(await text_of(final), WEB_REDIRECT)
     assert fields["error"] == "invalid_scope"
     assert fields["state"] == "st-123" and fields["iss"] == runtime.settings.issuer
 
