@@ -192,11 +192,12 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+# fullmatch: "^...$" with match() would let a trailing newline into every log line.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
 
 
 def accept_request_id(header_value: str | None) -> str | None:
     """A caller's X-Request-ID is kept only if it is a sane token (no log injection)."""
-    if header_value and _REQUEST_ID.match(header_value):
+    if header_value and _REQUEST_ID.fullmatch(header_value):
         return header_value
     return None

@@ -99,7 +99,7 @@ async def login(client: Any, email: str, password: str = PASSWORD, return_to: st
 async def authorize(
     client: Any,
     client_id: str,
-    redirect_uri: str,
+    redirect_uri: str | None,
     *,
     email: str | None = None,
     consent: bool = True,
@@ -108,7 +108,8 @@ async def authorize(
 ) -> tuple[Any, str | None]:
     """Run /authorize, signing in and consenting through the real forms as needed.
     ``second_factor(client)`` answers the step after the password (/login/mfa) when it comes.
-    Returns the final response (the redirect to the client) and the PKCE verifier used."""
+    Returns the final response (the redirect to the client) and the PKCE verifier used. A
+    ``redirect_uri`` of None leaves the parameter out."""
     verifier, challenge = pkce_pair()
     query = {
         "response_type": "code",

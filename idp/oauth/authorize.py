@@ -2,7 +2,9 @@
 
 Validation runs in two phases. Until the client and its redirect URI are verified, every error is
 fatal: the IdP renders it itself and never redirects (RFC 6749 §4.1.2.1, RFC 9700 §4.11.2). After
-that, errors are returned to the verified redirect URI with ``state`` and ``iss`` (RFC 9207).
+that, errors are returned to the verified redirect URI with ``state`` and ``iss`` (RFC 9207) — but
+only once the user is authenticated, or at once with prompt=none (RFC 9700 §4.11.2; the routes
+park the error until sign-in).
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from idp.oauth import errors
-from idp.oauth.clients import is_loopback_host
 from idp.security.tokens import random_token, sha256_digest
 from idp.storage.db import Database
 from idp.storage.models import AuthorizationCode, OAuthClient, utcnow
@@ -24,8 +24,12 @@ from idp.storage.repositories import ClientRepository
 
 RESPONSE_MODES = ("query", "form_post")
 PROMPTS = ("none", "login", "consent", "select_account", "create")
-# RFC 7636 §4.1: 43-128 characters of the unreserved set.
-_PKCE_VALUE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
+# RFC 7636 §4.1: 43-128 characters of the unreserved set. Used with fullmatch: "$" would also
+# match before a trailing newline.
+_PKCE_VALUE = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+# Numeric parameters are ASCII digits only: str.isdigit() and int() also take superscript,
+# Arabic-Indic and fullwidth digits (and int() "+1", " 1", "1_0"). Ten digits bound the value.
+_ASCII_NUMBER = re.compile(r"[0-9]{1,10}")
 MAX_STATE = 2048
 MAX_NONCE = 512
 MAX_HINT = 4096
@@ -77,6 +81,9 @@ class AuthorizationRequest:
     id_token_hint: str | None = None
     acr_values: list[str] = field(default_factory=list)
     ui_locales: str | None = None
+    # RFC 6749 §4.1.3: if the request carried redirect_uri, the token request must repeat it.
+    # (Requests parked before this field existed read as True, the stricter answer.)
+    redirect_uri_in_request: bool = True
 
     @property
     def scope(self) -> str:
@@ -98,10 +105,16 @@ class AuthorizationRequest:
         return cls(**data)
 
 
-def _single(params: Mapping[str, Any], name: str) -> str | None:
-    """A parameter's value; RFC 6749 §3.1: parameters MUST NOT be included more than once."""
+def _values(params: Mapping[str, Any], name: str) -> list[str]:
+    """Every value of a parameter, repeated or not (for decisions that must not wait for _single)."""
     getlist = getattr(params, "getlist", None)
     values = getlist(name) if getlist else ([params[name]] if name in params else [])
+    return [str(value) for value in values]
+
+
+def _single(params: Mapping[str, Any], name: str) -> str | None:
+    """A parameter's value; RFC 6749 §3.1: parameters MUST NOT be included more than once."""
+    values = _values(params, name)
     if len(values) > 1:
         raise errors.InvalidRequest(f"{name} is repeated")
     if not values:
@@ -112,28 +125,42 @@ def _single(params: Mapping[str, Any], name: str) -> str | None:
 
 def redirect_uri_matches(client: OAuthClient, candidate: str) -> bool:
     """Exact string match (RFC 9700 §2.1), except the port of loopback IP redirect URIs of native
-    clients, which the OS picks at run time (RFC 8252 §7.3)."""
+    clients, which the OS picks at run time (RFC 8252 §7.3). Nothing is normalised or stripped
+    first: userinfo, a fragment or a malformed port make the URI a different one."""
+    if "#" in candidate:
+        return False  # RFC 6749 §3.1.2: the redirection endpoint URI MUST NOT include a fragment
     if candidate in client.redirect_uris:
         return True
     if client.application_type != "native":
         return False
-    parts = urlsplit(candidate)
-    if parts.scheme != "http" or not parts.hostname:
-        return False
+    requested = _portless_loopback_uri(candidate)
+    return requested is not None and any(
+        _portless_loopback_uri(registered) == requested for registered in client.redirect_uris
+    )
+
+
+# http://<IP literal>[:<port>]<path and query>, taken apart by hand: urlsplit accepts userinfo and
+# any port text (it checks the port only when .port is read). Only an IP literal: RFC 8252 §8.3
+# does not recommend "localhost", so it gets no port freedom.
+_LOOPBACK_URI = re.compile(r"http://(?P<host>[0-9.]+|\[[0-9A-Fa-f:]+\])(?::(?P<port>[^/?#]*))?(?P<rest>[/?][^#]*)?")
+_PORT = re.compile(r"[1-9][0-9]{0,4}")  # ASCII digits, no sign, no leading zero
+
+
+def _portless_loopback_uri(uri: str) -> tuple[str, str] | None:
+    """(host, path and query) of an http URI on a loopback IP literal with a valid port or none,
+    else None."""
+    match = _LOOPBACK_URI.fullmatch(uri)
+    if match is None:
+        return None
+    host, port = match.group("host"), match.group("port")
     try:
-        if not ipaddress.ip_address(parts.hostname).is_loopback:
-            return False
+        if not ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return None
     except ValueError:
-        return False  # RFC 8252 §8.3: "localhost" is NOT RECOMMENDED, so no port freedom for it
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    portless = urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
-    for registered in client.redirect_uris:
-        reg = urlsplit(registered)
-        if reg.scheme == "http" and reg.hostname == parts.hostname and is_loopback_host(reg.hostname or ""):
-            reg_host = f"[{reg.hostname}]" if ":" in (reg.hostname or "") else reg.hostname
-            if urlunsplit((reg.scheme, reg_host, reg.path, reg.query, "")) == portless:
-                return True
-    return False
+        return None
+    if port is not None and (not _PORT.fullmatch(port) or int(port) > 65535):
+        return None
+    return host, match.group("rest") or ""
 
 
 def requested_client_id(params: Mapping[str, Any]) -> str | None:
@@ -164,7 +191,10 @@ def verify_client_and_redirect(client: OAuthClient, params: Mapping[str, Any]) -
     except errors.InvalidRequest as exc:
         raise InvalidRedirectUri(exc.description) from None
     if redirect_uri is None:
-        # OIDC Core §3.1.2.1 requires it; plain OAuth may omit it only with a single registration.
+        # OIDC Core §3.1.2.1 requires it; plain OAuth (RFC 6749 §3.1.2.3) may omit it only with a
+        # single registration.
+        if _asks_for_openid(params):
+            raise InvalidRedirectUri("The redirect_uri parameter is required in an OpenID Connect request.")
         if len(client.redirect_uris) != 1:
             raise InvalidRedirectUri("The redirect_uri parameter is required.")
         redirect_uri = client.redirect_uris[0]
@@ -173,6 +203,18 @@ def verify_client_and_redirect(client: OAuthClient, params: Mapping[str, Any]) -
     if response_mode not in RESPONSE_MODES:
         response_mode = "query"  # the error about it still needs a way back
     return RedirectTarget(redirect_uri, state[:MAX_STATE] if state else None, response_mode)
+
+
+def _asks_for_openid(params: Mapping[str, Any]) -> bool:
+    # Phase one can't rely on the scope parsing of phase two: a repeated scope is an error there,
+    # so any of its values asking for openid counts.
+    return any("openid" in value.split() for value in _values(params, "scope"))
+
+
+def asks_prompt_none(params: Mapping[str, Any]) -> bool:
+    """Whether the raw request says prompt=none (OIDC Core §3.1.2.1), read without validating it:
+    the answer matters most when validation (perhaps of prompt itself) failed."""
+    return any("none" in value.split() for value in _values(params, "prompt"))
 
 
 def parse_authorization_request(client: OAuthClient, params: Mapping[str, Any]) -> AuthorizationRequest:
@@ -226,7 +268,7 @@ def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarge
     else:
         if (method or "plain") != "S256":
             raise errors.InvalidRequest("code_challenge_method must be S256 (plain is not allowed)")
-        if not _PKCE_VALUE.match(challenge):
+        if not _PKCE_VALUE.fullmatch(challenge):
             raise errors.InvalidRequest("code_challenge must be 43-128 characters of [A-Za-z0-9-._~]")
 
     prompt = (_single(params, "prompt") or "").split()
@@ -239,8 +281,9 @@ def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarge
     max_age_raw = _single(params, "max_age")
     max_age = None
     if max_age_raw is not None:
-        if not max_age_raw.isdigit() or len(max_age_raw) > 10:
-            raise errors.InvalidRequest("max_age must be a non-negative integer")
+        # OIDC Core §3.1.2.1: max_age is a number of seconds.
+        if not _ASCII_NUMBER.fullmatch(max_age_raw):
+            raise errors.InvalidRequest("max_age must be a non-negative integer of at most 10 ASCII digits")
         max_age = int(max_age_raw)
 
     nonce = _single(params, "nonce")
@@ -269,6 +312,7 @@ def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarge
         id_token_hint=id_token_hint,
         acr_values=acr_values[:10],
         ui_locales=ui_locales[:200] if ui_locales else None,
+        redirect_uri_in_request=_single(params, "redirect_uri") is not None,
     )
 
 
@@ -303,6 +347,7 @@ async def issue_authorization_code(
                 client_id=request.client_id,
                 user_id=user_id,
                 redirect_uri=request.redirect_uri,
+                redirect_uri_in_request=request.redirect_uri_in_request,
                 scope=request.scope,
                 nonce=request.nonce,
                 code_challenge=request.code_challenge,

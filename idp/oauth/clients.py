@@ -22,11 +22,12 @@ GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 SIGNING_ALGS = ("RS256", "ES256", "Ed25519", "EdDSA")
 STANDARD_SCOPES = ("openid", "profile", "email", "offline_access")
+# Patterns are used with fullmatch only: "^...$" with match() also accepts a trailing newline.
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]+$")
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._~-]{3,64}$")
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._~-]{3,64}")
 # RFC 8252 §7.1: private-use URI schemes are reverse domain names.
-_PRIVATE_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*\.[a-z0-9+.-]+$")
+_PRIVATE_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*\.[a-z0-9+.-]+")
 MAX_URI_LENGTH = 2048
 
 
@@ -86,7 +87,7 @@ def _check_uri(field_name: str, uri: str, application_type: str, *, redirect: bo
             # RFC 9700 §2.6: no authorization responses over unencrypted transport, except loopback.
             raise ClientValidationError(field_name, f"{uri!r} must use https (http only for loopback hosts)")
         return
-    if redirect and application_type == "native" and _PRIVATE_SCHEME.match(scheme):
+    if redirect and application_type == "native" and _PRIVATE_SCHEME.fullmatch(scheme):
         return  # RFC 8252 §7.1 private-use scheme
     if not scheme:
         raise ClientValidationError(field_name, f"{uri!r} is not an absolute URI")
@@ -121,7 +122,7 @@ def validate_spec(spec: ClientSpec) -> ClientSpec:
         raise ClientValidationError("client_type", "must be public or confidential")
     if spec.application_type not in ("web", "native"):
         raise ClientValidationError("application_type", "must be web or native")
-    if spec.client_id is not None and not _CLIENT_ID.match(spec.client_id):
+    if spec.client_id is not None and not _CLIENT_ID.fullmatch(spec.client_id):
         raise ClientValidationError("client_id", "must be 3-64 characters of A-Z a-z 0-9 . _ ~ -")
 
     grants = _dedupe(spec.grant_types or ["authorization_code", "refresh_token"])
@@ -159,7 +160,7 @@ def validate_spec(spec: ClientSpec) -> ClientSpec:
 
     scopes = _dedupe(spec.scopes or ["openid", "profile", "email", "offline_access"])
     for scope in scopes:
-        if not _SCOPE_TOKEN.match(scope) or len(scope) > 100:
+        if not _SCOPE_TOKEN.fullmatch(scope) or len(scope) > 100:
             raise ClientValidationError("scopes", f"{scope!r} is not a valid scope token (RFC 6749 §3.3)")
 
     alg = spec.id_token_signed_response_alg

@@ -273,10 +273,12 @@ class AuthorizationCodeGrant(Grant):
             raise errors.InvalidGrant("The authorization code has expired.")
 
     def check_redirect_uri(self, row: AuthorizationCode) -> None:
+        # RFC 6749 §4.1.3: REQUIRED if the authorization request included it, and then identical.
+        # A request that left it out had a single registered URI (§3.1.2.3); the code is bound to it.
         given = _form_value(self.form, "redirect_uri", required=False)
         if given is None:
-            if len(self.client.redirect_uris) != 1:
-                raise errors.InvalidRequest("redirect_uri is required")
+            if row.redirect_uri_in_request:
+                raise errors.InvalidRequest("redirect_uri is required: the authorization request included it")
             return
         if given != row.redirect_uri:
             raise errors.InvalidGrant("redirect_uri does not match the authorization request.")

@@ -4,15 +4,20 @@ The validated request is parked in the key-value store under a random id and bou
 browser that started it by a cookie (only its digest is stored), so a resume link can't be
 replayed from another browser. Like node-oidc-provider's interactions, the login pages know
 nothing of OAuth: they get a local URL to return to.
+
+An invalid request that may only be answered at the client's redirect URI is parked the same way
+(``ParkedError``) when nobody is signed in: RFC 9700 §4.11.2, the user authenticates before the
+IdP redirects to the client, even with an error.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from idp.oauth.authorize import AuthorizationRequest
+from idp.oauth.authorize import AuthorizationRequest, RedirectTarget
 from idp.security.tokens import random_token, sha256_digest
 from idp.storage.kv import KeyValueStore
 
@@ -29,6 +34,19 @@ class Interaction:
     # The authentication (BrowserSession.auth_id) the browser had when the interaction began: every
     # sign-in makes a new one, so only a different value proves a sign-in during the interaction.
     prior_auth_id: str | None = None
+
+
+@dataclass
+class ParkedError:
+    """An error response for a verified redirect URI, held until the browser's user signs in."""
+
+    id: str
+    client_id: str
+    target: RedirectTarget
+    # The response parameters: error and error_description (state and iss are added on delivery).
+    response: dict[str, str]
+    created_at: int
+    browser_digest: str
 
 
 class InteractionStore:
@@ -52,10 +70,33 @@ class InteractionStore:
             "browser_digest": interaction.browser_digest,
             "prior_auth_id": prior_auth_id,
         }
-        await self._kv.set(_PREFIX + interaction.id, json.dumps(payload), ttl=self.ttl)
+        await self._save(interaction.id, payload)
         return interaction
 
-    async def load(self, interaction_id: str, browser_binding: str | None) -> Interaction | None:
+    async def park_error(
+        self, client_id: str, target: RedirectTarget, response: dict[str, str], browser_binding: str
+    ) -> ParkedError:
+        parked = ParkedError(
+            id=random_token(16),
+            client_id=client_id,
+            target=target,
+            response=dict(response),
+            created_at=int(time.time()),
+            browser_digest=sha256_digest(browser_binding),
+        )
+        payload = {
+            "error": {"client_id": client_id, "target": asdict(target), "response": parked.response},
+            "created_at": parked.created_at,
+            "browser_digest": parked.browser_digest,
+        }
+        await self._save(parked.id, payload)
+        return parked
+
+    async def _save(self, interaction_id: str, payload: dict[str, Any]) -> None:
+        await self._kv.set(_PREFIX + interaction_id, json.dumps(payload), ttl=self.ttl)
+
+    async def load(self, interaction_id: str, browser_binding: str | None) -> Interaction | ParkedError | None:
+        """The parked request or error, only for the browser that started it."""
         if not interaction_id or len(interaction_id) > 64 or not browser_binding:
             return None
         raw = await self._kv.get(_PREFIX + interaction_id)
@@ -64,6 +105,16 @@ class InteractionStore:
         data = json.loads(raw)
         if data["browser_digest"] != sha256_digest(browser_binding):
             return None
+        if "error" in data:
+            error = data["error"]
+            return ParkedError(
+                id=interaction_id,
+                client_id=error["client_id"],
+                target=RedirectTarget(**error["target"]),
+                response=dict(error["response"]),
+                created_at=int(data["created_at"]),
+                browser_digest=data["browser_digest"],
+            )
         return Interaction(
             id=interaction_id,
             request=AuthorizationRequest.from_dict(data["request"]),

@@ -24,6 +24,7 @@ from idp.oauth.authorize import (
     AuthorizationErrorRedirect,
     AuthorizationRequest,
     RedirectTarget,
+    asks_prompt_none,
     find_client,
     issue_authorization_code,
     parse_authorization_request,
@@ -35,7 +36,7 @@ from idp.oauth.clients import AUTH_METHODS, GRANT_TYPES
 from idp.oauth.discovery import provider_metadata
 from idp.oauth.grants import find_refresh_token, handle_token_request, revoke_grant
 from idp.oauth.interactions import COOKIE_NAME as INTERACTION_COOKIE
-from idp.oauth.interactions import Interaction
+from idp.oauth.interactions import Interaction, ParkedError
 from idp.oauth.params import reject_repeated, single_value
 from idp.oauth.tokens import ID_TOKEN_TYP, REFRESH_TOKEN_TYP, TokenInvalid
 from idp.security.headers import content_security_policy
@@ -188,7 +189,21 @@ async def _respond(result: Response | _FormPost) -> Response:
 
 
 def _error_redirect(error: errors.RedirectableError, target: RedirectTarget) -> Response | _FormPost:
-    return _authorization_response(target, {"error": error.error, "error_description": error.description})
+    return _authorization_response(target, error.to_dict())
+
+
+async def _return_error(
+    client: OAuthClient, error: errors.RedirectableError, target: RedirectTarget, *, prompt_none: bool
+) -> Response:
+    """A redirectable error for the verified ``target``. RFC 9700 §4.11.2: the IdP authenticates
+    the user before it redirects to the client, even with an error response, except for
+    prompt=none (silent authentication). With nobody signed in, the error waits in an interaction
+    bound to this browser until the user signs in (see ``resume``)."""
+    if prompt_none or await current_session() is not None:
+        return await _respond(_error_redirect(error, target))
+    binding = _usable_binding(read_cookie(INTERACTION_COOKIE))
+    parked = await runtime().interactions.park_error(client.id, target, error.to_dict(), binding)
+    return _bind_browser(see_other(_login_location(parked.id)), binding)
 
 
 async def _params() -> Any:
@@ -206,26 +221,48 @@ async def authorize() -> Response:
     try:
         auth_request = parse_authorization_request(client, params)
     except AuthorizationErrorRedirect as exc:
-        return await _respond(_error_redirect(exc.error, exc.target))
+        return await _return_error(client, exc.error, exc.target, prompt_none=asks_prompt_none(params))
     return await _continue(client, auth_request, None)
 
 
 @pages.get("/authorize/resume/<interaction_id>")
 async def resume(interaction_id: str) -> Response:
-    interaction = await _load_interaction(interaction_id)
-    client = await find_client(runtime().db, interaction.request.client_id)
-    return await _continue(client, interaction.request, interaction)
+    parked = await _load_parked(interaction_id)
+    if isinstance(parked, ParkedError):
+        return await _deliver_parked_error(parked)
+    client = await find_client(runtime().db, parked.request.client_id)
+    return await _continue(client, parked.request, parked)
+
+
+_INTERACTION_GONE = (
+    "This sign-in request has expired or was started in another browser. Return to the application and start again."
+)
+
+
+async def _load_parked(interaction_id: str) -> Interaction | ParkedError:
+    parked = await runtime().interactions.load(interaction_id, read_cookie(INTERACTION_COOKIE))
+    if parked is None:
+        # Never redirect here: the request can't be tied to this browser any more.
+        raise InvalidRequest(_INTERACTION_GONE)
+    return parked
 
 
 async def _load_interaction(interaction_id: str) -> Interaction:
-    interaction = await runtime().interactions.load(interaction_id, read_cookie(INTERACTION_COOKIE))
-    if interaction is None:
-        # Never redirect here: the request can't be tied to this browser any more.
-        raise InvalidRequest(
-            "This sign-in request has expired or was started in another browser. Return to the application "
-            "and start again."
-        )
-    return interaction
+    parked = await _load_parked(interaction_id)
+    if not isinstance(parked, Interaction):
+        raise InvalidRequest(_INTERACTION_GONE)  # a parked error has no consent step
+    return parked
+
+
+async def _deliver_parked_error(parked: ParkedError) -> Response:
+    """The error response held back by ``_return_error``, once the user has signed in."""
+    rt = runtime()
+    if await current_session() is None:
+        return _bind_browser(see_other(_login_location(parked.id)), read_cookie(INTERACTION_COOKIE))
+    await find_client(rt.db, parked.client_id)  # disabled meanwhile: fatal, no redirect
+    if not await rt.interactions.finish(parked.id):
+        raise InvalidRequest("This sign-in request has already been completed.")
+    return await _respond(_authorization_response(parked.target, parked.response))
 
 
 def _hint_user(client: OAuthClient, hint: str | None) -> tuple[bool, str | None]:
@@ -250,22 +287,38 @@ async def _park(
     rt = runtime()
     binding = read_cookie(INTERACTION_COOKIE)
     if interaction is None:
-        binding = binding if binding and 20 <= len(binding) <= 100 else random_token(32)
+        binding = _usable_binding(binding)
         interaction = await rt.interactions.start(request_, binding, session.auth_id if session else None)
-    resume = f"/authorize/resume/{interaction.id}"
     if next_path == "login":
-        query = {"return_to": resume}
-        if request_.login_hint:
-            query["login_hint"] = request_.login_hint
-        location = f"/login?{urlencode(query)}"
+        location = _login_location(interaction.id, request_.login_hint)
     elif next_path == "register":
-        location = f"/register?{urlencode({'return_to': resume})}"
+        location = f"/register?{urlencode({'return_to': _resume_path(interaction.id)})}"
     else:
         location = f"/authorize/consent/{interaction.id}"
-    response = see_other(location)
+    return _bind_browser(see_other(location), binding)
+
+
+def _usable_binding(binding: str | None) -> str:
+    """The browser's interaction binding, or a new one."""
+    return binding if binding and 20 <= len(binding) <= 100 else random_token(32)
+
+
+def _bind_browser(response: Response, binding: str | None) -> Response:
+    """Set (or extend) the cookie that ties parked interactions to this browser."""
     if binding:
-        set_cookie(response, INTERACTION_COOKIE, binding, max_age=rt.interactions.ttl)
+        set_cookie(response, INTERACTION_COOKIE, binding, max_age=runtime().interactions.ttl)
     return response
+
+
+def _resume_path(interaction_id: str) -> str:
+    return f"/authorize/resume/{interaction_id}"
+
+
+def _login_location(interaction_id: str, login_hint: str | None = None) -> str:
+    query = {"return_to": _resume_path(interaction_id)}
+    if login_hint:
+        query["login_hint"] = login_hint
+    return f"/login?{urlencode(query)}"
 
 
 async def _continue(
@@ -288,11 +341,8 @@ async def _continue(
 
     hint_valid, hint_user_id = _hint_user(client, req.id_token_hint)
     if not hint_valid:
-        return await _respond(
-            _error_redirect(
-                errors.InvalidAuthorizationRequest("id_token_hint is not an ID token issued by this server."), target
-            )
-        )
+        error = errors.InvalidAuthorizationRequest("id_token_hint is not an ID token issued by this server.")
+        return await _return_error(client, error, target, prompt_none="none" in prompt)
 
     user: User | None = None
     if session is not None:

@@ -136,6 +136,9 @@ class AuthorizationCode(Base):
     client_id: Mapped[str] = mapped_column(ForeignKey("oauth_clients.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     redirect_uri: Mapped[str] = mapped_column(String(2048))
+    # Whether the authorization request carried redirect_uri: then the token request must repeat
+    # it (RFC 6749 §4.1.3). Rows from before the column say true (migration 0005), the stricter answer.
+    redirect_uri_in_request: Mapped[bool] = mapped_column(Boolean, default=True)
     scope: Mapped[str] = mapped_column(Text)
     nonce: Mapped[str | None] = mapped_column(String(512))
     code_challenge: Mapped[str | None] = mapped_column(String(128))

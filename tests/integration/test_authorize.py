@@ -2,8 +2,9 @@
 
 Fatal errors (unknown client, unverified redirect URI) are rendered by the IdP and never redirect
 (RFC 6749 §4.1.2.1, RFC 9700 §4.11.2); every other error goes back to the verified redirect URI with
-``state`` and ``iss`` (RFC 9207). Each test asserts the error code, the status and, where there is
-one, the storage side effect.
+``state`` and ``iss`` (RFC 9207), after the user has signed in unless the request says prompt=none
+(RFC 9700 §4.11.2). Each test asserts the error code, the status and, where there is one, the
+storage side effect.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy import func, select, update
 import idp.oauth.interactions as interactions_module
 from idp.accounts.sessions import BrowserSession
 from idp.oauth.clients import ClientSpec
-from idp.storage.models import AuthorizationCode, Consent, OAuthClient
+from idp.storage.models import AuthorizationCode, Consent, OAuthClient, User
 from tests.oauth_helpers import (
     PASSWORD,
     SPA_REDIRECT,
@@ -187,6 +188,50 @@ async def test_missing_redirect_uri_with_two_registered_shows_an_error_page(clie
     await assert_error_page(response, "invalid_request")
 
 
+@pytest.mark.parametrize(
+    "scope",
+    [
+        pytest.param("openid", id="openid"),
+        pytest.param("profile openid email", id="openid-among-others"),
+        pytest.param("openid admin", id="openid-and-an-invalid-scope"),
+    ],
+)
+async def test_openid_request_without_redirect_uri_shows_an_error_page(
+    client: Any, world: World, runtime: Any, scope: str
+) -> None:
+    """L3, OIDC Core §3.1.2.1: redirect_uri is REQUIRED in an OpenID request, even when the
+    client has a single registered URI. Fatal: nothing was verified to redirect to."""
+    await code_flow(client, world)  # signed in and consented: a valid request would get a code at once
+    before = await code_count(runtime)
+    response = await get_authorize(client, auth_params(world.web_id, None, scope=scope))
+    body = await assert_error_page(response, "invalid_request")
+    assert "redirect_uri" in body
+    assert await code_count(runtime) == before
+
+
+async def test_openid_request_with_a_repeated_scope_and_no_redirect_uri_shows_an_error_page(
+    client: Any, world: World, runtime: Any
+) -> None:
+    """A repeated scope is invalid anyway; one of its values asking for openid still makes the
+    missing redirect_uri fatal rather than a redirect to the registered URI."""
+    params = [*auth_params(world.web_id, None, scope="profile").items(), ("scope", "openid")]
+    await assert_error_page(await get_authorize(client, params), "invalid_request")
+
+
+async def test_plain_oauth_request_may_omit_redirect_uri_with_one_registered(
+    client: Any, world: World, runtime: Any
+) -> None:
+    """RFC 6749 §3.1.2.3: without openid, a single registered URI may be left out; the code goes
+    to it and records that the request did not carry it (RFC 6749 §4.1.3)."""
+    response, _ = await authorize(client, world.web_id, None, email=world.email, scope="profile")
+    result = assert_redirect_to(response, WEB_REDIRECT)
+    async with runtime.db.session() as session:
+        row = (await session.execute(select(AuthorizationCode))).scalar_one()
+    assert row.redirect_uri == WEB_REDIRECT
+    assert row.redirect_uri_in_request is False
+    assert result["code"]
+
+
 async def test_fatal_errors_are_not_redirected_even_with_other_errors(client: Any, world: World) -> None:
     """An invalid response_type must not turn an unregistered redirect_uri into a redirect."""
     response = await get_authorize(
@@ -262,6 +307,110 @@ async def test_localhost_gets_no_port_freedom(client: Any, runtime: Any) -> None
     await assert_error_page(response, "invalid_request")
 
 
+NATIVE_LOOPBACK = "http://127.0.0.1/cb"
+
+# [10.4.1] [§2.1] RFC 9700 §2.1, RFC 8252 §7.3: for a native client's loopback IP redirect URI only
+# the port may differ, and it must be a port: 1-65535 in ASCII digits. RFC 6749 §3.1.2: never a
+# fragment. Everything else is compared as an exact string.
+NOT_THE_REGISTERED_LOOPBACK_URI = [
+    pytest.param("http://evil@127.0.0.1:5555/cb", id="userinfo"),
+    pytest.param("http://evil@127.0.0.1/cb", id="userinfo-no-port"),
+    pytest.param("http://evil:pw@127.0.0.1:5555/cb", id="userinfo-with-password"),
+    pytest.param("http://127.0.0.1:5555@evil.example/cb", id="port-then-userinfo"),
+    pytest.param("http://127.0.0.1:5555/cb#frag", id="fragment"),
+    pytest.param("http://127.0.0.1/cb#frag", id="fragment-no-port"),
+    pytest.param("http://127.0.0.1:5555/cb#", id="empty-fragment"),
+    pytest.param("http://127.0.0.1:notaport/cb", id="port-not-a-number"),
+    pytest.param("http://127.0.0.1:99999/cb", id="port-out-of-range"),
+    pytest.param("http://127.0.0.1:65536/cb", id="port-65536"),
+    pytest.param("http://127.0.0.1:0/cb", id="port-zero"),
+    pytest.param("http://127.0.0.1:/cb", id="port-empty"),
+    pytest.param("http://127.0.0.1:+5555/cb", id="port-plus"),
+    pytest.param("http://127.0.0.1:05555/cb", id="port-leading-zero"),
+    pytest.param("http://127.0.0.1:\u0665\u0665\u0665\u0665/cb", id="port-arabic-indic-digits"),
+    pytest.param("http://127.0.0.1:5555 /cb", id="port-trailing-space"),
+    pytest.param("http://127.0.0.1:5555/cb?x=1", id="query-added"),
+    pytest.param("http://127.0.0.1:5555/cb/", id="path-differs"),
+    pytest.param("http://127.0.0.1:5555/CB", id="path-case-differs"),
+    pytest.param("https://127.0.0.1:5555/cb", id="scheme-differs"),
+    pytest.param("HTTP://127.0.0.1:5555/cb", id="scheme-case-differs"),
+    pytest.param("http://127.0.0.2:5555/cb", id="another-loopback-address"),
+    pytest.param("http://[::1]:5555/cb", id="ipv6-loopback-for-ipv4-registration"),
+    pytest.param("http://localhost:5555/cb", id="localhost"),
+]
+
+
+@pytest.mark.parametrize("redirect_uri", NOT_THE_REGISTERED_LOOPBACK_URI)
+async def test_native_loopback_redirect_uri_may_differ_only_in_a_valid_port(
+    client: Any, world: World, runtime: Any, redirect_uri: str
+) -> None:
+    """L1: fatal (an error page, never a redirect), even for a signed-in user who has consented,
+    for whom a matching URI would get a code at once."""
+    client_id, _ = await add_client(
+        runtime,
+        ClientSpec(name="Native", client_type="public", application_type="native", redirect_uris=[NATIVE_LOOPBACK]),
+    )
+    first_party = await add_client(
+        runtime,
+        ClientSpec(
+            name="Native own",
+            client_type="public",
+            application_type="native",
+            redirect_uris=[NATIVE_LOOPBACK],
+            first_party=True,
+        ),
+    )
+    await login(client, world.email)
+    for cid in (client_id, first_party[0]):
+        response = await get_authorize(client, auth_params(cid, redirect_uri))
+        await assert_error_page(response, "invalid_request")
+        response = await client.post("/authorize", form=auth_params(cid, redirect_uri))
+        await assert_error_page(response, "invalid_request")
+    assert await code_count(runtime) == 0
+
+
+@pytest.mark.parametrize(
+    ("registered", "requested"),
+    [
+        pytest.param(NATIVE_LOOPBACK, "http://127.0.0.1:1/cb", id="port-1"),
+        pytest.param(NATIVE_LOOPBACK, "http://127.0.0.1:65535/cb", id="port-65535"),
+        pytest.param(NATIVE_LOOPBACK, NATIVE_LOOPBACK, id="exact"),
+        pytest.param("http://127.0.0.1:8000/cb?app=1", "http://127.0.0.1:49152/cb?app=1", id="registered-port-query"),
+        pytest.param("http://127.0.0.1:8000/cb", "http://127.0.0.1/cb", id="port-omitted"),
+        pytest.param("http://[::1]/cb", "http://[::1]:49152/cb", id="ipv6"),
+    ],
+)
+async def test_native_loopback_redirect_uri_with_another_port_gets_the_code(
+    client: Any, world: World, runtime: Any, registered: str, requested: str
+) -> None:
+    """RFC 8252 §7.3: any port on the registered loopback IP literal; the code goes exactly there."""
+    client_id, _ = await add_client(
+        runtime,
+        ClientSpec(
+            name="Native", client_type="public", application_type="native", redirect_uris=[registered], first_party=True
+        ),
+    )
+    response, _ = await authorize(client, client_id, requested, email=world.email)
+    separator = "&" if "?" in requested else "?"
+    assert response.status_code == 303
+    assert response.headers["Location"].startswith(requested + separator + "code="), response.headers["Location"]
+
+
+async def test_a_redirect_uri_with_a_fragment_is_never_accepted(client: Any, world: World, runtime: Any) -> None:
+    """[§2.1] RFC 6749 §3.1.2: the redirection endpoint URI MUST NOT include a fragment, whatever
+    is registered (a row written before registration refused them, or by hand)."""
+    async with runtime.db.session() as session:
+        await session.execute(
+            update(OAuthClient)
+            .where(OAuthClient.id == world.web_id)
+            .values(redirect_uris=[WEB_REDIRECT, WEB_REDIRECT + "#frag"])
+        )
+    await login(client, world.email)
+    response = await get_authorize(client, auth_params(world.web_id, WEB_REDIRECT + "#frag"))
+    await assert_error_page(response, "invalid_request")
+    assert await code_count(runtime) == 0
+
+
 # -- phase two: redirectable errors ----------------------------------------------------------------
 
 
@@ -275,49 +424,213 @@ REDIRECTED_ERRORS = [
     pytest.param({"code_challenge_method": "plain"}, "invalid_request", id="pkce-plain"),
     pytest.param({"code_challenge": "a" * 42}, "invalid_request", id="pkce-challenge-too-short"),
     pytest.param({"code_challenge": "a" * 129}, "invalid_request", id="pkce-challenge-too-long"),
+    # [10.4.6] RFC 7636 §4.2 ABNF: "$" would also match before a trailing newline (L5).
+    pytest.param({"code_challenge": "A" * 43 + "\n"}, "invalid_request", id="pkce-challenge-trailing-newline"),
+    pytest.param({"code_challenge": "\n" + "A" * 43}, "invalid_request", id="pkce-challenge-leading-newline"),
     pytest.param({"request": "eyJhbGciOiJub25lIn0.e30."}, "request_not_supported", id="request"),
     pytest.param({"request_uri": "https://rp.example/request.jwt"}, "request_uri_not_supported", id="request_uri"),
-    pytest.param({"prompt": "none login"}, "invalid_request", id="prompt-none-combined"),
     pytest.param({"prompt": "sometimes"}, "invalid_request", id="prompt-unknown"),
     pytest.param({"max_age": "abc"}, "invalid_request", id="max_age-not-a-number"),
     pytest.param({"max_age": "-1"}, "invalid_request", id="max_age-negative"),
+    # ASVS 2.2.1: ASCII digits only; str.isdigit() and int() take other scripts' digits (M5).
+    pytest.param({"max_age": "\u00b2"}, "invalid_request", id="max_age-superscript-two"),
+    pytest.param({"max_age": "\u0663"}, "invalid_request", id="max_age-arabic-indic-three"),
+    pytest.param({"max_age": "\uff11"}, "invalid_request", id="max_age-fullwidth-one"),
+    pytest.param({"max_age": "1\u00b2"}, "invalid_request", id="max_age-ascii-then-superscript"),
+    pytest.param({"max_age": "+1"}, "invalid_request", id="max_age-plus"),
+    pytest.param({"max_age": " 1"}, "invalid_request", id="max_age-leading-space"),
+    pytest.param({"max_age": "1 "}, "invalid_request", id="max_age-trailing-space"),
+    pytest.param({"max_age": "1\n"}, "invalid_request", id="max_age-trailing-newline"),
+    pytest.param({"max_age": "1_0"}, "invalid_request", id="max_age-underscore"),
+    pytest.param({"max_age": "1" * 11}, "invalid_request", id="max_age-eleven-digits"),
     pytest.param({"response_mode": "fragment"}, "invalid_request", id="response_mode-fragment"),
 ]
 
 
+async def sign_in_for_the_parked_error(client: Any, world: World, runtime: Any, response: Any) -> Any:
+    """[§4.11.2] L2: without a signed-in session the error is not sent to the client yet: the browser
+    goes to the sign-in page with a resume URL bound to it, and nothing reaches the client. Signs in
+    and returns the resume route's answer."""
+    assert response.status_code == 303, await text_of(response)
+    location = response.headers["Location"]
+    assert location.startswith("/login?"), location
+    resume = query_of(location)["return_to"]
+    assert re.fullmatch(r"/authorize/resume/[A-Za-z0-9_-]+", resume), resume
+    # Bound like a parked request: the interaction cookie, for the interaction's lifetime.
+    binding = [value for value in response.headers.getlist("Set-Cookie") if value.startswith("idp_interaction=")]
+    assert len(binding) == 1 and f"Max-Age={runtime.interactions.ttl}" in binding[0], binding
+    assert await code_count(runtime) == 0
+    signed_in = await login(client, world.email, return_to=resume)
+    assert signed_in.status_code == 303 and signed_in.headers["Location"] == resume
+    return await client.get(resume)
+
+
 @pytest.mark.parametrize(("overrides", "error"), REDIRECTED_ERRORS)
-async def test_invalid_requests_are_redirected_with_state_and_iss(
+async def test_invalid_requests_are_redirected_with_state_and_iss_after_sign_in(
     client: Any, world: World, runtime: Any, overrides: dict[str, str | None], error: str
 ) -> None:
-    """RFC 6749 §4.1.2.1 / OIDC Core §3.1.2.6 error codes, with ``iss`` (RFC 9207 §2)."""
+    """RFC 6749 §4.1.2.1 / OIDC Core §3.1.2.6 error codes, with ``iss`` (RFC 9207 §2). [§4.11.2]
+    RFC 9700 §4.11.2 (L2): the user authenticates first, even for an error response."""
+    response = await get_authorize(client, auth_params(world.web_id, **overrides))
+    final = await sign_in_for_the_parked_error(client, world, runtime, response)
+    assert_error_redirect(final, runtime, error)
+    assert await code_count(runtime) == 0
+    # Delivered once: the parked error is gone.
+    replay = await client.get(query_of(response.headers["Location"])["return_to"])
+    await assert_error_page(replay, "invalid_request")
+
+
+@pytest.mark.parametrize(("overrides", "error"), REDIRECTED_ERRORS)
+async def test_invalid_requests_of_a_signed_in_user_are_redirected_at_once(
+    client: Any, world: World, runtime: Any, overrides: dict[str, str | None], error: str
+) -> None:
+    """[§4.11.2] The user is authenticated already: the error goes straight back, with state and iss."""
+    await login(client, world.email)
     response = await get_authorize(client, auth_params(world.web_id, **overrides))
     assert_error_redirect(response, runtime, error)
     assert await code_count(runtime) == 0
 
 
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        pytest.param({"prompt": "none", "scope": "openid admin"}, "invalid_scope", id="scope-not-allowed"),
+        pytest.param({"prompt": "none", "response_type": "token"}, "unsupported_response_type", id="response_type"),
+        pytest.param({"prompt": "none", "max_age": "\u00b2"}, "invalid_request", id="max_age-superscript"),
+        pytest.param({"prompt": "none", "code_challenge": None}, "invalid_request", id="pkce-missing"),
+    ],
+)
+async def test_prompt_none_errors_are_redirected_at_once_without_a_session(
+    client: Any, world: World, runtime: Any, overrides: dict[str, str | None], error: str
+) -> None:
+    """[§4.11.2] The prompt=none exception: the client asked for no user interaction, so the error
+    (like login_required) goes back at once. The raw prompt decides: validation may have failed."""
+    response = await get_authorize(client, auth_params(world.web_id, **overrides))
+    assert_error_redirect(response, runtime, error)
+    assert cookie_value(client, "idp_interaction") is None  # nothing parked
+    assert await code_count(runtime) == 0
+
+
+async def test_repeated_prompt_with_none_is_redirected_at_once(client: Any, world: World, runtime: Any) -> None:
+    params = [*auth_params(world.web_id, prompt="none").items(), ("prompt", "login")]
+    assert_error_redirect(await get_authorize(client, params), runtime, "invalid_request")
+
+
+async def test_invalid_post_request_waits_for_sign_in(client: Any, world: World, runtime: Any) -> None:
+    """[§4.11.2] POST /authorize (OIDC Core §3.1.2.1) follows the same rule; 303 (RFC 9700 §4.12)."""
+    response = await client.post("/authorize", form=auth_params(world.web_id, scope="openid admin"))
+    final = await sign_in_for_the_parked_error(client, world, runtime, response)
+    assert_error_redirect(final, runtime, "invalid_scope")
+
+
+async def test_a_disabled_users_session_does_not_count_as_signed_in(client: Any, world: World, runtime: Any) -> None:
+    """[§4.11.2] Only a signed-in session of an enabled user releases the error at once."""
+    await login(client, world.email)
+    async with runtime.db.session() as session:
+        await session.execute(update(User).where(User.id == world.user_id).values(disabled=True))
+    response = await get_authorize(client, auth_params(world.web_id, response_type="token"))
+    assert response.status_code == 303
+    assert response.headers["Location"].startswith("/login?"), response.headers["Location"]
+    assert await current_session(runtime, client) is None  # and the session has ended
+    assert await code_count(runtime) == 0
+
+
+async def test_parked_error_needs_a_sign_in_at_resume(client: Any, world: World, runtime: Any) -> None:
+    """Opening the resume URL without signing in goes back to the sign-in page, not to the client."""
+    response = await get_authorize(client, auth_params(world.web_id, scope="openid admin"))
+    resume = query_of(response.headers["Location"])["return_to"]
+    again = await client.get(resume)
+    assert again.status_code == 303
+    assert again.headers["Location"] == response.headers["Location"]
+    await login(client, world.email, return_to=resume)
+    assert_error_redirect(await client.get(resume), runtime, "invalid_scope")
+
+
+async def test_parked_error_is_bound_to_the_browser(app: Any, world: World, runtime: Any) -> None:
+    """The resume URL of a parked error is useless in another browser, even a signed-in one: it
+    can't be used to make the IdP redirect someone else (RFC 9700 §4.11.2)."""
+    browser_a, browser_b = app.test_client(), app.test_client()
+    response = await get_authorize(browser_a, auth_params(world.web_id, response_type="token"))
+    resume = query_of(response.headers["Location"])["return_to"]
+    await login(browser_b, world.email)
+    await get_authorize(browser_b, auth_params(world.web_id, response_type="token"))  # its own binding
+    await assert_error_page(await browser_b.get(resume), "invalid_request")
+    await assert_error_page(await browser_b.get(resume.replace("resume", "consent")), "invalid_request")
+    # Browser A still gets its error after signing in.
+    await login(browser_a, world.email, return_to=resume)
+    assert_error_redirect(await browser_a.get(resume), runtime, "unsupported_response_type")
+
+
+async def test_parked_error_has_no_consent_step(client: Any, world: World, runtime: Any) -> None:
+    response = await get_authorize(client, auth_params(world.web_id, scope="openid admin"))
+    resume = query_of(response.headers["Location"])["return_to"]
+    await login(client, world.email, return_to=resume)
+    consent = resume.replace("resume", "consent")
+    await assert_error_page(await client.get(consent), "invalid_request")
+    await assert_error_page(await client.post(consent, form={"decision": "allow"}), "invalid_request")
+    assert await code_count(runtime) == 0
+    assert_error_redirect(await client.get(resume), runtime, "invalid_scope")
+
+
+async def test_parked_error_of_a_client_disabled_meanwhile_is_an_error_page(
+    client: Any, world: World, runtime: Any
+) -> None:
+    response = await get_authorize(client, auth_params(world.web_id, scope="openid admin"))
+    resume = query_of(response.headers["Location"])["return_to"]
+    async with runtime.db.session() as session:
+        await session.execute(update(OAuthClient).where(OAuthClient.id == world.web_id).values(disabled=True))
+    await login(client, world.email, return_to=resume)
+    await assert_error_page(await client.get(resume), "invalid_client")
+
+
+async def test_invalid_id_token_hint_without_a_session_waits_for_sign_in(
+    app: Any, client: Any, world: World, runtime: Any
+) -> None:
+    """[§4.11.2] The id_token_hint check runs after parsing (it needs the keys), but is held back
+    the same way; with prompt=none it goes back at once."""
+    first = await code_flow(app.test_client(), world)
+    header, payload, signature = first["id_token"].split(".")
+    forged = f"{header}.{payload[:-4]}AAAA.{signature}"
+    params = auth_params(world.web_id, scope="openid profile email", id_token_hint=forged)
+    silent = await get_authorize(client, {**params, "prompt": "none"})
+    assert_error_redirect(silent, runtime, "invalid_request")
+    before = await code_count(runtime)  # the code of the flow that got the ID token
+    response = await get_authorize(client, params)
+    assert response.status_code == 303 and response.headers["Location"].startswith("/login?")
+    resume = query_of(response.headers["Location"])["return_to"]
+    await login(client, world.email, return_to=resume)
+    assert_error_redirect(await client.get(resume), runtime, "invalid_request")
+    assert await code_count(runtime) == before
+
+
 async def test_public_client_without_pkce_is_refused(client: Any, world: World, runtime: Any) -> None:
-    """RFC 9700 §2.1.1: PKCE is required of public clients."""
+    """RFC 9700 §2.1.1: PKCE is required of public clients (reported after sign-in, RFC 9700 §4.11.2)."""
     params = auth_params(world.spa_id, SPA_REDIRECT, code_challenge=None, code_challenge_method=None)
     response = await get_authorize(client, params)
-    assert_error_redirect(response, runtime, "invalid_request", redirect_uri=SPA_REDIRECT)
+    final = await sign_in_for_the_parked_error(client, world, runtime, response)
+    assert_error_redirect(final, runtime, "invalid_request", redirect_uri=SPA_REDIRECT)
 
 
 async def test_a_repeated_parameter_is_invalid_request(client: Any, world: World, runtime: Any) -> None:
     """RFC 6749 §3.1: request parameters MUST NOT be included more than once."""
     params = [*auth_params(world.web_id).items(), ("scope", "openid email")]
     response = await get_authorize(client, params)
-    assert_error_redirect(response, runtime, "invalid_request")
+    final = await sign_in_for_the_parked_error(client, world, runtime, response)
+    assert_error_redirect(final, runtime, "invalid_request")
 
 
 async def test_error_redirect_without_state_carries_none(client: Any, world: World, runtime: Any) -> None:
     response = await get_authorize(client, auth_params(world.web_id, state=None, response_type="token"))
-    assert_error_redirect(response, runtime, "unsupported_response_type", state=None)
+    final = await sign_in_for_the_parked_error(client, world, runtime, response)
+    assert_error_redirect(final, runtime, "unsupported_response_type", state=None)
 
 
 async def test_error_in_form_post_mode_is_posted(client: Any, world: World, runtime: Any) -> None:
     response = await get_authorize(client, auth_params(world.web_id, response_mode="form_post", scope="admin"))
-    assert response.status_code == 200
-    fields = form_post_fields(await text_of(response), WEB_REDIRECT)
+    final = await sign_in_for_the_parked_error(client, world, runtime, response)
+    assert final.status_code == 200
+    assert "Location" not in final.headers
+    fields = form_post_fields(await text_of(final), WEB_REDIRECT)
     assert fields["error"] == "invalid_scope"
     assert fields["state"] == "st-123" and fields["iss"] == runtime.settings.issuer
 

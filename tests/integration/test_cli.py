@@ -350,6 +350,22 @@ BAD_CLIENTS = [
         "--client-id:",
         id="bad-client-id",
     ),
+    # L5: a "^...$" pattern used with .match() also accepts a trailing newline.
+    pytest.param(
+        ["--confidential", "--client-id", "abc\n", "--redirect-uri", "https://rp.example/cb"],
+        "--client-id:",
+        id="client-id-trailing-newline",
+    ),
+    pytest.param(
+        ["--confidential", "--scope", "api.read\n", "--redirect-uri", "https://rp.example/cb"],
+        "--scope:",
+        id="scope-trailing-newline",
+    ),
+    pytest.param(
+        ["--public", "--native", "--redirect-uri", "com.example.app\n:/cb"],
+        "--redirect-uri:",
+        id="private-scheme-trailing-newline",
+    ),
     pytest.param(
         ["--public", "--redirect-uri", "https://rp.example/cb", "--web-origin", "https://rp.example/path"],
         "--web-origin:",

@@ -10,6 +10,7 @@ from quart import Blueprint, request
 from idp import create_app
 from idp.errors import NotFound, TooManyRequests
 from idp.oauth.errors import InvalidClient, InvalidGrant, InvalidToken
+from idp.observability import accept_request_id
 
 LEAKY = "SELECT password_hash FROM users WHERE email='victim@example.com' -- hunter2"
 
@@ -161,6 +162,14 @@ async def test_request_id_is_echoed_only_when_well_formed(client, json_logs) -> 
     lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
     access = [line for line in lines if line["logger"] == "idp.access"]
     assert [line["request_id"] for line in access] == ["req-12345678", evil.headers["X-Request-ID"]]
+
+
+@pytest.mark.parametrize("value", ["req-12345678\n", "req-12345678\r\n", "\nreq-12345678"])
+def test_request_id_with_a_newline_is_not_accepted(value: str) -> None:
+    """L5: a "^...$" pattern with .match() accepts a trailing newline; a request id goes into
+    every log line (log injection). HTTP servers refuse newlines in headers, ASGI need not."""
+    assert accept_request_id(value) is None
+    assert accept_request_id("req-12345678") == "req-12345678"
 
 
 @pytest.mark.parametrize("path", ["/token", "/api/account/nope", "/userinfo"])

@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import select
 
 from idp.accounts.users import NewUser, create_user
+from idp.oauth.clients import ClientSpec, create_client
 from idp.oauth.tokens import BACKCHANNEL_LOGOUT_EVENT, ID_TOKEN_TYP, LOGOUT_TOKEN_TYP, TokenService
 from idp.storage.models import AuditEvent
 from tests.backchannel_helpers import (
@@ -204,6 +205,59 @@ async def test_query_added_to_post_logout_redirect_uri_is_an_error_page(client: 
     response = await logout(
         client, id_token_hint=tokens["id_token"], post_logout_redirect_uri=f"{BYE}?foo=bar", state="s"
     )
+    await assert_error_page(response, "post_logout_redirect_uri is not registered")
+    assert await runtime.sessions.load(cookie) is not None
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param(f"{BYE}#frag", id="fragment"),
+        pytest.param(f"{BYE}#", id="empty-fragment"),
+        pytest.param("https://evil@rp.example/bye", id="userinfo"),
+        pytest.param("https://rp.example:443/bye", id="explicit-default-port"),
+        pytest.param("https://rp.example:8443/bye", id="other-port"),
+        pytest.param("HTTPS://rp.example/bye", id="scheme-case"),
+        pytest.param("https://RP.example/bye", id="host-case"),
+        pytest.param(f"{BYE}\n", id="trailing-newline"),
+        pytest.param(f"{BYE}%20", id="encoded-space"),
+    ],
+)
+async def test_post_logout_redirect_uri_is_matched_exactly(client: Any, runtime: Any, uri: str) -> None:
+    """[10.4.1] [§2.1] RP-Initiated Logout §3: no normalisation, no fragment (RFC 6749 §3.1.2); an
+    error page, the session kept."""
+    _, tokens, cookie = await signed_in(client, runtime)
+    response = await logout(client, id_token_hint=tokens["id_token"], post_logout_redirect_uri=uri, state="s")
+    await assert_error_page(response, "post_logout_redirect_uri is not registered")
+    assert await runtime.sessions.load(cookie) is not None
+    assert await logged_out_events(runtime) == []
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param("http://127.0.0.1:5555/bye", id="other-port"),
+        pytest.param("http://evil@127.0.0.1/bye", id="userinfo"),
+        pytest.param("http://127.0.0.1/bye#frag", id="fragment"),
+        pytest.param("http://127.0.0.1:notaport/bye", id="port-not-a-number"),
+    ],
+)
+async def test_native_post_logout_loopback_uri_gets_no_port_freedom(client: Any, runtime: Any, uri: str) -> None:
+    """RFC 8252 §7.3's port freedom is for the authorization response's redirect URI; a post-logout
+    redirect URI is compared exactly (RP-Initiated Logout §3)."""
+    _, _, cookie = await signed_in(client, runtime)
+    created = await create_client(
+        runtime.db,
+        runtime.events,
+        ClientSpec(
+            name="Native",
+            client_type="public",
+            application_type="native",
+            redirect_uris=["http://127.0.0.1/cb"],
+            post_logout_redirect_uris=["http://127.0.0.1/bye"],
+        ),
+    )
+    response = await logout(client, client_id=created.client.id, post_logout_redirect_uri=uri)
     await assert_error_page(response, "post_logout_redirect_uri is not registered")
     assert await runtime.sessions.load(cookie) is not None
 

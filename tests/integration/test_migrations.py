@@ -91,6 +91,38 @@ def test_upgrade_is_idempotent(fresh_database_url: str) -> None:
     assert _table_names(fresh_database_url) == MODEL_TABLES | {"alembic_version"}
 
 
+def test_0005_marks_existing_codes_as_having_had_redirect_uri(fresh_database_url: str) -> None:
+    """L3: a code issued before 0005 must repeat redirect_uri at /token (RFC 6749 §4.1.3), the
+    stricter answer for a row that doesn't know."""
+    migrate.upgrade(fresh_database_url, "0004")
+    now = "2026-12-01 00:00:00"
+    statements = [
+        "INSERT INTO users (id, email, email_normalized, email_verified, is_admin, disabled, created_at, updated_at)"
+        f" VALUES ('u1', 'a@example.com', 'a@example.com', true, false, false, '{now}', '{now}')",
+        "INSERT INTO oauth_clients (id, name, client_type, application_type, token_endpoint_auth_method,"
+        " redirect_uris, post_logout_redirect_uris, grant_types, response_types, scopes, web_origins,"
+        " subject_type, backchannel_logout_session_required, require_pkce, first_party, disabled,"
+        " created_at, updated_at) VALUES ('c1', 'C', 'public', 'web', 'none', '[]', '[]', '[]', '[]', '[]',"
+        f" '[]', 'public', true, true, false, false, '{now}', '{now}')",
+        "INSERT INTO authorization_codes (code_digest, grant_id, client_id, user_id, redirect_uri, scope,"
+        " auth_time, amr, created_at, expires_at) VALUES ('d1', 'g1', 'c1', 'u1', 'https://rp.example/cb',"
+        f" 'openid', '{now}', '[]', '{now}', '{now}')",
+    ]
+
+    def insert(connection: Connection) -> None:
+        for statement in statements:
+            connection.execute(text(statement))
+        connection.commit()
+
+    asyncio.run(_with_connection(fresh_database_url, insert))
+    migrate.upgrade(fresh_database_url)
+
+    def read(connection: Connection) -> Any:
+        return connection.execute(text("SELECT redirect_uri_in_request FROM authorization_codes")).scalars().all()
+
+    assert [bool(value) for value in asyncio.run(_with_connection(fresh_database_url, read))] == [True]
+
+
 # --------------------------------------------------------------------------------------------------
 # idp db …
 

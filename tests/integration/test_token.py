@@ -169,11 +169,35 @@ async def test_wrong_redirect_uri_is_refused(client: Any, world: World, runtime:
     assert (await code_row(runtime, code)).consumed_at is None
 
 
-async def test_missing_redirect_uri_with_one_registered_is_accepted(client: Any, world: World, runtime: Any) -> None:
+async def test_missing_redirect_uri_is_refused_when_the_authorization_request_had_it(
+    client: Any, world: World, runtime: Any
+) -> None:
+    """L3, RFC 6749 §4.1.3: redirect_uri is REQUIRED if it was included in the authorization
+    request, even with a single registered URI. The code stays unused for the rightful request."""
     code, verifier = await web_code(client, world)
+    assert (await code_row(runtime, code)).redirect_uri_in_request is True
+    response = await web_token(client, world, code_form(code, verifier, None))
+    body = await assert_token_error(response, "invalid_request")
+    assert "redirect_uri" in body["error_description"]
+    assert (await code_row(runtime, code)).consumed_at is None
+    assert (await web_token(client, world, code_form(code, verifier))).status_code == 200
+
+
+async def test_missing_redirect_uri_is_accepted_when_the_authorization_request_omitted_it(
+    client: Any, world: World, runtime: Any
+) -> None:
+    """RFC 6749 §4.1.3: not required when the (plain OAuth) authorization request left it out with
+    one registered URI (§3.1.2.3); if sent anyway it must still be that URI."""
+    response, verifier = await authorize(client, world.web_id, None, email=world.email, scope="profile")
+    code = query_of(response.headers["Location"])["code"]
+    assert (await code_row(runtime, code)).redirect_uri_in_request is False
+    wrong = await web_token(client, world, code_form(code, verifier, "https://rp.example/other"))
+    await assert_token_error(wrong, "invalid_grant")
+    assert (await code_row(runtime, code)).consumed_at is None
     response = await web_token(client, world, code_form(code, verifier, None))
     assert response.status_code == 200, await response.get_data(as_text=True)
     assert (await code_row(runtime, code)).consumed_at is not None
+    assert "id_token" not in await response.get_json()
 
 
 @pytest.mark.parametrize(
