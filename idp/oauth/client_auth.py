@@ -68,7 +68,7 @@ ASSERTION_METHOD = "private_key_jwt"
 
 # RFC 6749 Appendix A.1 / A.2: client-id and client-secret are *VSCHAR (%x20-7E). Anything else
 # cannot be registered, so it is refused as an unknown client without a database look-up.
-_VSCHAR = re.compile(r"^[\x20-\x7E]{1,255}$")
+_VSCHAR = re.compile(r"[\x20-\x7E]{1,255}")
 _MAX_JTI_LENGTH = 256
 _KEY_TYPE_FOR_ALG = {"RS256": "RSA", "PS256": "RSA", "ES256": "EC", "Ed25519": "OKP", "EdDSA": "OKP"}
 _JTI_KEY = "client_assertion_jti:{client_id}:{jti}"
@@ -217,7 +217,7 @@ def _check_single_method(credentials: ClientCredentials) -> None:
 
 async def _load_client(db: Database, client_id: str | None) -> OAuthClient | None:
     """The client, or None when it is unknown or disabled (callers must not tell which)."""
-    if client_id is None or not _VSCHAR.match(client_id):
+    if client_id is None or not _VSCHAR.fullmatch(client_id):
         return None
     async with db.session() as session:
         client = await ClientRepository(session).get(client_id)

@@ -968,3 +968,15 @@ async def test_two_authorization_headers_are_invalid_request(client: Any, runtim
     await runtime.tokens.verify_access_token(access_token)  # not revoked
     single = await client.post(path, form=form, headers={"Authorization": first}, **at_ip)
     assert single.status_code == 200, await single.get_data(as_text=True)
+
+
+async def test_a_client_id_with_a_trailing_newline_is_unknown_without_a_lookup() -> None:
+    """RFC 6749 A.1 VSCHAR, matched on the whole value (L5: `$` also matches before a final newline)."""
+    from idp.oauth.client_auth import _load_client
+
+    class NoDatabase:
+        def session(self) -> None:
+            raise AssertionError("looked up a client id that can't be registered")
+
+    for client_id in ("svc\n", "svc\r\n", "\nsvc", "s\x00vc"):
+        assert await _load_client(NoDatabase(), client_id) is None  # type: ignore[arg-type]
