@@ -208,6 +208,25 @@ async def test_every_route_refuses_unusable_text(app: Any, walker: Walker, bad: 
             )
 
 
+async def test_numeric_parameters_take_ascii_digits_only(app: Any, walker: Walker) -> None:
+    endpoints = {rule.endpoint: rule for rule in app.url_map.iter_rules()}
+    assert set(NUMERIC_PARAMETERS) <= set(endpoints), "a numeric parameter's endpoint was renamed"
+    for endpoint, names in NUMERIC_PARAMETERS.items():
+        rule = endpoints[endpoint]
+        base = valid_authorization_query(walker.world) if endpoint == "oauth_pages.authorize" else {}
+        for name in names:
+            for digit in (*UNICODE_DIGITS, f"1{UNICODE_DIGITS[0]}", "+5", " 5", "1_0"):
+                response = await walker.send(
+                    "GET",
+                    walker.url(rule, query={**base, name: digit}),
+                    what=f"{name}={digit!r}",
+                    headers=walker.headers(),
+                )
+                assert response.status_code in (303, 400), (endpoint, name, digit, response.status_code)
+                if response.status_code == 303:  # a redirectable error, never a success
+                    assert "error=invalid_request" in response.headers["Location"], response.headers["Location"]
+
+
 async def test_every_route_refuses_an_oversized_header(app: Any, walker: Walker) -> None:
     junk = Headers([("X-Junk", "h" * (MAX_HEADER_BYTES + 1))])
     for rule, method in routes(app):
