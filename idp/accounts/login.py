@@ -116,8 +116,14 @@ async def sign_in_with_password(
     """The user whose password this is, or :class:`LoginFailure` (``retry_after`` set when refused
     for too many attempts: the caller answers 429)."""
     account = normalize_email(email)[:MAX_EMAIL_LENGTH] if email else ""
+    # A browser that signed in to the account before is exempt from the per-account limit, as from
+    # the account-wide lock: otherwise anyone could keep the owner out by sending wrong passwords for
+    # the address from anywhere (ASVS 6.1.1; NIST SP 800-63B §3.2.2, anti-lockout). The per-IP limit
+    # and the per-account-and-IP delay and lock still apply to it.
+    trusted = await _trusted_device(deps.db, account, device_token)
+    per_account = None if trusted or not account else account
     try:
-        await deps.limits.hit_all({"login_per_ip": ip, "login_per_account": account or None})
+        await deps.limits.hit_all({"login_per_ip": ip, "login_per_account": per_account})
     except RateLimited as exc:
         await deps.events.publish(LoginFailed(reason="rate_limited"))
         raise LoginFailure(
@@ -127,7 +133,7 @@ async def sign_in_with_password(
         ) from None
     if account:
         try:
-            await deps.guard.check(account, ip, trusted_device=await _trusted_device(deps.db, account, device_token))
+            await deps.guard.check(account, ip, trusted_device=trusted)
         except LockedOut as exc:
             await deps.events.publish(LoginFailed(reason="locked", user_id=await _user_id_of(deps.db, account)))
             message = (
