@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from idp.accounts import links
+from idp.accounts.login import PasswordSignIn, reauthenticate
 from idp.accounts.mfa import has_second_factor
 from idp.accounts.password_policy import PasswordPolicy, PasswordRejected
 from idp.accounts.sessions import BrowserSession, SessionStore
@@ -31,7 +32,9 @@ from idp.events import (
     RegistrationAttempted,
 )
 from idp.mail import EmailRenderer, Mailer, MailError, OutgoingEmail
+from idp.security.lockout import LoginGuard
 from idp.security.passwords import PasswordHasher
+from idp.security.ratelimit import RateLimiter
 from idp.security.tokens import sha256_digest
 from idp.storage.db import Database
 from idp.storage.models import utcnow
@@ -78,6 +81,13 @@ class AccountContext:
     sessions: SessionStore
     settings: AccountSettings
     issuer: str
+    limits: RateLimiter
+    lockout: LoginGuard
+
+    @property
+    def sign_in(self) -> PasswordSignIn:
+        """What a password attempt needs: sign-in and every re-check count the same way."""
+        return PasswordSignIn(self.db, self.hasher, self.events, self.limits, self.lockout)
 
     def link(self, path: str, **params: str) -> str:
         return f"{self.issuer}{path}?{urlencode(params)}" if params else f"{self.issuer}{path}"
@@ -357,15 +367,22 @@ async def change_password(
     new_password: str,
     *,
     ip: str | None,
+    device_token: str | None = None,
 ) -> int:
     """Change the signed-in user's password (ASVS 6.2.3: current and new). Ends the user's other
-    sessions (ASVS 7.4.3) and returns how many ended."""
-    async with ctx.db.session() as db_session:
-        user = await UserRepository(db_session).get(session.user_id)
-    if user is None or user.disabled:
-        raise AccountError("current_password", "Your account is not available.")
-    if not await ctx.hasher.verify(user.password_hash, current_password):
-        raise AccountError("current_password", "The current password is incorrect.")
+    sessions (ASVS 7.4.3) and returns how many ended.
+
+    The current password is checked as a sign-in attempt from ``ip`` (``device_token``: the
+    browser's device cookie), see idp.accounts.login.reauthenticate: PasswordCheckRefused when
+    there were too many."""
+    user = await reauthenticate(
+        ctx.sign_in,
+        session.user_id,
+        current_password,
+        ip=ip or "unknown",
+        device_token=device_token,
+        field="current_password",
+    )
     if new_password == current_password:
         raise AccountError("new_password", "The new password must differ from the current one.")
     second_factor = await has_second_factor(ctx.db, user.id)
