@@ -237,6 +237,8 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             mailer = build_mailer(settings)
         except ValueError as exc:
             raise StartupError(str(exc)) from None
+        limits = RateLimiter(kv, dict(settings.rate_limits))
+        lockout = LoginGuard(kv, settings.lockout)
         runtime = Runtime(
             settings=settings,
             db=db,
@@ -261,10 +263,12 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
                 sessions=sessions,
                 settings=settings.accounts,
                 issuer=settings.issuer,
+                limits=limits,
+                lockout=lockout,
             ),
             blobs=build_blob_store(settings),
-            limits=RateLimiter(kv, dict(settings.rate_limits)),
-            lockout=LoginGuard(kv, settings.lockout),
+            limits=limits,
+            lockout=lockout,
             pending_logins=PendingLogins(kv, ttl=settings.sessions.interaction_ttl),
         )
         notifications.subscribe_security_notices(

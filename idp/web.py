@@ -8,8 +8,9 @@ from urllib.parse import urlsplit
 
 from quart import Response, current_app, g, redirect, request
 
-from idp.accounts import devices
+from idp.accounts import devices, login
 from idp.accounts.devices import DEVICE_COOKIE
+from idp.accounts.login import PasswordCheckRefused
 from idp.accounts.sessions import BrowserSession, TooManySessions
 from idp.config import Settings
 from idp.errors import Conflict, Forbidden, TooManyRequests
@@ -126,6 +127,30 @@ async def enforce_limits(attempts: dict[str, str | None], what: str) -> None:
     except RateLimited as exc:
         wait = f"{exc.retry_after} seconds" if exc.retry_after < 90 else f"{round(exc.retry_after / 60)} minutes"
         raise TooManyRequests(exc.retry_after, f"Too many {what}. Wait {wait} before trying again.") from None
+
+
+def device_token() -> str | None:
+    """This browser's device cookie: it shows a browser that signed in to an account before."""
+    return read_cookie(DEVICE_COOKIE)
+
+
+def too_many_attempts(exc: PasswordCheckRefused) -> TooManyRequests:
+    """A password check refused for too many attempts, as the 429 (with Retry-After) to answer."""
+    return TooManyRequests(exc.retry_after, exc.message)
+
+
+async def reauthenticate(user_id: str, password: str) -> None:
+    """The signed-in user's password again (idp.accounts.login.reauthenticate), as a sign-in attempt
+    from this browser: its IP, and its device cookie telling whether it is the owner's. Raises
+    AccountError("password", …) when wrong, TooManyRequests (429, Retry-After) when refused."""
+    from idp.app import runtime
+
+    try:
+        await login.reauthenticate(
+            runtime().accounts.sign_in, user_id, password, ip=client_ip(), device_token=device_token()
+        )
+    except PasswordCheckRefused as exc:
+        raise too_many_attempts(exc) from None
 
 
 class SessionLimitReached(Conflict):

@@ -23,6 +23,7 @@ from quart import Blueprint, Response, jsonify, request
 
 from idp import cors
 from idp.accounts import profile
+from idp.accounts.login import PasswordCheckRefused, reauthenticate
 from idp.accounts.users import AccountError
 from idp.app import runtime
 from idp.errors import (
@@ -44,6 +45,7 @@ from idp.security import inputs
 from idp.security.tokens import TokenInvalid
 from idp.storage.models import OAuthClient, User
 from idp.storage.repositories import ClientRepository, UserRepository
+from idp.web import client_ip, too_many_attempts
 
 blueprint = Blueprint("account_api", __name__, url_prefix="/api/account")
 
@@ -72,6 +74,8 @@ class InvalidField(InvalidRequest):
 
 
 def _invalid(exc: AccountError) -> NoReturn:
+    if isinstance(exc, PasswordCheckRefused):
+        raise too_many_attempts(exc) from None
     raise InvalidField(exc.field, exc.message) from None
 
 
@@ -276,7 +280,12 @@ async def delete_account() -> Response:
         raise InvalidField("password", "is required to confirm the deletion (a string)")
     try:
         await deletion.delete_account(
-            runtime().accounts, caller.user.id, password=password, delete_blob=runtime().delete_picture
+            runtime().accounts,
+            caller.user.id,
+            password=password,
+            ip=client_ip(),
+            device_token=None,  # no device cookie reaches the API: an unknown browser
+            delete_blob=runtime().delete_picture,
         )
     except AccountError as exc:
         _invalid(exc)
@@ -400,11 +409,12 @@ async def _with_password(*members: str) -> tuple[Caller, dict[str, Any]]:
 
 
 async def _check_password(caller: Caller, body: dict[str, Any]) -> None:
-    from idp.accounts import mfa
-
-    rt = runtime()
+    """The ``password`` member, checked as a sign-in attempt from the caller's IP (idp.accounts.login
+    .reauthenticate). A Bearer request carries no device cookie, so it counts as an unknown
+    browser: the per-account limit and the account-wide lock apply. Too many: 429 rate_limited."""
+    password = _string(body, "password", "a string")
     try:
-        await mfa.check_password(rt.db, rt.passwords, caller.user.id, _string(body, "password", "a string"))
+        await reauthenticate(runtime().accounts.sign_in, caller.user.id, password, ip=client_ip(), device_token=None)
     except AccountError as exc:
         _invalid(exc)
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import Column, delete, func, or_, select, update
 
+from idp.accounts.login import reauthenticate
 from idp.accounts.recovery import AccountContext
 from idp.accounts.users import AccountError
 from idp.events import AccountDeleted, AccountDeleting, get_context
@@ -63,13 +64,17 @@ async def delete_account(
     *,
     password: str | None,
     confirm_with_password: bool = True,
+    ip: str | None = None,
+    device_token: str | None = None,
     actor_id: str | None = None,
     delete_blob: Callable[[str], Awaitable[None]] | None = None,
 ) -> DeletionReport:
     """Delete an account and everything it owns.
 
     ``confirm_with_password``: the user deletes their own account and must give the password
-    again (re-authentication before an irreversible action). Administrators' deletions
+    again (re-authentication before an irreversible action), checked as a sign-in attempt from
+    ``ip`` with the browser's ``device_token`` (idp.accounts.login.reauthenticate: the same limits
+    and lockout; PasswordCheckRefused when there were too many). Administrators' deletions
     pass ``confirm_with_password=False`` and their own id as ``actor_id``, which the audit trail
     records. ``delete_blob`` removes the stored picture files by name (the routes pass
     ``Runtime.delete_picture``, which deletes every stored size).
@@ -88,8 +93,7 @@ async def delete_account(
             # Accounts without a password will confirm with a second factor once MFA arrives;
             # until then they can't delete themselves (an administrator can).
             raise AccountError("password", "This account has no password to confirm the deletion with.")
-        if not await ctx.hasher.verify(user.password_hash, password or ""):
-            raise AccountError("password", "The password is incorrect.")
+        await reauthenticate(ctx.sign_in, user_id, password or "", ip=ip or "unknown", device_token=device_token)
 
     context = replace(get_context(), actor_id=actor_id) if actor_id is not None else None
     emails = await _addresses_of(ctx, user)

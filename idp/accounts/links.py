@@ -21,6 +21,31 @@ CHANGE_EMAIL = "change_email"
 MAX_TOKEN_LENGTH = 128
 
 
+def new_link(
+    *,
+    purpose: str,
+    user_id: str,
+    ttl: int,
+    email: str | None = None,
+    return_to: str | None = None,
+    browser_binding: str | None = None,
+) -> tuple[str, OneTimeToken]:
+    """A new link's token and the row to store for it (its digest), for the caller's transaction."""
+    token = random_token(32)
+    now = utcnow()
+    row = OneTimeToken(
+        digest=sha256_digest(token),
+        purpose=purpose,
+        user_id=user_id,
+        email=email,
+        return_to=return_to,
+        browser_digest=sha256_digest(browser_binding) if browser_binding else None,
+        created_at=now,
+        expires_at=now + timedelta(seconds=ttl),
+    )
+    return token, row
+
+
 async def issue(
     db: Database,
     *,
@@ -31,26 +56,16 @@ async def issue(
     return_to: str | None = None,
     browser_binding: str | None = None,
 ) -> str:
-    token = random_token(32)
-    now = utcnow()
+    token, row = new_link(
+        purpose=purpose, user_id=user_id, ttl=ttl, email=email, return_to=return_to, browser_binding=browser_binding
+    )
     async with db.session() as session:
         await session.execute(
             delete(OneTimeToken).where(
                 OneTimeToken.user_id == user_id, OneTimeToken.purpose == purpose, OneTimeToken.used_at.is_(None)
             )
         )
-        session.add(
-            OneTimeToken(
-                digest=sha256_digest(token),
-                purpose=purpose,
-                user_id=user_id,
-                email=email,
-                return_to=return_to,
-                browser_digest=sha256_digest(browser_binding) if browser_binding else None,
-                created_at=now,
-                expires_at=now + timedelta(seconds=ttl),
-            )
-        )
+        session.add(row)
     return token
 
 

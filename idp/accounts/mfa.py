@@ -431,16 +431,6 @@ def mfa_required(policy: str, user: User) -> bool:
     return policy == "all" or (policy == "admins" and bool(user.is_admin))
 
 
-async def check_password(db: Database, hasher: PasswordHasher, user_id: str, password: str) -> None:
-    """Re-authentication before a change to the sign-in factors (ASVS 7.5.1); raises
-    AccountError("password", …) when the password is wrong."""
-    async with db.session() as session:
-        user = await session.get(User, user_id)
-        stored = user.password_hash if user is not None else None
-    if len(password) > 1024 or not await hasher.verify(stored, password) or user is None:
-        raise AccountError("password", "The password is not correct.")
-
-
 def qr_code(uri: str) -> str:
     """An otpauth:// URI as an SVG data URI, rendered here: no third-party QR service sees the seed."""
     return str(segno.make(uri, error="m").svg_data_uri(scale=5, border=2))

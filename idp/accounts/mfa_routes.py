@@ -7,8 +7,8 @@ ceremonies are JSON calls from ``static/passkeys.js``, CSRF-checked through ``X-
 
 Every second-factor attempt (TOTP, recovery code, passkey assertion) counts against the
 ``mfa_per_account`` and ``mfa_per_ip`` limits (NIST SP 800-63B §3.2.2); over them the answer is 429
-with Retry-After. Changes to the factors need the password again (ASVS 7.5.1), and disabling TOTP
-a current code as well.
+with Retry-After. Changes to the factors need the password again (ASVS 7.5.1), checked as a
+sign-in attempt (idp.web.reauthenticate), and disabling TOTP a current code as well.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from idp.web import (
     enforce_limits,
     let_forms_leave_site,
     read_cookie,
+    reauthenticate,
     require_csrf,
     require_csrf_header,
     rotate_browser_session,
@@ -490,7 +491,7 @@ async def security_totp_start() -> Response:
         return signed_in
     session, form = signed_in
     try:
-        await mfa.check_password(rt.db, rt.passwords, session.user_id, form.get("password") or "")
+        await reauthenticate(session.user_id, form.get("password") or "")
         user = await _user(rt, session.user_id)
         assert user is not None
         enrolment = await mfa.start_totp_enrolment(
@@ -554,7 +555,7 @@ async def security_totp_disable() -> Response:
     session, form = signed_in
     await _count_attempt(session.user_id)
     try:
-        await mfa.check_password(rt.db, rt.passwords, session.user_id, form.get("password") or "")
+        await reauthenticate(session.user_id, form.get("password") or "")
         if not await mfa.verify_totp(rt.db, rt.encryptor, session.user_id, (form.get("code") or "")[:64]):
             raise AccountError("code", "That code is not correct or was already used.")
     except AccountError as exc:
@@ -572,7 +573,7 @@ async def security_recovery_codes() -> Response:
         return signed_in
     session, form = signed_in
     try:
-        await mfa.check_password(rt.db, rt.passwords, session.user_id, form.get("password") or "")
+        await reauthenticate(session.user_id, form.get("password") or "")
         codes = await mfa.regenerate_recovery_codes(rt.db, rt.passwords, rt.events, session.user_id)
     except AccountError as exc:
         return await _security_page(session.user_id, error=exc.message, status=400)
@@ -588,7 +589,7 @@ async def security_passkey_options() -> Response:
     await require_csrf_header()
     body = await json_body()
     try:
-        await mfa.check_password(rt.db, rt.passwords, session.user_id, str(body.get("password") or ""))
+        await reauthenticate(session.user_id, str(body.get("password") or ""))
     except AccountError as exc:
         return _json_error(400, "invalid_request", exc.message)
     user = await _user(rt, session.user_id)
@@ -634,7 +635,7 @@ async def security_passkey_remove(passkey_id: str) -> Response:
         return signed_in
     session, form = signed_in
     try:
-        await mfa.check_password(rt.db, rt.passwords, session.user_id, form.get("password") or "")
+        await reauthenticate(session.user_id, form.get("password") or "")
     except AccountError as exc:
         return await _security_page(session.user_id, error=exc.message, status=400)
     if not await passkeys.remove_passkey(rt.db, rt.events, session.user_id, passkey_id):

@@ -6,8 +6,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, render_template, request, url_for
 
 from idp.accounts import authn, mfa, mfa_routes
-from idp.accounts.devices import DEVICE_COOKIE
-from idp.accounts.login import LoginFailure, PasswordSignIn, sign_in_with_password
+from idp.accounts.login import LoginFailure, PasswordCheckRefused, sign_in_with_password
 from idp.app import runtime
 from idp.web import (
     SESSION_COOKIE,
@@ -16,14 +15,15 @@ from idp.web import (
     csrf_binding,
     csrf_token,
     current_session,
+    device_token,
     enforce_limits,
     let_forms_leave_site,
     local_path,
-    read_cookie,
     require_csrf,
     rotate_browser_session,
     see_other,
     start_browser_session,
+    too_many_attempts,
     validates_own_form_text,
 )
 
@@ -68,14 +68,9 @@ async def login_submit() -> Response:
     return_to = local_path(form.get("return_to"))
     email = (form.get("email") or "").strip()
     password = form.get("password") or ""
-    deps = PasswordSignIn(rt.db, rt.passwords, rt.events, rt.limits, rt.lockout)
     try:
         user = await sign_in_with_password(
-            deps,
-            email,
-            password,
-            ip=request.remote_addr or "unknown",
-            device_token=read_cookie(DEVICE_COOKIE),
+            rt.accounts.sign_in, email, password, ip=client_ip(), device_token=device_token()
         )
     except LoginFailure as failure:
         code = 401 if failure.retry_after is None else 429
@@ -531,8 +526,11 @@ async def change_password() -> Response:
             session,
             form.get("current_password") or "",
             form.get("new_password") or "",
-            ip=request.remote_addr,
+            ip=client_ip(),
+            device_token=device_token(),
         )
+    except PasswordCheckRefused as exc:
+        raise too_many_attempts(exc) from None
     except AccountError as exc:
         return await _change_form({exc.field: exc.message}, status=400)
     others = f" {ended} other session(s) were signed out." if ended else ""
@@ -835,8 +833,12 @@ async def delete_account() -> Response:
                     runtime().accounts,
                     session.user_id,
                     password=form.get("password") or "",
+                    ip=client_ip(),
+                    device_token=device_token(),
                     delete_blob=runtime().delete_picture,
                 )
+            except PasswordCheckRefused as exc:
+                raise too_many_attempts(exc) from None
             except AccountError as exc:
                 error = exc.message
             else:

@@ -1,9 +1,10 @@
 """The account's sessions page: where the user is signed in, and ending any of those sessions.
 
 Ending another session needs the user to have authenticated again (ASVS 7.5.2): the password on
-the confirmation page, or a sign-in within the last few minutes (accounts without a password sign
-in again). Ending it logs that browser out at its next request (the session is gone from the
-shared store) and tells the applications it used (back-channel logout, see SessionEnded).
+the confirmation page (counted as a sign-in attempt), or a sign-in within the last few minutes
+(accounts without a password sign in again). Ending it logs that browser out at its next request
+(the session is gone from the shared store) and tells the applications it used (back-channel
+logout, see SessionEnded).
 Ending this browser's own session is signing out, which needs nothing more.
 """
 
@@ -13,12 +14,20 @@ from urllib.parse import urlencode
 
 from quart import Blueprint, Response, render_template, request, url_for
 
-from idp.accounts import mfa, sessions
+from idp.accounts import sessions
 from idp.accounts.sessions import BrowserSession
 from idp.accounts.users import AccountError
 from idp.app import runtime
 from idp.storage.models import User
-from idp.web import SESSION_COOKIE, clear_cookie, csrf_token, current_session, require_csrf, see_other
+from idp.web import (
+    SESSION_COOKIE,
+    clear_cookie,
+    csrf_token,
+    current_session,
+    reauthenticate,
+    require_csrf,
+    see_other,
+)
 
 blueprint = Blueprint("sessions", __name__)
 
@@ -88,14 +97,14 @@ def _return_query(path: str) -> str:
 
 async def _reauthenticated(session: BrowserSession) -> str | None:
     """None when the user has authenticated again (a recent sign-in, or the right password in the
-    form); otherwise the error to show."""
+    form); otherwise the error to show. The password counts as a sign-in attempt (too many: 429)."""
     if sessions.recently_authenticated(session):
         return None
     password = (await request.form).get("password") or ""
     if not password:
         return "Enter your password to confirm, or sign in again."
     try:
-        await mfa.check_password(runtime().db, runtime().passwords, session.user_id, password)
+        await reauthenticate(session.user_id, password)
     except AccountError as exc:
         return exc.message
     return None

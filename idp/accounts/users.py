@@ -10,7 +10,7 @@ from idp.accounts.password_policy import PasswordPolicy, PasswordRejected
 from idp.events import EventBus, UserCreated
 from idp.security.passwords import PasswordHasher
 from idp.storage.db import Database
-from idp.storage.models import User, utcnow
+from idp.storage.models import User, new_id, utcnow
 from idp.storage.repositories import UserRepository, normalize_email
 
 MIN_PASSWORD_LENGTH = 15  # NIST SP 800-63B rev. 4 §3.1.1.2, password as a single factor
@@ -74,25 +74,39 @@ def check_new_user(new: NewUser, policy: PasswordPolicy | None = None) -> tuple[
     return email, name
 
 
+def new_user_row(
+    email: str, name: str | None, password_hash: str | None, *, email_verified: bool = False, is_admin: bool = False
+) -> User:
+    """The users row of a new account, every value set here (its id included), so it can be
+    inserted in one statement and referenced (by a verification link) in the same transaction.
+    ``email`` and ``name`` have been checked already."""
+    now = utcnow()
+    return User(
+        id=new_id(),
+        email=email,
+        email_normalized=normalize_email(email),
+        email_verified=email_verified,
+        password_hash=password_hash,
+        name=name,
+        is_admin=is_admin,
+        disabled=False,
+        created_at=now,
+        updated_at=now,
+        password_changed_at=now if password_hash else None,
+    )
+
+
 async def create_user(
     db: Database, hasher: PasswordHasher, events: EventBus, new: NewUser, policy: PasswordPolicy | None = None
 ) -> User:
+    """Create an account (the CLI, the demo, tests); self-service registration is
+    idp.accounts.recovery.register. Raises AccountError, and changes nothing, when the input is
+    refused or the address has an account already."""
     email, name = check_new_user(new, policy)
     password_hash = await hasher.hash(new.password) if new.password is not None else None
+    user = new_user_row(email, name, password_hash, email_verified=new.email_verified, is_admin=new.is_admin)
     async with db.session() as session:
-        users = UserRepository(session)
-        if await users.get_by_email(email) is not None:
+        if not await UserRepository(session).add_unless_taken(user):
             raise AccountError("email", "an account with this address already exists")
-        user = await users.add(
-            User(
-                email=email,
-                email_normalized=normalize_email(email),
-                email_verified=new.email_verified,
-                password_hash=password_hash,
-                name=name,
-                is_admin=new.is_admin,
-                password_changed_at=utcnow() if password_hash else None,
-            )
-        )
     await events.publish(UserCreated(user_id=user.id, admin=new.is_admin, verified=new.email_verified))
     return user

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, inspect, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idp.storage.models import AuditEvent, AuthorizationCode, KnownDevice, OAuthClient, RefreshToken, SigningKey, User
@@ -32,10 +33,24 @@ class UserRepository:
         result = await self.session.execute(select(User).where(User.email_normalized == normalize_email(email)))
         return result.scalar_one_or_none()
 
-    async def add(self, user: User) -> User:
-        self.session.add(user)
-        await self.session.flush()
-        return user
+    async def add_unless_taken(self, user: User) -> bool:
+        """Insert ``user`` unless an account has its address (``email_normalized``) already; whether
+        it was inserted. The unique constraint decides, within the one INSERT (ON CONFLICT DO
+        NOTHING): two sign-ups racing for an address can't both win, a taken address costs the
+        same statement as a free one, and the database raises (and logs) no error naming it.
+
+        ``user`` stays out of the session (it is not loaded back): give it every value it needs,
+        its id included, before calling."""
+        values = {
+            attribute.key: getattr(user, attribute.key)
+            for attribute in inspect(User).column_attrs
+            if getattr(user, attribute.key) is not None
+        }
+        # Both dialects spell it the same; their Insert classes differ only in name.
+        insert = postgresql.insert if self.session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        statement = insert(User).values(values).on_conflict_do_nothing(index_elements=["email_normalized"])
+        result = await self.session.execute(statement)
+        return getattr(result, "rowcount", 0) == 1
 
     async def count(self) -> int:
         return int((await self.session.execute(select(func.count()).select_from(User))).scalar_one())

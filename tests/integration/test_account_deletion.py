@@ -404,11 +404,15 @@ async def test_wrong_password_changes_nothing(app: Any, client: Any, runtime: An
         with pytest.raises(AccountError) as raised:
             await delete_account(runtime.accounts, scene.alice.user_id, password=password)
         assert raised.value.field == "password"
-        assert raised.value.message == "The password is incorrect."
+        assert raised.value.message == "The password is not correct."
 
     assert await user_rows(runtime, scene.alice.user_id) == alice_before
     assert await user_rows(runtime, scene.bob.user_id) == bob_before
-    assert len(await audit_rows(runtime)) == audit_before
+    # Only the failed password checks are recorded, as failed sign-ins are (review M3).
+    added = (await audit_rows(runtime))[audit_before:]
+    assert [(row.event, row.subject_id, row.details["reason"]) for row in added] == [
+        ("login_failed", scene.alice.user_id, "invalid_credentials")
+    ] * 3
     async with runtime.db.session() as session:
         alice = await session.get(User, scene.alice.user_id)
         assert alice is not None and not alice.disabled

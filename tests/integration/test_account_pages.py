@@ -74,7 +74,7 @@ async def test_delete_page_requires_password_and_confirmation(client, runtime) -
         "/account/delete", form={"csrf_token": token, "password": "not-the-password-at-all", "confirm": "delete"}
     )
     assert wrong.status_code == 400
-    assert "incorrect" in await wrong.get_data(as_text=True)
+    assert "The password is not correct." in await wrong.get_data(as_text=True)
     async with runtime.db.session() as session:
         assert await session.get(User, world.user_id) is not None
 

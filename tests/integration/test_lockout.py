@@ -245,3 +245,82 @@ async def test_sign_in_attempts_per_account_are_limited(app: Any, world: World) 
     assert (await attempt(app.test_client(), world.email.upper(), PASSWORD, "192.0.2.2")).status_code == 303
     limited = await attempt(app.test_client(), world.email, PASSWORD, "192.0.2.3")
     await assert_refused(limited, 60, "Wait 60 seconds")
+
+
+# -- the per-account limit is no lockout of the owner (ASVS 6.1.1, 6.3.1; NIST SP 800-63B §3.2.2) -----
+# Only the per-account rate limit is in play here: the account-wide lock is out of reach.
+NO_ACCOUNT_LOCK = {**LOCKOUT, "account_lock_after": 100000, "ip_failures": 100000}
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"lockout": NO_ACCOUNT_LOCK, "rate_limits": {"login_per_account": {"requests": 30, "window": 300}}}],
+    indirect=True,
+)
+async def test_wrong_passwords_from_everywhere_do_not_keep_the_owners_browser_out(
+    app: Any, runtime: Any, world: World, clock: Clock
+) -> None:
+    """Security review M1: 31 wrong passwords for the account from 31 addresses exhaust the
+    per-account limit (30 per 5 minutes, the default) for every browser that never signed in to
+    it; the browser the owner always uses still signs in."""
+    owner = app.test_client()
+    assert (await attempt(owner, world.email, PASSWORD, OWNER_IP)).status_code == 303  # a known device now
+    device = cookie_value(owner, "idp_device")
+    assert device is not None
+
+    # The owner's first sign-in (from an unknown browser then) was attempt 1 of 30.
+    statuses = [
+        (await attempt(app.test_client(), world.email, f"guess-{n}-xxxxxxxx", f"192.0.2.{n + 1}")).status_code
+        for n in range(31)
+    ]
+    assert statuses == [401] * 29 + [429] * 2
+
+    # Any other browser, right password or not, is refused, from anywhere …
+    stranger = await attempt(app.test_client(), world.email, PASSWORD, "192.0.2.200")
+    await assert_refused(stranger, 300, "Too many sign-in attempts. Wait 5 minutes")
+    assert cookie_value(app.test_client(), SESSION_COOKIE) is None
+    # … but the owner's browser signs in, at home and elsewhere, however long the attack goes on.
+    again = await attempt(owner, world.email, PASSWORD, OWNER_IP)
+    assert again.status_code == 303, await text(again)
+    assert again.headers["Location"] == "/account"
+    roaming = await attempt(owner, world.email, PASSWORD, "198.51.100.77")
+    assert roaming.status_code == 303
+    assert cookie_value(owner, "idp_device") == device  # the same browser, recognised again
+    # Its sign-ins did not count against the strangers' limit either, nor free it.
+    await assert_refused(await attempt(app.test_client(), world.email, PASSWORD, "192.0.2.201"), 300, "Wait 5")
+    assert [e.details["reason"] for e in await audit(runtime, world.user_id, "login_failed")].count("locked") == 0
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [
+        {
+            "lockout": NO_ACCOUNT_LOCK,
+            "rate_limits": {
+                "login_per_account": {"requests": 2, "window": 300},
+                "login_per_ip": {"requests": 6, "window": 300},
+            },
+        }
+    ],
+    indirect=True,
+)
+async def test_the_owners_browser_still_meets_the_per_ip_limit_and_the_lock_of_its_ip(
+    app: Any, runtime: Any, world: World, clock: Clock
+) -> None:
+    """The exemption is only from what anyone elsewhere can drive: from the owner's browser, guesses
+    at its own address still slow down and lock (per account and IP), and its IP's limit holds."""
+    owner = app.test_client()
+    assert (await attempt(owner, world.email, PASSWORD, OWNER_IP)).status_code == 303  # 1 of 6 from this IP
+    for _ in range(2):  # 2 and 3: failures (the second starts a delay)
+        assert (await attempt(owner, world.email, "wrong-guess-123456", OWNER_IP)).status_code == 401
+    await assert_refused(await attempt(owner, world.email, PASSWORD, OWNER_IP), 1, "Wait 1 second")  # 4
+    clock.advance(1)
+    assert (await attempt(owner, world.email, "wrong-guess-123456", OWNER_IP)).status_code == 401  # 5
+    clock.advance(2)
+    assert (await attempt(owner, world.email, "wrong-guess-123456", OWNER_IP)).status_code == 401  # 6: locked
+    clock.advance(4)
+    await assert_refused(await attempt(owner, world.email, PASSWORD, OWNER_IP), 300, "Too many sign-in attempts")
+    # From another address the same browser is over neither that IP's limit nor its lock.
+    assert (await attempt(owner, world.email, PASSWORD, "198.51.100.77")).status_code == 303
+    [locked] = await audit(runtime, world.user_id, "account_locked")
+    assert locked.details["scope"] == "account_ip"

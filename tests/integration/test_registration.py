@@ -327,6 +327,97 @@ async def test_registering_a_taken_address_looks_the_same_and_mails_the_owner(
     assert attempt.subject_id == owner_id and attempt.outcome == "refused"
 
 
+class RegistrationWork:
+    """What one request costs the server, counted: password-policy verdicts (zxcvbn included),
+    password hashes and SQL statements sent to the database."""
+
+    def __init__(self, runtime: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        from sqlalchemy import event
+
+        from idp.accounts.password_policy import PasswordPolicy
+
+        self.policy_checks = 0
+        self.hashes = 0
+        self.statements: list[str] = []
+        check, hash_password = PasswordPolicy.check, runtime.passwords.hash
+
+        def counted_check(policy: PasswordPolicy, *args: Any, **kwargs: Any) -> Any:
+            self.policy_checks += 1
+            return check(policy, *args, **kwargs)
+
+        async def counted_hash(password: str) -> str:
+            self.hashes += 1
+            return str(await hash_password(password))
+
+        def on_statement(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+            target = re.search(r"\b(?:INTO|FROM|UPDATE)\s+\"?(\w+)", statement)
+            self.statements.append(f"{statement.split()[0]} {target.group(1) if target else ''}".strip())
+
+        monkeypatch.setattr(PasswordPolicy, "check", counted_check)
+        monkeypatch.setattr(runtime.passwords, "hash", counted_hash)
+        engine = runtime.db.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", on_statement)
+        self._stop = lambda: event.remove(engine, "before_cursor_execute", on_statement)
+
+    def reset(self) -> None:
+        self.policy_checks, self.hashes, self.statements = 0, 0, []
+
+    def snapshot(self) -> tuple[int, int, list[str]]:
+        return self.policy_checks, self.hashes, list(self.statements)
+
+
+async def test_a_fresh_and_a_taken_address_cost_the_same_work(
+    app: Any, runtime: Any, smtp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ASVS 6.3.8 (timing), security review L11: the fresh path ran the password policy twice
+    (zxcvbn included) and did more database work than the taken one, which showed in response
+    times. Both now judge the password once, hash it once and send the same number of statements:
+    the database decides whether the address is taken."""
+    await add_user(runtime, "alice@example.com")
+    work = RegistrationWork(runtime, monkeypatch)
+    costs = {}
+    for label, address in (("fresh", "bob@example.com"), ("taken", "Alice@EXAMPLE.com")):
+        browser = app.test_client()
+        page = await browser.get("/register")
+        form = {"csrf_token": csrf_from(await body(page)), "email": address, "password": NEW_PASSWORD}
+        work.reset()
+        response = await browser.post("/register", form={**form, "name": "Ada Lovelace"})
+        costs[label] = work.snapshot()
+        assert response.status_code == 200 and CHECK_EMAIL in await body(response)
+        await settle(app)
+    work._stop()
+
+    (fresh_policy, fresh_hashes, fresh_sql), (taken_policy, taken_hashes, taken_sql) = costs.values()
+    assert fresh_policy == taken_policy == 1
+    assert fresh_hashes == taken_hashes == 1
+    assert len(fresh_sql) == len(taken_sql), (fresh_sql, taken_sql)
+    # Still one account per address, the right mail to each (sent after the answer).
+    assert await count_users(runtime) == 2
+    to_bob, to_alice = await smtp_server.wait_for(2)
+    assert to_bob.rcpt_tos == ["bob@example.com"] and "/verify-email?token=" in text_of(to_bob)
+    assert to_alice.rcpt_tos == ["alice@example.com"]
+    assert to_alice.message["Subject"] == "Someone tried to register with your email address"
+
+
+async def test_sign_ups_racing_for_one_address_make_one_account(runtime: Any, smtp_server: Any) -> None:
+    """The database decides whether an address is free, so two registrations of the same address
+    at the same moment make one account: one gets the verification link, the other is the notice
+    to its owner; neither fails."""
+    from idp.accounts import recovery
+
+    await asyncio.gather(
+        *(recovery.register(runtime.accounts, email=ADA, password=NEW_PASSWORD, name=None) for _ in range(2))
+    )
+    assert await count_users(runtime) == 1
+    received = await smtp_server.wait_for(2)
+    assert sorted(message.message["Subject"] for message in received) == [
+        "Confirm your email address",
+        "Someone tried to register with your email address",
+    ]
+    assert [event.event for event in await audit(runtime, "user_created")] == ["user_created"]
+    assert len(await audit(runtime, "registration_duplicate")) == 1
+
+
 # -- input errors ----------------------------------------------------------------------------------
 
 
