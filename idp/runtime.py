@@ -82,6 +82,7 @@ class Runtime:
             subjects=self.subjects,
             events=self.events,
             settings=self.settings.tokens,
+            session_end_revokes=self.settings.sessions.end_revokes_refresh_tokens,
         )
 
     async def close(self) -> None:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from idp.accounts.sessions import SessionStore
+from idp.accounts.sessions import BrowserSession, SessionStore
 from idp.config import TokenSettings
 from idp.events import EventBus, TokenIssued, TokenRevoked
 from idp.oauth import errors
@@ -43,6 +43,20 @@ class GrantContext:
     subjects: SubjectResolver
     events: EventBus
     settings: TokenSettings
+    # [sessions] end_revokes_refresh_tokens: what an ended session takes with it.
+    session_end_revokes: str = "online"
+
+    def outlives_session(self, client: OAuthClient, scope: str) -> bool:
+        """Whether a grant of ``scope`` survives the end of the session it was made in: never with
+        "all", always with "none"; with "online" only an offline_access grant that yields refresh
+        tokens (OIDC Core §11), as revoke_session_grants decides."""
+        if self.session_end_revokes == "none":
+            return True
+        return (
+            self.session_end_revokes == "online"
+            and "offline_access" in scope.split()
+            and "refresh_token" in client.grant_types
+        )
 
 
 def _form_value(form: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
@@ -214,6 +228,7 @@ class AuthorizationCodeGrant(Grant):
         self.check_expiry(row)
         self.check_redirect_uri(row)
         self.check_pkce(row)
+        session = await self.check_session(row) if row.consumed_at is None else None
         issued: IssuedTokens | None = None
         # Consuming the code and storing what it yields is one transaction: a concurrent replay
         # waits on the code's row and then revokes the grant with these tokens in it.
@@ -221,7 +236,9 @@ class AuthorizationCodeGrant(Grant):
             consumed = await self.consume(unit_of_work, row)
             user = await _active_user(unit_of_work, row.user_id) if consumed else None
             if user is not None:
-                await self.remember_client(row)
+                if session is not None:
+                    # The session learns the client got tokens (back-channel logout notifies it).
+                    await self.ctx.sessions.add_client(session, self.client.id)
                 issued = await issue_tokens(
                     self.ctx,
                     unit_of_work,
@@ -247,12 +264,16 @@ class AuthorizationCodeGrant(Grant):
         await self.ctx.events.publish(issued.event)
         return issued.response
 
-    async def remember_client(self, row: AuthorizationCode) -> None:
-        """The session learns the client got tokens (back-channel logout notifies it)."""
-        if row.session_id:
-            session = await self.ctx.sessions.by_sid(row.session_id)
-            if session is not None:
-                await self.ctx.sessions.add_client(session, self.client.id)
+    async def check_session(self, row: AuthorizationCode) -> BrowserSession | None:
+        """The session the code was issued in. If it has ended since (logout, ended elsewhere,
+        expired), the code yields nothing that its end would have revoked: the tokens would
+        otherwise outlive the logout by the code's lifetime (ASVS 7.4.1)."""
+        if not row.session_id:
+            return None
+        session = await self.ctx.sessions.by_sid(row.session_id)
+        if session is None and not self.ctx.outlives_session(self.client, row.scope):
+            raise errors.InvalidGrant("The sign-in session this code was issued in has ended.")
+        return session
 
     async def find_code(self, code: str) -> AuthorizationCode:
         if len(code) > 256:

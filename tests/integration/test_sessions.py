@@ -540,6 +540,48 @@ async def test_which_access_tokens_die_with_their_session(
     )
 
 
+@pytest.mark.parametrize(
+    ("settings_overrides", "scope", "refused"),
+    [
+        ({}, "openid profile", True),
+        ({}, "openid offline_access", False),  # "online": offline access outlives the sign-in
+        ({"sessions": {"end_revokes_refresh_tokens": "all"}}, "openid offline_access", True),
+        ({"sessions": {"end_revokes_refresh_tokens": "none"}}, "openid profile", False),
+    ],
+    ids=["online", "online-offline", "all", "none"],
+    indirect=["settings_overrides"],
+)
+async def test_a_code_from_a_session_that_ended_yields_what_its_end_would_have_left(
+    client: Any, runtime: Any, world: World, scope: str, refused: bool
+) -> None:
+    """A code issued just before logout and redeemed after it: its tokens would outlive the logout
+    by the code's lifetime, so the same rule as for the session's other tokens applies (ASVS 7.4.1)."""
+    from tests.oauth_helpers import authorize, query_of
+
+    response, verifier = await authorize(client, world.web_id, WEB_REDIRECT, email=world.email, scope=scope)
+    code = query_of(response.headers["Location"])["code"]
+    await runtime.sessions.end(await runtime.sessions.load(session_cookie(client)), reason="logout")
+    token = await client.post(
+        "/token",
+        form={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": WEB_REDIRECT,
+            "code_verifier": verifier,
+        },
+        headers=basic(world.web_id, world.web_secret),
+    )
+    if refused:
+        assert token.status_code == 400
+        body = await token.get_json()
+        assert body == {
+            "error": "invalid_grant",
+            "error_description": "The sign-in session this code was issued in has ended.",
+        }
+    else:
+        assert token.status_code == 200
+
+
 async def test_a_session_end_revokes_each_grant_once(client: Any, runtime: Any, world: World) -> None:
     client_id, secret = await code_only_client(runtime)
     first = await sign_in_through(client, world, client_id, secret, scope="openid profile")
