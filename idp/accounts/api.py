@@ -95,6 +95,9 @@ class Caller:
 
 
 def _bearer_token() -> str:
+    # Two Authorization headers are refused, as at the protocol endpoints: the first must not win.
+    if len(request.headers.getlist("Authorization")) > 1:
+        raise InvalidRequest("the Authorization header is repeated")
     header = request.headers.get("Authorization")
     if not header:
         raise BearerTokenMissing()

@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from idp.oauth import errors
+from idp.oauth.params import all_values, single_value
 from idp.security.tokens import random_token, sha256_digest
 from idp.storage.db import Database
 from idp.storage.models import AuthorizationCode, OAuthClient, utcnow
@@ -105,24 +106,6 @@ class AuthorizationRequest:
         return cls(**data)
 
 
-def _values(params: Mapping[str, Any], name: str) -> list[str]:
-    """Every value of a parameter, repeated or not (for decisions that must not wait for _single)."""
-    getlist = getattr(params, "getlist", None)
-    values = getlist(name) if getlist else ([params[name]] if name in params else [])
-    return [str(value) for value in values]
-
-
-def _single(params: Mapping[str, Any], name: str) -> str | None:
-    """A parameter's value; RFC 6749 §3.1: parameters MUST NOT be included more than once."""
-    values = _values(params, name)
-    if len(values) > 1:
-        raise errors.InvalidRequest(f"{name} is repeated")
-    if not values:
-        return None
-    value = values[0]
-    return value if value != "" else None
-
-
 def redirect_uri_matches(client: OAuthClient, candidate: str) -> bool:
     """Exact string match (RFC 9700 §2.1), except the port of loopback IP redirect URIs of native
     clients, which the OS picks at run time (RFC 8252 §7.3). Nothing is normalised or stripped
@@ -167,7 +150,7 @@ def requested_client_id(params: Mapping[str, Any]) -> str | None:
     """The client_id of an authorization request; a repeated one is fatal (RFC 6749 §3.1): which
     client, and so which redirect URIs, would be trusted is then ambiguous."""
     try:
-        return _single(params, "client_id")
+        return single_value(params, "client_id")
     except errors.InvalidRequest as exc:
         raise FatalAuthorizationError(exc.description) from None
 
@@ -185,9 +168,9 @@ async def find_client(db: Database, client_id: str | None) -> OAuthClient:
 def verify_client_and_redirect(client: OAuthClient, params: Mapping[str, Any]) -> RedirectTarget:
     """Phase one: everything that must hold before the IdP may redirect anywhere."""
     try:
-        redirect_uri = _single(params, "redirect_uri")
-        state = _single(params, "state")
-        response_mode = _single(params, "response_mode") or "query"
+        redirect_uri = single_value(params, "redirect_uri")
+        state = single_value(params, "state")
+        response_mode = single_value(params, "response_mode") or "query"
     except errors.InvalidRequest as exc:
         raise InvalidRedirectUri(exc.description) from None
     if redirect_uri is None:
@@ -208,13 +191,13 @@ def verify_client_and_redirect(client: OAuthClient, params: Mapping[str, Any]) -
 def _asks_for_openid(params: Mapping[str, Any]) -> bool:
     # Phase one can't rely on the scope parsing of phase two: a repeated scope is an error there,
     # so any of its values asking for openid counts.
-    return any("openid" in value.split() for value in _values(params, "scope"))
+    return any("openid" in value.split() for value in all_values(params, "scope"))
 
 
 def asks_prompt_none(params: Mapping[str, Any]) -> bool:
     """Whether the raw request says prompt=none (OIDC Core §3.1.2.1), read without validating it:
     the answer matters most when validation (perhaps of prompt itself) failed."""
-    return any("none" in value.split() for value in _values(params, "prompt"))
+    return any("none" in value.split() for value in all_values(params, "prompt"))
 
 
 def parse_authorization_request(client: OAuthClient, params: Mapping[str, Any]) -> AuthorizationRequest:
@@ -229,18 +212,18 @@ def parse_authorization_request(client: OAuthClient, params: Mapping[str, Any]) 
 
 
 def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarget) -> AuthorizationRequest:
-    if len(_single(params, "state") or "") > MAX_STATE:
+    if len(single_value(params, "state") or "") > MAX_STATE:
         raise errors.InvalidRequest(f"state is longer than {MAX_STATE} characters")
-    response_mode = _single(params, "response_mode") or "query"
+    response_mode = single_value(params, "response_mode") or "query"
     if response_mode not in RESPONSE_MODES:
         raise errors.InvalidRequest("response_mode must be query or form_post")
     # OIDC Core §6: request objects are not supported (advertised in discovery).
-    if _single(params, "request") is not None:
+    if single_value(params, "request") is not None:
         raise errors.RequestNotSupported()
-    if _single(params, "request_uri") is not None:
+    if single_value(params, "request_uri") is not None:
         raise errors.RequestUriNotSupported()
 
-    response_type = _single(params, "response_type")
+    response_type = single_value(params, "response_type")
     if response_type is None:
         raise errors.InvalidRequest("response_type is required")
     if response_type != "code":
@@ -249,7 +232,7 @@ def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarge
     if "authorization_code" not in client.grant_types:
         raise errors.UnauthorizedClientRedirect()
 
-    scope_param = _single(params, "scope")
+    scope_param = single_value(params, "scope")
     scopes = list(dict.fromkeys((scope_param or "").split()))
     if not scopes:
         raise errors.InvalidAuthorizationScope("scope is required")
@@ -257,8 +240,8 @@ def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarge
     if not_allowed:
         raise errors.InvalidAuthorizationScope(f"scope not allowed for this client: {' '.join(not_allowed)}")
 
-    challenge = _single(params, "code_challenge")
-    method = _single(params, "code_challenge_method")
+    challenge = single_value(params, "code_challenge")
+    method = single_value(params, "code_challenge_method")
     if challenge is None:
         if method is not None:
             raise errors.InvalidRequest("code_challenge_method without code_challenge")
@@ -271,14 +254,14 @@ def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarge
         if not _PKCE_VALUE.fullmatch(challenge):
             raise errors.InvalidRequest("code_challenge must be 43-128 characters of [A-Za-z0-9-._~]")
 
-    prompt = (_single(params, "prompt") or "").split()
+    prompt = (single_value(params, "prompt") or "").split()
     for value in prompt:
         if value not in PROMPTS:
             raise errors.InvalidRequest(f"unsupported prompt value {value!r}")
     if "none" in prompt and len(prompt) > 1:
         raise errors.InvalidRequest("prompt=none cannot be combined with other values")
 
-    max_age_raw = _single(params, "max_age")
+    max_age_raw = single_value(params, "max_age")
     max_age = None
     if max_age_raw is not None:
         # OIDC Core §3.1.2.1: max_age is a number of seconds.
@@ -286,16 +269,16 @@ def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarge
             raise errors.InvalidRequest("max_age must be a non-negative integer of at most 10 ASCII digits")
         max_age = int(max_age_raw)
 
-    nonce = _single(params, "nonce")
+    nonce = single_value(params, "nonce")
     if nonce is not None and len(nonce) > MAX_NONCE:
         raise errors.InvalidRequest(f"nonce is longer than {MAX_NONCE} characters")
-    login_hint = _single(params, "login_hint")
-    id_token_hint = _single(params, "id_token_hint")
+    login_hint = single_value(params, "login_hint")
+    id_token_hint = single_value(params, "id_token_hint")
     for hint_name, hint_value in (("login_hint", login_hint), ("id_token_hint", id_token_hint)):
         if hint_value is not None and len(hint_value) > MAX_HINT:
             raise errors.InvalidRequest(f"{hint_name} is too long")
-    acr_values = (_single(params, "acr_values") or "").split()
-    ui_locales = _single(params, "ui_locales")
+    acr_values = (single_value(params, "acr_values") or "").split()
+    ui_locales = single_value(params, "ui_locales")
 
     return AuthorizationRequest(
         client_id=client.id,
@@ -312,7 +295,7 @@ def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarge
         id_token_hint=id_token_hint,
         acr_values=acr_values[:10],
         ui_locales=ui_locales[:200] if ui_locales else None,
-        redirect_uri_in_request=_single(params, "redirect_uri") is not None,
+        redirect_uri_in_request=single_value(params, "redirect_uri") is not None,
     )
 
 

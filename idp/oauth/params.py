@@ -1,4 +1,4 @@
-"""Request parameters of the token, introspection, revocation and userinfo endpoints.
+"""Request parameters of every protocol endpoint: authorization, token, introspection, revocation, userinfo.
 
 RFC 6749 §3.1 and §3.2: "Request and response parameters MUST NOT be included more than once."
 A repeated parameter is refused outright rather than resolved by taking the first or the last
@@ -14,13 +14,14 @@ from typing import Any
 
 from idp.oauth import errors
 
-__all__ = ("reject_repeated", "single_value")
+__all__ = ("all_values", "reject_repeated", "single_value")
 
 # Names echoed in the error are the registered kind; anything else is named generically.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-def _values(params: Mapping[str, Any], name: str) -> list[Any]:
+def all_values(params: Mapping[str, Any], name: str) -> list[Any]:
+    """Every value of a parameter, repeated or not (for decisions that can't wait for the refusal)."""
     getlist = getattr(params, "getlist", None)
     if getlist is not None:
         return list(getlist(name))
@@ -35,14 +36,14 @@ def _repeated(name: str) -> errors.InvalidRequest:
 def reject_repeated(params: Mapping[str, Any]) -> None:
     """Raise InvalidRequest when any parameter occurs more than once (with or without a value)."""
     for name in params:
-        if len(_values(params, name)) > 1:
+        if len(all_values(params, name)) > 1:
             raise _repeated(name)
 
 
 def single_value(params: Mapping[str, Any], name: str) -> str | None:
     """The parameter's one value, or None when it is absent or empty (RFC 6749 §3.2: a parameter
     sent without a value is treated as omitted); InvalidRequest when it is repeated."""
-    values = _values(params, name)
+    values = all_values(params, name)
     if len(values) > 1:
         raise _repeated(name)
     value = values[0] if values else None

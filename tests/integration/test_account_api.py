@@ -1010,3 +1010,19 @@ async def test_export_shows_a_pending_email_change(client: Any, runtime: Any) ->
     data = await (await client.get("/api/account/export", headers=bearer(token))).get_json()
     assert data["profile"]["pending_email"] == "new@example.org"
     assert data["profile"]["email"] == "alice@example.com"
+
+
+async def test_two_authorization_headers_are_invalid_request(client: Any, runtime: Any) -> None:
+    """The first of two Bearer tokens must not win (as at /token, /userinfo; RFC 6750 §2)."""
+    from werkzeug.datastructures import Headers
+
+    world = await api_world(runtime)
+    token = await token_for(client, world)
+    headers = Headers([("Authorization", f"Bearer {token}"), ("Authorization", "Bearer other")])
+    response = await client.get("/api/account/profile", headers=headers)
+    assert response.status_code == 400
+    assert await response.get_json() == {
+        "error": "invalid_request",
+        "error_description": "the Authorization header is repeated",
+    }
+    assert (await client.get("/api/account/profile", headers=bearer(token))).status_code == 200
