@@ -28,6 +28,22 @@ def run_idp(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
     return done.stdout
 
 
+def production_env(data_dir: Path, port: int) -> dict[str, str]:
+    """IDP_* settings for a production-mode `idp serve` on ``port`` with its own SQLite database
+    and fresh secrets (no dev mode, no Redis)."""
+    from idp.config import generate_secrets
+
+    secrets = generate_secrets()
+    return {
+        "IDP_ISSUER": f"http://127.0.0.1:{port}",
+        "IDP_DATABASE_URL": f"sqlite+aiosqlite:///{data_dir / 'idp.sqlite3'}",
+        "IDP_DATA_DIR": str(data_dir),
+        "IDP_SERVER__PORT": str(port),
+        "IDP_SECRETS__COOKIE_SECRET": secrets["cookie_secret"],
+        "IDP_SECRETS__KEY_ENCRYPTION_KEY": secrets["key_encryption_key"],
+    }
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.server import IDP, free_port, run_idp, running
+from tests.e2e.server import IDP, free_port, production_env, run_idp, running
 
 pytestmark = pytest.mark.server
 SPA_ORIGIN = "http://127.0.0.1:9"
@@ -23,19 +23,8 @@ SPA_ORIGIN = "http://127.0.0.1:9"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    from idp.config import generate_secrets
-
-    secrets = generate_secrets()
-    data = tmp_path_factory.mktemp("empty")
     port = free_port()
-    env = {
-        "IDP_ISSUER": f"http://127.0.0.1:{port}",
-        "IDP_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'idp.sqlite3'}",
-        "IDP_DATA_DIR": str(data),
-        "IDP_SERVER__PORT": str(port),
-        "IDP_SECRETS__COOKIE_SECRET": secrets["cookie_secret"],
-        "IDP_SECRETS__KEY_ENCRYPTION_KEY": secrets["key_encryption_key"],
-    }
+    env = production_env(tmp_path_factory.mktemp("empty"), port)
     run_idp(env, "db", "upgrade")
     created = run_idp(
         env, "clients", "create", "--name", "SPA", "--public", "--json",

@@ -15,26 +15,15 @@ import httpx
 import pytest
 
 from idp.security.request_limits import MAX_HEADER_BYTES, MAX_HEADER_FIELDS, MAX_TARGET_BYTES
-from tests.e2e.server import IDP, free_port, run_idp, running
+from tests.e2e.server import IDP, free_port, production_env, run_idp, running
 
 pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    from idp.config import generate_secrets
-
-    secrets = generate_secrets()
-    data = tmp_path_factory.mktemp("limits")
     port = free_port()
-    env = {
-        "IDP_ISSUER": f"http://127.0.0.1:{port}",
-        "IDP_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'idp.sqlite3'}",
-        "IDP_DATA_DIR": str(data),
-        "IDP_SERVER__PORT": str(port),
-        "IDP_SECRETS__COOKIE_SECRET": secrets["cookie_secret"],
-        "IDP_SECRETS__KEY_ENCRYPTION_KEY": secrets["key_encryption_key"],
-    }
+    env = production_env(tmp_path_factory.mktemp("limits"), port)
     run_idp(env, "db", "upgrade")
     with running([IDP, "serve"], env, port):
         yield port
