@@ -6,52 +6,21 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any, cast
 
-from quart import Quart, Response, current_app, g, render_template, request
-from werkzeug.exceptions import HTTPException
+from quart import Response, current_app, g, request
 
 from idp.config import Settings
-from idp.errors import IdPError, InvalidRequest, ServerError, ServiceUnavailable, from_http_status
+from idp.error_responses import install_error_handlers
+from idp.errors import InvalidRequest, from_http_status
 from idp.events import EventContext, set_context
-from idp.observability import accept_request_id, request_id_var, summarize_exception
-from idp.runtime import Runtime, StartupError, open_runtime
+from idp.http import EXTENSION, IdPApp
+from idp.observability import accept_request_id, request_id_var
+from idp.runtime import StartupError, open_runtime
 from idp.security import inputs, request_limits
 from idp.security.headers import apply_security_headers, new_nonce
-from idp.storage.db import DatabaseUnavailable
-from idp.storage.kv import KeyValueUnavailable
 from idp.web import attach_csrf_cookie
 
 access_log = logging.getLogger("idp.access")
-error_log = logging.getLogger("idp.errors")
-
-
-class IdPResponse(Response):
-    """Quart's Response, except that a body states its own type: Quart would label every body,
-    an empty one too, text/html (RFC 9110 §8.3: Content-Type describes content)."""
-
-    default_mimetype = None  # type: ignore[assignment]
-
-
-class IdPApp(Quart):
-    """Quart with the settings and the per-process runtime attached."""
-
-    response_class = IdPResponse
-
-    settings: Settings
-    json_blueprints: set[str]
-    _runtime: Runtime | None = None
-
-    @property
-    def runtime(self) -> Runtime:
-        if self._runtime is None:
-            raise RuntimeError("the application is not serving (before_serving has not run)")
-        return self._runtime
-
-
-def runtime() -> Runtime:
-    """The runtime of the app handling the current request."""
-    return cast(IdPApp, current_app).runtime
 
 
 def build_app(settings: Settings) -> IdPApp:
@@ -80,19 +49,19 @@ def build_app(settings: Settings) -> IdPApp:
     @app.before_serving
     async def _start() -> None:
         try:
-            app._runtime = await open_runtime(settings)
+            app.extensions[EXTENSION] = await open_runtime(settings)
         except StartupError as exc:
             logging.getLogger("idp").critical("cannot start: %s", exc)
             raise
 
     @app.after_serving
     async def _stop() -> None:
-        if app._runtime is not None:
-            await app._runtime.close()
-            app._runtime = None
+        running = app.extensions.pop(EXTENSION, None)
+        if running is not None:
+            await running.close()
 
     _install_request_hooks(app)
-    _install_error_handlers(app)
+    install_error_handlers(app)
     _register_blueprints(app)
     return app
 
@@ -212,71 +181,3 @@ def _target_length() -> int:
     raw_path = request.scope.get("raw_path") or request.path.encode()
     query = request.query_string
     return len(raw_path) + (len(query) + 1 if query else 0)
-
-
-JSON_PATH_PREFIXES = (
-    "/api/",
-    "/token",
-    "/userinfo",
-    "/introspect",
-    "/revoke",
-    "/jwks",
-    "/.well-known/",
-    "/healthz",
-    "/readyz",
-)
-
-
-def wants_json() -> bool:
-    app = cast(IdPApp, current_app)
-    if request.blueprint in app.json_blueprints:
-        return True
-    if request.mimetype == "application/json":
-        return True  # a page's fetch() call (passkey ceremonies) reads JSON errors
-    if request.blueprint is not None:
-        return False
-    # Routing failed (404/405), so no blueprint is known: API paths still answer in JSON.
-    if request.path.startswith(JSON_PATH_PREFIXES):
-        return True
-    accept = request.accept_mimetypes
-    return accept.best_match(["text/html", "application/json"]) == "application/json"
-
-
-async def render_error(error: IdPError) -> Response:
-    if wants_json():
-        response = cast(Response, current_app.json.response(error.to_dict()))
-    else:
-        html = await render_template("error.html", error=error)
-        response = Response(html, content_type="text/html; charset=utf-8")
-    response.status_code = error.status_code
-    response.headers["Cache-Control"] = "no-store"
-    for name, value in error.headers.items():
-        response.headers[name] = value
-    return response
-
-
-def _install_error_handlers(app: IdPApp) -> None:
-    @app.errorhandler(IdPError)
-    async def _idp_error(error: IdPError) -> Response:
-        return await render_error(error)
-
-    @app.errorhandler(HTTPException)
-    async def _http_error(error: HTTPException) -> Response:
-        response = await render_error(from_http_status(error.code or 500))
-        if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
-            response.headers["Allow"] = ", ".join(error.valid_methods)
-        return response
-
-    @app.errorhandler(Exception)
-    async def _unexpected(error: Exception) -> Response:
-        if isinstance(error, DatabaseUnavailable | KeyValueUnavailable):
-            error_log.error("dependency unavailable", extra={"error": summarize_exception(error)})
-            return await render_error(ServiceUnavailable())
-        # Type and location only: the message and traceback may hold SQL or secrets.
-        error_log.error("unhandled exception", extra={"error": summarize_exception(error)})
-        return await render_error(ServerError())
-
-
-def public_url(path: str, **_: Any) -> str:
-    """An absolute URL under the issuer (not the request's Host header, which a client controls)."""
-    return f"{cast(IdPApp, current_app).settings.issuer}{path}"

@@ -6,7 +6,7 @@ import asyncio
 
 from quart import Blueprint, Response, jsonify
 
-from idp.app import runtime
+from idp.http import runtime
 from idp.storage.db import DatabaseUnavailable
 from idp.storage.kv import KeyValueUnavailable
 

@@ -6,28 +6,22 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from quart import Response, current_app, g, redirect, request
+from quart import Response, g, redirect, request
 
 from idp.accounts import devices, login
 from idp.accounts.devices import DEVICE_COOKIE
 from idp.accounts.login import PasswordCheckRefused
 from idp.accounts.sessions import BrowserSession, TooManySessions
-from idp.config import Settings
 from idp.errors import Conflict, Forbidden, TooManyRequests
 from idp.events import LoginSucceeded, NewDeviceSignIn, set_actor
+from idp.http import runtime, settings
 from idp.security import csrf
 from idp.security.ratelimit import RateLimited
 from idp.storage.models import User
 
 
-def _app_settings() -> Settings:
-    from idp.app import IdPApp
-
-    return cast(IdPApp, current_app).settings
-
-
 def secure_cookies() -> bool:
-    return _app_settings().issuer_is_https
+    return settings().issuer_is_https
 
 
 SESSION_COOKIE = "idp_session"
@@ -63,8 +57,6 @@ async def current_session() -> BrowserSession | None:
     that was disabled or deleted meanwhile ends here (an administrator's change may have reached
     only the database, e.g. from the CLI while the sessions live in this process's memory)."""
     if not hasattr(g, "idp_session"):
-        from idp.app import runtime
-
         rt = runtime()
         session = await rt.sessions.load(read_cookie(SESSION_COOKIE))
         if session is not None:
@@ -94,7 +86,7 @@ def csrf_token() -> str:
 
 
 def _secret() -> str:
-    secret = _app_settings().secrets.cookie_secret
+    secret = settings().secrets.cookie_secret
     if secret is None:
         raise RuntimeError("secrets.cookie_secret is not set")
     return secret.get_secret_value()
@@ -120,8 +112,6 @@ def client_ip() -> str:
 async def enforce_limits(attempts: dict[str, str | None], what: str) -> None:
     """Count this request against the named rate limits ({limit: subject}); over any of them, a 429
     with Retry-After whose message names ``what`` was attempted too often."""
-    from idp.app import runtime
-
     try:
         await runtime().limits.hit_all(attempts)
     except RateLimited as exc:
@@ -143,8 +133,6 @@ async def reauthenticate(user_id: str, password: str) -> None:
     """The signed-in user's password again (idp.accounts.login.reauthenticate), as a sign-in attempt
     from this browser: its IP, and its device cookie telling whether it is the owner's. Raises
     AccountError("password", …) when wrong, TooManyRequests (429, Retry-After) when refused."""
-    from idp.app import runtime
-
     try:
         await login.reauthenticate(
             runtime().accounts.sign_in, user_id, password, ip=client_ip(), device_token=device_token()
@@ -162,8 +150,6 @@ async def start_browser_session(user_id: str, amr: Sequence[str], acr: str, resp
     keeps the session's sid; another user's session in this browser ends. The session limit
     applies; the browser is remembered as one of the user's devices (a new one is announced);
     the cookies are set on ``response`` and LoginSucceeded is published."""
-    from idp.app import runtime
-
     rt = runtime()
     ip, user_agent = request.remote_addr, request.headers.get("User-Agent")
     label = devices.device_label(user_agent)
@@ -196,8 +182,6 @@ async def start_browser_session(user_id: str, amr: Sequence[str], acr: str, resp
 
 async def rotate_browser_session(response: Response) -> BrowserSession | None:
     """A new cookie value for the signed-in session after a privilege change (ASVS 7.2.4)."""
-    from idp.app import runtime
-
     session = await current_session()
     if session is None:
         return None

@@ -25,7 +25,6 @@ from idp import cors
 from idp.accounts import profile
 from idp.accounts.login import PasswordCheckRefused, reauthenticate
 from idp.accounts.users import AccountError
-from idp.app import runtime
 from idp.errors import (
     BearerTokenMissing,
     Conflict,
@@ -40,6 +39,7 @@ from idp.errors import (
     UnsupportedMediaType,
 )
 from idp.events import set_actor
+from idp.http import runtime
 from idp.runtime import Runtime
 from idp.security import inputs
 from idp.security.tokens import TokenInvalid

@@ -22,9 +22,9 @@ from idp.accounts.api import json_body
 from idp.accounts.authn import PENDING_COOKIE, PendingLogin
 from idp.accounts.sessions import BrowserSession
 from idp.accounts.users import AccountError
-from idp.app import runtime
 from idp.errors import InvalidRequest, TooManyRequests
 from idp.events import LoginFailed
+from idp.http import runtime
 from idp.runtime import Runtime
 from idp.security.ratelimit import RateLimited
 from idp.storage.models import User

@@ -7,7 +7,7 @@ from quart import Blueprint, Response, render_template, request, url_for
 
 from idp.accounts import authn, mfa, mfa_routes
 from idp.accounts.login import LoginFailure, PasswordCheckRefused, sign_in_with_password
-from idp.app import runtime
+from idp.http import runtime
 from idp.web import (
     SESSION_COOKIE,
     clear_cookie,

@@ -17,7 +17,7 @@ from quart import Blueprint, Response, render_template, request, url_for
 from idp.accounts import sessions
 from idp.accounts.sessions import BrowserSession
 from idp.accounts.users import AccountError
-from idp.app import runtime
+from idp.http import runtime
 from idp.storage.models import User
 from idp.web import (
     SESSION_COOKIE,

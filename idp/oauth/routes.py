@@ -16,9 +16,9 @@ from quart import Blueprint, Response, g, jsonify, render_template, request
 from idp import cors
 from idp.accounts import authn, consents, mfa
 from idp.accounts.sessions import BrowserSession
-from idp.app import runtime
 from idp.errors import InvalidRequest, UnsupportedMediaType
 from idp.events import ConsentGranted, LoggedOut
+from idp.http import runtime
 from idp.oauth import errors
 from idp.oauth.authorize import (
     AuthorizationErrorRedirect,

@@ -56,3 +56,49 @@ def test_nothing_imports_admin(path: Path) -> None:
     if path.name == "app.py" and path.parent == PACKAGE:
         return  # the factory registers the admin blueprints
     assert {name for name in imports_of(path) if name.startswith("idp.admin")} == set()
+
+
+def _module_name(path: Path) -> str:
+    name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return name.removesuffix(".__init__")
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the idp modules it imports, wherever the import statement is (inside a function
+    too: such an import still makes a cycle, it only defers it)."""
+    paths = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                edges |= {alias.name for alias in node.names if alias.name in paths}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                submodules = {f"{node.module}.{alias.name}" for alias in node.names} & set(paths)
+                edges |= submodules or ({node.module} & set(paths))
+        graph[name] = edges - {name}
+    return graph
+
+
+def test_the_factory_is_imported_by_the_package_entry_point_only() -> None:
+    """Route modules reach the running app through idp.http (the runtime on app.extensions),
+    never through the factory that imports them (which made an 8-module cycle)."""
+    importers = {name for name, edges in _import_graph().items() if "idp.app" in edges}
+    assert importers == {"idp"}
+
+
+def test_there_is_no_import_cycle() -> None:
+    graph = _import_graph()
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            raise AssertionError("import cycle: " + " -> ".join([*path[path.index(name) :], name]))
+        if name in done:
+            return
+        for target in sorted(graph[name]):
+            visit(target, [*path, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
