@@ -117,7 +117,8 @@ def _install_request_hooks(app: IdPApp) -> None:
         attach_csrf_cookie(response)
         _describe_body_truthfully(response)
         apply_security_headers(
-            response,
+            response.headers,
+            response.mimetype,
             https=app.settings.issuer_is_https,
             nonce=g.get("csp_nonce"),
             form_action=None if g.get("forms_leave_site") else "'self'",

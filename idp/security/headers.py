@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import secrets
+from typing import Any, Protocol
 
-from quart import Response
+
+class HeaderSet(Protocol):
+    """What is needed of a response's headers (werkzeug's Headers, a dict …)."""
+
+    def setdefault(self, key: str, default: Any) -> Any: ...
 
 
 # Pages are server-rendered HTML with no inline script. Scripts run only with this response's
@@ -36,14 +41,20 @@ DEFAULT_CSP = content_security_policy(None)
 
 
 def apply_security_headers(
-    response: Response, *, https: bool, nonce: str | None = None, form_action: str | None = "'self'"
+    headers: HeaderSet,
+    mimetype: str | None,
+    *,
+    https: bool,
+    nonce: str | None = None,
+    form_action: str | None = "'self'",
 ) -> None:
-    headers = response.headers
+    """Add the headers every response carries to ``headers`` (a response's, whatever the
+    framework), keeping any the route set itself; ``mimetype`` is the body's."""
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-    if response.mimetype == "text/html":
+    if mimetype == "text/html":
         headers.setdefault("Content-Security-Policy", content_security_policy(nonce, form_action=form_action))
         # Every page of an identity provider is personal and some show secrets once (recovery
         # codes, a TOTP seed): no browser or shared cache keeps them (ASVS 14.3.2). A route that

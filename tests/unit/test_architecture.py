@@ -37,6 +37,11 @@ def test_storage_imports_nothing_above_it(path: Path) -> None:
     assert upward == set()
 
 
+@pytest.mark.parametrize("path", modules("security") + modules("storage"), ids=rel)
+def test_security_primitives_and_storage_do_not_know_the_framework(path: Path) -> None:
+    assert {name for name in imports_of(path) if name.split(".")[0] in ("quart", "werkzeug")} == set()
+
+
 @pytest.mark.parametrize(
     "path", [p for p in modules("oauth") + modules("accounts") if p.name not in WEB_MODULES], ids=rel
 )
