@@ -30,14 +30,14 @@ from idp.oauth.authorize import (
     parse_authorization_request,
     requested_client_id,
 )
-from idp.oauth.claims import SUPPORTED_CLAIMS, user_claims
-from idp.oauth.client_auth import ASSERTION_ALGS, authenticate_client, parse_client_credentials
-from idp.oauth.clients import AUTH_METHODS, GRANT_TYPES
+from idp.oauth.claims import user_claims
+from idp.oauth.client_auth import authenticate_client, parse_client_credentials
 from idp.oauth.discovery import provider_metadata
 from idp.oauth.grants import find_refresh_token, handle_token_request, revoke_grant
 from idp.oauth.interactions import COOKIE_NAME as INTERACTION_COOKIE
 from idp.oauth.interactions import Interaction, ParkedError
 from idp.oauth.params import reject_repeated, single_value
+from idp.oauth.scopes import OPENID, describe_scope
 from idp.oauth.tokens import ID_TOKEN_TYP, REFRESH_TOKEN_TYP, TokenInvalid
 from idp.security.headers import content_security_policy
 from idp.security.tokens import random_token
@@ -63,13 +63,6 @@ pages = Blueprint("oauth_pages", __name__)
 # RPs re-fetch the JWKS on an unknown kid; keep caches shorter than a rotation's overlap.
 JWKS_MAX_AGE = 300
 METADATA_MAX_AGE = 3600
-SCOPES = ("openid", "profile", "email", "offline_access")
-SCOPE_DESCRIPTIONS = {
-    "openid": "Sign you in with your account identifier",
-    "profile": "Your name, username, picture, locale and time zone",
-    "email": "Your email address and whether it is verified",
-    "offline_access": "Stay connected when you are not using the app (refresh tokens)",
-}
 
 
 # Endpoints a browser app calls directly; only they answer cross-origin (RFC 9700 §2.6).
@@ -113,12 +106,6 @@ def _metadata() -> dict[str, Any]:
     return provider_metadata(
         rt.settings.issuer,
         rt.keys.algorithms,
-        scopes=list(SCOPES),
-        grant_types=list(GRANT_TYPES),
-        auth_methods=list(AUTH_METHODS),
-        assertion_algs=[alg for alg in ASSERTION_ALGS if alg != "EdDSA"],
-        claims=list(SUPPORTED_CLAIMS),
-        acr_values=list(authn.ACR_VALUES),
         pairwise=rt.subjects.pairwise_available,
         registration=rt.settings.accounts.registration_enabled,
     )
@@ -417,7 +404,7 @@ async def consent(interaction_id: str) -> Response:
         html = await render_template(
             "oauth/consent.html",
             client=client,
-            scopes=[(scope, SCOPE_DESCRIPTIONS.get(scope, scope)) for scope in req.scopes],
+            scopes=[(scope, describe_scope(scope)) for scope in req.scopes],
             interaction_id=interaction.id,
             csrf_token=csrf_token(),
             redirect_host=urlsplit(req.redirect_uri).netloc or req.redirect_uri,
@@ -522,7 +509,7 @@ async def userinfo() -> Response:
     except TokenInvalid:
         raise errors.InvalidToken() from None
     scopes = str(claims.get("scope", "")).split()
-    if "openid" not in scopes:
+    if OPENID not in scopes:
         raise errors.InsufficientScope(
             "The access token was not issued for OpenID Connect (scope openid).", scope="openid"
         )
