@@ -30,15 +30,16 @@ from idp.oauth.authorize import (
     parse_authorization_request,
     requested_client_id,
 )
-from idp.oauth.claims import user_claims
 from idp.oauth.client_auth import authenticate_client, parse_client_credentials
 from idp.oauth.discovery import provider_metadata
 from idp.oauth.grants import find_refresh_token, handle_token_request, revoke_grant
 from idp.oauth.interactions import COOKIE_NAME as INTERACTION_COOKIE
 from idp.oauth.interactions import Interaction, ParkedError
-from idp.oauth.params import reject_repeated, single_value
-from idp.oauth.scopes import OPENID, describe_scope
+from idp.oauth.params import reject_repeated, single_header
+from idp.oauth.resource import BearerProtector, StoredParties
+from idp.oauth.scopes import describe_scope
 from idp.oauth.tokens import ID_TOKEN_TYP, REFRESH_TOKEN_TYP, TokenInvalid
+from idp.oauth.userinfo import userinfo_claims
 from idp.security.headers import content_security_policy
 from idp.security.tokens import random_token
 from idp.storage.models import OAuthClient, User
@@ -436,15 +437,6 @@ async def _form() -> Any:
     return form
 
 
-def _authorization_header() -> str | None:
-    """The Authorization header, which carries credentials like a parameter does: two of them are
-    refused, not resolved by taking the first (it is not a list-based field, RFC 9110 §5.3)."""
-    values = request.headers.getlist("Authorization")
-    if len(values) > 1:
-        raise errors.InvalidRequest("the Authorization header is repeated")
-    return values[0] if values else None
-
-
 # The endpoints where clients authenticate, and what the 429 says was attempted too often. Each
 # has counters of its own (a resource server introspecting a lot can't starve the same client's
 # token requests) under the [rate_limits] token_per_ip / token_per_client settings.
@@ -460,7 +452,7 @@ async def _authenticated_client(form: Any, endpoint: str) -> OAuthClient:
     revocation (RFC 7009 §2.1) endpoints, with their rate limits (ASVS 6.3.1, 15.2.2)."""
     rt = runtime()
     what = CLIENT_AUTH_ENDPOINTS[endpoint]
-    authorization = _authorization_header()
+    authorization = single_header(request.headers.getlist("Authorization"))
     # Before authentication only the address is counted: secret guessing is limited, but client
     # ids are public, so failures counted per client would let anyone lock a client out.
     await enforce_limits({"token_per_ip": f"{endpoint} {client_ip()}"}, what)
@@ -482,45 +474,19 @@ async def token() -> Response:
     return _no_store(jsonify(result))
 
 
-async def _bearer_token() -> str:
-    header = _authorization_header()
-    form_token = None
-    if request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded":
-        form_token = single_value(await request.form, "access_token")  # RFC 6750 §2.2, RFC 6749 §3.2
-    if header and form_token:
-        raise errors.InvalidRequest("Send the access token in one place only (RFC 6750 §2).")
-    if header:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise errors.InvalidToken("The Authorization header must be a Bearer token.")
-        return value.strip()
-    if form_token:
-        return str(form_token)
-    # RFC 6750 §3.1: no error code when the request carried no token at all.
-    raise errors.BearerTokenMissing()
+def _protector() -> BearerProtector:
+    rt = runtime()
+    return BearerProtector(rt.tokens, rt.subjects, StoredParties(rt.db))
 
 
 @blueprint.route("/userinfo", methods=["GET", "POST"])
 async def userinfo() -> Response:
-    rt = runtime()
-    access_token = await _bearer_token()
-    try:
-        claims = await rt.tokens.verify_access_token(access_token)
-    except TokenInvalid:
-        raise errors.InvalidToken() from None
-    scopes = str(claims.get("scope", "")).split()
-    if OPENID not in scopes:
-        raise errors.InsufficientScope(
-            "The access token was not issued for OpenID Connect (scope openid).", scope="openid"
-        )
-    async with rt.db.session() as db_session:
-        client = await ClientRepository(db_session).get(str(claims.get("client_id")))
-        user_id = rt.subjects.user_id_for(client, str(claims["sub"])) if client else None
-        user = await UserRepository(db_session).get(user_id) if user_id else None
-    if user is None or user.disabled or client is None or client.disabled:
-        raise errors.InvalidToken("The user or client of this token no longer exists or is disabled.")
-    body = user_claims(user, scopes, str(claims["sub"]), f"{rt.settings.issuer}/pictures")
-    return _no_store(jsonify(body))
+    # RFC 6750 §2.2: a form-encoded POST body may carry the token instead of the header.
+    form_body = request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded"
+    pictures = f"{runtime().settings.issuer}/pictures"
+    authorization = request.headers.getlist("Authorization")
+    claims = await userinfo_claims(_protector(), authorization, await request.form if form_body else None, pictures)
+    return _no_store(jsonify(claims))
 
 
 async def _introspect_refresh(token_value: str, client: OAuthClient) -> dict[str, Any] | None:
