@@ -15,7 +15,7 @@ from typing import Any
 
 from idp.oauth import errors
 
-__all__ = ("all_values", "reject_repeated", "single_header", "single_value")
+__all__ = ("all_values", "reject_repeated", "single_header", "single_value", "single_values")
 
 # Names echoed in the error are the registered kind; anything else is named generically.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -49,6 +49,13 @@ def single_value(params: Mapping[str, Any], name: str) -> str | None:
         raise _repeated(name)
     value = values[0] if values else None
     return str(value) if value else None
+
+
+def single_values(params: Mapping[str, Any]) -> dict[str, str]:
+    """Every parameter's one value, once none is repeated: a plain dict, so the framework's
+    multi-valued mapping stops at the route (and nobody downstream can take "the first")."""
+    reject_repeated(params)
+    return {name: str(value) for name in params if (value := single_value(params, name)) is not None}
 
 
 def single_header(values: Sequence[str], name: str = "Authorization") -> str | None:

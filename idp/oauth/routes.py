@@ -8,6 +8,7 @@ renders its errors as HTML.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any, cast
 from urllib.parse import urlencode, urlsplit
 
@@ -19,7 +20,7 @@ from idp.accounts.sessions import BrowserSession
 from idp.errors import InvalidRequest, UnsupportedMediaType
 from idp.events import ConsentGranted, LoggedOut
 from idp.http import runtime
-from idp.oauth import errors
+from idp.oauth import errors, introspection, revocation
 from idp.oauth.authorize import (
     AuthorizationErrorRedirect,
     AuthorizationRequest,
@@ -32,13 +33,13 @@ from idp.oauth.authorize import (
 )
 from idp.oauth.client_auth import authenticate_client, parse_client_credentials
 from idp.oauth.discovery import provider_metadata
-from idp.oauth.grants import find_refresh_token, handle_token_request, revoke_grant
+from idp.oauth.grants import find_refresh_token, handle_token_request
 from idp.oauth.interactions import COOKIE_NAME as INTERACTION_COOKIE
 from idp.oauth.interactions import Interaction, ParkedError
-from idp.oauth.params import reject_repeated, single_header
+from idp.oauth.params import single_header, single_values
 from idp.oauth.resource import BearerProtector, StoredParties
 from idp.oauth.scopes import describe_scope
-from idp.oauth.tokens import ID_TOKEN_TYP, REFRESH_TOKEN_TYP, TokenInvalid
+from idp.oauth.tokens import ID_TOKEN_TYP, TokenInvalid
 from idp.oauth.userinfo import userinfo_claims
 from idp.security.headers import content_security_policy
 from idp.security.tokens import random_token
@@ -427,14 +428,12 @@ async def consent(interaction_id: str) -> Response:
 # Token endpoint and client-authenticated APIs
 
 
-async def _form() -> Any:
+async def _form() -> dict[str, str]:
     """The body of a token, introspection or revocation request: form-encoded, and refused before
     anything else happens (authentication, rate limits) when a parameter repeats (RFC 6749 §3.2)."""
     if request.mimetype != "application/x-www-form-urlencoded":
         raise errors.InvalidRequest("The request body must be application/x-www-form-urlencoded.")
-    form = await request.form
-    reject_repeated(form)
-    return form
+    return single_values(await request.form)
 
 
 # The endpoints where clients authenticate, and what the 429 says was attempted too often. Each
@@ -447,7 +446,7 @@ CLIENT_AUTH_ENDPOINTS = {
 }
 
 
-async def _authenticated_client(form: Any, endpoint: str) -> OAuthClient:
+async def _authenticated_client(form: dict[str, str], endpoint: str) -> OAuthClient:
     """Client authentication for the token (RFC 6749 §2.3), introspection (RFC 7662 §2.1) and
     revocation (RFC 7009 §2.1) endpoints, with their rate limits (ASVS 6.3.1, 15.2.2)."""
     rt = runtime()
@@ -489,105 +488,26 @@ async def userinfo() -> Response:
     return _no_store(jsonify(claims))
 
 
-async def _introspect_refresh(token_value: str, client: OAuthClient) -> dict[str, Any] | None:
-    rt = runtime()
-    try:
-        claims = rt.tokens.verify(token_value, typ=REFRESH_TOKEN_TYP, audience=rt.settings.issuer)
-    except TokenInvalid:
-        return None
-    row = await find_refresh_token(rt.db, str(claims.get("jti")))
-    if row is None or row.used_at or row.revoked_at or row.client_id != client.id:
-        return None
-    return {**claims, "token_type": "refresh_token"}
-
-
-async def _introspect_access(token_value: str, client: OAuthClient) -> dict[str, Any] | None:
-    try:
-        claims = await runtime().tokens.verify_access_token(token_value)
-    except TokenInvalid:
-        return None
-    if claims.get("client_id") != client.id:
-        return None  # a client may only introspect its own tokens
-    return {**claims, "token_type": "Bearer"}
-
-
-async def _subject_active(client: OAuthClient, subject: str) -> bool:
-    """A token stops being active when its user is disabled or deleted (client_credentials: the client)."""
-    rt = runtime()
-    if subject == client.id:
-        return not client.disabled
-    user_id = rt.subjects.user_id_for(client, subject)
-    async with rt.db.session() as db_session:
-        user = await UserRepository(db_session).get(user_id) if user_id else None
-    return user is not None and not user.disabled
-
-
 @blueprint.post("/introspect")
 async def introspect() -> Response:
-    """RFC 7662: active only for an unexpired, unrevoked token of the calling client."""
+    rt = runtime()
     form = await _form()
     client = await _authenticated_client(form, "/introspect")
-    if client.client_type == "public":
-        # RFC 7662 §2.1: the endpoint requires client authentication; public clients have none.
-        raise errors.InvalidClient("Public clients cannot use the introspection endpoint.")
-    token_value = form.get("token")
-    if not token_value:
-        raise errors.InvalidRequest("token is required")
-    order = [_introspect_access, _introspect_refresh]
-    if form.get("token_type_hint") == "refresh_token":
-        order.reverse()
-    for inspect in order:
-        result = await inspect(token_value, client)
-        if result is not None and await _subject_active(client, str(result.get("sub"))):
-            body = {"active": True}
-            body.update(
-                {
-                    k: result[k]
-                    for k in (
-                        "scope",
-                        "client_id",
-                        "sub",
-                        "exp",
-                        "iat",
-                        "iss",
-                        "aud",
-                        "jti",
-                        "token_type",
-                        "sid",
-                        "auth_time",
-                    )
-                    if k in result
-                }
-            )
-            return _no_store(jsonify(body))
-    return _no_store(jsonify(active=False))
+    body = await introspection.introspect_token(
+        form,
+        client,
+        tokens=rt.tokens,
+        find_refresh_token=partial(find_refresh_token, rt.db),
+        subject_active=_protector().subject_active,
+    )
+    return _no_store(jsonify(body))
 
 
 @blueprint.post("/revoke")
 async def revoke() -> Response:
-    """RFC 7009: revoking a refresh token ends its family and the access tokens issued from it."""
-    rt = runtime()
     form = await _form()
     client = await _authenticated_client(form, "/revoke")
-    token_value = form.get("token")
-    if not token_value:
-        raise errors.InvalidRequest("token is required")
-    hint = form.get("token_type_hint")
-    if hint not in (None, "", "access_token", "refresh_token"):
-        raise errors.UnsupportedTokenType(f"token_type_hint {hint[:40]!r} is not supported")
-    claims = rt.tokens.peek_claims(token_value)
-    if claims is None:
-        return _no_store(Response("", status=200))  # RFC 7009 §2.2: invalid tokens need no error
-    if claims.get("client_id") != client.id:
-        raise errors.InvalidRequest("The token was not issued to this client.")
-    jti = str(claims.get("jti"))
-    refresh = await find_refresh_token(rt.db, jti)
-    if refresh is not None:
-        await revoke_grant(
-            rt.grants, refresh.family_id, client_id=client.id, user_id=refresh.user_id, reason="client_request"
-        )
-    else:
-        await rt.tokens.revoke_access_token(jti, int(claims.get("exp", 0)))
+    await revocation.revoke_token(form, client, grants=runtime().grants)
     return _no_store(Response("", status=200))
 
 
