@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 from idp.oauth import errors, pkce
 from idp.oauth.params import all_values, single_value
@@ -55,6 +56,15 @@ class RedirectTarget:
     redirect_uri: str
     state: str | None
     response_mode: str
+
+
+def with_query(uri: str, params: Mapping[str, str]) -> str:
+    """``uri`` with ``params`` added to its query; a query the URI was registered with is kept
+    (RFC 6749 §3.1.2)."""
+    if not params:
+        return uri
+    separator = "&" if urlsplit(uri).query else "?"
+    return f"{uri}{separator}{urlencode(params)}"
 
 
 class AuthorizationErrorRedirect(Exception):

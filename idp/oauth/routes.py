@@ -18,9 +18,9 @@ from idp import cors
 from idp.accounts import authn, consents, mfa
 from idp.accounts.sessions import BrowserSession
 from idp.errors import InvalidRequest, UnsupportedMediaType
-from idp.events import ConsentGranted, LoggedOut
+from idp.events import ConsentGranted
 from idp.http import runtime
-from idp.oauth import errors, introspection, revocation
+from idp.oauth import errors, introspection, logout, revocation
 from idp.oauth.authorize import (
     AuthorizationErrorRedirect,
     AuthorizationRequest,
@@ -44,7 +44,7 @@ from idp.oauth.userinfo import userinfo_claims
 from idp.security.headers import content_security_policy
 from idp.security.tokens import random_token
 from idp.storage.models import OAuthClient, User
-from idp.storage.repositories import ClientRepository, UserRepository
+from idp.storage.repositories import UserRepository
 from idp.web import (
     SESSION_COOKIE,
     clear_cookie,
@@ -97,6 +97,11 @@ def _no_store(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
     return response
+
+
+async def _page(template: str, **context: Any) -> Response:
+    html = await render_template(template, **context)
+    return _no_store(Response(html, content_type="text/html; charset=utf-8"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -519,81 +524,26 @@ async def revoke() -> Response:
 async def end_session() -> Response:
     rt = runtime()
     params = await _params()
-    hint = params.get("id_token_hint") or None
-    redirect_to = params.get("post_logout_redirect_uri") or None
-    state = params.get("state") or None
-    client_id = params.get("client_id") or None
-
-    hint_claims: dict[str, Any] | None = None
-    if hint is not None:
-        try:
-            hint_claims = rt.tokens.verify(hint, typ=ID_TOKEN_TYP, audience=None, check_expiry=False)
-        except TokenInvalid:
-            raise InvalidRequest("The id_token_hint is not a valid ID token issued by this server.") from None
-        audience = hint_claims.get("aud")
-        hint_client = audience if isinstance(audience, str) else (audience[0] if audience else None)
-        if client_id is not None and client_id != hint_client:
-            raise InvalidRequest("client_id does not match the id_token_hint.")
-        client_id = hint_client
-
-    client: OAuthClient | None = None
-    if client_id is not None:
-        async with rt.db.session() as db_session:
-            client = await ClientRepository(db_session).get(str(client_id))
-        if client is None:
-            raise InvalidRequest("The client is unknown.")
-    if redirect_to is not None:
-        # RP-Initiated Logout §3: only a URI registered for the identified client, matched exactly.
-        if client is None:
-            raise InvalidRequest("post_logout_redirect_uri needs an id_token_hint or client_id.")
-        if redirect_to not in client.post_logout_redirect_uris:
-            raise InvalidRequest("The post_logout_redirect_uri is not registered for this client.")
-
+    logout_request = await logout.parse_logout_request(
+        params, tokens=rt.tokens, find_client=StoredParties(rt.db).client
+    )
     session = await current_session()
-    confirmed = False
-    if session is not None and hint_claims is not None:
-        hint_user = rt.subjects.user_id_for(client, str(hint_claims.get("sub")))
-        confirmed = hint_claims.get("sid") == session.sid or hint_user == session.user_id
-    if session is not None and not confirmed:
+    if session is not None and not logout.hint_confirms(logout_request, session, rt.subjects):
         # ASVS 10.6.2: without a valid hint for this session, the user confirms (no forced logout).
-        if request.method == "POST" and (await request.form).get("confirm") == "yes":
+        if request.method == "POST" and params.get("confirm") == "yes":
             await require_csrf()
         else:
-            if redirect_to is not None:
+            if logout_request.post_logout_redirect_uri is not None:
                 let_forms_leave_site()  # confirming ends at the post-logout redirect URI
-            html = await render_template(
+            return await _page(
                 "oauth/logout_confirm.html",
                 csrf_token=csrf_token(),
-                fields={
-                    k: v
-                    for k, v in (
-                        ("post_logout_redirect_uri", redirect_to),
-                        ("state", state),
-                        ("client_id", client.id if client else None),
-                    )
-                    if v
-                },
-                client=client,
+                fields=logout_request.confirmation_fields(),
+                client=logout_request.client,
             )
-            return _no_store(Response(html, content_type="text/html; charset=utf-8"))
-
     if session is not None:
-        # Ending the session sends back-channel logout to its clients (a SessionEnded subscriber).
-        await rt.sessions.end(session, reason="logout")
-        await rt.events.publish(
-            LoggedOut(
-                user_id=session.user_id,
-                sid=session.sid,
-                initiated_by="client" if client else "user",
-                client=client.id if client else None,
-            )
-        )
-    if redirect_to is not None:
-        separator = "&" if urlsplit(redirect_to).query else "?"
-        location = redirect_to + (f"{separator}{urlencode({'state': state})}" if state else "")
-        response = see_other(location)
-    else:
-        html = await render_template("oauth/logged_out.html", client=client)
-        response = _no_store(Response(html, content_type="text/html; charset=utf-8"))
+        await logout.log_out(session, logout_request, sessions=rt.sessions, events=rt.events)
+    location = logout_request.redirect_location()
+    response = see_other(location) if location else await _page("oauth/logged_out.html", client=logout_request.client)
     clear_cookie(response, SESSION_COOKIE)
     return response

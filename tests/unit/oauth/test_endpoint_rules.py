@@ -1,6 +1,7 @@
-"""The rules of introspection (RFC 7662) and revocation (RFC 7009), each with fakes of the
-look-ups they need. Their storage side effects (a family revoked) are asserted over real storage
-in tests/integration/test_introspection_revocation.py."""
+"""The rules of introspection (RFC 7662), revocation (RFC 7009) and RP-initiated logout, each with
+fakes of the look-ups they need. Their storage side effects (a family revoked, a session ended)
+are asserted over real storage in tests/integration/test_introspection_revocation.py and
+test_logout.py."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from typing import Any, cast
 
 import pytest
 
-from idp.oauth import errors, introspection, revocation
+from idp.errors import InvalidRequest
+from idp.oauth import errors, introspection, logout, revocation
+from idp.oauth.subjects import SubjectResolver
 from idp.storage.models import RefreshToken, utcnow
-from tests.oauth_fakes import FakeTokens, make_client, make_refresh_token
+from tests.oauth_fakes import FakeParties, FakeTokens, make_client, make_refresh_token, make_session
 
 ACCESS = {"sub": "user-1", "client_id": "web", "scope": "openid", "jti": "a1", "exp": 2_000_000_000, "iss": "x"}
 REFRESH = {"sub": "user-1", "client_id": "web", "scope": "openid offline_access", "jti": "jti-1", "sid": "sid-1"}
@@ -103,3 +106,62 @@ async def test_another_clients_token_is_refused() -> None:
     tokens = FakeTokens(access={"at": {**ACCESS, "client_id": "other"}})
     with pytest.raises(errors.InvalidRequest, match="not issued to this client"):
         await revocation.revoke_token({"token": "at"}, make_client(), grants=grants(tokens))
+
+
+# -- RP-initiated logout -------------------------------------------------------------------------------
+
+HINT = {"sub": "user-1", "aud": "web", "sid": "sid-1"}
+
+
+async def parse(**params: str) -> logout.LogoutRequest:
+    parties = FakeParties({"web": make_client(), "spa": make_client(id="spa", post_logout_redirect_uris=[])})
+    tokens = FakeTokens(id_tokens={"hint": HINT})
+    return await logout.parse_logout_request(params, tokens=cast(Any, tokens), find_client=parties.client)
+
+
+async def test_a_hint_identifies_the_client_and_its_redirect() -> None:
+    request = await parse(id_token_hint="hint", post_logout_redirect_uri="https://rp.example/bye", state="s 1")
+    assert request.client is not None and request.client.id == "web" and request.initiated_by == "client"
+    assert request.redirect_location() == "https://rp.example/bye?state=s+1"
+    assert request.confirmation_fields() == {
+        "post_logout_redirect_uri": "https://rp.example/bye",
+        "state": "s 1",
+        "client_id": "web",
+    }
+
+
+async def test_no_parameters_is_a_logout_by_the_user() -> None:
+    request = await parse()
+    assert (request.client, request.redirect_location(), request.initiated_by) == (None, None, "user")
+    assert request.confirmation_fields() == {}
+
+
+@pytest.mark.parametrize(
+    ("params", "description"),
+    [
+        ({"id_token_hint": "forged"}, "The id_token_hint is not a valid ID token issued by this server."),
+        ({"id_token_hint": "hint", "client_id": "spa"}, "client_id does not match the id_token_hint."),
+        ({"client_id": "nobody"}, "The client is unknown."),
+        (
+            {"post_logout_redirect_uri": "https://rp.example/bye"},
+            "post_logout_redirect_uri needs an id_token_hint or client_id.",
+        ),
+        (
+            {"client_id": "web", "post_logout_redirect_uri": "https://rp.example/bye/"},
+            "The post_logout_redirect_uri is not registered for this client.",
+        ),
+    ],
+)
+async def test_a_bad_request_is_an_error_page(params: dict[str, str], description: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        await parse(**params)
+    assert caught.value.description == description and caught.value.status_code == 400
+
+
+async def test_only_a_hint_of_this_session_confirms_the_logout() -> None:
+    subjects = SubjectResolver(None)
+    hinted = await parse(id_token_hint="hint")
+    assert logout.hint_confirms(hinted, make_session(), subjects)
+    assert logout.hint_confirms(hinted, make_session(sid="sid-2"), subjects)  # same user
+    assert not logout.hint_confirms(hinted, make_session(sid="sid-2", user_id="user-2"), subjects)
+    assert not logout.hint_confirms(await parse(client_id="web"), make_session(), subjects)
