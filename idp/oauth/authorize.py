@@ -67,6 +67,16 @@ def with_query(uri: str, params: Mapping[str, str]) -> str:
     return f"{uri}{separator}{urlencode(params)}"
 
 
+def response_parameters(target: RedirectTarget, params: Mapping[str, str], issuer: str) -> dict[str, str]:
+    """What goes back to the redirect URI: ``params`` (a code, or an error), the request's
+    ``state`` (RFC 6749 §4.1.2) and the issuer (RFC 9207 ``iss``, against mix-up attacks)."""
+    payload = dict(params)
+    if target.state is not None:
+        payload["state"] = target.state
+    payload["iss"] = issuer
+    return payload
+
+
 class AuthorizationErrorRedirect(Exception):
     def __init__(self, error: errors.RedirectableError, target: RedirectTarget) -> None:
         super().__init__(error.description)

@@ -2,49 +2,46 @@
 
 Two blueprints by audience: ``oauth`` answers JSON (discovery, JWKS, token, userinfo,
 introspection, revocation); ``oauth_pages`` serves browsers (authorization, consent, logout) and
-renders its errors as HTML.
+renders its errors as HTML. Each route reads the request, calls one function of the protocol
+core, and renders what it returns: the rules live in the modules it calls.
 """
 
 from __future__ import annotations
 
 import time
 from functools import partial
-from typing import Any, cast
-from urllib.parse import urlencode, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
 
 from quart import Blueprint, Response, g, jsonify, render_template, request
 
 from idp import cors
-from idp.accounts import authn, consents, mfa
-from idp.accounts.sessions import BrowserSession
 from idp.errors import InvalidRequest, UnsupportedMediaType
-from idp.events import ConsentGranted
 from idp.http import runtime
-from idp.oauth import errors, introspection, logout, revocation
+from idp.oauth import errors, interactions, introspection, logout, revocation
+from idp.oauth import interaction_policy as policy
 from idp.oauth.authorize import (
     AuthorizationErrorRedirect,
     AuthorizationRequest,
     RedirectTarget,
     asks_prompt_none,
     find_client,
-    issue_authorization_code,
     parse_authorization_request,
     requested_client_id,
+    response_parameters,
+    with_query,
 )
 from idp.oauth.client_auth import authenticate_client, parse_client_credentials
 from idp.oauth.discovery import provider_metadata
 from idp.oauth.grants import find_refresh_token, handle_token_request
-from idp.oauth.interactions import COOKIE_NAME as INTERACTION_COOKIE
+from idp.oauth.interaction_policy import AuthorizationState
 from idp.oauth.interactions import Interaction, ParkedError
 from idp.oauth.params import single_header, single_values
 from idp.oauth.resource import BearerProtector, StoredParties
 from idp.oauth.scopes import describe_scope
-from idp.oauth.tokens import ID_TOKEN_TYP, TokenInvalid
 from idp.oauth.userinfo import userinfo_claims
 from idp.security.headers import content_security_policy
-from idp.security.tokens import random_token
-from idp.storage.models import OAuthClient, User
-from idp.storage.repositories import UserRepository
+from idp.storage.models import OAuthClient
 from idp.web import (
     SESSION_COOKIE,
     clear_cookie,
@@ -65,8 +62,6 @@ pages = Blueprint("oauth_pages", __name__)
 # RPs re-fetch the JWKS on an unknown kid; keep caches shorter than a rotation's overlap.
 JWKS_MAX_AGE = 300
 METADATA_MAX_AGE = 3600
-
-
 # Endpoints a browser app calls directly; only they answer cross-origin (RFC 9700 §2.6).
 CORS_ENDPOINTS = frozenset({"oauth.token", "oauth.userinfo", "oauth.revoke", "oauth.introspect"})
 
@@ -108,19 +103,17 @@ async def _page(template: str, **context: Any) -> Response:
 # Discovery and keys
 
 
-def _metadata() -> dict[str, Any]:
-    rt = runtime()
-    return provider_metadata(
-        rt.settings.issuer,
-        rt.keys.algorithms,
-        pairwise=rt.subjects.pairwise_available,
-        registration=rt.settings.accounts.registration_enabled,
-    )
-
-
 @blueprint.get("/.well-known/openid-configuration")
 async def openid_configuration() -> Response:
-    response = jsonify(_metadata())
+    rt = runtime()
+    response = jsonify(
+        provider_metadata(
+            rt.settings.issuer,
+            rt.keys.algorithms,
+            pairwise=rt.subjects.pairwise_available,
+            registration=rt.settings.accounts.registration_enabled,
+        )
+    )
     response.headers["Cache-Control"] = f"public, max-age={METADATA_MAX_AGE}"
     # Discovery and JWKS may be read cross-origin by browser apps (RFC 9700 §2.6).
     response.headers["Access-Control-Allow-Origin"] = "*"
@@ -146,58 +139,80 @@ async def jwks() -> Response:
 # Authorization endpoint
 
 
-def _authorization_response(target: RedirectTarget, params: dict[str, str]) -> Response:
-    """Send ``params`` to the verified redirect URI with ``state`` and ``iss`` (RFC 9207)."""
-    payload = dict(params)
-    if target.state is not None:
-        payload["state"] = target.state
-    payload["iss"] = runtime().settings.issuer
+async def _authorization_response(target: RedirectTarget, params: dict[str, str]) -> Response:
+    """Send ``params`` to the verified redirect URI: a 303, or with response_mode=form_post an
+    auto-submitting form (OAuth 2.0 Form Post Response Mode)."""
+    payload = response_parameters(target, params, runtime().settings.issuer)
     if target.response_mode == "form_post":
-        return cast(Response, _FormPost(target.redirect_uri, payload))
-    separator = "&" if urlsplit(target.redirect_uri).query else "?"
-    return see_other(f"{target.redirect_uri}{separator}{urlencode(payload)}")
+        response = await _page("oauth/form_post.html", action=target.redirect_uri, fields=payload)
+        origin = "{0.scheme}://{0.netloc}".format(urlsplit(target.redirect_uri))
+        response.headers["Content-Security-Policy"] = content_security_policy(
+            g.get("csp_nonce"), form_action=origin, default_src="'none'"
+        )
+        return response
+    return see_other(with_query(target.redirect_uri, payload))
 
 
-class _FormPost:
-    """OAuth 2.0 Form Post Response Mode: an auto-submitting form (rendered lazily by Quart)."""
+def _bind_browser(response: Response, binding: str | None) -> Response:
+    """Set (or extend) the cookie that ties parked interactions to this browser."""
+    if binding:
+        set_cookie(response, interactions.COOKIE_NAME, binding, max_age=runtime().interactions.ttl)
+    return response
 
-    def __init__(self, action: str, fields: dict[str, str]) -> None:
-        self.action = action
-        self.fields = fields
+
+async def _park(state: AuthorizationState, outcome: policy.Interact) -> Response:
+    """Start (or keep) an interaction and send the browser to a login, sign-up or consent page."""
+    binding = read_cookie(interactions.COOKIE_NAME)
+    interaction = state.interaction
+    if interaction is None:
+        binding = interactions.usable_binding(binding)
+        prior_auth_id = state.session.auth_id if state.session else None
+        interaction = await runtime().interactions.start(state.request, binding, prior_auth_id)
+    return _bind_browser(see_other(outcome.location(interaction.id, state.request)), binding)
 
 
-async def _render_form_post(form: _FormPost) -> Response:
-    html = await render_template("oauth/form_post.html", action=form.action, fields=form.fields)
-    response = Response(html, content_type="text/html; charset=utf-8")
-    origin = "{0.scheme}://{0.netloc}".format(urlsplit(form.action))
-    response.headers["Content-Security-Policy"] = content_security_policy(
-        g.get("csp_nonce"), form_action=origin, default_src="'none'"
+async def _send_error(client: OAuthClient, outcome: policy.RedirectError, target: RedirectTarget) -> Response:
+    """The error at once, or parked in an interaction bound to this browser until the user has
+    signed in (see ``resume``)."""
+    if not outcome.wait_for_sign_in:
+        return await _authorization_response(target, outcome.error.to_dict())
+    binding = interactions.usable_binding(read_cookie(interactions.COOKIE_NAME))
+    parked = await runtime().interactions.park_error(client.id, target, outcome.error.to_dict(), binding)
+    return _bind_browser(see_other(interactions.login_location(parked.id)), binding)
+
+
+async def _render(state: AuthorizationState, outcome: policy.Outcome) -> Response:
+    if isinstance(outcome, policy.RedirectCode):
+        # The interaction cookie stays: it binds the browser, and other interactions started in
+        # other tabs of the same browser still need it (it expires with them).
+        return await _authorization_response(state.request.target, {"code": outcome.code})
+    if isinstance(outcome, policy.RedirectError):
+        return await _send_error(state.client, outcome, state.request.target)
+    return await _park(state, outcome)
+
+
+def _services() -> policy.StoredAuthorizationServices:
+    rt = runtime()
+    return policy.StoredAuthorizationServices(
+        db=rt.db,
+        tokens=rt.tokens,
+        subjects=rt.subjects,
+        sessions=rt.sessions,
+        interactions=rt.interactions,
+        events=rt.events,
+        registration_enabled=rt.settings.accounts.registration_enabled,
+        code_ttl=rt.settings.tokens.authorization_code_ttl,
     )
-    return _no_store(response)
 
 
-async def _respond(result: Response | _FormPost) -> Response:
-    if isinstance(result, _FormPost):
-        return await _render_form_post(result)
-    return result
-
-
-def _error_redirect(error: errors.RedirectableError, target: RedirectTarget) -> Response | _FormPost:
-    return _authorization_response(target, error.to_dict())
-
-
-async def _return_error(
-    client: OAuthClient, error: errors.RedirectableError, target: RedirectTarget, *, prompt_none: bool
+async def _decide(
+    client: OAuthClient, req: AuthorizationRequest, interaction: Interaction | None, *, allow: bool | None = None
 ) -> Response:
-    """A redirectable error for the verified ``target``. RFC 9700 §4.11.2: the IdP authenticates
-    the user before it redirects to the client, even with an error response, except for
-    prompt=none (silent authentication). With nobody signed in, the error waits in an interaction
-    bound to this browser until the user signs in (see ``resume``)."""
-    if prompt_none or await current_session() is not None:
-        return await _respond(_error_redirect(error, target))
-    binding = _usable_binding(read_cookie(INTERACTION_COOKIE))
-    parked = await runtime().interactions.park_error(client.id, target, error.to_dict(), binding)
-    return _bind_browser(see_other(_login_location(parked.id)), binding)
+    """The authorization decision for this browser; with ``allow``, after its answer on the consent page."""
+    state = AuthorizationState.begin(client, req, await current_session(), interaction, now=int(time.time()))
+    services = _services()
+    answer = policy.decide(state, services) if allow is None else policy.answer_consent(state, services, allow=allow)
+    return await _render(state, await answer)
 
 
 async def _params() -> Any:
@@ -215,192 +230,36 @@ async def authorize() -> Response:
     try:
         auth_request = parse_authorization_request(client, params)
     except AuthorizationErrorRedirect as exc:
-        return await _return_error(client, exc.error, exc.target, prompt_none=asks_prompt_none(params))
-    return await _continue(client, auth_request, None)
+        prompt_none = asks_prompt_none(params)
+        # Looked up only when it matters: the session is not even read for prompt=none.
+        signed_in = not prompt_none and await current_session() is not None
+        outcome = policy.redirect_error(exc.error, prompt_none=prompt_none, signed_in=signed_in)
+        return await _send_error(client, outcome, exc.target)
+    return await _decide(client, auth_request, None)
 
 
 @pages.get("/authorize/resume/<interaction_id>")
 async def resume(interaction_id: str) -> Response:
-    parked = await _load_parked(interaction_id)
+    rt = runtime()
+    parked = await rt.interactions.resume(interaction_id, read_cookie(interactions.COOKIE_NAME))
     if isinstance(parked, ParkedError):
-        return await _deliver_parked_error(parked)
-    client = await find_client(runtime().db, parked.request.client_id)
-    return await _continue(client, parked.request, parked)
-
-
-_INTERACTION_GONE = (
-    "This sign-in request has expired or was started in another browser. Return to the application and start again."
-)
-
-
-async def _load_parked(interaction_id: str) -> Interaction | ParkedError:
-    parked = await runtime().interactions.load(interaction_id, read_cookie(INTERACTION_COOKIE))
-    if parked is None:
-        # Never redirect here: the request can't be tied to this browser any more.
-        raise InvalidRequest(_INTERACTION_GONE)
-    return parked
-
-
-async def _load_interaction(interaction_id: str) -> Interaction:
-    parked = await _load_parked(interaction_id)
-    if not isinstance(parked, Interaction):
-        raise InvalidRequest(_INTERACTION_GONE)  # a parked error has no consent step
-    return parked
-
-
-async def _deliver_parked_error(parked: ParkedError) -> Response:
-    """The error response held back by ``_return_error``, once the user has signed in."""
-    rt = runtime()
-    if await current_session() is None:
-        return _bind_browser(see_other(_login_location(parked.id)), read_cookie(INTERACTION_COOKIE))
-    await find_client(rt.db, parked.client_id)  # disabled meanwhile: fatal, no redirect
-    if not await rt.interactions.finish(parked.id):
-        raise InvalidRequest("This sign-in request has already been completed.")
-    return await _respond(_authorization_response(parked.target, parked.response))
-
-
-def _hint_user(client: OAuthClient, hint: str | None) -> tuple[bool, str | None]:
-    """(valid, user id) for an id_token_hint; expired hints are fine (OIDC Core §3.1.2.1)."""
-    if hint is None:
-        return True, None
-    rt = runtime()
-    try:
-        claims = rt.tokens.verify(hint, typ=ID_TOKEN_TYP, audience=None, check_expiry=False)
-    except TokenInvalid:
-        return False, None
-    audience = claims.get("aud")
-    audiences = audience if isinstance(audience, list) else [audience]
-    owner = client if client.id in audiences else None
-    return True, rt.subjects.user_id_for(owner, str(claims.get("sub")))
-
-
-async def _park(
-    request_: AuthorizationRequest, interaction: Interaction | None, session: BrowserSession | None, next_path: str
-) -> Response:
-    """Start (or keep) an interaction and send the browser to a login or consent page."""
-    rt = runtime()
-    binding = read_cookie(INTERACTION_COOKIE)
-    if interaction is None:
-        binding = _usable_binding(binding)
-        interaction = await rt.interactions.start(request_, binding, session.auth_id if session else None)
-    if next_path == "login":
-        location = _login_location(interaction.id, request_.login_hint)
-    elif next_path == "register":
-        location = f"/register?{urlencode({'return_to': _resume_path(interaction.id)})}"
-    else:
-        location = f"/authorize/consent/{interaction.id}"
-    return _bind_browser(see_other(location), binding)
-
-
-def _usable_binding(binding: str | None) -> str:
-    """The browser's interaction binding, or a new one."""
-    return binding if binding and 20 <= len(binding) <= 100 else random_token(32)
-
-
-def _bind_browser(response: Response, binding: str | None) -> Response:
-    """Set (or extend) the cookie that ties parked interactions to this browser."""
-    if binding:
-        set_cookie(response, INTERACTION_COOKIE, binding, max_age=runtime().interactions.ttl)
-    return response
-
-
-def _resume_path(interaction_id: str) -> str:
-    return f"/authorize/resume/{interaction_id}"
-
-
-def _login_location(interaction_id: str, login_hint: str | None = None) -> str:
-    query = {"return_to": _resume_path(interaction_id)}
-    if login_hint:
-        query["login_hint"] = login_hint
-    return f"/login?{urlencode(query)}"
-
-
-async def _continue(
-    client: OAuthClient, req: AuthorizationRequest, interaction: Interaction | None, *, consented: bool = False
-) -> Response:
-    rt = runtime()
-    target = req.target
-    prompt = set(req.prompt)
-    session = await current_session()
-    now = int(time.time())
-    # Authenticated during this very interaction: satisfies prompt=login and max_age. auth_time has
-    # one-second resolution, so the authentication must also be a new one (auth_id changes at every
-    # sign-in; the sid does not when the same user signs in again).
-    fresh = (
-        interaction is not None
-        and session is not None
-        and session.auth_id != interaction.prior_auth_id
-        and session.auth_time >= interaction.created_at
-    )
-
-    hint_valid, hint_user_id = _hint_user(client, req.id_token_hint)
-    if not hint_valid:
-        error = errors.InvalidAuthorizationRequest("id_token_hint is not an ID token issued by this server.")
-        return await _return_error(client, error, target, prompt_none="none" in prompt)
-
-    user: User | None = None
-    if session is not None:
-        async with rt.db.session() as db_session:
-            user = await UserRepository(db_session).get(session.user_id)
-        if user is None or user.disabled:
-            await rt.sessions.end(session, reason="account_disabled")
-            session, user = None, None
-
-    # OpenID Connect Initiating User Registration 1.0: prompt=create shows the sign-up page; the
-    # account then signs in (after verifying its address) and the request resumes.
-    if "create" in prompt and not fresh and rt.settings.accounts.registration_enabled:
-        return await _park(req, interaction, session, "register")
-
-    login_needed = (
-        session is None
-        or (bool(prompt & {"login", "select_account", "create"}) and not fresh)
-        # OIDC Core §3.1.2.1: "max_age=0 is equivalent to prompt=login" (auth_time has 1 s resolution).
-        or (req.max_age is not None and (req.max_age == 0 or now - session.auth_time > req.max_age) and not fresh)
-        or (hint_user_id is not None and session.user_id != hint_user_id)
-        # Step-up (OIDC Core §3.1.2.1 acr_values): sign in again, with the second factor, when the
-        # session's class is below every requested one — only if the user has a second factor to
-        # use; otherwise the ID token says truthfully what was achieved.
-        or (
-            not fresh
-            and user is not None
-            and not authn.satisfies(session.acr, req.acr_values)
-            and await mfa.has_second_factor(rt.db, user.id)
-        )
-    )
-    if login_needed:
-        if "none" in prompt:
-            return await _respond(_error_redirect(errors.LoginRequired(), target))
-        return await _park(req, interaction, session, "login")
-    assert session is not None and user is not None
-
-    if not consented and not client.first_party:
-        granted = await consents.granted_scopes(rt.db, user.id, client.id)
-        if "consent" in prompt or not set(req.scopes) <= granted:
-            if "none" in prompt:
-                return await _respond(_error_redirect(errors.ConsentRequired(), target))
-            return await _park(req, interaction, session, "consent")
-
-    if interaction is not None and not await rt.interactions.finish(interaction.id):
-        raise InvalidRequest("This sign-in request has already been completed.")
-    issued = await issue_authorization_code(
-        rt.db,
-        req,
-        user_id=user.id,
-        session_id=session.sid,
-        auth_time=session.auth_time,
-        amr=session.amr,
-        acr=authn.acr_claim(session.acr, req.acr_values),
-        ttl=rt.settings.tokens.authorization_code_ttl,
-    )
-    # The interaction cookie stays: it binds the browser, and other interactions started in other
-    # tabs of the same browser still need it (it expires with them).
-    return await _respond(_authorization_response(target, {"code": issued.code}))
+        # The error response held back until the user signed in.
+        if await current_session() is None:
+            return _bind_browser(
+                see_other(interactions.login_location(parked.id)), read_cookie(interactions.COOKIE_NAME)
+            )
+        await find_client(rt.db, parked.client_id)  # disabled meanwhile: fatal, no redirect
+        if not await rt.interactions.finish(parked.id):
+            raise InvalidRequest("This sign-in request has already been completed.")
+        return await _authorization_response(parked.target, parked.response)
+    client = await find_client(rt.db, parked.request.client_id)
+    return await _decide(client, parked.request, parked)
 
 
 @pages.route("/authorize/consent/<interaction_id>", methods=["GET", "POST"])
 async def consent(interaction_id: str) -> Response:
     rt = runtime()
-    interaction = await _load_interaction(interaction_id)
+    interaction = await rt.interactions.resume_request(interaction_id, read_cookie(interactions.COOKIE_NAME))
     client = await find_client(rt.db, interaction.request.client_id)
     session = await current_session()
     if session is None:
@@ -408,7 +267,7 @@ async def consent(interaction_id: str) -> Response:
     req = interaction.request
     if request.method == "GET":
         let_forms_leave_site()  # Allow and Deny both end at the client's redirect URI
-        html = await render_template(
+        return await _page(
             "oauth/consent.html",
             client=client,
             scopes=[(scope, describe_scope(scope)) for scope in req.scopes],
@@ -416,17 +275,11 @@ async def consent(interaction_id: str) -> Response:
             csrf_token=csrf_token(),
             redirect_host=urlsplit(req.redirect_uri).netloc or req.redirect_uri,
         )
-        return _no_store(Response(html, content_type="text/html; charset=utf-8"))
     await require_csrf()
     decision = (await request.form).get("decision")
     if decision not in ("allow", "deny"):
         raise InvalidRequest("Choose Allow or Deny.")
-    if decision == "deny":
-        await rt.interactions.finish(interaction.id)
-        return await _respond(_error_redirect(errors.AccessDenied("The user denied the request."), req.target))
-    await consents.grant(rt.db, session.user_id, client.id, req.scopes)
-    await rt.events.publish(ConsentGranted(user_id=session.user_id, client=client.id, scopes=tuple(req.scopes)))
-    return await _continue(client, req, interaction, consented=True)
+    return await _decide(client, req, interaction, allow=decision == "allow")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -470,17 +323,16 @@ async def _authenticated_client(form: dict[str, str], endpoint: str) -> OAuthCli
     return client
 
 
+def _protector() -> BearerProtector:
+    rt = runtime()
+    return BearerProtector(rt.tokens, rt.subjects, StoredParties(rt.db))
+
+
 @blueprint.post("/token")
 async def token() -> Response:
     form = await _form()
     client = await _authenticated_client(form, "/token")
-    result = await handle_token_request(runtime().grants, client, form)
-    return _no_store(jsonify(result))
-
-
-def _protector() -> BearerProtector:
-    rt = runtime()
-    return BearerProtector(rt.tokens, rt.subjects, StoredParties(rt.db))
+    return _no_store(jsonify(await handle_token_request(runtime().grants, client, form)))
 
 
 @blueprint.route("/userinfo", methods=["GET", "POST"])
