@@ -31,7 +31,7 @@ from idp.oauth.authorize import (
     response_parameters,
     with_query,
 )
-from idp.oauth.client_auth import authenticate_client, parse_client_credentials
+from idp.oauth.client_auth import authenticate_request
 from idp.oauth.discovery import provider_metadata
 from idp.oauth.grants import find_refresh_token, handle_token_request
 from idp.oauth.interaction_policy import AuthorizationState
@@ -294,33 +294,18 @@ async def _form() -> dict[str, str]:
     return single_values(await request.form)
 
 
-# The endpoints where clients authenticate, and what the 429 says was attempted too often. Each
-# has counters of its own (a resource server introspecting a lot can't starve the same client's
-# token requests) under the [rate_limits] token_per_ip / token_per_client settings.
-CLIENT_AUTH_ENDPOINTS = {
-    "/token": "token requests",
-    "/introspect": "introspection requests",
-    "/revoke": "revocation requests",
-}
-
-
 async def _authenticated_client(form: dict[str, str], endpoint: str) -> OAuthClient:
-    """Client authentication for the token (RFC 6749 §2.3), introspection (RFC 7662 §2.1) and
-    revocation (RFC 7009 §2.1) endpoints, with their rate limits (ASVS 6.3.1, 15.2.2)."""
     rt = runtime()
-    what = CLIENT_AUTH_ENDPOINTS[endpoint]
-    authorization = single_header(request.headers.getlist("Authorization"))
-    # Before authentication only the address is counted: secret guessing is limited, but client
-    # ids are public, so failures counted per client would let anyone lock a client out.
-    await enforce_limits({"token_per_ip": f"{endpoint} {client_ip()}"}, what)
-    credentials = parse_client_credentials(authorization, form)
-    client = await authenticate_client(
-        rt.db, rt.kv, credentials, issuer=rt.settings.issuer, endpoint_url=f"{rt.settings.issuer}{endpoint}"
+    return await authenticate_request(
+        endpoint,
+        single_header(request.headers.getlist("Authorization")),
+        form,
+        db=rt.db,
+        kv=rt.kv,
+        issuer=rt.settings.issuer,
+        ip=client_ip(),
+        enforce_limits=enforce_limits,
     )
-    # Only an authenticated client spends its own budget. (An assertion refused with 429 here is
-    # spent: its jti was recorded while authenticating, so a replayed one can't use the budget.)
-    await enforce_limits({"token_per_client": f"{endpoint} {client.id}"}, what)
-    return client
 
 
 def _protector() -> BearerProtector:

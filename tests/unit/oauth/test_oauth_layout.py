@@ -1,5 +1,5 @@
 """The protocol core's one-home rules, checked on the code: discovery advertises what the code
-implements, and the standard scopes are defined once."""
+implements, the standard scopes are defined once, and oauth/routes.py only translates HTTP."""
 
 from __future__ import annotations
 
@@ -60,3 +60,26 @@ def test_the_standard_scopes_are_written_down_once() -> None:
     for path in sorted(OAUTH.glob("*.py")):
         if path.name != "scopes.py":
             assert _standard_scope_literals(path) == [], path.name
+
+
+def _imported_modules(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_the_routes_talk_to_no_storage() -> None:
+    """oauth/routes.py reads the request, calls the core, renders: no repository, no SQL."""
+    imported = _imported_modules(OAUTH / "routes.py")
+    assert not {name for name in imported if name.startswith(("sqlalchemy", "idp.storage.repositories"))}
+    assert "idp.storage.db" not in imported
+
+
+def test_the_routes_stay_thin_and_no_module_grows_past_600_lines() -> None:
+    sizes = {path.name: len(path.read_text().splitlines()) for path in OAUTH.glob("*.py")}
+    assert sizes["routes.py"] < 400, sizes["routes.py"]
+    assert max(sizes.values()) <= 600, sizes
