@@ -25,6 +25,7 @@ from idp.accounts.sessions import BrowserSession, SessionStore
 from idp.errors import InvalidRequest
 from idp.events import EventBus, LoggedOut
 from idp.oauth.authorize import with_query
+from idp.oauth.params import single_value
 from idp.oauth.subjects import SubjectResolver
 from idp.oauth.tokens import TokenInvalid, TokenService
 from idp.storage.db import Database
@@ -68,11 +69,6 @@ class LogoutRequest:
         return with_query(uri, {"state": self.state} if self.state else {})
 
 
-def _param(params: Mapping[str, Any], name: str) -> str | None:
-    value = params.get(name) or None
-    return None if value is None else str(value)
-
-
 def _hint_audience(claims: Mapping[str, Any]) -> Any:
     audience = claims.get("aud")
     return audience if isinstance(audience, str) else (audience[0] if audience else None)
@@ -81,12 +77,15 @@ def _hint_audience(claims: Mapping[str, Any]) -> Any:
 async def parse_logout_request(
     params: Mapping[str, Any], *, tokens: TokenService, find_client: ClientFinder
 ) -> LogoutRequest:
-    """Validate the request's id_token_hint, client_id and post_logout_redirect_uri (in that
-    order); InvalidRequest (an error page) for the first that fails."""
-    hint = _param(params, "id_token_hint")
-    redirect_to = _param(params, "post_logout_redirect_uri")
-    state = _param(params, "state")
-    client_id = _param(params, "client_id")
+    """Validate the request's parameters, then its id_token_hint, client_id and
+    post_logout_redirect_uri (in that order); InvalidRequest (an error page) for the first that
+    fails."""
+    # RFC 6749 §3.1, as at every protocol endpoint: a repeated parameter is refused (which hint,
+    # client or redirect URI would be trusted is otherwise a matter of which copy is read).
+    hint = single_value(params, "id_token_hint")
+    redirect_to = single_value(params, "post_logout_redirect_uri")
+    state = single_value(params, "state")
+    client_id = single_value(params, "client_id")
 
     hint_claims: dict[str, Any] | None = None
     if hint is not None:

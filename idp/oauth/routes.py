@@ -36,7 +36,7 @@ from idp.oauth.discovery import provider_metadata
 from idp.oauth.grants import find_refresh_token, handle_token_request
 from idp.oauth.interaction_policy import AuthorizationState
 from idp.oauth.interactions import Interaction, ParkedError
-from idp.oauth.params import single_header, single_values
+from idp.oauth.params import single_header, single_value, single_values
 from idp.oauth.resource import BearerProtector, StoredParties
 from idp.oauth.scopes import describe_scope
 from idp.oauth.userinfo import userinfo_claims
@@ -276,7 +276,7 @@ async def consent(interaction_id: str) -> Response:
             redirect_host=urlsplit(req.redirect_uri).netloc or req.redirect_uri,
         )
     await require_csrf()
-    decision = (await request.form).get("decision")
+    decision = single_value(await request.form, "decision")
     if decision not in ("allow", "deny"):
         raise InvalidRequest("Choose Allow or Deny.")
     return await _decide(client, req, interaction, allow=decision == "allow")
@@ -367,7 +367,7 @@ async def end_session() -> Response:
     session = await current_session()
     if session is not None and not logout.hint_confirms(logout_request, session, rt.subjects):
         # ASVS 10.6.2: without a valid hint for this session, the user confirms (no forced logout).
-        if request.method == "POST" and params.get("confirm") == "yes":
+        if request.method == "POST" and single_value(params, "confirm") == "yes":
             await require_csrf()
         else:
             if logout_request.post_logout_redirect_uri is not None:

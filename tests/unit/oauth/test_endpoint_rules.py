@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import pytest
+from werkzeug.datastructures import MultiDict
 
 from idp.errors import InvalidRequest
 from idp.oauth import errors, introspection, logout, revocation
@@ -165,3 +166,10 @@ async def test_only_a_hint_of_this_session_confirms_the_logout() -> None:
     assert logout.hint_confirms(hinted, make_session(sid="sid-2"), subjects)  # same user
     assert not logout.hint_confirms(hinted, make_session(sid="sid-2", user_id="user-2"), subjects)
     assert not logout.hint_confirms(await parse(client_id="web"), make_session(), subjects)
+
+
+async def test_a_repeated_logout_parameter_is_refused() -> None:
+    parties = FakeParties({"web": make_client()})
+    params = MultiDict([("client_id", "web"), ("client_id", "web")])
+    with pytest.raises(errors.InvalidRequest, match="client_id is repeated"):
+        await logout.parse_logout_request(params, tokens=cast(Any, FakeTokens()), find_client=parties.client)
