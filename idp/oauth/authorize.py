@@ -15,9 +15,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
-from idp.oauth import errors
+from idp.oauth import errors, pkce
 from idp.oauth.params import all_values, single_value
+from idp.oauth.scopes import OPENID
 from idp.security.tokens import random_token, sha256_digest
 from idp.storage.db import Database
 from idp.storage.models import AuthorizationCode, OAuthClient, utcnow
@@ -25,9 +27,6 @@ from idp.storage.repositories import ClientRepository
 
 RESPONSE_MODES = ("query", "form_post")
 PROMPTS = ("none", "login", "consent", "select_account", "create")
-# RFC 7636 §4.1: 43-128 characters of the unreserved set. Used with fullmatch: "$" would also
-# match before a trailing newline.
-_PKCE_VALUE = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 # Numeric parameters are ASCII digits only: str.isdigit() and int() also take superscript,
 # Arabic-Indic and fullwidth digits (and int() "+1", " 1", "1_0"). Ten digits bound the value.
 _ASCII_NUMBER = re.compile(r"[0-9]{1,10}")
@@ -57,6 +56,25 @@ class RedirectTarget:
     redirect_uri: str
     state: str | None
     response_mode: str
+
+
+def with_query(uri: str, params: Mapping[str, str]) -> str:
+    """``uri`` with ``params`` added to its query; a query the URI was registered with is kept
+    (RFC 6749 §3.1.2)."""
+    if not params:
+        return uri
+    separator = "&" if urlsplit(uri).query else "?"
+    return f"{uri}{separator}{urlencode(params)}"
+
+
+def response_parameters(target: RedirectTarget, params: Mapping[str, str], issuer: str) -> dict[str, str]:
+    """What goes back to the redirect URI: ``params`` (a code, or an error), the request's
+    ``state`` (RFC 6749 §4.1.2) and the issuer (RFC 9207 ``iss``, against mix-up attacks)."""
+    payload = dict(params)
+    if target.state is not None:
+        payload["state"] = target.state
+    payload["iss"] = issuer
+    return payload
 
 
 class AuthorizationErrorRedirect(Exception):
@@ -92,7 +110,7 @@ class AuthorizationRequest:
 
     @property
     def is_openid(self) -> bool:
-        return "openid" in self.scopes
+        return OPENID in self.scopes
 
     @property
     def target(self) -> RedirectTarget:
@@ -191,7 +209,7 @@ def verify_client_and_redirect(client: OAuthClient, params: Mapping[str, Any]) -
 def _asks_for_openid(params: Mapping[str, Any]) -> bool:
     # Phase one can't rely on the scope parsing of phase two: a repeated scope is an error there,
     # so any of its values asking for openid counts.
-    return any("openid" in value.split() for value in all_values(params, "scope"))
+    return any(OPENID in value.split() for value in all_values(params, "scope"))
 
 
 def asks_prompt_none(params: Mapping[str, Any]) -> bool:
@@ -241,18 +259,11 @@ def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarge
         raise errors.InvalidAuthorizationScope(f"scope not allowed for this client: {' '.join(not_allowed)}")
 
     challenge = single_value(params, "code_challenge")
-    method = single_value(params, "code_challenge_method")
-    if challenge is None:
-        if method is not None:
-            raise errors.InvalidRequest("code_challenge_method without code_challenge")
-        if client.require_pkce or client.client_type == "public":
-            # RFC 9700 §2.1.1, ASVS 10.4.6: PKCE for every client by default.
-            raise errors.InvalidRequest("code_challenge is required (PKCE with S256)")
-    else:
-        if (method or "plain") != "S256":
-            raise errors.InvalidRequest("code_challenge_method must be S256 (plain is not allowed)")
-        if not _PKCE_VALUE.fullmatch(challenge):
-            raise errors.InvalidRequest("code_challenge must be 43-128 characters of [A-Za-z0-9-._~]")
+    method = pkce.check_challenge(
+        challenge,
+        single_value(params, "code_challenge_method"),
+        required=client.require_pkce or client.client_type == "public",
+    )
 
     prompt = (single_value(params, "prompt") or "").split()
     for value in prompt:
@@ -288,7 +299,7 @@ def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarge
         state=target.state,
         nonce=nonce,
         code_challenge=challenge,
-        code_challenge_method="S256" if challenge else None,
+        code_challenge_method=method,
         prompt=prompt,
         max_age=max_age,
         login_hint=login_hint[:320] if login_hint else None,

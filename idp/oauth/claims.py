@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -15,7 +16,7 @@ SCOPE_CLAIMS: dict[str, tuple[str, ...]] = {
 SUPPORTED_CLAIMS = ("sub", "iss", "auth_time", "acr", "amr", "sid", *SCOPE_CLAIMS["profile"], *SCOPE_CLAIMS["email"])
 
 
-def user_claims(user: User, scopes: list[str], subject: str, picture_base_url: str) -> dict[str, Any]:
+def user_claims(user: User, scopes: Collection[str], subject: str, picture_base_url: str) -> dict[str, Any]:
     claims: dict[str, Any] = {"sub": subject}
     if "profile" in scopes:
         for name in PROFILE_CLAIMS:

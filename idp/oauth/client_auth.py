@@ -1,6 +1,7 @@
 """Client authentication at the token, introspection and revocation endpoints.
 
-The route parses what the request carried (``parse_client_credentials``), then
+``authenticate_request`` is what the endpoints call: it counts the attempt against the rate
+limits, parses what the request carried (``parse_client_credentials``), then
 ``authenticate_client`` returns the registered, enabled client or raises ``InvalidClient`` /
 ``InvalidRequest``. Supported methods: ``client_secret_basic``, ``client_secret_post``,
 ``private_key_jwt`` and ``none`` (public clients). A client must use exactly the method it is
@@ -44,9 +45,11 @@ __all__ = (
     "ASSERTION_LEEWAY",
     "ASSERTION_MAX_LIFETIME",
     "ASSERTION_TYPE",
+    "CLIENT_AUTH_ENDPOINTS",
     "ClientCredentials",
     "JWKSFetcher",
     "authenticate_client",
+    "authenticate_request",
     "parse_client_credentials",
 )
 
@@ -62,6 +65,18 @@ ASSERTION_MAX_LIFETIME = 3600
 
 JWKSFetcher = Callable[[str], Awaitable[Mapping[str, Any]]]
 """Fetches a client's ``jwks_uri`` and returns the JWK Set; raises on any failure."""
+RateLimits = Callable[[dict[str, str | None], str], Awaitable[None]]
+"""Counts an attempt against the named limits ({limit: subject}), raising past any of them; the
+second argument names what was attempted (idp.web.enforce_limits)."""
+
+# The endpoints where clients authenticate, and what the 429 says was attempted too often. Each
+# has counters of its own (a resource server introspecting a lot can't starve the same client's
+# token requests) under the [rate_limits] token_per_ip / token_per_client settings.
+CLIENT_AUTH_ENDPOINTS = {
+    "/token": "token requests",
+    "/introspect": "introspection requests",
+    "/revoke": "revocation requests",
+}
 
 SECRET_METHODS = ("client_secret_basic", "client_secret_post")
 ASSERTION_METHOD = "private_key_jwt"
@@ -162,6 +177,31 @@ def parse_client_credentials(authorization_header: str | None, form: Mapping[str
 
 
 # -- authentication ----------------------------------------------------------------------------
+
+
+async def authenticate_request(
+    endpoint: str,
+    authorization_header: str | None,
+    form: Mapping[str, str],
+    *,
+    db: Database,
+    kv: KeyValueStore,
+    issuer: str,
+    ip: str,
+    enforce_limits: RateLimits,
+) -> OAuthClient:
+    """Client authentication at the token (RFC 6749 §2.3), introspection (RFC 7662 §2.1) and
+    revocation (RFC 7009 §2.1) endpoints, with their rate limits (ASVS 6.3.1, 15.2.2)."""
+    what = CLIENT_AUTH_ENDPOINTS[endpoint]
+    # Before authentication only the address is counted: secret guessing is limited, but client
+    # ids are public, so failures counted per client would let anyone lock a client out.
+    await enforce_limits({"token_per_ip": f"{endpoint} {ip}"}, what)
+    credentials = parse_client_credentials(authorization_header, form)
+    client = await authenticate_client(db, kv, credentials, issuer=issuer, endpoint_url=f"{issuer}{endpoint}")
+    # Only an authenticated client spends its own budget. (An assertion refused with 429 here is
+    # spent: its jti was recorded while authenticating, so a replayed one can't use the budget.)
+    await enforce_limits({"token_per_client": f"{endpoint} {client.id}"}, what)
+    return client
 
 
 async def authenticate_client(

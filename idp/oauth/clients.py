@@ -12,16 +12,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from idp.events import ClientCreated, ClientSecretRotated, EventBus
+from idp.oauth.grants import GRANTS
+from idp.oauth.scopes import STANDARD_SCOPES
 from idp.security.hosts import is_loopback_host
 from idp.security.tokens import random_token, secret_digest
 from idp.storage.db import Database
 from idp.storage.models import OAuthClient
 from idp.storage.repositories import ClientRepository
 
-GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
+# What a client may register for is what the token endpoint's registry implements.
+GRANT_TYPES = tuple(GRANTS)
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 SIGNING_ALGS = ("RS256", "ES256", "Ed25519", "EdDSA")
-STANDARD_SCOPES = ("openid", "profile", "email", "offline_access")
 # Patterns are used with fullmatch only: "^...$" with match() also accepts a trailing newline.
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
@@ -158,7 +160,7 @@ def validate_spec(spec: ClientSpec) -> ClientSpec:
     if spec.backchannel_logout_uri is not None:
         _check_uri("backchannel_logout_uri", spec.backchannel_logout_uri, "web", redirect=False)
 
-    scopes = _dedupe(spec.scopes or ["openid", "profile", "email", "offline_access"])
+    scopes = _dedupe(spec.scopes or list(STANDARD_SCOPES))
     for scope in scopes:
         if not _SCOPE_TOKEN.fullmatch(scope) or len(scope) > 100:
             raise ClientValidationError("scopes", f"{scope!r} is not a valid scope token (RFC 6749 §3.3)")

@@ -8,8 +8,6 @@ the same authorization (RFC 9700 §4.2.4, §4.14.2).
 from __future__ import annotations
 
 import abc
-import base64
-import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,17 +20,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from idp.accounts.sessions import BrowserSession, SessionStore
 from idp.config import TokenSettings
 from idp.events import EventBus, TokenIssued, TokenRevoked
-from idp.oauth import errors
+from idp.oauth import errors, pkce
 from idp.oauth.params import single_value
+from idp.oauth.scopes import OFFLINE_ACCESS, OPENID, USER_SCOPES
 from idp.oauth.subjects import SubjectResolver
 from idp.oauth.tokens import REFRESH_TOKEN_TYP, TokenInvalid, TokenService
 from idp.security.tokens import random_token, sha256_digest
 from idp.storage.db import Database
 from idp.storage.models import AuthorizationCode, OAuthClient, RefreshToken, User, utcnow
 from idp.storage.repositories import UserRepository
-
-_PKCE_VERIFIER_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-USER_SCOPES = frozenset({"openid", "profile", "email", "offline_access"})
 
 
 @dataclass
@@ -54,7 +50,7 @@ class GrantContext:
             return True
         return (
             self.session_end_revokes == "online"
-            and "offline_access" in scope.split()
+            and OFFLINE_ACCESS in scope.split()
             and "refresh_token" in client.grant_types
         )
 
@@ -64,10 +60,6 @@ def _form_value(form: Mapping[str, Any], name: str, *, required: bool = True) ->
     if value is None and required:
         raise errors.InvalidRequest(f"{name} is required")
     return value
-
-
-def s256(verifier: str) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
 
 
 def _as_timestamp(value: datetime) -> int:
@@ -143,7 +135,7 @@ async def issue_tokens(
         "expires_in": ctx.tokens.access_token_ttl,
         "scope": scope,
     }
-    if "openid" in scopes:
+    if OPENID in scopes:
         response["id_token"] = ctx.tokens.issue_id_token(
             subject=subject,
             client_id=client.id,
@@ -305,18 +297,7 @@ class AuthorizationCodeGrant(Grant):
             raise errors.InvalidGrant("redirect_uri does not match the authorization request.")
 
     def check_pkce(self, row: AuthorizationCode) -> None:
-        verifier = _form_value(self.form, "code_verifier", required=False)
-        if row.code_challenge is None:
-            if verifier is not None:
-                # RFC 9700 §4.8.2: a verifier without a challenge is a PKCE downgrade attempt.
-                raise errors.InvalidGrant("code_verifier given, but the authorization request had no code_challenge.")
-            return
-        if verifier is None:
-            raise errors.InvalidGrant("code_verifier is required (PKCE).")
-        if not 43 <= len(verifier) <= 128 or not set(verifier) <= _PKCE_VERIFIER_CHARS:
-            raise errors.InvalidGrant("code_verifier must be 43-128 characters of [A-Za-z0-9-._~].")
-        if not hmac.compare_digest(s256(verifier), row.code_challenge):
-            raise errors.InvalidGrant("code_verifier does not match the code_challenge.")
+        pkce.check_verifier(_form_value(self.form, "code_verifier", required=False), row.code_challenge)
 
     async def consume(self, unit_of_work: AsyncSession, row: AuthorizationCode) -> bool:
         """Mark the code used; False when another request already did (a replay)."""
@@ -521,7 +502,7 @@ async def revoke_session_grants(ctx: GrantContext, user_id: str, sid: str, *, ke
     grants = {
         (family, owner)
         for family, owner, scope, revoked_at in refresh_rows
-        if revoked_at is None and not (keep_offline and "offline_access" in scope.split())
+        if revoked_at is None and not (keep_offline and OFFLINE_ACCESS in scope.split())
     }
     for grant, owner in code_rows:
         if grant not in with_refresh_tokens and await ctx.tokens.grant_has_access_tokens(grant):

@@ -16,13 +16,44 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import urlencode
 
+from idp.errors import InvalidRequest
 from idp.oauth.authorize import AuthorizationRequest, RedirectTarget
 from idp.security.tokens import random_token, sha256_digest
 from idp.storage.kv import KeyValueStore
 
 _PREFIX = "interaction:"
 COOKIE_NAME = "idp_interaction"
+GONE = "This sign-in request has expired or was started in another browser. Return to the application and start again."
+
+
+def usable_binding(binding: str | None) -> str:
+    """The browser's interaction binding (the cookie's value), or a new one."""
+    return binding if binding and 20 <= len(binding) <= 100 else random_token(32)
+
+
+# Where the browser goes while an interaction waits: local pages that get back here through a
+# resume URL only (the login and sign-up pages know nothing of OAuth).
+
+
+def resume_path(interaction_id: str) -> str:
+    return f"/authorize/resume/{interaction_id}"
+
+
+def login_location(interaction_id: str, login_hint: str | None = None) -> str:
+    query = {"return_to": resume_path(interaction_id)}
+    if login_hint:
+        query["login_hint"] = login_hint
+    return f"/login?{urlencode(query)}"
+
+
+def registration_location(interaction_id: str) -> str:
+    return f"/register?{urlencode({'return_to': resume_path(interaction_id)})}"
+
+
+def consent_location(interaction_id: str) -> str:
+    return f"/authorize/consent/{interaction_id}"
 
 
 @dataclass
@@ -122,6 +153,21 @@ class InteractionStore:
             browser_digest=data["browser_digest"],
             prior_auth_id=data.get("prior_auth_id"),
         )
+
+    async def resume(self, interaction_id: str, browser_binding: str | None) -> Interaction | ParkedError:
+        """The parked request or error of this browser; InvalidRequest (an error page, never a
+        redirect: the request can't be tied to this browser any more) when there is none."""
+        parked = await self.load(interaction_id, browser_binding)
+        if parked is None:
+            raise InvalidRequest(GONE)
+        return parked
+
+    async def resume_request(self, interaction_id: str, browser_binding: str | None) -> Interaction:
+        """The parked request of this browser (a parked error has no consent step)."""
+        parked = await self.resume(interaction_id, browser_binding)
+        if not isinstance(parked, Interaction):
+            raise InvalidRequest(GONE)
+        return parked
 
     async def finish(self, interaction_id: str) -> bool:
         """Single use: True only for the caller that removed it."""

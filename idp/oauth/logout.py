@@ -1,22 +1,143 @@
-"""Back-Channel Logout 1.0: signed logout tokens POSTed to each client's registered endpoint.
+"""Logout: RP-Initiated Logout 1.0 (the end_session endpoint's rules) and Back-Channel Logout
+1.0 (signed logout tokens POSTed to each client's registered endpoint).
 
-Delivery runs in background tasks with retries so the user's logout never waits on a relying
-party; failures are logged as warnings (there is no audit event for them yet), never raised to the
-user.
+RP-initiated: ``parse_logout_request`` validates the request before anything happens; a bad
+hint, client or post-logout redirect URI is an error page, never a redirect (RP-Initiated Logout
+§3). A valid ``id_token_hint`` of this browser's session proves the user wants out
+(``hint_confirms``); otherwise the user confirms first (ASVS 10.6.2). ``log_out`` ends the session.
+
+Back-channel: delivery runs in background tasks with retries so the user's logout never waits on
+a relying party; failures are logged as warnings (there is no audit event for them yet), never
+raised to the user.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
-from idp.oauth.tokens import TokenService
+from idp.accounts.sessions import BrowserSession, SessionStore
+from idp.errors import InvalidRequest
+from idp.events import EventBus, LoggedOut
+from idp.oauth.authorize import with_query
+from idp.oauth.params import single_value
+from idp.oauth.subjects import SubjectResolver
+from idp.oauth.tokens import TokenInvalid, TokenService
 from idp.storage.db import Database
 from idp.storage.models import OAuthClient
 from idp.storage.repositories import ClientRepository
+
+ClientFinder = Callable[[str], Awaitable[OAuthClient | None]]
+
+
+# -- RP-Initiated Logout 1.0 ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogoutRequest:
+    """A validated logout request: which client asked (if any), and where to send the browser."""
+
+    client: OAuthClient | None = None
+    post_logout_redirect_uri: str | None = None
+    state: str | None = None
+    # The verified claims of the id_token_hint, if one was sent.
+    hint_claims: dict[str, Any] | None = None
+
+    @property
+    def initiated_by(self) -> str:
+        return "client" if self.client else "user"
+
+    def confirmation_fields(self) -> dict[str, str]:
+        """What the confirmation form sends back: the request without its hint."""
+        fields = (
+            ("post_logout_redirect_uri", self.post_logout_redirect_uri),
+            ("state", self.state),
+            ("client_id", self.client.id if self.client else None),
+        )
+        return {name: value for name, value in fields if value}
+
+    def redirect_location(self) -> str | None:
+        """The post-logout redirect URI with ``state`` (RP-Initiated Logout §3), if one was asked for."""
+        uri = self.post_logout_redirect_uri
+        if uri is None:
+            return None
+        return with_query(uri, {"state": self.state} if self.state else {})
+
+
+def _hint_audience(claims: Mapping[str, Any]) -> Any:
+    audience = claims.get("aud")
+    return audience if isinstance(audience, str) else (audience[0] if audience else None)
+
+
+async def parse_logout_request(
+    params: Mapping[str, Any], *, tokens: TokenService, find_client: ClientFinder
+) -> LogoutRequest:
+    """Validate the request's parameters, then its id_token_hint, client_id and
+    post_logout_redirect_uri (in that order); InvalidRequest (an error page) for the first that
+    fails."""
+    # RFC 6749 §3.1, as at every protocol endpoint: a repeated parameter is refused (which hint,
+    # client or redirect URI would be trusted is otherwise a matter of which copy is read).
+    hint = single_value(params, "id_token_hint")
+    redirect_to = single_value(params, "post_logout_redirect_uri")
+    state = single_value(params, "state")
+    client_id = single_value(params, "client_id")
+
+    hint_claims: dict[str, Any] | None = None
+    if hint is not None:
+        try:
+            hint_claims = tokens.verify_id_token_hint(hint)
+        except TokenInvalid:
+            raise InvalidRequest("The id_token_hint is not a valid ID token issued by this server.") from None
+        hint_client = _hint_audience(hint_claims)
+        if client_id is not None and client_id != hint_client:
+            raise InvalidRequest("client_id does not match the id_token_hint.")
+        client_id = hint_client
+
+    client: OAuthClient | None = None
+    if client_id is not None:
+        client = await find_client(str(client_id))
+        if client is None:
+            raise InvalidRequest("The client is unknown.")
+    if redirect_to is not None:
+        # RP-Initiated Logout §3: only a URI registered for the identified client, matched exactly.
+        if client is None:
+            raise InvalidRequest("post_logout_redirect_uri needs an id_token_hint or client_id.")
+        if redirect_to not in client.post_logout_redirect_uris:
+            raise InvalidRequest("The post_logout_redirect_uri is not registered for this client.")
+    return LogoutRequest(client=client, post_logout_redirect_uri=redirect_to, state=state, hint_claims=hint_claims)
+
+
+def hint_confirms(request: LogoutRequest, session: BrowserSession, subjects: SubjectResolver) -> bool:
+    """Whether the id_token_hint describes ``session`` (its sid, or its user): only then is the
+    request proof enough that this user wants to sign out, without asking (ASVS 10.6.2)."""
+    claims = request.hint_claims
+    if claims is None:
+        return False
+    hint_user = subjects.user_id_for(request.client, str(claims.get("sub")))
+    return claims.get("sid") == session.sid or hint_user == session.user_id
+
+
+async def log_out(session: BrowserSession, request: LogoutRequest, *, sessions: SessionStore, events: EventBus) -> None:
+    """End the browser's session; its end sends back-channel logout to the session's clients (a
+    SessionEnded subscriber)."""
+    await sessions.end(session, reason="logout")
+    await events.publish(
+        LoggedOut(
+            user_id=session.user_id,
+            sid=session.sid,
+            initiated_by=request.initiated_by,
+            client=request.client.id if request.client else None,
+        )
+    )
+
+
+# -- Back-Channel Logout 1.0 --------------------------------------------------------------------------
+
 
 log = logging.getLogger("idp.backchannel")
 

@@ -260,6 +260,11 @@ class TokenService:
             raise TokenInvalid(f"claims invalid ({exc.error}: {exc.description})") from None
         return claims
 
+    def verify_id_token_hint(self, token: str) -> dict[str, Any]:
+        """An ID token this server issued, to any client, expired or not: what an id_token_hint
+        must be (OIDC Core §3.1.2.1; RP-Initiated Logout §2). Raises TokenInvalid."""
+        return self.verify(token, typ=ID_TOKEN_TYP, audience=None, check_expiry=False)
+
     async def verify_access_token(self, token: str) -> dict[str, Any]:
         claims = self.verify(token, typ=ACCESS_TOKEN_TYP, audience=self.access_token_audience)
         jti = claims.get("jti")

@@ -909,6 +909,22 @@ async def test_denying_consent_is_access_denied(client: Any, world: World, runti
     await assert_error_page(again, "invalid_request")
 
 
+async def test_a_repeated_consent_decision_is_refused(client: Any, world: World, runtime: Any) -> None:
+    """Read through idp.oauth.params like every parameter here: the first copy does not win."""
+    await login(client, world.email)
+    response = await get_authorize(client, auth_params(world.web_id))
+    location = response.headers["Location"]
+    page = await client.get(location)
+    form = [("csrf_token", csrf_from(await text_of(page))), ("decision", "allow"), ("decision", "deny")]
+    refused = await client.post(
+        location, data=urlencode(form), headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert "decision is repeated" in await assert_error_page(refused, "invalid_request")
+    assert await code_count(runtime) == 0
+    async with runtime.db.session() as session:
+        assert (await session.execute(select(Consent))).first() is None
+
+
 async def test_first_party_clients_skip_consent(client: Any, world: World, runtime: Any) -> None:
     client_id, _ = await add_client(
         runtime,

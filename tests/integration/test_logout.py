@@ -301,6 +301,23 @@ async def test_unknown_client_id_is_an_error_page(client: Any, runtime: Any) -> 
     assert await runtime.sessions.load(cookie) is not None
 
 
+@pytest.mark.parametrize("name", ["id_token_hint", "post_logout_redirect_uri", "state", "client_id"])
+async def test_a_repeated_parameter_is_an_error_page(client: Any, runtime: Any, name: str) -> None:
+    """RFC 6749 §3.1, as at every protocol endpoint (idp.oauth.params): which hint, client or
+    redirect URI would be trusted is not left to which copy is read. Nothing ends."""
+    world, tokens, cookie = await signed_in(client, runtime)
+    params = {
+        "id_token_hint": tokens["id_token"],
+        "post_logout_redirect_uri": BYE,
+        "state": "s",
+        "client_id": world.web_id,
+    }
+    response = await client.get(f"/logout?{urlencode([*params.items(), (name, params[name])])}")
+    await assert_error_page(response, f"{name} is repeated")
+    assert await runtime.sessions.load(cookie) is not None
+    assert await logged_out_events(runtime) == []
+
+
 # -- RP-initiated logout: confirmation (ASVS 10.6.2) --------------------------------------------
 
 
@@ -344,6 +361,17 @@ async def test_confirmation_without_csrf_is_forbidden(client: Any, runtime: Any)
         response = await client.post("/logout", form=form)
         assert response.status_code == 403
         assert "Location" not in response.headers
+    assert await runtime.sessions.load(cookie) is not None
+    assert await logged_out_events(runtime) == []
+
+
+async def test_a_repeated_confirmation_is_an_error_page(client: Any, runtime: Any) -> None:
+    world, _, cookie = await signed_in(client, runtime)
+    page = await logout(client, client_id=world.web_id)
+    token = csrf_from(await page.get_data(as_text=True))
+    body = urlencode([("csrf_token", token), ("client_id", world.web_id), ("confirm", "yes"), ("confirm", "yes")])
+    response = await client.post("/logout", data=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    await assert_error_page(response, "confirm is repeated")
     assert await runtime.sessions.load(cookie) is not None
     assert await logged_out_events(runtime) == []
 
