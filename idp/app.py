@@ -68,9 +68,9 @@ def build_app(settings: Settings) -> IdPApp:
 
 def _register_blueprints(app: IdPApp) -> None:
     from idp.accounts.api import blueprint as account_api
-    from idp.accounts.mfa_routes import blueprint as mfa_pages
-    from idp.accounts.routes import blueprint as accounts
-    from idp.accounts.session_routes import blueprint as session_pages
+    from idp.accounts.profile.pages import blueprint as accounts
+    from idp.accounts.sessions.pages import blueprint as session_pages
+    from idp.accounts.signin.pages import blueprint as mfa_pages
     from idp.health import blueprint as health
     from idp.oauth.routes import blueprint as oauth
     from idp.oauth.routes import pages as oauth_pages

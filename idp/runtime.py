@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from idp.accounts import notifications, pictures
-from idp.accounts.authn import PendingLogins
+from idp.accounts import notifications
 from idp.accounts.password_policy import PasswordPolicy
-from idp.accounts.recovery import AccountContext
-from idp.accounts.sessions import SessionStore
+from idp.accounts.profile import pictures
+from idp.accounts.recovery.passwords import AccountContext
+from idp.accounts.sessions.store import SessionStore
+from idp.accounts.signin.authn import PendingLogins
 from idp.audit import AuditLogger
 from idp.config import Settings, decode_kek
 from idp.cors import CorsPolicy

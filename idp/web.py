@@ -8,10 +8,11 @@ from urllib.parse import urlsplit
 
 from quart import Response, g, redirect, request
 
-from idp.accounts import devices, login
-from idp.accounts.devices import DEVICE_COOKIE
-from idp.accounts.login import PasswordCheckRefused
-from idp.accounts.sessions import BrowserSession, TooManySessions
+from idp.accounts.sessions import devices
+from idp.accounts.sessions.devices import DEVICE_COOKIE
+from idp.accounts.sessions.store import BrowserSession, TooManySessions
+from idp.accounts.signin import password as login
+from idp.accounts.signin.password import PasswordCheckRefused
 from idp.errors import Conflict, Forbidden, TooManyRequests
 from idp.events import LoginSucceeded, NewDeviceSignIn, set_actor
 from idp.http import runtime, settings
@@ -130,7 +131,7 @@ def too_many_attempts(exc: PasswordCheckRefused) -> TooManyRequests:
 
 
 async def reauthenticate(user_id: str, password: str) -> None:
-    """The signed-in user's password again (idp.accounts.login.reauthenticate), as a sign-in attempt
+    """The signed-in user's password again (idp.accounts.signin.password.reauthenticate), as a sign-in attempt
     from this browser: its IP, and its device cookie telling whether it is the owner's. Raises
     AccountError("password", …) when wrong, TooManyRequests (429, Retry-After) when refused."""
     try:

@@ -8,7 +8,7 @@ application is granted let it *read* claims, not rewrite the profile, change the
 history. Changing the address also needs a recent sign-in (RFC 9470 step-up).
 
 Cross-origin calls are answered for the web origins registered on clients, never with credentials.
-The domain work lives in ``idp.accounts.profile``; this module translates HTTP.
+The domain work lives in ``idp.accounts.profile.profile``; this module translates HTTP.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any, NoReturn
 from quart import Blueprint, Response, jsonify, request
 
 from idp import cors
-from idp.accounts import profile
-from idp.accounts.login import PasswordCheckRefused, reauthenticate
+from idp.accounts.profile import profile
+from idp.accounts.signin.password import PasswordCheckRefused, reauthenticate
 from idp.accounts.users import AccountError
 from idp.errors import (
     BearerTokenMissing,
@@ -271,7 +271,7 @@ async def change_email() -> tuple[Response, int]:
 @blueprint.delete("")
 async def delete_account() -> Response:
     """Delete the account and everything held about it; confirmed with the password."""
-    from idp.accounts import deletion
+    from idp.accounts.profile import deletion
 
     caller = await authenticate("openid")
     body = await json_body()
@@ -310,7 +310,7 @@ async def get_activity() -> Response:
 async def export() -> Response:
     caller = await authenticate("openid", "profile", "email")
     rt = runtime()
-    from idp.accounts import sessions
+    from idp.accounts.sessions import store as sessions
 
     current = caller.claims.get("sid")
     data = await profile.export_account(
@@ -348,7 +348,7 @@ async def _picture_upload(limit: int) -> bytes:
 @blueprint.put("/picture")
 async def put_picture() -> Response:
     """Set the profile picture; answers the profile with the new `picture` URL."""
-    from idp.accounts import pictures
+    from idp.accounts.profile import pictures
 
     caller = await authenticate("openid", "profile")
     rt = runtime()
@@ -370,7 +370,7 @@ async def put_picture() -> Response:
 
 @blueprint.delete("/picture")
 async def delete_picture() -> Response:
-    from idp.accounts import pictures
+    from idp.accounts.profile import pictures
 
     caller = await authenticate("openid", "profile")
     rt = runtime()
@@ -412,7 +412,7 @@ async def _with_password(*members: str) -> tuple[Caller, dict[str, Any]]:
 
 
 async def _check_password(caller: Caller, body: dict[str, Any]) -> None:
-    """The ``password`` member, checked as a sign-in attempt from the caller's IP (idp.accounts.login
+    """The ``password`` member, checked as a sign-in attempt from the caller's IP (idp.accounts.signin.password
     .reauthenticate). A Bearer request carries no device cookie, so it counts as an unknown
     browser: the per-account limit and the account-wide lock apply. Too many: 429 rate_limited."""
     password = _string(body, "password", "a string")
@@ -450,7 +450,7 @@ def _api_binding(caller: Caller) -> str:
 
 @blueprint.get("/mfa")
 async def get_mfa() -> Response:
-    from idp.accounts import mfa, passkeys
+    from idp.accounts.security import mfa, passkeys
 
     caller = await authenticate("openid")
     rt = runtime()
@@ -465,7 +465,7 @@ async def get_mfa() -> Response:
 
 @blueprint.post("/mfa/totp")
 async def start_totp() -> tuple[Response, int]:
-    from idp.accounts import mfa
+    from idp.accounts.security import mfa
 
     caller, _body = await _with_password()
     rt = runtime()
@@ -492,7 +492,7 @@ async def start_totp() -> tuple[Response, int]:
 
 @blueprint.post("/mfa/totp/confirm")
 async def confirm_totp() -> Response:
-    from idp.accounts import mfa
+    from idp.accounts.security import mfa
 
     caller = await authenticate("openid")
     body = await json_body()
@@ -512,7 +512,7 @@ async def confirm_totp() -> Response:
 
 @blueprint.delete("/mfa/totp")
 async def delete_totp() -> Response:
-    from idp.accounts import mfa
+    from idp.accounts.security import mfa
 
     caller = await authenticate("openid")
     body = await json_body()
@@ -528,7 +528,7 @@ async def delete_totp() -> Response:
 
 @blueprint.post("/mfa/recovery-codes")
 async def new_recovery_codes() -> Response:
-    from idp.accounts import mfa
+    from idp.accounts.security import mfa
 
     caller, _body = await _with_password()
     rt = runtime()
@@ -541,7 +541,8 @@ async def new_recovery_codes() -> Response:
 
 @blueprint.post("/passkeys/options")
 async def passkey_options() -> Response:
-    from idp.accounts import authn, passkeys
+    from idp.accounts.security import passkeys
+    from idp.accounts.signin import authn
 
     caller, _body = await _with_password()
     rt = runtime()
@@ -559,7 +560,8 @@ async def passkey_options() -> Response:
 
 @blueprint.post("/passkeys")
 async def add_passkey() -> tuple[Response, int]:
-    from idp.accounts import authn, passkeys
+    from idp.accounts.security import passkeys
+    from idp.accounts.signin import authn
 
     caller = await authenticate("openid")
     body = await json_body()
@@ -587,7 +589,7 @@ async def add_passkey() -> tuple[Response, int]:
 
 @blueprint.patch("/passkeys/<passkey_id>")
 async def rename_passkey(passkey_id: str) -> Response:
-    from idp.accounts import passkeys
+    from idp.accounts.security import passkeys
 
     caller = await authenticate("openid")
     body = await json_body()
@@ -605,7 +607,7 @@ async def rename_passkey(passkey_id: str) -> Response:
 
 @blueprint.delete("/passkeys/<passkey_id>")
 async def delete_passkey(passkey_id: str) -> Response:
-    from idp.accounts import passkeys
+    from idp.accounts.security import passkeys
 
     caller, _body = await _with_password()
     if not await passkeys.remove_passkey(runtime().db, runtime().events, caller.user.id, passkey_id[:64]):
@@ -620,7 +622,7 @@ async def delete_passkey(passkey_id: str) -> Response:
 
 @blueprint.get("/sessions")
 async def list_sessions() -> Response:
-    from idp.accounts import sessions
+    from idp.accounts.sessions import store as sessions
 
     caller = await authenticate("openid")
     rt = runtime()
@@ -635,7 +637,7 @@ async def _reauthenticated(caller: Caller) -> None:
     """ASVS 7.5.2: ending another session needs a fresh authentication: the token's sign-in is at
     most REAUTH_WINDOW old, or the body carries the password. Otherwise RFC 9470's challenge tells
     the app to sign the user in again with max_age."""
-    from idp.accounts.sessions import REAUTH_WINDOW
+    from idp.accounts.sessions.store import REAUTH_WINDOW
 
     # A body is optional here: an empty DELETE or POST relies on a recent sign-in.
     body = await json_body() if request.content_length or request.mimetype else {}

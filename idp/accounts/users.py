@@ -100,7 +100,7 @@ async def create_user(
     db: Database, hasher: PasswordHasher, events: EventBus, new: NewUser, policy: PasswordPolicy | None = None
 ) -> User:
     """Create an account (the CLI, the demo, tests); self-service registration is
-    idp.accounts.recovery.register. Raises AccountError, and changes nothing, when the input is
+    idp.accounts.recovery.passwords.register. Raises AccountError, and changes nothing, when the input is
     refused or the address has an account already."""
     email, name = check_new_user(new, policy)
     password_hash = await hasher.hash(new.password) if new.password is not None else None

@@ -14,8 +14,10 @@ from urllib.parse import urlencode, urlsplit
 from quart import Blueprint, Response, g, jsonify, render_template, request
 
 from idp import cors
-from idp.accounts import authn, consents, mfa
-from idp.accounts.sessions import BrowserSession
+from idp.accounts.apps import consents
+from idp.accounts.security import mfa
+from idp.accounts.sessions.store import BrowserSession
+from idp.accounts.signin import authn
 from idp.errors import InvalidRequest, UnsupportedMediaType
 from idp.events import ConsentGranted, LoggedOut
 from idp.http import runtime

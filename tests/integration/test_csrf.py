@@ -20,7 +20,8 @@ from urllib.parse import quote, urlencode
 import pytest
 from sqlalchemy import select
 
-from idp.accounts import consents, mfa, passkeys
+from idp.accounts.apps import consents
+from idp.accounts.security import mfa, passkeys
 from idp.storage.models import Base
 from tests.mfa_helpers import Clock, enable_totp, outbox_subjects, text
 from tests.oauth_helpers import (

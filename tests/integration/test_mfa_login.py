@@ -12,7 +12,8 @@ import pyotp
 import pytest
 from sqlalchemy import select
 
-from idp.accounts import authn, mfa
+from idp.accounts.security import mfa
+from idp.accounts.signin import authn
 from idp.storage.models import RecoveryCode
 from tests.mfa_helpers import (
     SESSION_COOKIE,
@@ -278,7 +279,8 @@ async def test_discovery_lists_the_acr_values(client: Any) -> None:
 
 
 async def test_password_reset_keeps_the_second_factor(client: Any, runtime: Any, world: World, clock: Clock) -> None:
-    from idp.accounts import links, recovery
+    from idp.accounts import links
+    from idp.accounts.recovery import passwords as recovery
 
     await enable_totp(runtime, world.user_id, clock)
     token = await links.issue(runtime.db, purpose=links.RESET_PASSWORD, user_id=world.user_id, ttl=600)
@@ -293,7 +295,7 @@ async def test_password_reset_keeps_the_second_factor(client: Any, runtime: Any,
 async def test_second_factor_allows_the_shorter_password_length(
     client: Any, runtime: Any, world: World, clock: Clock
 ) -> None:
-    from idp.accounts import recovery
+    from idp.accounts.recovery import passwords as recovery
     from idp.accounts.users import AccountError
 
     await login(client, world.email)

@@ -11,7 +11,7 @@ import pyotp
 import pytest
 from sqlalchemy import select
 
-from idp.accounts import mfa
+from idp.accounts.security import mfa
 from idp.storage.models import AuditEvent, MfaCredential, RecoveryCode
 from tests.integration.test_account_api import api_world, bearer, token_for
 from tests.mfa_helpers import ORIGIN, SESSION_COOKIE, Clock, enable_totp, outbox_subjects, text

@@ -1,4 +1,4 @@
-"""Passkeys (idp.accounts.passkeys): WebAuthn registration, second-factor and passwordless sign-in,
+"""Passkeys (idp.accounts.security.passkeys): WebAuthn registration, second-factor and passwordless sign-in,
 and management, on both databases and both key-value stores.
 
 The browser and authenticator are tests/webauthn_soft.py. Every refusal asserts the reason and
@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy import pool, select, text, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from idp.accounts import mfa, passkeys
-from idp.accounts.passkeys import Passkey, PasskeyAssertion, PasskeyError, RelyingParty
+from idp.accounts.security import mfa, passkeys
+from idp.accounts.security.passkeys import Passkey, PasskeyAssertion, PasskeyError, RelyingParty
 from idp.accounts.users import AccountError
 from idp.storage import migrate
 from idp.storage.models import AuditEvent, MfaCredential, utcnow

@@ -14,8 +14,8 @@ from urllib.parse import urlencode
 
 from quart import Blueprint, Response, render_template, request, url_for
 
-from idp.accounts import sessions
-from idp.accounts.sessions import BrowserSession
+from idp.accounts.sessions import store as sessions
+from idp.accounts.sessions.store import BrowserSession
 from idp.accounts.users import AccountError
 from idp.http import runtime
 from idp.storage.models import User

@@ -1,8 +1,8 @@
 """Second factors in the browser: the sign-in step after the password, passwordless sign-in with
 a passkey, enrolment when policy requires a second factor, and the account's security page.
 
-The domain work is in ``idp.accounts.mfa`` (TOTP, recovery codes) and ``idp.accounts.passkeys``
-(WebAuthn); ``idp.accounts.authn`` says what each path proved (``amr``/``acr``). WebAuthn
+The domain work is in ``idp.accounts.security.mfa`` (TOTP, recovery codes) and ``idp.accounts.security.passkeys``
+(WebAuthn); ``idp.accounts.signin.authn`` says what each path proved (``amr``/``acr``). WebAuthn
 ceremonies are JSON calls from ``static/passkeys.js``, CSRF-checked through ``X-CSRF-Token``.
 
 Every second-factor attempt (TOTP, recovery code, passkey assertion) counts against the
@@ -17,10 +17,11 @@ from typing import Any
 
 from quart import Blueprint, Response, jsonify, render_template, request, url_for
 
-from idp.accounts import authn, mfa, passkeys
 from idp.accounts.api import json_body
-from idp.accounts.authn import PENDING_COOKIE, PendingLogin
-from idp.accounts.sessions import BrowserSession
+from idp.accounts.security import mfa, passkeys
+from idp.accounts.sessions.store import BrowserSession
+from idp.accounts.signin import authn
+from idp.accounts.signin.authn import PENDING_COOKIE, PendingLogin
 from idp.accounts.users import AccountError
 from idp.errors import InvalidRequest, TooManyRequests
 from idp.events import LoginFailed

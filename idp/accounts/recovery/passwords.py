@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from idp.accounts import links
-from idp.accounts.login import PasswordSignIn, reauthenticate
-from idp.accounts.mfa import has_second_factor
 from idp.accounts.password_policy import PasswordPolicy, PasswordRejected
-from idp.accounts.sessions import BrowserSession, SessionStore
+from idp.accounts.security.mfa import has_second_factor
+from idp.accounts.sessions.store import BrowserSession, SessionStore
+from idp.accounts.signin.password import PasswordSignIn, reauthenticate
 from idp.accounts.users import AccountError, check_email, new_user_row
 from idp.config import AccountSettings
 from idp.events import (
@@ -397,7 +397,7 @@ async def change_password(
     sessions (ASVS 7.4.3) and returns how many ended.
 
     The current password is checked as a sign-in attempt from ``ip`` (``device_token``: the
-    browser's device cookie), see idp.accounts.login.reauthenticate: PasswordCheckRefused when
+    browser's device cookie), see idp.accounts.signin.password.reauthenticate: PasswordCheckRefused when
     there were too many."""
     user = await reauthenticate(
         ctx.sign_in,

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, render_template, request, url_for
 
-from idp.accounts import authn, mfa, mfa_routes
-from idp.accounts.login import LoginFailure, PasswordCheckRefused, sign_in_with_password
+from idp.accounts.security import mfa
+from idp.accounts.signin import authn
+from idp.accounts.signin import pages as mfa_routes
+from idp.accounts.signin.password import LoginFailure, PasswordCheckRefused, sign_in_with_password
 from idp.http import runtime
 from idp.web import (
     SESSION_COOKIE,
@@ -93,7 +95,7 @@ async def login_submit() -> Response:
 @blueprint.get("/account/apps")
 async def connected_apps() -> Response:
     """Applications the user has allowed, with what they may access (ASVS 10.7.3)."""
-    from idp.accounts import consents
+    from idp.accounts.apps import consents
 
     session = await current_session()
     if session is None:
@@ -112,7 +114,7 @@ async def connected_apps() -> Response:
 @blueprint.post("/account/apps/<client_id>/withdraw")
 async def withdraw_app(client_id: str) -> Response:
     """Withdraw consent: the app must ask again, and its tokens for this user stop working."""
-    from idp.accounts import consents
+    from idp.accounts.apps import consents
     from idp.errors import NotFound
 
     session = await current_session()
@@ -237,7 +239,7 @@ async def register() -> Response:
 async def register_submit() -> Response:
     from quart import current_app
 
-    from idp.accounts import recovery
+    from idp.accounts.recovery import passwords as recovery
     from idp.accounts.users import AccountError
 
     await _registration_enabled()
@@ -321,7 +323,7 @@ async def _invalid_verification_link() -> Response:
 
 @blueprint.post("/verify-email")
 async def verify_email_submit() -> Response:
-    from idp.accounts import recovery
+    from idp.accounts.recovery import passwords as recovery
 
     await require_csrf()
     rt = runtime()
@@ -356,7 +358,7 @@ async def verify_email_submit() -> Response:
 async def resend_verification() -> Response:
     from quart import current_app
 
-    from idp.accounts import recovery
+    from idp.accounts.recovery import passwords as recovery
 
     return_to = _return_to(request.args.get("return_to"))
     if request.method == "GET":
@@ -406,7 +408,7 @@ def _limit_subject(email: str | None) -> str | None:
 async def forgot_password() -> Response:
     from quart import current_app
 
-    from idp.accounts import recovery
+    from idp.accounts.recovery import passwords as recovery
 
     if request.method == "GET":
         return await _form_page(
@@ -471,7 +473,7 @@ async def _invalid_reset_link() -> Response:
 
 @blueprint.post("/reset-password")
 async def reset_password_submit() -> Response:
-    from idp.accounts import recovery
+    from idp.accounts.recovery import passwords as recovery
     from idp.accounts.users import AccountError
 
     await require_csrf()
@@ -510,7 +512,7 @@ async def _change_form(errors: dict[str, str] | None = None, status: int = 200) 
 
 @blueprint.route("/account/password", methods=["GET", "POST"])
 async def change_password() -> Response:
-    from idp.accounts import recovery
+    from idp.accounts.recovery import passwords as recovery
     from idp.accounts.users import AccountError
 
     session = await current_session()
@@ -545,7 +547,7 @@ async def change_password() -> Response:
 
 
 # -- profile, activity and export pages ------------------------------------------------------
-# The same domain functions as the account API (idp.accounts.profile): the same validation, the
+# The same domain functions as the account API (idp.accounts.profile.profile): the same validation, the
 # same events; only the transport differs (a signed-in browser session and CSRF-checked forms).
 
 # RFC 9470-style step-up, as the API: changing the sign-in address needs a sign-in this recent.
@@ -615,7 +617,7 @@ async def _profile_page(
 ) -> Response:
     import asyncio
 
-    from idp.accounts import profile
+    from idp.accounts.profile import profile
     from idp.storage.repositories import UserRepository
 
     rt = runtime()
@@ -654,7 +656,7 @@ async def profile_page() -> Response:
     """Edit the profile claims; the same rules and event as PATCH /api/account/profile."""
     import asyncio
 
-    from idp.accounts import profile
+    from idp.accounts.profile import profile
     from idp.accounts.users import AccountError
 
     session = await current_session()
@@ -683,7 +685,7 @@ async def profile_page() -> Response:
 @blueprint.post("/account/email")
 async def request_email_change_page() -> Response:
     """Ask for a new sign-in address: a link goes to it; the same answer whether or not it is taken."""
-    from idp.accounts import profile
+    from idp.accounts.profile import profile
     from idp.accounts.users import AccountError
 
     session = await current_session()
@@ -714,7 +716,7 @@ async def request_email_change_page() -> Response:
 @blueprint.get("/account/activity")
 async def activity_page() -> Response:
     """The user's own audit trail, newest first, 20 at a time (``before`` is the cursor)."""
-    from idp.accounts import profile
+    from idp.accounts.profile import profile
     from idp.accounts.users import AccountError
 
     session = await current_session()
@@ -748,14 +750,14 @@ async def export_page() -> Response:
     """Download what the account API's export returns (a GET: it changes nothing)."""
     from quart import jsonify
 
-    from idp.accounts import profile
     from idp.accounts.api import EXPORT_FILENAME
+    from idp.accounts.profile import profile
 
     session = await current_session()
     if session is None:
         return see_other("/login?return_to=/account/export")
     rt = runtime()
-    from idp.accounts import sessions
+    from idp.accounts.sessions import store as sessions
 
     data = await profile.export_account(
         rt.db,
@@ -774,7 +776,7 @@ async def export_page() -> Response:
 @blueprint.route("/account/email/confirm", methods=["GET", "POST"])
 async def confirm_email_change() -> Response:
     """The link mailed to a new address: GET only shows a button (mail scanners prefetch links)."""
-    from idp.accounts import profile
+    from idp.accounts.profile import profile
 
     rt = runtime()
     if request.method == "GET":
@@ -815,7 +817,7 @@ async def confirm_email_change() -> Response:
 @blueprint.route("/account/delete", methods=["GET", "POST"])
 async def delete_account() -> Response:
     """Delete the account and everything held about it, confirmed with the password."""
-    from idp.accounts import deletion
+    from idp.accounts.profile import deletion
     from idp.accounts.users import AccountError
 
     session = await current_session()
@@ -861,7 +863,7 @@ PICTURE_CACHE_CONTROL = "public, max-age=86400, immutable"
 
 
 async def _picture_form(user_id: str, *, error: str | None = None, status: int = 200) -> Response:
-    from idp.accounts.profile import picture_url
+    from idp.accounts.profile.profile import picture_url
     from idp.storage.models import User
 
     rt = runtime()
@@ -881,7 +883,7 @@ async def _picture_form(user_id: str, *, error: str | None = None, status: int =
 @blueprint.route("/account/picture", methods=["GET", "POST"])
 async def picture_page() -> Response:
     """Upload (multipart, CSRF-checked) or remove the profile picture."""
-    from idp.accounts import pictures
+    from idp.accounts.profile import pictures
     from idp.accounts.users import AccountError
 
     session = await current_session()

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
-from idp.accounts.passkeys import RelyingParty
+from idp.accounts.security.passkeys import RelyingParty
 from idp.config import WebAuthnSettings
 from idp.security.tokens import random_token, sha256_digest
 from idp.storage.kv import KeyValueStore

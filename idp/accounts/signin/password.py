@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from idp.accounts import devices
+from idp.accounts.sessions import devices
 from idp.accounts.users import AccountError
 from idp.events import AccountLocked, EventBus, LoginFailed
 from idp.security.lockout import LockedOut, LoginGuard
