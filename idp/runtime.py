@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from idp.accounts import notifications
+from idp.accounts.context import AccountContext
 from idp.accounts.password_policy import PasswordPolicy
 from idp.accounts.profile import pictures
-from idp.accounts.recovery.passwords import AccountContext
 from idp.accounts.sessions.store import SessionStore
 from idp.accounts.signin.authn import PendingLogins
 from idp.audit import AuditLogger

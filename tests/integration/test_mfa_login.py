@@ -280,12 +280,12 @@ async def test_discovery_lists_the_acr_values(client: Any) -> None:
 
 async def test_password_reset_keeps_the_second_factor(client: Any, runtime: Any, world: World, clock: Clock) -> None:
     from idp.accounts import links
-    from idp.accounts.recovery import passwords as recovery
+    from idp.accounts.recovery import passwords
 
     await enable_totp(runtime, world.user_id, clock)
     token = await links.issue(runtime.db, purpose=links.RESET_PASSWORD, user_id=world.user_id, ttl=600)
     new_password = "quiet-harbour-lamp-1973"
-    await recovery.reset_password(runtime.accounts, token, new_password, ip="127.0.0.1")
+    await passwords.reset_password(runtime.accounts, token, new_password, ip="127.0.0.1")
     response = await login(client, world.email, password=new_password)
     assert response.headers["Location"] == "/login/mfa"
     assert cookie_value(client, SESSION_COOKIE) is None
@@ -295,13 +295,13 @@ async def test_password_reset_keeps_the_second_factor(client: Any, runtime: Any,
 async def test_second_factor_allows_the_shorter_password_length(
     client: Any, runtime: Any, world: World, clock: Clock
 ) -> None:
-    from idp.accounts.recovery import passwords as recovery
+    from idp.accounts.recovery import passwords
     from idp.accounts.users import AccountError
 
     await login(client, world.email)
     session = await runtime.sessions.load(cookie_value(client, SESSION_COOKIE))
     short = "vB7#qz!Lm2"  # 10 characters: below min_length (15), above min_length_with_mfa (8)
     with pytest.raises(AccountError):
-        await recovery.change_password(runtime.accounts, session, PASSWORD, short, ip=None)
+        await passwords.change_password(runtime.accounts, session, PASSWORD, short, ip=None)
     await enable_totp(runtime, world.user_id, clock)
-    await recovery.change_password(runtime.accounts, session, PASSWORD, short, ip=None)
+    await passwords.change_password(runtime.accounts, session, PASSWORD, short, ip=None)

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import Column, delete, func, or_, select, update
 
-from idp.accounts.recovery.passwords import AccountContext
+from idp.accounts.context import AccountContext
 from idp.accounts.signin.password import reauthenticate
 from idp.accounts.users import AccountError
 from idp.events import AccountDeleted, AccountDeleting, get_context

@@ -239,7 +239,8 @@ async def register() -> Response:
 async def register_submit() -> Response:
     from quart import current_app
 
-    from idp.accounts.recovery import passwords as recovery
+    from idp.accounts.context import deferred_mail, in_background
+    from idp.accounts.registration import signup
     from idp.accounts.users import AccountError
 
     await _registration_enabled()
@@ -262,8 +263,8 @@ async def register_submit() -> Response:
         try:
             # Mail goes out after the answer: only a fresh address gets a verification link and
             # only a taken one a notice, and the SMTP time must not tell them apart (ASVS 6.3.8).
-            with recovery.deferred_mail() as outbox:
-                await recovery.register(
+            with deferred_mail() as outbox:
+                await signup.register(
                     runtime().accounts,
                     email=email,
                     password=password,
@@ -274,7 +275,7 @@ async def register_submit() -> Response:
         except AccountError as exc:
             errors[exc.field] = exc.message
         else:
-            current_app.add_background_task(recovery.in_background, runtime().accounts.deliver(*outbox))
+            current_app.add_background_task(in_background, runtime().accounts.deliver(*outbox))
     if errors:
         return await _register_page(
             return_to=return_to, email=_echo(email, 320), name=_echo(name, 200), errors=errors, status=400
@@ -323,12 +324,12 @@ async def _invalid_verification_link() -> Response:
 
 @blueprint.post("/verify-email")
 async def verify_email_submit() -> Response:
-    from idp.accounts.recovery import passwords as recovery
+    from idp.accounts.registration import signup
 
     await require_csrf()
     rt = runtime()
     form = await request.form
-    verified = await recovery.verify_email(rt.accounts, form.get("token"), csrf_binding())
+    verified = await signup.verify_email(rt.accounts, form.get("token"), csrf_binding())
     if verified is None:
         return await _invalid_verification_link()
     return_to = _return_to(verified.return_to, "/account")
@@ -358,7 +359,8 @@ async def verify_email_submit() -> Response:
 async def resend_verification() -> Response:
     from quart import current_app
 
-    from idp.accounts.recovery import passwords as recovery
+    from idp.accounts.context import in_background
+    from idp.accounts.registration import signup
 
     return_to = _return_to(request.args.get("return_to"))
     if request.method == "GET":
@@ -381,8 +383,8 @@ async def resend_verification() -> Response:
     )
     # After the answer: a link is made and mailed only for an unverified account (ASVS 6.3.8).
     current_app.add_background_task(
-        recovery.in_background,
-        recovery.resend_verification(
+        in_background,
+        signup.resend_verification(
             runtime().accounts,
             form.get("email") or "",
             return_to=_return_to(form.get("return_to")) or None,
@@ -408,6 +410,7 @@ def _limit_subject(email: str | None) -> str | None:
 async def forgot_password() -> Response:
     from quart import current_app
 
+    from idp.accounts.context import in_background
     from idp.accounts.recovery import passwords as recovery
 
     if request.method == "GET":
@@ -428,7 +431,7 @@ async def forgot_password() -> Response:
     # The same answer, in the same time, whether or not the address has an account (ASVS 6.3.8):
     # the look-up, the link and the mail all happen after it.
     current_app.add_background_task(
-        recovery.in_background, recovery.request_password_reset(runtime().accounts, form.get("email") or "")
+        in_background, recovery.request_password_reset(runtime().accounts, form.get("email") or "")
     )
     return await _message(
         "Check your email",

@@ -28,7 +28,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from idp.accounts import links
-from idp.accounts.recovery.passwords import AccountContext
+from idp.accounts.context import AccountContext
 from idp.accounts.users import AccountError, check_email
 from idp.events import EmailChanged, EmailChangeRequested, EventBus, ProfileUpdated
 from idp.storage.db import Database
