@@ -14,7 +14,7 @@ from idp.accounts.context import AccountContext
 from idp.accounts.password_policy import PasswordPolicy
 from idp.accounts.profile import pictures
 from idp.accounts.sessions.store import SessionStore
-from idp.accounts.signin.authn import PendingLogins
+from idp.accounts.signin.pending import PendingLogins
 from idp.audit import AuditLogger
 from idp.config import Settings, decode_kek
 from idp.cors import CorsPolicy

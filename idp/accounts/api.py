@@ -542,14 +542,13 @@ async def new_recovery_codes() -> Response:
 @blueprint.post("/passkeys/options")
 async def passkey_options() -> Response:
     from idp.accounts.security import passkeys
-    from idp.accounts.signin import authn
 
     caller, _body = await _with_password()
     rt = runtime()
     ceremony, options = await passkeys.registration_options(
         rt.db,
         rt.kv,
-        authn.relying_party(rt.settings.issuer, rt.settings.webauthn),
+        passkeys.relying_party(rt.settings.issuer, rt.settings.webauthn),
         user_id=caller.user.id,
         user_name=caller.user.email,
         display_name=caller.user.name or caller.user.email,
@@ -561,7 +560,6 @@ async def passkey_options() -> Response:
 @blueprint.post("/passkeys")
 async def add_passkey() -> tuple[Response, int]:
     from idp.accounts.security import passkeys
-    from idp.accounts.signin import authn
 
     caller = await authenticate("openid")
     body = await json_body()
@@ -575,7 +573,7 @@ async def add_passkey() -> tuple[Response, int]:
             rt.db,
             rt.kv,
             rt.events,
-            authn.relying_party(rt.settings.issuer, rt.settings.webauthn),
+            passkeys.relying_party(rt.settings.issuer, rt.settings.webauthn),
             user_id=caller.user.id,
             ceremony_id=_string(body, "ceremony", "the id returned with the options"),
             binding=_api_binding(caller),

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from idp.accounts.security import mfa
 from idp.accounts.signin import authn
+from idp.accounts.signin.pending import PENDING_COOKIE
 from idp.storage.models import RecoveryCode
 from tests.mfa_helpers import (
     SESSION_COOKIE,
@@ -54,7 +55,7 @@ async def test_totp_user_gets_no_session_until_the_code(client: Any, runtime: An
     assert response.status_code == 303
     assert response.headers["Location"] == "/login/mfa"
     assert cookie_value(client, SESSION_COOKIE) is None
-    assert cookie_value(client, authn.PENDING_COOKIE)
+    assert cookie_value(client, PENDING_COOKIE)
     # Nothing behind the password is reachable yet.
     assert (await client.get("/account")).headers["Location"].startswith("/login")
 
@@ -68,7 +69,7 @@ async def test_totp_user_gets_no_session_until_the_code(client: Any, runtime: An
     session = await runtime.sessions.load(cookie_value(client, SESSION_COOKIE))
     assert session is not None and session.user_id == world.user_id
     assert session.amr == ["pwd", "otp", "mfa"] and session.acr == authn.ACR_MFA
-    assert cookie_value(client, authn.PENDING_COOKIE) is None
+    assert cookie_value(client, PENDING_COOKIE) is None
     [event] = await audit(runtime, world.user_id, "login_succeeded")
     assert event.details["amr"] == ["pwd", "otp", "mfa"]
 
@@ -133,10 +134,10 @@ async def test_the_pending_sign_in_is_single_use(client: Any, runtime: Any, worl
     await login(client, world.email)
     page = await client.get("/login/mfa")
     token = csrf_from(await text(page))
-    pending_cookie = cookie_value(client, authn.PENDING_COOKIE)
+    pending_cookie = cookie_value(client, PENDING_COOKIE)
     assert (await post_code(client, "totp", pyotp.TOTP(secret).at(clock.now))).status_code == 303
     # Replaying the pending cookie (e.g. stolen before it was cleared) gets nothing.
-    client.set_cookie("localhost", authn.PENDING_COOKIE, pending_cookie or "")
+    client.set_cookie("localhost", PENDING_COOKIE, pending_cookie or "")
     clock.advance()
     again = await client.post(
         "/login/mfa", form={"csrf_token": token, "method": "totp", "code": pyotp.TOTP(secret).at(clock.now)}

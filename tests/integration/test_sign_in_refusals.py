@@ -9,13 +9,12 @@ from typing import Any
 
 from sqlalchemy import update
 
+from idp.accounts.signin.pending import PENDING_COOKIE
 from idp.storage.models import User
 from tests.integration.test_passkey_login import add_passkey, passwordless
 from tests.mfa_helpers import SESSION_COOKIE, Clock, audit, enable_totp, text, totp_answer
 from tests.oauth_helpers import World, add_user, cookie_value, login
 from tests.webauthn_soft import SoftAuthenticator
-
-PENDING_COOKIE = "idp_login"
 
 
 async def set_user(runtime: Any, user_id: str, **values: Any) -> None:

@@ -47,6 +47,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -91,6 +92,7 @@ from webauthn.helpers.structs import (
 )
 
 from idp.accounts.users import AccountError
+from idp.config import WebAuthnSettings
 from idp.events import EventBus, MfaDisabled, MfaEnabled, PasskeyRegistered, PasskeyRemoved, PasskeyRenamed
 from idp.security.tokens import random_token, sha256_digest
 from idp.storage.db import Database
@@ -172,6 +174,18 @@ class RelyingParty:
             raise ValueError("a relying party needs an id, a name and at least one origin")
         if self.challenge_ttl <= 0 or self.timeout_ms <= 0:
             raise ValueError("challenge_ttl and timeout_ms must be positive")
+
+
+def relying_party(issuer: str, settings: WebAuthnSettings) -> RelyingParty:
+    """The WebAuthn relying party from ``[webauthn]``: the issuer's host and origin by default."""
+    parts = urlsplit(issuer)
+    return RelyingParty(
+        id=settings.rp_id or parts.hostname or "localhost",
+        name=settings.rp_name,
+        origins=tuple(settings.origins or [f"{parts.scheme}://{parts.netloc}"]),
+        challenge_ttl=settings.challenge_ttl,
+        timeout_ms=settings.challenge_ttl * 1000,
+    )
 
 
 class PasskeyError(AccountError):

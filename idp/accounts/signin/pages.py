@@ -21,7 +21,7 @@ from idp.accounts.api import json_body
 from idp.accounts.security import mfa, passkeys
 from idp.accounts.sessions.store import BrowserSession
 from idp.accounts.signin import authn
-from idp.accounts.signin.authn import PENDING_COOKIE, PendingLogin
+from idp.accounts.signin.pending import PENDING_COOKIE, PendingLogin
 from idp.accounts.users import AccountError
 from idp.errors import InvalidRequest, TooManyRequests
 from idp.events import LoginFailed
@@ -92,7 +92,7 @@ async def _count_attempt(user_id: str | None) -> None:
 
 
 def relying_party(rt: Runtime) -> passkeys.RelyingParty:
-    return authn.relying_party(rt.settings.issuer, rt.settings.webauthn)
+    return passkeys.relying_party(rt.settings.issuer, rt.settings.webauthn)
 
 
 async def _registration_options(rt: Runtime, user: User, binding: str) -> Response:
