@@ -470,10 +470,10 @@ def users_enable(state: CliState, email: str, as_json: bool) -> None:
 @click.pass_obj
 def users_sessions(state: CliState, email: str, as_json: bool) -> None:
     """List where EMAIL is signed in (session id, browser, IP, times, applications)."""
-    from idp.accounts.sessions import store as sessions
+    from idp.accounts.sessions.store import describe_all
 
     async def action(rt: Any, user: Any) -> list[dict[str, Any]]:
-        return await sessions.describe_all(rt.sessions, rt.db, user.id, current_sid=None)
+        return await describe_all(rt.sessions, rt.db, user.id, current_sid=None)
 
     rows = _with_user(state, email, action, shared_state=True)
 

@@ -11,8 +11,6 @@ from quart import Response, g, redirect, request
 from idp.accounts.sessions import devices
 from idp.accounts.sessions.devices import DEVICE_COOKIE
 from idp.accounts.sessions.store import BrowserSession, TooManySessions
-from idp.accounts.signin import password as login
-from idp.accounts.signin.password import PasswordCheckRefused
 from idp.errors import Conflict, Forbidden, TooManyRequests
 from idp.events import LoginSucceeded, NewDeviceSignIn, set_actor
 from idp.http import runtime, settings
@@ -123,23 +121,6 @@ async def enforce_limits(attempts: dict[str, str | None], what: str) -> None:
 def device_token() -> str | None:
     """This browser's device cookie: it shows a browser that signed in to an account before."""
     return read_cookie(DEVICE_COOKIE)
-
-
-def too_many_attempts(exc: PasswordCheckRefused) -> TooManyRequests:
-    """A password check refused for too many attempts, as the 429 (with Retry-After) to answer."""
-    return TooManyRequests(exc.retry_after, exc.message)
-
-
-async def reauthenticate(user_id: str, password: str) -> None:
-    """The signed-in user's password again (idp.accounts.signin.password.reauthenticate), as a sign-in attempt
-    from this browser: its IP, and its device cookie telling whether it is the owner's. Raises
-    AccountError("password", …) when wrong, TooManyRequests (429, Retry-After) when refused."""
-    try:
-        await login.reauthenticate(
-            runtime().accounts.sign_in, user_id, password, ip=client_ip(), device_token=device_token()
-        )
-    except PasswordCheckRefused as exc:
-        raise too_many_attempts(exc) from None
 
 
 class SessionLimitReached(Conflict):

@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "idp"
 # The Quart-facing modules of a package: one per audience (pages, JSON API).
-WEB_MODULES = {"routes.py", "pages.py", "api.py"}
+WEB_MODULES = {"routes.py", "pages.py", "api.py", "web.py"}
 
 
 def imports_of(path: Path) -> set[str]:
