@@ -391,15 +391,8 @@ async def get_mfa() -> Response:
 @blueprint.post("/mfa/totp")
 async def start_totp() -> tuple[Response, int]:
     caller, _body = await _with_password()
-    rt = runtime()
     try:
-        enrolment = await mfa.start_totp_enrolment(
-            rt.db,
-            rt.encryptor,
-            caller.user.id,
-            issuer_name=mfa.totp_issuer_name(rt.settings.issuer, rt.settings.mfa.totp_issuer),
-            account_name=caller.user.email,
-        )
+        enrolment = await runtime().enrolment.start_totp(caller.user)
     except AccountError as exc:
         raise Conflict(exc.message) from None
     return (
@@ -421,11 +414,8 @@ async def confirm_totp() -> Response:
     credential_id = _string(body, "credential_id", "the id returned when the setup started")
     code = _string(body, "code", "the 6-digit code the app shows")
     await _count_code_attempt(caller.user.id)
-    rt = runtime()
     try:
-        codes = await mfa.confirm_totp_enrolment(
-            rt.db, rt.encryptor, rt.events, caller.user.id, credential_id[:64], code[:64], hasher=rt.passwords
-        )
+        codes = await runtime().enrolment.confirm_totp(caller.user.id, credential_id, code)
     except AccountError as exc:
         _invalid(exc)
     return jsonify(recovery_codes=codes)
@@ -459,17 +449,7 @@ async def new_recovery_codes() -> Response:
 @blueprint.post("/passkeys/options")
 async def passkey_options() -> Response:
     caller, _body = await _with_password()
-    rt = runtime()
-    ceremony, options = await passkeys.registration_options(
-        rt.db,
-        rt.kv,
-        passkeys.relying_party(rt.settings.issuer, rt.settings.webauthn),
-        user_id=caller.user.id,
-        user_name=caller.user.email,
-        display_name=caller.user.name or caller.user.email,
-        binding=_api_binding(caller),
-    )
-    return jsonify(ceremony=ceremony, publicKey=options)
+    return jsonify(await runtime().enrolment.passkey_options(caller.user, binding=_api_binding(caller)))
 
 
 @blueprint.post("/passkeys")
@@ -480,16 +460,11 @@ async def add_passkey() -> tuple[Response, int]:
     credential = body.get("credential")
     if not isinstance(credential, dict):
         raise InvalidField("credential", "is required (the PublicKeyCredential as JSON)")
-    rt = runtime()
     try:
-        key = await passkeys.register_passkey(
-            rt.db,
-            rt.kv,
-            rt.events,
-            passkeys.relying_party(rt.settings.issuer, rt.settings.webauthn),
-            user_id=caller.user.id,
-            ceremony_id=_string(body, "ceremony", "the id returned with the options"),
+        key = await runtime().enrolment.add_passkey(
+            caller.user.id,
             binding=_api_binding(caller),
+            ceremony=_string(body, "ceremony", "the id returned with the options"),
             credential=credential,
             name=str(body.get("name") or "Passkey"),
         )

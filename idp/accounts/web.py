@@ -217,65 +217,19 @@ async def start_second_step(user_id: str, return_to: str, *, enrol: bool) -> Res
 # -- enrolment of a second factor (during sign-in and on the security page) --------------------------
 
 
-def relying_party() -> passkeys.RelyingParty:
-    rt = runtime()
-    return passkeys.relying_party(rt.settings.issuer, rt.settings.webauthn)
+async def passkey_options(user: User, binding: str) -> Response:
+    """Start adding a passkey for a page's fetch() call (idp.accounts.security.enrolment)."""
+    return json_response(await runtime().enrolment.passkey_options(user, binding=binding))
 
 
-def _totp_issuer() -> str:
-    rt = runtime()
-    return mfa.totp_issuer_name(rt.settings.issuer, rt.settings.mfa.totp_issuer)
-
-
-async def totp_enrolment(user: User, retry: str | None) -> mfa.TotpEnrolment:
-    """The unconfirmed setup ``retry`` if it still exists, else a new one."""
-    rt = runtime()
-    issuer_name = _totp_issuer()
-    if retry:
-        found = await mfa.pending_totp_enrolment(
-            rt.db, rt.encryptor, user.id, retry, issuer_name=issuer_name, account_name=user.email
-        )
-        if found is not None:
-            return found
-    return await mfa.start_totp_enrolment(
-        rt.db, rt.encryptor, user.id, issuer_name=issuer_name, account_name=user.email
-    )
-
-
-async def start_totp_enrolment(user: User) -> mfa.TotpEnrolment:
-    rt = runtime()
-    return await mfa.start_totp_enrolment(
-        rt.db, rt.encryptor, user.id, issuer_name=_totp_issuer(), account_name=user.email
-    )
-
-
-async def passkey_registration_options(user: User, binding: str) -> Response:
-    rt = runtime()
-    ceremony, options = await passkeys.registration_options(
-        rt.db,
-        rt.kv,
-        relying_party(),
-        user_id=user.id,
-        user_name=user.email,
-        display_name=user.name or user.email,
-        binding=binding,
-    )
-    return json_response({"ceremony": ceremony, "publicKey": options})
-
-
-async def register_passkey(user_id: str, binding: str) -> passkeys.Passkey | Response:
-    """Finish a registration ceremony from the request body; an error response if it fails."""
-    rt = runtime()
+async def add_passkey(user_id: str, binding: str) -> passkeys.Passkey | Response:
+    """Finish adding a passkey from a page's fetch() call: the passkey, or the 400 to answer."""
     body = await json_body()
     try:
-        return await passkeys.register_passkey(
-            rt.db,
-            rt.kv,
-            rt.events,
-            relying_party(),
-            user_id=user_id,
-            ceremony_id=str(body.get("ceremony") or ""),
+        return await runtime().enrolment.add_passkey(
+            user_id,
             binding=binding,
+            ceremony=str(body.get("ceremony") or ""),
             credential=body.get("credential") or {},
             name=str(body.get("name") or "Passkey"),
         )

@@ -18,6 +18,7 @@ from idp.accounts.security import mfa, passkeys
 from idp.accounts.sessions.store import BrowserSession
 from idp.accounts.users import AccountError
 from idp.accounts.web import (
+    add_passkey,
     count_second_factor_attempt,
     json_body,
     json_error,
@@ -26,12 +27,9 @@ from idp.accounts.web import (
     mfa_pages,
     notice,
     page,
-    passkey_registration_options,
+    passkey_options,
     reauthenticate,
     recovery_codes_page,
-    register_passkey,
-    start_totp_enrolment,
-    totp_enrolment,
     totp_setup_page,
 )
 from idp.http import runtime
@@ -103,7 +101,7 @@ async def security_totp_start() -> Response:
         await reauthenticate(session.user_id, form.get("password") or "")
         user = await load_user(session.user_id)
         assert user is not None
-        enrolment = await start_totp_enrolment(user)
+        enrolment = await runtime().enrolment.start_totp(user)
     except AccountError as exc:
         return await _security_page(session.user_id, error=exc.message, status=400)
     return await totp_setup_page(enrolment)
@@ -118,21 +116,15 @@ async def security_totp_confirm() -> Response:
     session, form = signed_in
     await count_second_factor_attempt(session.user_id)
     try:
-        codes = await mfa.confirm_totp_enrolment(
-            rt.db,
-            rt.encryptor,
-            rt.events,
-            session.user_id,
-            form.get("credential_id") or "",
-            (form.get("code") or "")[:64],
-            hasher=rt.passwords,
+        codes = await rt.enrolment.confirm_totp(
+            session.user_id, form.get("credential_id") or "", form.get("code") or ""
         )
     except AccountError as exc:
         user = await load_user(session.user_id)
         if exc.field != "code" or user is None:
             return await _security_page(session.user_id, error=exc.message, status=400)
         # The same secret again: the entry the user just made in the app stays valid.
-        enrolment = await totp_enrolment(user, form.get("credential_id"))
+        enrolment = await rt.enrolment.start_totp(user, retry=form.get("credential_id"))
         return await totp_setup_page(enrolment, error=exc.message, status=400)
     return await _rotated(await recovery_codes_page(codes))
 
@@ -185,7 +177,7 @@ async def security_passkey_options() -> Response:
     user = await load_user(session.user_id)
     if user is None:
         return json_error(401, "login_required", "Sign in again.")
-    return await passkey_registration_options(user, session.digest)
+    return await passkey_options(user, session.digest)
 
 
 @mfa_pages.post("/account/security/passkeys")
@@ -194,7 +186,7 @@ async def security_passkey_register() -> Response:
     if session is None:
         return json_error(401, "login_required", "Sign in again.")
     await require_csrf_header()
-    registered = await register_passkey(session.user_id, session.digest)
+    registered = await add_passkey(session.user_id, session.digest)
     if isinstance(registered, Response):
         return registered
     return await _rotated(

@@ -22,6 +22,7 @@ from idp.accounts.signin.pending import PENDING_COOKIE, PendingLogin
 from idp.accounts.users import AccountError
 from idp.accounts.web import (
     account_pages,
+    add_passkey,
     count_second_factor_attempt,
     json_body,
     json_error,
@@ -30,12 +31,9 @@ from idp.accounts.web import (
     message,
     mfa_pages,
     page,
-    passkey_registration_options,
+    passkey_options,
     recovery_codes_page,
-    register_passkey,
-    relying_party,
     start_second_step,
-    totp_enrolment,
     totp_setup_page,
 )
 from idp.errors import InvalidRequest
@@ -59,6 +57,11 @@ from idp.web import (
 )
 
 _EXPIRED = "Your sign-in has expired. Sign in again."
+
+
+def _relying_party() -> passkeys.RelyingParty:
+    rt = runtime()
+    return passkeys.relying_party(rt.settings.issuer, rt.settings.webauthn)
 
 
 # -- the password ----------------------------------------------------------------------------------
@@ -125,7 +128,7 @@ async def login_submit() -> Response:
 async def _authentication_options(user_id: str | None, binding: str) -> Response:
     rt = runtime()
     ceremony, options = await passkeys.authentication_options(
-        rt.db, rt.kv, relying_party(), user_id=user_id, binding=binding
+        rt.db, rt.kv, _relying_party(), user_id=user_id, binding=binding
     )
     return json_response({"ceremony": ceremony, "publicKey": options})
 
@@ -140,7 +143,7 @@ async def _verify_assertion(
         return await passkeys.authenticate_passkey(
             rt.db,
             rt.kv,
-            relying_party(),
+            _relying_party(),
             ceremony_id=str(body.get("ceremony") or ""),
             binding=binding,
             credential=body.get("credential") or {},
@@ -292,7 +295,8 @@ async def _setup_page(
     user = await load_user(pending.user_id)
     if user is None:
         return await _expired_page()
-    return await totp_setup_page(await totp_enrolment(user, retry), at_login=True, error=error, status=status)
+    enrolment = await runtime().enrolment.start_totp(user, retry=retry)
+    return await totp_setup_page(enrolment, at_login=True, error=error, status=status)
 
 
 @mfa_pages.get("/login/setup-mfa")
@@ -313,14 +317,8 @@ async def setup_at_login_totp() -> Response:
     form = await request.form
     await count_second_factor_attempt(pending.user_id)
     try:
-        codes = await mfa.confirm_totp_enrolment(
-            rt.db,
-            rt.encryptor,
-            rt.events,
-            pending.user_id,
-            form.get("credential_id") or "",
-            (form.get("code") or "")[:64],
-            hasher=rt.passwords,
+        codes = await rt.enrolment.confirm_totp(
+            pending.user_id, form.get("credential_id") or "", form.get("code") or ""
         )
     except AccountError as exc:
         return await _setup_page(pending, retry=form.get("credential_id"), error=exc.message, status=400)
@@ -349,7 +347,7 @@ async def setup_at_login_passkey_options() -> Response:
     user = await load_user(pending.user_id) if pending is not None else None
     if pending is None or user is None:
         return json_error(400, "login_expired", _EXPIRED)
-    return await passkey_registration_options(user, pending.digest)
+    return await passkey_options(user, pending.digest)
 
 
 @mfa_pages.post("/login/setup-mfa/passkey")
@@ -358,7 +356,7 @@ async def setup_at_login_passkey() -> Response:
     pending = await _pending_enrolment()
     if pending is None:
         return json_error(400, "login_expired", _EXPIRED)
-    registered = await register_passkey(pending.user_id, pending.digest)
+    registered = await add_passkey(pending.user_id, pending.digest)
     if isinstance(registered, Response):
         return registered
     # Creating the passkey proved possession of it, as a confirmed TOTP code does.
