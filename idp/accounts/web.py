@@ -17,6 +17,7 @@ from quart import Blueprint, Response, jsonify, render_template, request, url_fo
 
 from idp.accounts.profile.profile import field_label
 from idp.accounts.security import mfa, passkeys
+from idp.accounts.signin import authn
 from idp.accounts.signin import password as password_signin
 from idp.accounts.signin.password import PasswordCheckRefused
 from idp.accounts.signin.pending import PENDING_COOKIE
@@ -28,7 +29,7 @@ from idp.security import inputs
 from idp.security.ratelimit import RateLimited
 from idp.storage.models import User
 from idp.storage.repositories import UserRepository, normalize_email
-from idp.web import client_ip, csrf_token, device_token, see_other, set_cookie
+from idp.web import client_ip, csrf_token, device_token, see_other, set_cookie, start_browser_session
 
 # Sign-in, registration, passwords, the account's own pages and connected apps.
 account_pages = Blueprint("accounts", __name__)
@@ -211,6 +212,19 @@ async def start_second_step(user_id: str, return_to: str, *, enrol: bool) -> Res
     cookie, _pending = await rt.pending_logins.start(user_id, return_to, enrol=enrol)
     response = see_other(url_for("mfa.setup_at_login") if enrol else url_for("mfa.second_factor"))
     set_cookie(response, PENDING_COOKIE, cookie, max_age=rt.pending_logins.ttl)
+    return response
+
+
+async def continue_sign_in(user: User, return_to: str) -> Response:
+    """The password proved ``user`` (who may sign in): the second factor comes next if the account
+    has one, or its enrolment if policy requires one and there is none yet, and no session exists
+    until then; otherwise this browser is signed in (ASVS 7.2.4: a new session id, the old one ends)."""
+    rt = runtime()
+    status = await mfa.factor_status(rt.db, user.id)
+    if status.any or mfa.mfa_required(rt.settings.mfa.required, user):
+        return await start_second_step(user.id, return_to, enrol=not status.any)
+    response = see_other(return_to)
+    await start_browser_session(user, authn.password_only(), response)
     return response
 
 

@@ -102,3 +102,15 @@ def test_there_is_no_import_cycle() -> None:
 
     for name in sorted(graph):
         visit(name, [])
+
+
+def test_sign_ins_finish_in_one_place() -> None:
+    """Every way of signing in makes its session through idp.accounts.signin.finish.start_session
+    (which publishes LoginSucceeded), after the one rule on who may sign in."""
+    publishers = {
+        rel(path)
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "LoginSucceeded"
+    }
+    assert publishers == {"idp/accounts/signin/finish.py"}

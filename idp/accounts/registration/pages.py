@@ -1,6 +1,6 @@
-"""Registration pages: signing up, confirming the address with the emailed link, and asking for the
-link again. The answers say nothing about which addresses have accounts (idp.accounts.registration.signup);
-its mail goes out after the answer.
+"""Registration pages: signing up, confirming the address with the emailed link (which signs in
+the browser that registered), and asking for the link again. No answer says which addresses have
+accounts (idp.accounts.registration.signup), and the mail goes out after the answer.
 """
 
 from __future__ import annotations
@@ -10,10 +10,18 @@ from quart import Response, current_app, render_template, request, url_for
 from idp.accounts import links
 from idp.accounts.context import deferred_mail, in_background
 from idp.accounts.registration import signup
-from idp.accounts.security import mfa
-from idp.accounts.signin import authn
+from idp.accounts.signin.eligibility import can_sign_in
 from idp.accounts.users import AccountError
-from idp.accounts.web import account_pages, echo, form_page, limit_subject, load_user, message, page, start_second_step
+from idp.accounts.web import (
+    account_pages,
+    continue_sign_in,
+    echo,
+    form_page,
+    limit_subject,
+    load_user,
+    message,
+    page,
+)
 from idp.errors import NotFound
 from idp.http import runtime
 from idp.web import (
@@ -23,8 +31,6 @@ from idp.web import (
     enforce_limits,
     local_path,
     require_csrf,
-    see_other,
-    start_browser_session,
     validates_own_form_text,
 )
 
@@ -155,22 +161,23 @@ async def verify_email_submit() -> Response:
         return await _invalid_verification_link()
     return_to = _return_to(verified.return_to, "/account")
     if not verified.same_browser:
-        return await message(
-            "Email address confirmed",
-            "Your account is active. Sign in to continue.",
-            link=url_for("accounts.login", return_to=return_to),
-            link_text="Sign in",
-        )
-    # The browser that registered (and chose the password) confirms: sign it in and carry on
-    # with the application that asked for the registration (prompt=create).
+        return await _confirmed(return_to)
     user = await load_user(verified.user_id)
-    if user is not None and mfa.mfa_required(rt.settings.mfa.required, user):
-        # A new account has no second factor: policy says it sets one up before it is signed in.
-        return await start_second_step(verified.user_id, return_to, enrol=True)
-    response = see_other(return_to)
-    signed_in = authn.password_only()
-    await start_browser_session(verified.user_id, signed_in.amr, signed_in.acr, response)
-    return response
+    if user is None or not can_sign_in(user):  # disabled or deleted since the link was opened
+        return await _confirmed(return_to)
+    # The browser that registered (and chose the password) confirms: sign it in, as the password
+    # would (a new account has no second factor: policy may ask it to set one up first), and carry
+    # on with the application that asked for the registration (prompt=create).
+    return await continue_sign_in(user, return_to)
+
+
+async def _confirmed(return_to: str) -> Response:
+    return await message(
+        "Email address confirmed",
+        "Your account is active. Sign in to continue.",
+        link=url_for("accounts.login", return_to=return_to),
+        link_text="Sign in",
+    )
 
 
 @account_pages.route("/verify-email/resend", methods=["GET", "POST"])

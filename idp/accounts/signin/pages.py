@@ -17,12 +17,14 @@ from quart import Response, render_template, request, url_for
 
 from idp.accounts.security import mfa, passkeys
 from idp.accounts.signin import authn
+from idp.accounts.signin.eligibility import DISABLED, can_sign_in
 from idp.accounts.signin.password import LoginFailure, sign_in_with_password
 from idp.accounts.signin.pending import PENDING_COOKIE, PendingLogin
 from idp.accounts.users import AccountError
 from idp.accounts.web import (
     account_pages,
     add_passkey,
+    continue_sign_in,
     count_second_factor_attempt,
     json_body,
     json_error,
@@ -33,7 +35,6 @@ from idp.accounts.web import (
     page,
     passkey_options,
     recovery_codes_page,
-    start_second_step,
     totp_setup_page,
 )
 from idp.errors import InvalidRequest
@@ -110,16 +111,7 @@ async def login_submit() -> Response:
         if failure.retry_after is not None:
             answer.headers["Retry-After"] = str(max(1, failure.retry_after))
         return answer
-    status = await mfa.factor_status(rt.db, user.id)
-    if status.any or mfa.mfa_required(rt.settings.mfa.required, user):
-        # The password was right; the second factor (or, when policy requires one and there is
-        # none yet, its enrolment) comes next. No session exists until then.
-        return await start_second_step(user.id, return_to, enrol=not status.any)
-    response = see_other(return_to)
-    # ASVS 7.2.4: a new session id at every sign-in; the old session ends.
-    signed_in = authn.password_only()
-    await start_browser_session(user.id, signed_in.amr, signed_in.acr, response)
-    return response
+    return await continue_sign_in(user, return_to)
 
 
 # -- the pending sign-in (password checked, second factor due) ---------------------------------------
@@ -164,9 +156,9 @@ async def _complete(pending: PendingLogin, proved: authn.Authentication, respons
     if not await rt.pending_logins.finish(pending):
         return None
     user = await load_user(pending.user_id)
-    if user is None or user.disabled:
+    if user is None or not can_sign_in(user):
         return None
-    await start_browser_session(pending.user_id, proved.amr, proved.acr, response)
+    await start_browser_session(user, proved, response)
     clear_cookie(response, PENDING_COOKIE)
     return response
 
@@ -270,12 +262,14 @@ async def passkey_login() -> Response:
     if isinstance(assertion, Response):
         return assertion
     user = await load_user(assertion.user_id)
-    if user is None or user.disabled or not user.email_verified:
-        await rt.events.publish(LoginFailed(reason="disabled", user_id=assertion.user_id, factor=authn.WEBAUTHN))
-        return json_error(403, "login_refused", "This account cannot sign in. Contact the administrator.")
+    if user is None or not can_sign_in(user):
+        # One answer, and one audit reason, for every refusal: an unconfirmed address included,
+        # which no account with a passkey has (adding one takes a sign-in).
+        await rt.events.publish(LoginFailed(reason=DISABLED.reason, user_id=assertion.user_id, factor=authn.WEBAUTHN))
+        return json_error(403, "login_refused", DISABLED.message)
     response = json_response({"redirect": local_path(str(body.get("return_to") or ""), "/account")})
     proved = authn.passkey_alone(backup_eligible=assertion.backup_eligible)
-    await start_browser_session(user.id, proved.amr, proved.acr, response)
+    await start_browser_session(user, proved, response)
     return response
 
 
