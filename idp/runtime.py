@@ -15,7 +15,7 @@ from idp.accounts.password_policy import PasswordPolicy
 from idp.accounts.profile import pictures
 from idp.accounts.security.enrolment import Enrolment
 from idp.accounts.security.mfa import totp_issuer_name
-from idp.accounts.security.passkeys import relying_party
+from idp.accounts.security.relying_party import RelyingParty
 from idp.accounts.sessions.store import SessionStore
 from idp.accounts.signin.pending import PendingLogins
 from idp.audit import AuditLogger
@@ -86,7 +86,7 @@ class Runtime:
             encryptor=self.encryptor,
             events=self.events,
             hasher=self.passwords,
-            relying_party=relying_party(self.settings.issuer, self.settings.webauthn),
+            relying_party=RelyingParty.from_settings(self.settings.issuer, self.settings.webauthn),
             totp_issuer=totp_issuer_name(self.settings.issuer, self.settings.mfa.totp_issuer),
         )
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from idp.accounts.security import mfa, passkeys
+from idp.accounts.security.relying_party import RelyingParty
 from idp.events import EventBus
 from idp.security.encryption import Encryptor
 from idp.security.passwords import PasswordHasher
@@ -35,7 +36,7 @@ class Enrolment:
     encryptor: Encryptor
     events: EventBus
     hasher: PasswordHasher
-    relying_party: passkeys.RelyingParty
+    relying_party: RelyingParty
     totp_issuer: str  # the name authenticator apps show next to the code
 
     # -- TOTP ------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 from quart import Response, render_template, request, url_for
 
 from idp.accounts.security import mfa, passkeys
+from idp.accounts.security.relying_party import PasskeyError, RelyingParty
 from idp.accounts.signin import authn
 from idp.accounts.signin.eligibility import DISABLED, can_sign_in
 from idp.accounts.signin.password import LoginFailure, sign_in_with_password
@@ -60,9 +61,9 @@ from idp.web import (
 _EXPIRED = "Your sign-in has expired. Sign in again."
 
 
-def _relying_party() -> passkeys.RelyingParty:
+def _relying_party() -> RelyingParty:
     rt = runtime()
-    return passkeys.relying_party(rt.settings.issuer, rt.settings.webauthn)
+    return RelyingParty.from_settings(rt.settings.issuer, rt.settings.webauthn)
 
 
 # -- the password ----------------------------------------------------------------------------------
@@ -140,7 +141,7 @@ async def _verify_assertion(
             binding=binding,
             credential=body.get("credential") or {},
         )
-    except passkeys.PasskeyError as exc:
+    except PasskeyError as exc:
         await rt.events.publish(LoginFailed(reason=exc.reason, user_id=user_id, factor=authn.WEBAUTHN))
         return json_error(401, "passkey_failed", exc.message)
 
