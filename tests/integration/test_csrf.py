@@ -283,7 +283,7 @@ async def test_header_token_routes_take_the_header_not_a_form_field(app: Any, vi
 @pytest.fixture
 def canary(app: Any) -> list[str]:
     """An unprotected state-changing route added to the accounts blueprint's endpoints, as a new
-    route in accounts/routes.py would be (before the first request, while routes may be added)."""
+    route in a feature's pages.py would be (before the first request, while routes may be added)."""
     calls: list[str] = []
 
     async def change_something() -> str:

@@ -1,5 +1,6 @@
 """The import rules of shared/STYLE.md, checked on the source: storage is the bottom layer,
-protocol and domain code don't import Quart, accounts don't import oauth, nothing imports admin."""
+protocol and domain code don't import Quart, accounts don't import oauth, nothing imports admin.
+Within accounts, the web layer shows in the file names, and its modules don't import each other."""
 
 from __future__ import annotations
 
@@ -8,9 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from idp.accounts import blueprints
+
 PACKAGE = Path(__file__).resolve().parents[2] / "idp"
-# The Quart-facing modules of a package: one per audience (pages, JSON API).
-WEB_MODULES = {"routes.py", "pages.py", "api.py", "web.py"}
+# The Quart-facing modules, by name. oauth: routes.py. accounts: a pages.py per feature, the account
+# API (api.py), and web.py with what those share.
+OAUTH_WEB_MODULES = {"routes.py"}
+ACCOUNT_ROUTE_MODULES = {"pages.py", "api.py"}
+ACCOUNT_WEB_MODULES = ACCOUNT_ROUTE_MODULES | {"web.py"}
+MAX_ACCOUNT_MODULE_LINES = 600
+
+
+def is_web_module(path: Path) -> bool:
+    names = OAUTH_WEB_MODULES if "oauth" in path.relative_to(PACKAGE).parts else ACCOUNT_WEB_MODULES
+    return path.name in names
 
 
 def imports_of(path: Path) -> set[str]:
@@ -37,9 +49,7 @@ def test_storage_imports_nothing_above_it(path: Path) -> None:
     assert upward == set()
 
 
-@pytest.mark.parametrize(
-    "path", [p for p in modules("oauth") + modules("accounts") if p.name not in WEB_MODULES], ids=rel
-)
+@pytest.mark.parametrize("path", [p for p in modules("oauth") + modules("accounts") if not is_web_module(p)], ids=rel)
 def test_protocol_and_domain_modules_do_not_import_quart(path: Path) -> None:
     web = {name for name in imports_of(path) if name.split(".")[0] in ("quart", "werkzeug", "idp.app")}
     assert web == set()
@@ -114,3 +124,52 @@ def test_sign_ins_finish_in_one_place() -> None:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "LoginSucceeded"
     }
     assert publishers == {"idp/accounts/signin/finish.py"}
+
+
+# -- inside accounts -----------------------------------------------------------------------------------
+
+
+def _account_module(name: str) -> bool:
+    return name.startswith("idp.accounts.")
+
+
+def _route_module(name: str) -> bool:
+    return _account_module(name) and name.rpartition(".")[2] + ".py" in ACCOUNT_ROUTE_MODULES
+
+
+@pytest.mark.parametrize("path", [p for p in modules("accounts") if p.name in ACCOUNT_WEB_MODULES], ids=rel)
+def test_account_web_modules_import_no_route_module(path: Path) -> None:
+    """A pages module, the API and their shared web.py import no pages module nor the API: what two
+    of them need lives in idp.accounts.web (before, the sign-in pages imported the API's json_body)."""
+    name = _module_name(path)
+    assert {target for target in _import_graph()[name] if _route_module(target)} == set()
+
+
+def test_route_modules_are_imported_by_the_blueprint_list_only() -> None:
+    """Importing a pages module is what adds its routes: only idp.accounts.blueprints does it."""
+    importers = {name for name, edges in _import_graph().items() if any(_route_module(edge) for edge in edges)}
+    assert importers == {"idp.accounts.blueprints"}
+
+
+def test_every_page_module_adds_its_routes() -> None:
+    """A pages module missing from idp.accounts.blueprints would leave its URLs unanswered."""
+    pages = {_module_name(path) for path in modules("accounts") if path.name == "pages.py"}
+    assert {module.__name__ for module in blueprints.PAGE_MODULES} == pages
+
+
+@pytest.mark.parametrize("path", modules("accounts"), ids=rel)
+def test_account_modules_stay_readable_in_one_sitting(path: Path) -> None:
+    assert len(path.read_text().splitlines()) <= MAX_ACCOUNT_MODULE_LINES
+
+
+@pytest.mark.parametrize("path", modules("accounts"), ids=rel)
+def test_account_modules_import_at_the_top(path: Path) -> None:
+    """Every dependency shows in the import list: no import inside a function (none breaks a cycle)."""
+    hidden = [
+        f"line {inner.lineno}"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        for inner in ast.walk(node)
+        if isinstance(inner, ast.Import | ast.ImportFrom)
+    ]
+    assert hidden == []
