@@ -449,7 +449,10 @@ async def new_recovery_codes() -> Response:
 @blueprint.post("/passkeys/options")
 async def passkey_options() -> Response:
     caller, _body = await _with_password()
-    return jsonify(await runtime().enrolment.passkey_options(caller.user, binding=_api_binding(caller)))
+    try:
+        return jsonify(await runtime().enrolment.passkey_options(caller.user, binding=_api_binding(caller)))
+    except AccountError as exc:  # the limit of passkeys per account
+        _invalid(exc)
 
 
 @blueprint.post("/passkeys")

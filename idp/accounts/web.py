@@ -232,8 +232,12 @@ async def continue_sign_in(user: User, return_to: str) -> Response:
 
 
 async def passkey_options(user: User, binding: str) -> Response:
-    """Start adding a passkey for a page's fetch() call (idp.accounts.security.enrolment)."""
-    return json_response(await runtime().enrolment.passkey_options(user, binding=binding))
+    """Start adding a passkey for a page's fetch() call (idp.accounts.security.enrolment); at the
+    limit of passkeys per account, the 400 that finishing would answer."""
+    try:
+        return json_response(await runtime().enrolment.passkey_options(user, binding=binding))
+    except AccountError as exc:
+        return json_error(400, "passkey_failed", exc.message)
 
 
 async def add_passkey(user_id: str, binding: str) -> passkeys.Passkey | Response:
