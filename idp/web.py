@@ -119,7 +119,7 @@ def device_token() -> str | None:
     return read_cookie(DEVICE_COOKIE)
 
 
-def this_browser() -> Browser:
+def _this_browser() -> Browser:
     return Browser(ip=request.remote_addr, user_agent=request.headers.get("User-Agent"), device_token=device_token())
 
 
@@ -127,7 +127,8 @@ async def start_browser_session(user: User, proved: Authentication, response: Re
     """Sign this browser in as ``user`` (idp.accounts.signin.finish.start_session: a new session
     cookie value, the session limit, the device, LoginSucceeded); the cookies are set on ``response``."""
     rt = runtime()
-    signed_in = await start_session(rt.accounts, user, proved, previous=await current_session(), browser=this_browser())
+    previous = await current_session()
+    signed_in = await start_session(rt.accounts, user, proved, previous=previous, browser=_this_browser())
     g.idp_session = signed_in.session
     set_cookie(response, DEVICE_COOKIE, signed_in.device_cookie, max_age=DEVICE_COOKIE_MAX_AGE)
     set_cookie(response, SESSION_COOKIE, signed_in.session_cookie, max_age=rt.settings.sessions.absolute_ttl)

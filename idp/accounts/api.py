@@ -8,7 +8,8 @@ application is granted let it *read* claims, not rewrite the profile, change the
 history. Changing the address also needs a recent sign-in (RFC 9470 step-up).
 
 Cross-origin calls are answered for the web origins registered on clients, never with credentials.
-The domain work lives in ``idp.accounts.profile.profile``; this module translates HTTP.
+The domain work lives in the feature packages (idp.accounts.profile, .security, .sessions); this
+module translates HTTP.
 """
 
 from __future__ import annotations
