@@ -16,7 +16,7 @@ from idp.accounts.profile import deletion, pictures, profile
 from idp.accounts.profile.profile import EXPORT_FILENAME, picture_url
 from idp.accounts.sessions.store import describe_all
 from idp.accounts.signin.password import PasswordCheckRefused
-from idp.accounts.users import AccountError
+from idp.accounts.users import REPLACEMENT_CHARACTER, AccountError
 from idp.accounts.web import account_pages, echo, form_page, load_user, message, notice, page, too_many_attempts
 from idp.errors import NotFound
 from idp.http import runtime
@@ -52,8 +52,6 @@ async def account_home() -> Response:
 
 # RFC 9470-style step-up, as the API: changing the sign-in address needs a sign-in this recent.
 _EMAIL_CHANGE_MAX_AUTH_AGE = 900
-# What a form decoder puts in place of bytes that were not UTF-8 (Quart decodes with "replace").
-_NOT_UTF8 = "\ufffd"
 _PROFILE_FIELD_LABELS: dict[str, str] = {
     "name": "Full name",
     "given_name": "Given name",
@@ -156,7 +154,7 @@ async def profile_page() -> Response:
     submitted = {field: form.get(field, "") for field in profile.EDITABLE_FIELDS if field in form}
     shown = {field: echo(value, 400) for field, value in submitted.items()}
     for field, value in submitted.items():
-        if _NOT_UTF8 in value:
+        if REPLACEMENT_CHARACTER in value:
             error = {field: "could not be read (it was not valid UTF-8)"}
             return await _profile_page(session.user_id, values=shown, errors=error, status=400)
     if "zoneinfo" in submitted:
@@ -181,7 +179,7 @@ async def request_email_change_page() -> Response:
         return see_other("/login?return_to=/account/profile")
     form = await request.form
     email = (form.get("email") or "").strip()
-    if _NOT_UTF8 in email:
+    if REPLACEMENT_CHARACTER in email:
         return await _profile_page(
             session.user_id,
             errors={"email": "could not be read (it was not valid UTF-8)"},
