@@ -67,10 +67,8 @@ def build_app(settings: Settings) -> IdPApp:
 
 
 def _register_blueprints(app: IdPApp) -> None:
-    from idp.accounts.api import blueprint as account_api
-    from idp.accounts.mfa_routes import blueprint as mfa_pages
-    from idp.accounts.routes import blueprint as accounts
-    from idp.accounts.session_routes import blueprint as session_pages
+    from idp.accounts.blueprints import API as account_api
+    from idp.accounts.blueprints import PAGES as account_pages
     from idp.health import blueprint as health
     from idp.oauth.routes import blueprint as oauth
     from idp.oauth.routes import pages as oauth_pages
@@ -79,9 +77,7 @@ def _register_blueprints(app: IdPApp) -> None:
         (health, True),
         (oauth, True),
         (oauth_pages, False),
-        (accounts, False),
-        (mfa_pages, False),
-        (session_pages, False),
+        *((page_blueprint, False) for page_blueprint in account_pages),
         (account_api, True),
     ):
         app.register_blueprint(bp)

@@ -238,7 +238,7 @@ def db_cleanup(state: CliState, as_json: bool) -> None:
     (safe to run any time)."""
     from datetime import timedelta
 
-    from idp.accounts.devices import DEVICE_COOKIE_MAX_AGE
+    from idp.accounts.sessions.devices import DEVICE_COOKIE_MAX_AGE
     from idp.storage.models import utcnow
     from idp.storage.repositories import MaintenanceRepository
 
@@ -470,10 +470,10 @@ def users_enable(state: CliState, email: str, as_json: bool) -> None:
 @click.pass_obj
 def users_sessions(state: CliState, email: str, as_json: bool) -> None:
     """List where EMAIL is signed in (session id, browser, IP, times, applications)."""
-    from idp.accounts import sessions
+    from idp.accounts.sessions.store import describe_all
 
     async def action(rt: Any, user: Any) -> list[dict[str, Any]]:
-        return await sessions.describe_all(rt.sessions, rt.db, user.id, current_sid=None)
+        return await describe_all(rt.sessions, rt.db, user.id, current_sid=None)
 
     rows = _with_user(state, email, action, shared_state=True)
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from idp.accounts import notifications, pictures
-from idp.accounts.authn import PendingLogins
+from idp.accounts import notifications
+from idp.accounts.context import AccountContext
 from idp.accounts.password_policy import PasswordPolicy
-from idp.accounts.recovery import AccountContext
-from idp.accounts.sessions import SessionStore
+from idp.accounts.profile import pictures
+from idp.accounts.security.enrolment import Enrolment
+from idp.accounts.security.mfa import totp_issuer_name
+from idp.accounts.security.relying_party import RelyingParty
+from idp.accounts.sessions.store import SessionStore
+from idp.accounts.signin.pending import PendingLogins
 from idp.audit import AuditLogger
 from idp.config import Settings, decode_kek
 from idp.cors import CorsPolicy
@@ -72,6 +76,19 @@ class Runtime:
     async def delete_picture(self, stored: str) -> None:
         """Delete every stored size of a picture (the ``delete_blob`` of account deletion)."""
         await pictures.delete_picture_files(self.blobs, stored, self.settings.pictures)
+
+    @property
+    def enrolment(self) -> Enrolment:
+        """Adding a second factor: at sign-in, on the security page, through the account API."""
+        return Enrolment(
+            db=self.db,
+            kv=self.kv,
+            encryptor=self.encryptor,
+            events=self.events,
+            hasher=self.passwords,
+            relying_party=RelyingParty.from_settings(self.settings.issuer, self.settings.webauthn),
+            totp_issuer=totp_issuer_name(self.settings.issuer, self.settings.mfa.totp_issuer),
+        )
 
     @property
     def grants(self) -> GrantContext:

@@ -1,19 +1,22 @@
-"""Helpers shared by the HTML blueprints: cookies, the IdP session, CSRF, redirects."""
+"""Helpers shared by the HTML blueprints: cookies, the IdP session's cookie, CSRF, redirects.
+
+Signing in and checking a session are the accounts domain's (idp.accounts.signin.finish); here is
+only what HTTP adds to them: which cookie carries what, and the session cached for the request."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from quart import Response, g, redirect, request
 
-from idp.accounts import devices, login
-from idp.accounts.devices import DEVICE_COOKIE
-from idp.accounts.login import PasswordCheckRefused
-from idp.accounts.sessions import BrowserSession, TooManySessions
-from idp.errors import Conflict, Forbidden, TooManyRequests
-from idp.events import LoginSucceeded, NewDeviceSignIn, set_actor
+from idp.accounts.sessions.devices import DEVICE_COOKIE, DEVICE_COOKIE_MAX_AGE
+from idp.accounts.sessions.store import BrowserSession
+from idp.accounts.signin.authn import Authentication
+from idp.accounts.signin.finish import Browser, resume_session, start_session
+from idp.errors import Forbidden, TooManyRequests
+from idp.events import set_actor
 from idp.http import runtime, settings
 from idp.security import csrf
 from idp.security.ratelimit import RateLimited
@@ -53,18 +56,10 @@ def clear_cookie(response: Response, base: str) -> None:
 
 
 async def current_session() -> BrowserSession | None:
-    """The signed-in browser session, if any (cached for the request). A session of an account
-    that was disabled or deleted meanwhile ends here (an administrator's change may have reached
-    only the database, e.g. from the CLI while the sessions live in this process's memory)."""
+    """The signed-in browser session, if any (cached for the request); one whose account may no
+    longer sign in ends (idp.accounts.signin.finish.resume_session)."""
     if not hasattr(g, "idp_session"):
-        rt = runtime()
-        session = await rt.sessions.load(read_cookie(SESSION_COOKIE))
-        if session is not None:
-            async with rt.db.session() as db_session:
-                user = await db_session.get(User, session.user_id)
-            if user is None or user.disabled:
-                await rt.sessions.end(session, reason="account_disabled")
-                session = None
+        session = await resume_session(runtime().accounts, read_cookie(SESSION_COOKIE))
         g.idp_session = session
         if session is not None:
             set_actor(session.user_id)
@@ -124,60 +119,20 @@ def device_token() -> str | None:
     return read_cookie(DEVICE_COOKIE)
 
 
-def too_many_attempts(exc: PasswordCheckRefused) -> TooManyRequests:
-    """A password check refused for too many attempts, as the 429 (with Retry-After) to answer."""
-    return TooManyRequests(exc.retry_after, exc.message)
+def _this_browser() -> Browser:
+    return Browser(ip=request.remote_addr, user_agent=request.headers.get("User-Agent"), device_token=device_token())
 
 
-async def reauthenticate(user_id: str, password: str) -> None:
-    """The signed-in user's password again (idp.accounts.login.reauthenticate), as a sign-in attempt
-    from this browser: its IP, and its device cookie telling whether it is the owner's. Raises
-    AccountError("password", …) when wrong, TooManyRequests (429, Retry-After) when refused."""
-    try:
-        await login.reauthenticate(
-            runtime().accounts.sign_in, user_id, password, ip=client_ip(), device_token=device_token()
-        )
-    except PasswordCheckRefused as exc:
-        raise too_many_attempts(exc) from None
-
-
-class SessionLimitReached(Conflict):
-    error = "session_limit"
-
-
-async def start_browser_session(user_id: str, amr: Sequence[str], acr: str, response: Response) -> BrowserSession:
-    """Sign the browser in with a new cookie value (ASVS 7.2.4): the same user signing in again
-    keeps the session's sid; another user's session in this browser ends. The session limit
-    applies; the browser is remembered as one of the user's devices (a new one is announced);
-    the cookies are set on ``response`` and LoginSucceeded is published."""
+async def start_browser_session(user: User, proved: Authentication, response: Response) -> BrowserSession:
+    """Sign this browser in as ``user`` (idp.accounts.signin.finish.start_session: a new session
+    cookie value, the session limit, the device, LoginSucceeded); the cookies are set on ``response``."""
     rt = runtime()
-    ip, user_agent = request.remote_addr, request.headers.get("User-Agent")
-    label = devices.device_label(user_agent)
     previous = await current_session()
-    if previous is not None and previous.user_id == user_id:
-        cookie_value, session = await rt.sessions.reauthenticate(
-            previous, amr=amr, acr=acr, ip=ip, user_agent=user_agent, device=label
-        )
-    else:
-        try:
-            cookie_value, session = await rt.sessions.create(
-                user_id, amr=amr, acr=acr, ip=ip, user_agent=user_agent, device=label
-            )
-        except TooManySessions as exc:
-            raise SessionLimitReached(
-                f"You are signed in on {exc.limit} devices already, the most this site allows. Sign out on one "
-                "of them (or wait until a session there expires), then sign in here again."
-            ) from None
-        if previous is not None:
-            await rt.sessions.end(previous, reason="signed_in_as_another_user")
-    g.idp_session = session
-    seen = await devices.remember(rt.db, user_id, read_cookie(DEVICE_COOKIE), label=label, ip=ip)
-    set_cookie(response, DEVICE_COOKIE, seen.token, max_age=devices.DEVICE_COOKIE_MAX_AGE)
-    await rt.events.publish(LoginSucceeded(user_id=user_id, sid=session.sid, amr=tuple(session.amr)))
-    if not seen.known and not seen.first:
-        await rt.events.publish(NewDeviceSignIn(user_id=user_id, device=label))
-    set_cookie(response, SESSION_COOKIE, cookie_value, max_age=rt.settings.sessions.absolute_ttl)
-    return session
+    signed_in = await start_session(rt.accounts, user, proved, previous=previous, browser=_this_browser())
+    g.idp_session = signed_in.session
+    set_cookie(response, DEVICE_COOKIE, signed_in.device_cookie, max_age=DEVICE_COOKIE_MAX_AGE)
+    set_cookie(response, SESSION_COOKIE, signed_in.session_cookie, max_age=rt.settings.sessions.absolute_ttl)
+    return signed_in.session
 
 
 async def rotate_browser_session(response: Response) -> BrowserSession | None:

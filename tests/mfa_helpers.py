@@ -13,7 +13,7 @@ import pyotp
 import pytest
 from sqlalchemy import select
 
-from idp.accounts import mfa
+from idp.accounts.security import mfa
 from idp.storage.models import AuditEvent
 from tests.oauth_helpers import World, code_flow, csrf_from, jwt_parts, make_world
 
@@ -22,7 +22,7 @@ ORIGIN = "http://127.0.0.1:8000"  # the test issuer's origin: WebAuthn's default
 
 
 class Clock:
-    """The server's clock for TOTP checks (idp.accounts.mfa reads utcnow), moved by the test."""
+    """The server's clock for TOTP checks (idp.accounts.security.mfa reads utcnow), moved by the test."""
 
     def __init__(self) -> None:
         self.now = datetime.now(UTC).replace(microsecond=0)

@@ -7,13 +7,13 @@ side effect as well as the answer. Models are transient ORM objects: never added
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from idp.accounts.sessions import BrowserSession
+from idp.accounts.sessions.store import BrowserSession
 from idp.oauth.authorize import AuthorizationRequest
 from idp.oauth.interactions import Interaction
 from idp.oauth.tokens import IssuedToken
@@ -212,6 +212,13 @@ class FakeParties:
     async def user(self, user_id: str) -> User | None:
         self.looked_up.append(f"user:{user_id}")
         return self.users.get(user_id)
+
+    async def client_and_user(
+        self, client_id: str, user_id_for: Callable[[OAuthClient], str | None]
+    ) -> tuple[OAuthClient | None, User | None]:
+        client = await self.client(client_id)
+        user_id = user_id_for(client) if client is not None else None
+        return client, (await self.user(user_id) if user_id else None)
 
 
 @dataclass

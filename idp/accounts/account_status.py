@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import update
 
-from idp.accounts.recovery import AccountContext
+from idp.accounts.context import AccountContext
 from idp.accounts.users import AccountError
 from idp.events import AccountDisabled, AccountEnabled, AccountUnlocked
 from idp.security.lockout import LoginGuard

@@ -8,69 +8,54 @@ application is granted let it *read* claims, not rewrite the profile, change the
 history. Changing the address also needs a recent sign-in (RFC 9470 step-up).
 
 Cross-origin calls are answered for the web origins registered on clients, never with credentials.
-The domain work lives in ``idp.accounts.profile``; this module translates HTTP.
+The domain work lives in the feature packages (idp.accounts.profile, .security, .sessions); this
+module translates HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from quart import Blueprint, Response, jsonify, request
 
 from idp import cors
-from idp.accounts import profile
-from idp.accounts.login import PasswordCheckRefused, reauthenticate
+from idp.accounts.profile import deletion, pictures, profile
+from idp.accounts.profile.profile import EXPORT_FILENAME
+from idp.accounts.security import mfa, passkeys
+from idp.accounts.sessions.store import REAUTH_WINDOW, describe_all
+from idp.accounts.signin.password import PasswordCheckRefused, reauthenticate
 from idp.accounts.users import AccountError
+from idp.accounts.web import InvalidField, json_body, too_many_attempts
 from idp.errors import (
-    BearerTokenMissing,
     Conflict,
     Forbidden,
-    InsufficientScope,
     InsufficientUserAuthentication,
-    InvalidRequest,
     InvalidToken,
     NotFound,
     PayloadTooLarge,
     TooManyRequests,
-    UnsupportedMediaType,
 )
 from idp.events import set_actor
 from idp.http import runtime
-from idp.runtime import Runtime
-from idp.security import inputs
-from idp.security.tokens import TokenInvalid
+from idp.oauth.resource import BearerGrant, BearerProtector, StoredParties
+from idp.security.ratelimit import RateLimited
 from idp.storage.models import OAuthClient, User
-from idp.storage.repositories import ClientRepository, UserRepository
-from idp.web import client_ip, too_many_attempts
+from idp.storage.repositories import UserRepository
+from idp.web import client_ip
 
 blueprint = Blueprint("account_api", __name__, url_prefix="/api/account")
 
-MAX_BODY_BYTES = 16 * 1024
 # RFC 9470: changing the sign-in address needs a sign-in at most this many seconds old.
 EMAIL_CHANGE_MAX_AUTH_AGE = 900
 ALLOWED_METHODS = "GET, PATCH, POST, DELETE"
 PICTURE_METHODS = "PUT, DELETE"  # /api/account/picture
 ALLOWED_HEADERS = "Authorization, Content-Type"
 EXPOSED_HEADERS = f"{cors.EXPOSED_HEADERS}, Content-Disposition"
-EXPORT_FILENAME = "idp-account-export.json"
 
 
 # -- errors (RFC 6750 §3; the same codes as idp.oauth.errors, which accounts may not import) -------
-
-
-class InvalidField(InvalidRequest):
-    """A 400 naming the member (or ``body``, ``limit``, …) at fault, also as ``field``."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-
-    def to_dict(self) -> dict[str, str]:
-        return {**super().to_dict(), "field": self.field}
 
 
 def _invalid(exc: AccountError) -> NoReturn:
@@ -82,109 +67,36 @@ def _invalid(exc: AccountError) -> NoReturn:
 # -- the caller ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Caller:
-    claims: dict[str, Any]
-    scopes: frozenset[str]
-    client: OAuthClient
-    user: User
-
-    @property
-    def subject(self) -> str:
-        return str(self.claims["sub"])
+# The account API is a resource server for the tokens idp.oauth issues, so it is the one module
+# of idp.accounts that may use the protocol's bearer protector (tests/unit/test_architecture.py).
+Caller = BearerGrant
 
 
-def _bearer_token() -> str:
-    # Two Authorization headers are refused, as at the protocol endpoints: the first must not win.
-    if len(request.headers.getlist("Authorization")) > 1:
-        raise InvalidRequest("the Authorization header is repeated")
-    header = request.headers.get("Authorization")
-    if not header:
-        raise BearerTokenMissing()
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise InvalidToken("The Authorization header must be a Bearer token.")
-    return value.strip()
-
-
-async def _verify_access_token(rt: Runtime, token: str) -> dict[str, Any]:
-    try:
-        return await rt.tokens.verify_access_token(token)
-    except TokenInvalid:
-        raise InvalidToken() from None
+def _first_party_only(client: OAuthClient) -> None:
+    if not client.first_party:
+        raise Forbidden("The account API is available to first-party applications only.")
 
 
 async def authenticate(*scopes: str) -> Caller:
-    """The user and first-party client behind the request's access token, which must carry ``scopes``."""
+    """The user and first-party client behind the request's access token, which must carry ``scopes``:
+    the Bearer header only (RFC 6750 §2.1, never a body or query), checked by the protocol's
+    protector; who calls is settled before what the token allows (scopes last)."""
     rt = runtime()
-    claims = await _verify_access_token(rt, _bearer_token())
-    async with rt.db.session() as db_session:
-        client = await ClientRepository(db_session).get(str(claims.get("client_id")))
-        user_id = rt.subjects.user_id_for(client, str(claims.get("sub"))) if client is not None else None
-        user = await UserRepository(db_session).get(user_id) if user_id else None
-    if client is None or client.disabled or user is None or user.disabled:
-        raise InvalidToken("The user or client of this token no longer exists or is disabled.")
-    if not client.first_party:
-        raise Forbidden("The account API is available to first-party applications only.")
-    granted = frozenset(str(claims.get("scope", "")).split())
-    if not set(scopes) <= granted:
-        raise InsufficientScope(f"This request needs the scopes: {' '.join(scopes)}.", scope=" ".join(scopes))
-    set_actor(user.id)
-    return Caller(claims=claims, scopes=granted, client=client, user=user)
+    caller = await BearerProtector(rt.tokens, rt.subjects, StoredParties(rt.db)).authenticate(
+        request.headers.getlist("Authorization"),
+        scopes=scopes,
+        scope_description=f"This request needs the scopes: {' '.join(scopes)}.",
+        client_policy=_first_party_only,
+        check_scopes_first=False,
+    )
+    set_actor(caller.user.id)
+    return caller
 
 
 def _require_recent_sign_in(caller: Caller, max_age: int) -> None:
     auth_time = caller.claims.get("auth_time")
     if not isinstance(auth_time, int) or time.time() - auth_time > max_age:
         raise InsufficientUserAuthentication(max_age)
-
-
-# -- request bodies ------------------------------------------------------------------------------
-
-
-def _no_constants(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate member {profile.field_label(key)!r}")
-        result[key] = value
-    return result
-
-
-async def json_body() -> dict[str, Any]:
-    """A JSON object from a body of at most MAX_BODY_BYTES of UTF-8 (RFC 8259 §8.1)."""
-    if request.mimetype != "application/json":
-        raise UnsupportedMediaType("The request body must be application/json.")
-    charset = request.mimetype_params.get("charset")
-    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
-        raise UnsupportedMediaType("The request body must be UTF-8 encoded JSON.")
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"The request body may be at most {MAX_BODY_BYTES} bytes.")
-    raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-    if len(raw) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"The request body may be at most {MAX_BODY_BYTES} bytes.")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidField("body", f"is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        data = json.loads(text, object_pairs_hook=_unique_members, parse_constant=_no_constants)
-    except json.JSONDecodeError as exc:
-        raise InvalidField("body", f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-    except RecursionError:
-        raise InvalidField("body", "is nested too deeply") from None
-    except ValueError as exc:
-        raise InvalidField("body", f"is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise InvalidField("body", "must be a JSON object")
-    # "\u0000" and lone surrogates ("\ud800") are valid JSON escapes but not storable text.
-    if (unusable := inputs.unusable_in_json(data)) is not None:
-        raise InvalidField(profile.field_label(unusable[0]), f"contains {unusable[1]}, which is not allowed")
-    return data
 
 
 # -- responses -----------------------------------------------------------------------------------
@@ -271,8 +183,6 @@ async def change_email() -> tuple[Response, int]:
 @blueprint.delete("")
 async def delete_account() -> Response:
     """Delete the account and everything held about it; confirmed with the password."""
-    from idp.accounts import deletion
-
     caller = await authenticate("openid")
     body = await json_body()
     for key in body:
@@ -310,14 +220,12 @@ async def get_activity() -> Response:
 async def export() -> Response:
     caller = await authenticate("openid", "profile", "email")
     rt = runtime()
-    from idp.accounts import sessions
-
     current = caller.claims.get("sid")
     data = await profile.export_account(
         rt.db,
         caller.user.id,
         picture_base_url=f"{rt.settings.issuer}/pictures",
-        sessions=await sessions.describe_all(
+        sessions=await describe_all(
             rt.sessions, rt.db, caller.user.id, current_sid=current if isinstance(current, str) else None
         ),
     )
@@ -348,8 +256,6 @@ async def _picture_upload(limit: int) -> bytes:
 @blueprint.put("/picture")
 async def put_picture() -> Response:
     """Set the profile picture; answers the profile with the new `picture` URL."""
-    from idp.accounts import pictures
-
     caller = await authenticate("openid", "profile")
     rt = runtime()
     limit = rt.settings.pictures.max_upload_bytes
@@ -370,8 +276,6 @@ async def put_picture() -> Response:
 
 @blueprint.delete("/picture")
 async def delete_picture() -> Response:
-    from idp.accounts import pictures
-
     caller = await authenticate("openid", "profile")
     rt = runtime()
     try:
@@ -412,7 +316,7 @@ async def _with_password(*members: str) -> tuple[Caller, dict[str, Any]]:
 
 
 async def _check_password(caller: Caller, body: dict[str, Any]) -> None:
-    """The ``password`` member, checked as a sign-in attempt from the caller's IP (idp.accounts.login
+    """The ``password`` member, checked as a sign-in attempt from the caller's IP (idp.accounts.signin.password
     .reauthenticate). A Bearer request carries no device cookie, so it counts as an unknown
     browser: the per-account limit and the account-wide lock apply. Too many: 429 rate_limited."""
     password = _string(body, "password", "a string")
@@ -423,8 +327,6 @@ async def _check_password(caller: Caller, body: dict[str, Any]) -> None:
 
 
 async def _count_code_attempt(user_id: str) -> None:
-    from idp.security.ratelimit import RateLimited
-
     try:
         await runtime().limits.hit_all({"mfa_per_account": user_id, "mfa_per_ip": request.remote_addr or "unknown"})
     except RateLimited as exc:
@@ -450,8 +352,6 @@ def _api_binding(caller: Caller) -> str:
 
 @blueprint.get("/mfa")
 async def get_mfa() -> Response:
-    from idp.accounts import mfa, passkeys
-
     caller = await authenticate("openid")
     rt = runtime()
     status = await mfa.factor_status(rt.db, caller.user.id)
@@ -465,18 +365,9 @@ async def get_mfa() -> Response:
 
 @blueprint.post("/mfa/totp")
 async def start_totp() -> tuple[Response, int]:
-    from idp.accounts import mfa
-
     caller, _body = await _with_password()
-    rt = runtime()
     try:
-        enrolment = await mfa.start_totp_enrolment(
-            rt.db,
-            rt.encryptor,
-            caller.user.id,
-            issuer_name=mfa.totp_issuer_name(rt.settings.issuer, rt.settings.mfa.totp_issuer),
-            account_name=caller.user.email,
-        )
+        enrolment = await runtime().enrolment.start_totp(caller.user)
     except AccountError as exc:
         raise Conflict(exc.message) from None
     return (
@@ -492,19 +383,14 @@ async def start_totp() -> tuple[Response, int]:
 
 @blueprint.post("/mfa/totp/confirm")
 async def confirm_totp() -> Response:
-    from idp.accounts import mfa
-
     caller = await authenticate("openid")
     body = await json_body()
     _only(body, "credential_id", "code")
     credential_id = _string(body, "credential_id", "the id returned when the setup started")
     code = _string(body, "code", "the 6-digit code the app shows")
     await _count_code_attempt(caller.user.id)
-    rt = runtime()
     try:
-        codes = await mfa.confirm_totp_enrolment(
-            rt.db, rt.encryptor, rt.events, caller.user.id, credential_id[:64], code[:64], hasher=rt.passwords
-        )
+        codes = await runtime().enrolment.confirm_totp(caller.user.id, credential_id, code)
     except AccountError as exc:
         _invalid(exc)
     return jsonify(recovery_codes=codes)
@@ -512,8 +398,6 @@ async def confirm_totp() -> Response:
 
 @blueprint.delete("/mfa/totp")
 async def delete_totp() -> Response:
-    from idp.accounts import mfa
-
     caller = await authenticate("openid")
     body = await json_body()
     _only(body, "password", "code")
@@ -528,8 +412,6 @@ async def delete_totp() -> Response:
 
 @blueprint.post("/mfa/recovery-codes")
 async def new_recovery_codes() -> Response:
-    from idp.accounts import mfa
-
     caller, _body = await _with_password()
     rt = runtime()
     try:
@@ -541,42 +423,26 @@ async def new_recovery_codes() -> Response:
 
 @blueprint.post("/passkeys/options")
 async def passkey_options() -> Response:
-    from idp.accounts import authn, passkeys
-
     caller, _body = await _with_password()
-    rt = runtime()
-    ceremony, options = await passkeys.registration_options(
-        rt.db,
-        rt.kv,
-        authn.relying_party(rt.settings.issuer, rt.settings.webauthn),
-        user_id=caller.user.id,
-        user_name=caller.user.email,
-        display_name=caller.user.name or caller.user.email,
-        binding=_api_binding(caller),
-    )
-    return jsonify(ceremony=ceremony, publicKey=options)
+    try:
+        return jsonify(await runtime().enrolment.passkey_options(caller.user, binding=_api_binding(caller)))
+    except AccountError as exc:  # the limit of passkeys per account
+        _invalid(exc)
 
 
 @blueprint.post("/passkeys")
 async def add_passkey() -> tuple[Response, int]:
-    from idp.accounts import authn, passkeys
-
     caller = await authenticate("openid")
     body = await json_body()
     _only(body, "ceremony", "credential", "name")
     credential = body.get("credential")
     if not isinstance(credential, dict):
         raise InvalidField("credential", "is required (the PublicKeyCredential as JSON)")
-    rt = runtime()
     try:
-        key = await passkeys.register_passkey(
-            rt.db,
-            rt.kv,
-            rt.events,
-            authn.relying_party(rt.settings.issuer, rt.settings.webauthn),
-            user_id=caller.user.id,
-            ceremony_id=_string(body, "ceremony", "the id returned with the options"),
+        key = await runtime().enrolment.add_passkey(
+            caller.user.id,
             binding=_api_binding(caller),
+            ceremony=_string(body, "ceremony", "the id returned with the options"),
             credential=credential,
             name=str(body.get("name") or "Passkey"),
         )
@@ -587,8 +453,6 @@ async def add_passkey() -> tuple[Response, int]:
 
 @blueprint.patch("/passkeys/<passkey_id>")
 async def rename_passkey(passkey_id: str) -> Response:
-    from idp.accounts import passkeys
-
     caller = await authenticate("openid")
     body = await json_body()
     _only(body, "name")
@@ -605,8 +469,6 @@ async def rename_passkey(passkey_id: str) -> Response:
 
 @blueprint.delete("/passkeys/<passkey_id>")
 async def delete_passkey(passkey_id: str) -> Response:
-    from idp.accounts import passkeys
-
     caller, _body = await _with_password()
     if not await passkeys.remove_passkey(runtime().db, runtime().events, caller.user.id, passkey_id[:64]):
         raise NotFound("There is no such passkey on this account.")
@@ -620,12 +482,10 @@ async def delete_passkey(passkey_id: str) -> Response:
 
 @blueprint.get("/sessions")
 async def list_sessions() -> Response:
-    from idp.accounts import sessions
-
     caller = await authenticate("openid")
     rt = runtime()
     current = caller.claims.get("sid")
-    items = await sessions.describe_all(
+    items = await describe_all(
         rt.sessions, rt.db, caller.user.id, current_sid=current if isinstance(current, str) else None
     )
     return jsonify(sessions=items)
@@ -635,8 +495,6 @@ async def _reauthenticated(caller: Caller) -> None:
     """ASVS 7.5.2: ending another session needs a fresh authentication: the token's sign-in is at
     most REAUTH_WINDOW old, or the body carries the password. Otherwise RFC 9470's challenge tells
     the app to sign the user in again with max_age."""
-    from idp.accounts.sessions import REAUTH_WINDOW
-
     # A body is optional here: an empty DELETE or POST relies on a recent sign-in.
     body = await json_body() if request.content_length or request.mimetype else {}
     _only(body, "password")

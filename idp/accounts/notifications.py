@@ -3,7 +3,7 @@ issue: "using one is logged and notified by email"), so a change they didn't mak
 
 from __future__ import annotations
 
-from idp.accounts.recovery import AccountContext
+from idp.accounts.context import AccountContext
 from idp.events import (
     AccountLocked,
     Event,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from zxcvbn import zxcvbn
+from zxcvbn.frequency_lists import FREQUENCY_LISTS
 
 from idp.config import PasswordPolicySettings
 
@@ -209,8 +210,6 @@ def _load_blocklist(path: str) -> frozenset[str]:
     Cached per path: the lists are immutable data, loaded once however many policies are built. A
     changed file is read again only after a restart.
     """
-    from zxcvbn.frequency_lists import FREQUENCY_LISTS
-
     entries = {_fold(word) for word in FREQUENCY_LISTS["passwords"]}
     if path:
         entries |= _read_blocklist_file(Path(path))

@@ -1,4 +1,4 @@
-"""Creating and looking up user accounts."""
+"""Creating user accounts, and the checks of what goes into one (address, password)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from idp.storage.db import Database
 from idp.storage.models import User, new_id, utcnow
 from idp.storage.repositories import UserRepository, normalize_email
 
+# What a form decoder puts in place of bytes that were not UTF-8 (Quart decodes with "replace").
+REPLACEMENT_CHARACTER = "\ufffd"
 MIN_PASSWORD_LENGTH = 15  # NIST SP 800-63B rev. 4 §3.1.1.2, password as a single factor
 MAX_PASSWORD_LENGTH = 128
 
@@ -74,6 +76,39 @@ def check_new_user(new: NewUser, policy: PasswordPolicy | None = None) -> tuple[
     return email, name
 
 
+def _password_error(exc: PasswordRejected, field: str = "password") -> AccountError:
+    error = AccountError(field, exc.message)
+    error.rule = exc.rule  # type: ignore[attr-defined]
+    return error
+
+
+def check_new_password(
+    policy: PasswordPolicy,
+    password: str,
+    *,
+    email: str | None,
+    name: str | None,
+    field: str = "password",
+    has_second_factor: bool = False,
+) -> None:
+    """A password chosen at registration, reset or change: the policy's verdict, plus one thing the
+    policy can't see: a password that arrived as invalid UTF-8 was decoded lossily (U+FFFD), and
+    hashing that would let other byte strings match it (ASVS 6.2.8: verified exactly as received).
+    Raises AccountError(``field``, …) with the policy's ``rule`` attached."""
+    if REPLACEMENT_CHARACTER in password:
+        error = AccountError(
+            field,
+            "Your password contains a character that could not be read (U+FFFD, or text not sent as UTF-8). "
+            "Remove it and try again.",
+        )
+        error.rule = "invalid"  # type: ignore[attr-defined]
+        raise error
+    try:
+        policy.check(password, email=email, name=name, has_second_factor=has_second_factor)
+    except PasswordRejected as exc:
+        raise _password_error(exc, field) from None
+
+
 def new_user_row(
     email: str, name: str | None, password_hash: str | None, *, email_verified: bool = False, is_admin: bool = False
 ) -> User:
@@ -100,7 +135,7 @@ async def create_user(
     db: Database, hasher: PasswordHasher, events: EventBus, new: NewUser, policy: PasswordPolicy | None = None
 ) -> User:
     """Create an account (the CLI, the demo, tests); self-service registration is
-    idp.accounts.recovery.register. Raises AccountError, and changes nothing, when the input is
+    idp.accounts.registration.signup.register. Raises AccountError, and changes nothing, when the input is
     refused or the address has an account already."""
     email, name = check_new_user(new, policy)
     password_hash = await hasher.hash(new.password) if new.password is not None else None

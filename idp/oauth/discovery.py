@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from idp.accounts import authn
+from idp.accounts.signin import authn
 from idp.oauth import pkce
 from idp.oauth.authorize import PROMPTS, RESPONSE_MODES
 from idp.oauth.claims import SUPPORTED_CLAIMS

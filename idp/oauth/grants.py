@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from idp.accounts.sessions import BrowserSession, SessionStore
+from idp.accounts.sessions.store import BrowserSession, SessionStore
 from idp.config import TokenSettings
 from idp.events import EventBus, TokenIssued, TokenRevoked
 from idp.oauth import errors, pkce

@@ -19,8 +19,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from idp.accounts import authn, consents, mfa
-from idp.accounts.sessions import BrowserSession, SessionStore
+from idp.accounts.apps import consents
+from idp.accounts.security import mfa
+from idp.accounts.sessions.store import BrowserSession, SessionStore
+from idp.accounts.signin import authn
 from idp.errors import InvalidRequest
 from idp.events import ConsentGranted, EventBus
 from idp.oauth import errors, interactions

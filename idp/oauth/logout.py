@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from idp.accounts.sessions import BrowserSession, SessionStore
+from idp.accounts.sessions.store import BrowserSession, SessionStore
 from idp.errors import InvalidRequest
 from idp.events import EventBus, LoggedOut
 from idp.oauth.authorize import with_query

@@ -1,5 +1,5 @@
 """Brute-force protection for password sign-in (ASVS 6.3.1, NIST SP 800-63B §3.2.2), and for a
-signed-in user's password re-checks, which count as sign-in attempts (idp.accounts.login).
+signed-in user's password re-checks, which count as sign-in attempts (idp.accounts.signin.password).
 
 Failures are tracked per account *and client IP*, and per account across all IPs, in the
 key-value store (so every instance sees them):

@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from idp.accounts import consents, links, profile
+from idp.accounts import links
+from idp.accounts.apps import consents
+from idp.accounts.profile import profile
 from idp.storage.models import (
     AuditEvent,
     KnownDevice,

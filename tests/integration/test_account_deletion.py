@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from idp.accounts.deletion import delete_account
+from idp.accounts.profile.deletion import delete_account
 from idp.accounts.users import AccountError, NewUser, create_user
 from idp.events import EventContext, set_context
 from idp.mail import OutgoingEmail

@@ -24,7 +24,7 @@ class CollectingMailer:
 
 
 async def test_email_change_link_confirms_only_on_post(client, runtime) -> None:
-    from idp.accounts import profile
+    from idp.accounts.profile import profile
 
     world = await make_world(runtime)
     mailer = CollectingMailer()
@@ -149,7 +149,7 @@ async def test_audit_rows_name_the_acting_user(client, runtime) -> None:
 
 
 async def test_old_address_is_told_of_an_email_change(client, runtime) -> None:
-    from idp.accounts import profile
+    from idp.accounts.profile import profile
 
     world = await make_world(runtime)
     mailer = CollectingMailer()
@@ -164,7 +164,7 @@ async def test_old_address_is_told_of_an_email_change(client, runtime) -> None:
 
 async def test_email_change_and_deletion_mail_through_real_smtp(client, runtime, smtp_server) -> None:
     """The email-change link, the old-address notice and the deletion notice over SMTP on loopback."""
-    from idp.accounts import deletion, profile
+    from idp.accounts.profile import deletion, profile
     from idp.mail import SmtpMailer
 
     world = await make_world(runtime)

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 import idp.oauth.interactions as interactions_module
-from idp.accounts.sessions import BrowserSession
+from idp.accounts.sessions.store import BrowserSession
 from idp.oauth.clients import ClientSpec
 from idp.storage.models import AuthorizationCode, Consent, OAuthClient, User
 from tests.oauth_helpers import (

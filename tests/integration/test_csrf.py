@@ -20,7 +20,9 @@ from urllib.parse import quote, urlencode
 import pytest
 from sqlalchemy import select
 
-from idp.accounts import consents, mfa, passkeys
+from idp.accounts.apps import consents
+from idp.accounts.security import mfa, passkeys
+from idp.accounts.security.relying_party import RelyingParty
 from idp.storage.models import Base
 from tests.mfa_helpers import Clock, enable_totp, outbox_subjects, text
 from tests.oauth_helpers import (
@@ -150,7 +152,7 @@ async def victim(app: Any, runtime: Any, clock: Clock) -> Victim:
     # Things a forged request could destroy: a consent, an authenticator app, a passkey.
     await consents.grant(runtime.db, world.user_id, world.spa_id, ["openid", "profile"])
     await enable_totp(runtime, world.user_id, clock)
-    rp = passkeys.RelyingParty(id="localhost", name="idp test", origins=("http://localhost:8000",))
+    rp = RelyingParty(id="localhost", name="idp test", origins=("http://localhost:8000",))
     ceremony, options = await passkeys.registration_options(
         runtime.db, runtime.kv, rp, user_id=world.user_id, user_name=world.email, display_name="Alice", binding="b"
     )
@@ -281,7 +283,7 @@ async def test_header_token_routes_take_the_header_not_a_form_field(app: Any, vi
 @pytest.fixture
 def canary(app: Any) -> list[str]:
     """An unprotected state-changing route added to the accounts blueprint's endpoints, as a new
-    route in accounts/routes.py would be (before the first request, while routes may be added)."""
+    route in a feature's pages.py would be (before the first request, while routes may be added)."""
     calls: list[str] = []
 
     async def change_something() -> str:

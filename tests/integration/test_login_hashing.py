@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from argon2 import PasswordHasher as Argon2
 
-from idp.accounts.login import LoginFailure, authenticate_password
+from idp.accounts.signin.password import LoginFailure, authenticate_password
 from idp.storage.models import User
 from tests.oauth_helpers import PASSWORD, make_world
 

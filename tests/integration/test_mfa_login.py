@@ -12,7 +12,9 @@ import pyotp
 import pytest
 from sqlalchemy import select
 
-from idp.accounts import authn, mfa
+from idp.accounts.security import mfa
+from idp.accounts.signin import authn
+from idp.accounts.signin.pending import PENDING_COOKIE
 from idp.storage.models import RecoveryCode
 from tests.mfa_helpers import (
     SESSION_COOKIE,
@@ -53,7 +55,7 @@ async def test_totp_user_gets_no_session_until_the_code(client: Any, runtime: An
     assert response.status_code == 303
     assert response.headers["Location"] == "/login/mfa"
     assert cookie_value(client, SESSION_COOKIE) is None
-    assert cookie_value(client, authn.PENDING_COOKIE)
+    assert cookie_value(client, PENDING_COOKIE)
     # Nothing behind the password is reachable yet.
     assert (await client.get("/account")).headers["Location"].startswith("/login")
 
@@ -67,7 +69,7 @@ async def test_totp_user_gets_no_session_until_the_code(client: Any, runtime: An
     session = await runtime.sessions.load(cookie_value(client, SESSION_COOKIE))
     assert session is not None and session.user_id == world.user_id
     assert session.amr == ["pwd", "otp", "mfa"] and session.acr == authn.ACR_MFA
-    assert cookie_value(client, authn.PENDING_COOKIE) is None
+    assert cookie_value(client, PENDING_COOKIE) is None
     [event] = await audit(runtime, world.user_id, "login_succeeded")
     assert event.details["amr"] == ["pwd", "otp", "mfa"]
 
@@ -132,10 +134,10 @@ async def test_the_pending_sign_in_is_single_use(client: Any, runtime: Any, worl
     await login(client, world.email)
     page = await client.get("/login/mfa")
     token = csrf_from(await text(page))
-    pending_cookie = cookie_value(client, authn.PENDING_COOKIE)
+    pending_cookie = cookie_value(client, PENDING_COOKIE)
     assert (await post_code(client, "totp", pyotp.TOTP(secret).at(clock.now))).status_code == 303
     # Replaying the pending cookie (e.g. stolen before it was cleared) gets nothing.
-    client.set_cookie("localhost", authn.PENDING_COOKIE, pending_cookie or "")
+    client.set_cookie("localhost", PENDING_COOKIE, pending_cookie or "")
     clock.advance()
     again = await client.post(
         "/login/mfa", form={"csrf_token": token, "method": "totp", "code": pyotp.TOTP(secret).at(clock.now)}
@@ -278,12 +280,13 @@ async def test_discovery_lists_the_acr_values(client: Any) -> None:
 
 
 async def test_password_reset_keeps_the_second_factor(client: Any, runtime: Any, world: World, clock: Clock) -> None:
-    from idp.accounts import links, recovery
+    from idp.accounts import links
+    from idp.accounts.recovery import passwords
 
     await enable_totp(runtime, world.user_id, clock)
     token = await links.issue(runtime.db, purpose=links.RESET_PASSWORD, user_id=world.user_id, ttl=600)
     new_password = "quiet-harbour-lamp-1973"
-    await recovery.reset_password(runtime.accounts, token, new_password, ip="127.0.0.1")
+    await passwords.reset_password(runtime.accounts, token, new_password, ip="127.0.0.1")
     response = await login(client, world.email, password=new_password)
     assert response.headers["Location"] == "/login/mfa"
     assert cookie_value(client, SESSION_COOKIE) is None
@@ -293,13 +296,13 @@ async def test_password_reset_keeps_the_second_factor(client: Any, runtime: Any,
 async def test_second_factor_allows_the_shorter_password_length(
     client: Any, runtime: Any, world: World, clock: Clock
 ) -> None:
-    from idp.accounts import recovery
+    from idp.accounts.recovery import passwords
     from idp.accounts.users import AccountError
 
     await login(client, world.email)
     session = await runtime.sessions.load(cookie_value(client, SESSION_COOKIE))
     short = "vB7#qz!Lm2"  # 10 characters: below min_length (15), above min_length_with_mfa (8)
     with pytest.raises(AccountError):
-        await recovery.change_password(runtime.accounts, session, PASSWORD, short, ip=None)
+        await passwords.change_password(runtime.accounts, session, PASSWORD, short, ip=None)
     await enable_totp(runtime, world.user_id, clock)
-    await recovery.change_password(runtime.accounts, session, PASSWORD, short, ip=None)
+    await passwords.change_password(runtime.accounts, session, PASSWORD, short, ip=None)

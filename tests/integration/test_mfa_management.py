@@ -11,9 +11,10 @@ import pyotp
 import pytest
 from sqlalchemy import select
 
-from idp.accounts import mfa
+from idp.accounts.security import mfa, passkeys
 from idp.storage.models import AuditEvent, MfaCredential, RecoveryCode
 from tests.integration.test_account_api import api_world, bearer, token_for
+from tests.integration.test_passkey_login import add_passkey, page_token, post_json
 from tests.mfa_helpers import ORIGIN, SESSION_COOKIE, Clock, enable_totp, outbox_subjects, text
 from tests.oauth_helpers import PASSWORD, World, cookie_value, csrf_from, login, make_world
 from tests.webauthn_soft import SoftAuthenticator
@@ -233,3 +234,30 @@ async def test_status_after_enrolment(client: Any, runtime: Any, api: tuple[Worl
     await enable_totp(runtime, world.user_id, clock)
     status = await (await client.get("/api/account/mfa", headers=bearer(token))).get_json()
     assert status["totp"] is True and status["recovery_codes_remaining"] == 10
+
+
+async def test_a_passkey_beyond_the_limit_is_refused_with_the_limit_not_a_server_error(
+    client: Any, runtime: Any, api: tuple[World, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At passkeys.MAX_PASSKEYS, starting to add another answers what finishing it would: the limit."""
+    world, token = api
+    monkeypatch.setattr(passkeys, "MAX_PASSKEYS", 1)
+    await login(client, world.email)
+    await add_passkey(client, SoftAuthenticator())
+
+    on_the_page = await post_json(
+        client,
+        "/account/security/passkeys/options",
+        {"password": PASSWORD},
+        await page_token(client, "/account/security"),
+    )
+    assert on_the_page.status_code == 400
+    refusal = await on_the_page.get_json()
+    assert refusal["error"] == "passkey_failed"
+    assert refusal["error_description"].startswith("An account can have at most")
+
+    by_the_api = await client.post("/api/account/passkeys/options", json={"password": PASSWORD}, headers=bearer(token))
+    assert by_the_api.status_code == 400
+    body = await by_the_api.get_json()
+    assert body["error"] == "invalid_request" and body["field"] == "passkey"
+    assert len(await passkeys.list_passkeys(runtime.db, world.user_id)) == 1

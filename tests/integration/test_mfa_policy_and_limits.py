@@ -9,7 +9,7 @@ import pyotp
 import pytest
 from sqlalchemy import update
 
-from idp.accounts import mfa
+from idp.accounts.security import mfa
 from idp.storage.models import User
 from tests.mfa_helpers import SESSION_COOKIE, Clock, audit, enable_totp, post_code, text
 from tests.oauth_helpers import WEB_REDIRECT, World, authorize, cookie_value, csrf_from, login, query_of

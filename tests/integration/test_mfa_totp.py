@@ -1,4 +1,4 @@
-"""TOTP enrolment and verification, recovery codes (idp.accounts.mfa), on both databases.
+"""TOTP enrolment and verification, recovery codes (idp.accounts.security.mfa), on both databases.
 
 Covers ASVS 6.5.1 (TOTP and recovery codes usable once, also under concurrency), 6.5.2 (recovery
 codes stored as argon2id hashes), 6.5.3 (seed from the CSPRNG, encrypted at rest), 6.5.5 (30-second
@@ -16,7 +16,7 @@ import pyotp
 import pytest
 from sqlalchemy import select
 
-from idp.accounts import mfa
+from idp.accounts.security import mfa
 from idp.accounts.users import AccountError
 from idp.security.encryption import DecryptionError
 from idp.storage.models import AuditEvent, MfaCredential, RecoveryCode

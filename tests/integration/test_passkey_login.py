@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from idp.accounts import authn, passkeys
+from idp.accounts.security import passkeys
+from idp.accounts.signin import authn
 from idp.storage.models import AuditEvent, MfaCredential
 from tests.mfa_helpers import ORIGIN, SESSION_COOKIE, outbox_subjects, text
 from tests.oauth_helpers import (

@@ -1,4 +1,4 @@
-"""Passkeys (idp.accounts.passkeys): WebAuthn registration, second-factor and passwordless sign-in,
+"""Passkeys (idp.accounts.security.passkeys): WebAuthn registration, second-factor and passwordless sign-in,
 and management, on both databases and both key-value stores.
 
 The browser and authenticator are tests/webauthn_soft.py. Every refusal asserts the reason and
@@ -20,8 +20,9 @@ import pytest
 from sqlalchemy import pool, select, text, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from idp.accounts import mfa, passkeys
-from idp.accounts.passkeys import Passkey, PasskeyAssertion, PasskeyError, RelyingParty
+from idp.accounts.security import mfa, passkeys
+from idp.accounts.security.passkeys import Passkey, PasskeyAssertion
+from idp.accounts.security.relying_party import PasskeyError, RelyingParty, ceremony_key
 from idp.accounts.users import AccountError
 from idp.storage import migrate
 from idp.storage.models import AuditEvent, MfaCredential, utcnow
@@ -135,14 +136,14 @@ async def audit(runtime: Any) -> list[tuple[str, str | None, dict[str, Any]]]:
 
 async def expire_ceremony(runtime: Any, ceremony_id: str) -> None:
     """Let the store expire the ceremony the way its TTL would (without waiting 5 minutes)."""
-    key = passkeys._ceremony_key(ceremony_id)
+    key = ceremony_key(ceremony_id)
     assert await runtime.kv.expire(key, 0.001)
     await asyncio.sleep(0.05)
     assert not await runtime.kv.exists(key)
 
 
 async def ceremony_exists(runtime: Any, ceremony_id: str) -> bool:
-    return bool(await runtime.kv.exists(passkeys._ceremony_key(ceremony_id)))
+    return bool(await runtime.kv.exists(ceremony_key(ceremony_id)))
 
 
 @pytest.fixture
@@ -183,9 +184,9 @@ async def test_registration_options(runtime: Any, alice: str) -> None:
     # The store holds the ceremony under a digest of its id, for challenge_ttl seconds.
     assert len(ceremony_id) >= 43
     assert await runtime.kv.get(f"webauthn:ceremony:{ceremony_id}") is None
-    ttl = await runtime.kv.ttl(passkeys._ceremony_key(ceremony_id))
+    ttl = await runtime.kv.ttl(ceremony_key(ceremony_id))
     assert ttl is not None and RP.challenge_ttl - 5 < ttl <= RP.challenge_ttl
-    stored = json.loads(await runtime.kv.get(passkeys._ceremony_key(ceremony_id)))
+    stored = json.loads(await runtime.kv.get(ceremony_key(ceremony_id)))
     assert stored["challenge"] == options["challenge"]
     assert stored["user_id"] == alice
     assert BROWSER not in json.dumps(stored)
@@ -632,7 +633,7 @@ async def test_second_factor_options_list_the_users_passkeys(runtime: Any, alice
     assert options["rpId"] == "localhost"
     assert options["timeout"] == RP.timeout_ms
     assert len(unb64url(options["challenge"])) >= 32
-    stored = json.loads(await runtime.kv.get(passkeys._ceremony_key(ceremony_id)))
+    stored = json.loads(await runtime.kv.get(ceremony_key(ceremony_id)))
     assert (stored["kind"], stored["user_id"], stored["challenge"]) == ("authentication", alice, options["challenge"])
 
 

@@ -403,10 +403,10 @@ async def test_sign_ups_racing_for_one_address_make_one_account(runtime: Any, sm
     """The database decides whether an address is free, so two registrations of the same address
     at the same moment make one account: one gets the verification link, the other is the notice
     to its owner; neither fails."""
-    from idp.accounts import recovery
+    from idp.accounts.registration import signup
 
     await asyncio.gather(
-        *(recovery.register(runtime.accounts, email=ADA, password=NEW_PASSWORD, name=None) for _ in range(2))
+        *(signup.register(runtime.accounts, email=ADA, password=NEW_PASSWORD, name=None) for _ in range(2))
     )
     assert await count_users(runtime) == 1
     received = await smtp_server.wait_for(2)

@@ -661,7 +661,7 @@ async def test_concurrent_sign_ins_respect_the_limit(runtime: Any, world: World)
     """Sign-ins racing on several nodes: the per-user lock in the shared store keeps the count."""
     import asyncio
 
-    from idp.accounts.sessions import SessionStore, TooManySessions
+    from idp.accounts.sessions.store import SessionStore, TooManySessions
 
     nodes = [
         SessionStore(runtime.kv, runtime.events, idle_ttl=3600, absolute_ttl=86400, max_per_user=2, limit_policy=policy)
@@ -711,7 +711,7 @@ class SessionClock:
 
 
 async def test_idle_timeout_and_absolute_lifetime(runtime: Any, world: World) -> None:
-    from idp.accounts.sessions import SessionStore
+    from idp.accounts.sessions.store import SessionStore
 
     clock = SessionClock()
     store = SessionStore(runtime.kv, runtime.events, idle_ttl=600, absolute_ttl=1800, clock=clock)
@@ -833,7 +833,7 @@ async def test_a_session_ended_meanwhile_is_not_brought_back(runtime: Any, world
 
 async def test_a_touch_or_a_new_client_does_not_revive_an_ended_session(runtime: Any, world: World) -> None:
     """The browser's request reads its session just before another device ends it."""
-    from idp.accounts.sessions import SessionStore
+    from idp.accounts.sessions.store import SessionStore
 
     clock = SessionClock()
     store = SessionStore(runtime.kv, runtime.events, idle_ttl=3600, absolute_ttl=86400, clock=clock)

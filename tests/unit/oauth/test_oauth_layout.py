@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from idp.accounts import authn
+from idp.accounts.signin import authn
 from idp.oauth import clients, pkce
 from idp.oauth.authorize import PROMPTS, RESPONSE_MODES
 from idp.oauth.discovery import provider_metadata

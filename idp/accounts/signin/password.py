@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from idp.accounts import devices
+from idp.accounts.sessions import devices
+from idp.accounts.signin.eligibility import sign_in_refusal
 from idp.accounts.users import AccountError
 from idp.events import AccountLocked, EventBus, LoginFailed
 from idp.security.lockout import LockedOut, LoginGuard
@@ -70,12 +71,10 @@ async def authenticate_password(
         user_id = user.id if user else None
         await events.publish(LoginFailed(reason="invalid_credentials", user_id=user_id))
         raise LoginFailure("invalid_credentials", INVALID, user_id=user_id)
-    if user.disabled:
-        await events.publish(LoginFailed(reason="disabled", user_id=user.id))
-        raise LoginFailure("disabled", "This account cannot sign in. Contact the administrator.")
-    if not user.email_verified:
-        await events.publish(LoginFailed(reason="unverified", user_id=user.id))
-        raise LoginFailure("unverified", "Confirm your email address first, using the link we sent you.")
+    # Told only to whoever knows the password (a wrong one for a disabled account is just wrong).
+    if (refusal := sign_in_refusal(user)) is not None:
+        await events.publish(LoginFailed(reason=refusal.reason, user_id=user.id))
+        raise LoginFailure(refusal.reason, refusal.message)
     new_hash = await hasher.hash(password) if hasher.needs_rehash(stored_hash or "") else None
     async with db.session() as session:
         fresh = await UserRepository(session).get(user.id)

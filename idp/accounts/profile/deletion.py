@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import Column, delete, func, or_, select, update
 
-from idp.accounts.login import reauthenticate
-from idp.accounts.recovery import AccountContext
+from idp.accounts.context import AccountContext
+from idp.accounts.signin.password import reauthenticate
 from idp.accounts.users import AccountError
 from idp.events import AccountDeleted, AccountDeleting, get_context
 from idp.storage.models import AuditEvent, Base, OneTimeToken, User
@@ -73,7 +73,7 @@ async def delete_account(
 
     ``confirm_with_password``: the user deletes their own account and must give the password
     again (re-authentication before an irreversible action), checked as a sign-in attempt from
-    ``ip`` with the browser's ``device_token`` (idp.accounts.login.reauthenticate: the same limits
+    ``ip`` with the browser's ``device_token`` (idp.accounts.signin.password.reauthenticate: the same limits
     and lockout; PasswordCheckRefused when there were too many). Administrators' deletions
     pass ``confirm_with_password=False`` and their own id as ``actor_id``, which the audit trail
     records. ``delete_blob`` removes the stored picture files by name (the routes pass

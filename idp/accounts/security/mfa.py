@@ -31,6 +31,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlsplit
 
 import pyotp
 import segno
@@ -438,6 +439,4 @@ def qr_code(uri: str) -> str:
 
 def totp_issuer_name(issuer: str, configured: str) -> str:
     """The name authenticator apps show next to the code: ``[mfa] totp_issuer``, else the host."""
-    from urllib.parse import urlsplit
-
     return configured or urlsplit(issuer).hostname or "idp"

@@ -12,24 +12,20 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from quart import Blueprint, Response, render_template, request, url_for
+from quart import Response, render_template, request, url_for
 
-from idp.accounts import sessions
-from idp.accounts.sessions import BrowserSession
+from idp.accounts.sessions.store import BrowserSession, describe_all, recently_authenticated
 from idp.accounts.users import AccountError
+from idp.accounts.web import load_user, notice, page, reauthenticate, session_pages
 from idp.http import runtime
-from idp.storage.models import User
 from idp.web import (
     SESSION_COOKIE,
     clear_cookie,
     csrf_token,
     current_session,
-    reauthenticate,
     require_csrf,
     see_other,
 )
-
-blueprint = Blueprint("sessions", __name__)
 
 _NOTICES = {
     "ended": "The session was ended. That browser is signed out.",
@@ -39,34 +35,27 @@ _NOTICES = {
 _SIGN_IN = "/login?return_to=/account/sessions"
 
 
-def _page(html: str, status: int = 200) -> Response:
-    response = Response(html, status=status, content_type="text/html; charset=utf-8")
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-@blueprint.get("/account/sessions")
+@session_pages.get("/account/sessions")
 async def sessions_page() -> Response:
     session = await current_session()
     if session is None:
         return see_other(_SIGN_IN)
     rt = runtime()
-    items = await sessions.describe_all(rt.sessions, rt.db, session.user_id, current_sid=session.sid)
+    items = await describe_all(rt.sessions, rt.db, session.user_id, current_sid=session.sid)
     html = await render_template(
         "accounts/sessions.html",
         sessions=items,
         csrf_token=csrf_token(),
-        notice=_NOTICES.get(request.args.get("notice", "")),
+        notice=notice(_NOTICES),
     )
-    return _page(html)
+    return page(html)
 
 
 # -- confirming with a fresh authentication --------------------------------------------------------
 
 
 async def _has_password(user_id: str) -> bool:
-    async with runtime().db.session() as db_session:
-        user = await db_session.get(User, user_id)
+    user = await load_user(user_id)
     return user is not None and user.password_hash is not None
 
 
@@ -78,7 +67,7 @@ async def _confirm_page(
     error: str | None = None,
     status: int = 200,
 ) -> Response:
-    recent = sessions.recently_authenticated(session)
+    recent = recently_authenticated(session)
     html = await render_template(
         "accounts/sessions_confirm.html",
         target=target,
@@ -88,7 +77,7 @@ async def _confirm_page(
         sign_in_again=f"/login?{_return_query(action)}",
         error=error,
     )
-    return _page(html, status)
+    return page(html, status)
 
 
 def _return_query(path: str) -> str:
@@ -98,7 +87,7 @@ def _return_query(path: str) -> str:
 async def _reauthenticated(session: BrowserSession) -> str | None:
     """None when the user has authenticated again (a recent sign-in, or the right password in the
     form); otherwise the error to show. The password counts as a sign-in attempt (too many: 429)."""
-    if sessions.recently_authenticated(session):
+    if recently_authenticated(session):
         return None
     password = (await request.form).get("password") or ""
     if not password:
@@ -114,13 +103,13 @@ async def _target(session: BrowserSession, sid: str) -> dict[str, object] | None
     rt = runtime()
     if len(sid) > 64:
         return None
-    for item in await sessions.describe_all(rt.sessions, rt.db, session.user_id, current_sid=session.sid):
+    for item in await describe_all(rt.sessions, rt.db, session.user_id, current_sid=session.sid):
         if item["id"] == sid:
             return item
     return None
 
 
-@blueprint.get("/account/sessions/<sid>/end")
+@session_pages.get("/account/sessions/<sid>/end")
 async def end_session_confirm(sid: str) -> Response:
     session = await current_session()
     if session is None:
@@ -131,7 +120,7 @@ async def end_session_confirm(sid: str) -> Response:
     return await _confirm_page(session, target=target, action=url_for("sessions.end_session", sid=sid))
 
 
-@blueprint.post("/account/sessions/<sid>/end")
+@session_pages.post("/account/sessions/<sid>/end")
 async def end_session(sid: str) -> Response:
     session = await current_session()
     if session is None:
@@ -154,7 +143,7 @@ async def end_session(sid: str) -> Response:
     return see_other(url_for("sessions.sessions_page", notice="ended" if ended else "none-ended"))
 
 
-@blueprint.get("/account/sessions/end-others")
+@session_pages.get("/account/sessions/end-others")
 async def end_other_sessions_confirm() -> Response:
     session = await current_session()
     if session is None:
@@ -162,7 +151,7 @@ async def end_other_sessions_confirm() -> Response:
     return await _confirm_page(session, target=None, action=url_for("sessions.end_other_sessions"))
 
 
-@blueprint.post("/account/sessions/end-others")
+@session_pages.post("/account/sessions/end-others")
 async def end_other_sessions() -> Response:
     session = await current_session()
     if session is None:

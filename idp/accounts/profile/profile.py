@@ -2,8 +2,8 @@
 the activity trail and the export of everything held about the account.
 
 Plain arguments in, values or ``AccountError(field, message)`` out; the account API
-(``idp.accounts.api``) translates. Every input is validated before anything is written, so a
-refused request changes nothing.
+(``idp.accounts.api``) and the account pages (``idp.accounts.profile.pages``) translate. Every
+input is validated before anything is written, so a refused request changes nothing.
 
 An address change never takes effect on request: a single-use link goes to the new address and
 the change happens when it is confirmed (ASVS 6.3.7 wants the user notified of such changes; the
@@ -28,7 +28,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from idp.accounts import links
-from idp.accounts.recovery import AccountContext
+from idp.accounts.context import AccountContext
 from idp.accounts.users import AccountError, check_email
 from idp.events import EmailChanged, EmailChangeRequested, EventBus, ProfileUpdated
 from idp.storage.db import Database
@@ -48,6 +48,8 @@ from idp.storage.repositories import UserRepository, normalize_email
 
 # Where the emailed confirmation link points (the browser page that calls confirm_email_change).
 EMAIL_CHANGE_PATH = "/account/email/confirm"
+# The name the export (export_account) is downloaded under, from the account page and the API.
+EXPORT_FILENAME = "idp-account-export.json"
 
 # Editable profile claims (OIDC Core §5.1) and their maximum lengths, in characters; the columns
 # of ``users`` have the same sizes.

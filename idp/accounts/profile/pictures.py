@@ -24,7 +24,7 @@ from collections.abc import Iterable
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from idp.accounts.recovery import AccountContext
+from idp.accounts.context import AccountContext
 from idp.accounts.users import AccountError
 from idp.config import PictureSettings
 from idp.events import PictureChanged

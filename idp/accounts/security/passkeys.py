@@ -1,8 +1,9 @@
 """Passkeys and security keys: WebAuthn registration and authentication — the domain layer, no HTTP.
 
-Verification is py_webauthn's (WebAuthn §7.1, §7.2); this module keeps the state around it: the
-ceremonies (challenges) in the key-value store, the credentials in ``mfa_credentials``
-(``type = "webauthn"``), and the checks the library leaves to the relying party.
+Verification is py_webauthn's (WebAuthn §7.1, §7.2); this module keeps the credentials in
+``mfa_credentials`` (``type = "webauthn"``) and makes the checks the library leaves to the relying
+party. The ceremonies' challenges, and reading what browsers send, are
+idp.accounts.security.relying_party's.
 
 What the callers (the login step, the account pages) must do themselves, because only they know
 the request:
@@ -12,15 +13,11 @@ the request:
 - pass a ``binding`` that identifies the browser that starts a ceremony (e.g. a digest of its
   session or pre-login cookie), so a ceremony id that leaks can't be finished elsewhere;
 - rate-limit ``authenticate_passkey`` and record failures (``LoginFailed(factor="webauthn")`` with
-  ``PasskeyError.reason``, ASVS 16.3.1); publish the successful sign-in; refuse disabled accounts.
+  ``PasskeyError.reason``, ASVS 16.3.1); refuse accounts that may not sign in
+  (idp.accounts.signin.eligibility); publish the successful sign-in.
 
 Choices made here:
 
-- A ceremony is a random id (256 bits) handed to the browser; the key-value store holds, under a
-  digest of it, the challenge (64 random bytes from py_webauthn, ASVS 6.7.2), the user and the
-  binding for ``challenge_ttl`` seconds. It is consumed with one atomic ``pop`` before anything
-  is verified: a challenge works once, also under concurrent requests, and a failed attempt
-  burns it (WebAuthn §13.4.3).
 - ``user.id`` is the opaque account id, never an email address (WebAuthn §14.6.1).
 - Registration asks for a discoverable credential where the authenticator can make one
   (``residentKey: "preferred"``) and for the ``credProps`` extension (§10.1.3) to learn whether
@@ -42,11 +39,10 @@ Choices made here:
 from __future__ import annotations
 
 import hmac
-import json
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any
 
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -64,20 +60,9 @@ from webauthn.helpers import (
     decoded_public_key_to_cryptography,
     options_to_json_dict,
     parse_authentication_credential_json,
-    parse_client_data_json,
     parse_registration_credential_json,
 )
 from webauthn.helpers.cose import COSEAlgorithmIdentifier
-from webauthn.helpers.exceptions import (
-    InvalidAuthenticationResponse,
-    InvalidCertificateChain,
-    InvalidRegistrationResponse,
-    UnsupportedAlgorithm,
-    UnsupportedEC2Curve,
-    UnsupportedPublicKey,
-    UnsupportedPublicKeyType,
-    WebAuthnException,
-)
 from webauthn.helpers.structs import (
     AttestationConveyancePreference,
     AuthenticationCredential,
@@ -90,9 +75,20 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 
+from idp.accounts.security.relying_party import (
+    AUTHENTICATION,
+    REGISTRATION,
+    VERIFICATION_ERRORS,
+    PasskeyError,
+    RelyingParty,
+    check_same_origin_context,
+    consume_ceremony,
+    credential_json,
+    library_failure,
+    start_ceremony,
+)
 from idp.accounts.users import AccountError
 from idp.events import EventBus, MfaDisabled, MfaEnabled, PasskeyRegistered, PasskeyRemoved, PasskeyRenamed
-from idp.security.tokens import random_token, sha256_digest
 from idp.storage.db import Database
 from idp.storage.kv import KeyValueStore
 from idp.storage.models import MfaCredential, User, utcnow
@@ -105,84 +101,14 @@ ALGORITHMS = (
     COSEAlgorithmIdentifier.EDDSA,
     COSEAlgorithmIdentifier.RSASSA_PKCS1_v1_5_SHA_256,
 )
-MAX_CREDENTIAL_JSON = 64 * 1024  # bytes; a real response is a few KiB at most
 MAX_NAME_LENGTH = 64
 MAX_TRANSPORTS = 8
 MAX_PASSKEYS = 25  # per account: bounds excludeCredentials/allowCredentials and the list page
 # §7.1 allows credential ids up to 1023 bytes; the column holds 1024 base64url characters (768 bytes).
 MAX_CREDENTIAL_ID_CHARS = 1024
-_MAX_CEREMONY_ID = 128
 _KNOWN_TRANSPORTS = frozenset(transport.value for transport in AuthenticatorTransport)
-_REGISTRATION = "registration"
-_AUTHENTICATION = "authentication"
-
-_MESSAGES = {
-    "challenge": "This passkey request has expired or was already used. Try again.",
-    "origin": "This passkey response came from another website.",
-    "rp_id": "This passkey was made for another website.",
-    "signature": "The passkey's signature is not valid.",
-    "counter": (
-        "This passkey reported an unexpected use count, so it may have been copied. "
-        "Sign in another way and consider removing it."
-    ),
-    "user_verification": "Your device didn't verify you (PIN, fingerprint or face). Try again.",
-    "user_presence": "The passkey was used without your confirmation on the device. Try again.",
-    "user_mismatch": "This passkey is not registered for this account.",
-    "unknown_credential": "This passkey is not registered here, or it was removed.",
-    "duplicate": "This passkey is already registered.",
-    "algorithm": "This kind of passkey or security key is not supported.",
-    "attestation": "The passkey's attestation could not be verified.",
-    "backup_eligibility": "This passkey's response doesn't match how it was registered.",
-    "limit": f"An account can have at most {MAX_PASSKEYS} passkeys. Remove one first.",
-    "malformed": "The passkey response could not be read. Try again.",
-}
-
-# py_webauthn 3.0.1 reports most failures as InvalidRegistrationResponse/InvalidAuthenticationResponse
-# with a message only; the reason for the audit log comes from it, most specific first. The
-# tests pin every entry, so a reworded message in a new release fails them instead of logging
-# "malformed".
-_LIBRARY_MESSAGES = (
-    ("was missing", "malformed"),
-    ("origin", "origin"),
-    ("rp id hash", "rp_id"),
-    ("challenge", "challenge"),
-    ("user verification", "user_verification"),
-    ("user presence", "user_presence"),
-    ("user was not present", "user_presence"),
-    ("attestation statement alg", "attestation"),
-    ("public key alg", "algorithm"),
-    ("signature", "signature"),
-    ("attestation type", "attestation"),
-    ("attestation statement", "attestation"),
-)
-
-
-@dataclass(frozen=True)
-class RelyingParty:
-    """Who we are to authenticators (WebAuthn §5.4.2) and which pages may run ceremonies."""
-
-    id: str  # RP ID, e.g. "localhost" or "idp.example.com"
-    name: str  # shown by the authenticator
-    origins: tuple[str, ...]  # accepted origins, e.g. ("http://localhost:8000",)
-    challenge_ttl: int = 300  # seconds a ceremony stays valid
-    timeout_ms: int = 300_000  # put in the options
-
-    def __post_init__(self) -> None:
-        if not self.id or not self.name or not self.origins:
-            raise ValueError("a relying party needs an id, a name and at least one origin")
-        if self.challenge_ttl <= 0 or self.timeout_ms <= 0:
-            raise ValueError("challenge_ttl and timeout_ms must be positive")
-
-
-class PasskeyError(AccountError):
-    """A refused passkey ceremony. ``reason`` is for the audit log ("challenge", "origin", "rp_id",
-    "signature", "counter", "unknown_credential", "user_mismatch", "user_verification",
-    "user_presence", "algorithm", "attestation", "backup_eligibility", "duplicate", "limit",
-    "malformed"); ``message`` is for the user."""
-
-    def __init__(self, reason: str, message: str | None = None) -> None:
-        super().__init__("passkey", message or _MESSAGES.get(reason, _MESSAGES["malformed"]))
-        self.reason = reason
+# The reason "limit"'s message (PasskeyError), fixed when the module loads.
+_LIMIT = f"An account can have at most {MAX_PASSKEYS} passkeys. Remove one first."
 
 
 @dataclass(frozen=True)
@@ -209,96 +135,7 @@ class PasskeyAssertion:
     backup_eligible: bool
 
 
-@dataclass(frozen=True)
-class _Ceremony:
-    kind: str
-    challenge: bytes
-    user_id: str | None
-
-
 # -- helpers --------------------------------------------------------------------------------
-
-
-def _ceremony_key(ceremony_id: str) -> str:
-    # The store holds a digest: whoever can read it can't finish someone's ceremony.
-    return f"webauthn:ceremony:{sha256_digest(ceremony_id)}"
-
-
-async def _start_ceremony(
-    kv: KeyValueStore, rp: RelyingParty, *, kind: str, challenge: bytes, user_id: str | None, binding: str
-) -> str:
-    if not binding:
-        raise ValueError("binding must identify the browser that starts the ceremony")
-    ceremony_id = random_token()
-    record = {
-        "kind": kind,
-        "challenge": bytes_to_base64url(challenge),
-        "user_id": user_id,
-        "binding": sha256_digest(binding),
-    }
-    await kv.set(_ceremony_key(ceremony_id), json.dumps(record), ttl=rp.challenge_ttl)
-    return ceremony_id
-
-
-async def _consume_ceremony(kv: KeyValueStore, ceremony_id: str, *, kind: str, binding: str) -> _Ceremony:
-    """Take the ceremony out of the store (whatever happens next, it can't be used again)."""
-    if not isinstance(ceremony_id, str) or not ceremony_id or len(ceremony_id) > _MAX_CEREMONY_ID:
-        raise PasskeyError("challenge")
-    raw = await kv.pop(_ceremony_key(ceremony_id))
-    if raw is None:
-        raise PasskeyError("challenge")
-    record = json.loads(raw)
-    same_browser = hmac.compare_digest(record["binding"], sha256_digest(binding))
-    if record["kind"] != kind or not same_browser:
-        raise PasskeyError("challenge")
-    return _Ceremony(kind=kind, challenge=base64url_to_bytes(record["challenge"]), user_id=record["user_id"])
-
-
-def _credential_json(credential: str | dict[str, Any]) -> dict[str, Any]:
-    """The browser's PublicKeyCredential JSON as a dict; absurd input is refused before any work."""
-    if isinstance(credential, str):
-        if len(credential) > MAX_CREDENTIAL_JSON or len(credential.encode()) > MAX_CREDENTIAL_JSON:
-            raise PasskeyError("malformed")
-        try:
-            credential = json.loads(credential)
-        except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested deeper than the parser goes
-            raise PasskeyError("malformed") from None
-    if not isinstance(credential, dict):
-        raise PasskeyError("malformed")
-    try:
-        size = len(json.dumps(credential).encode())
-    except (TypeError, ValueError, RecursionError):
-        raise PasskeyError("malformed") from None
-    if size > MAX_CREDENTIAL_JSON:
-        raise PasskeyError("malformed")
-    return credential
-
-
-def _library_failure(exc: Exception) -> NoReturn:
-    """Turn a py_webauthn (or malformed-input) failure into a PasskeyError with its reason."""
-    if isinstance(exc, UnsupportedAlgorithm | UnsupportedEC2Curve | UnsupportedPublicKey | UnsupportedPublicKeyType):
-        raise PasskeyError("algorithm") from exc
-    if isinstance(exc, InvalidCertificateChain):
-        raise PasskeyError("attestation") from exc
-    if isinstance(exc, InvalidRegistrationResponse | InvalidAuthenticationResponse):
-        text = str(exc).lower()
-        for fragment, reason in _LIBRARY_MESSAGES:
-            if fragment in text:
-                raise PasskeyError(reason) from exc
-    # Unparseable JSON, CBOR, authenticator data or key, impossible flags...
-    raise PasskeyError("malformed") from exc
-
-
-# What verifying hostile input can raise besides the library's own exceptions (binascii and
-# cbor2 errors are ValueErrors; a COSE key without "kty" is a KeyError).
-_VERIFICATION_ERRORS = (WebAuthnException, ValueError, TypeError, KeyError, IndexError)
-
-
-def _check_same_origin_context(client_data_json: bytes) -> None:
-    """Refuse a ceremony run in a cross-origin iframe (py_webauthn ignores ``crossOrigin``): our
-    pages never embed one, and §7.1/§7.2 leave accepting it to the relying party's policy."""
-    if parse_client_data_json(client_data_json).cross_origin:
-        raise PasskeyError("origin")
 
 
 def clean_passkey_name(name: str) -> str:
@@ -409,7 +246,7 @@ async def registration_options(
     async with db.session() as session:
         rows = list((await session.execute(_webauthn_rows(user_id).order_by(MfaCredential.created_at))).scalars())
     if len(rows) >= MAX_PASSKEYS:
-        raise PasskeyError("limit")
+        raise PasskeyError("limit", _LIMIT)
     options = generate_registration_options(
         rp_id=rp.id,
         rp_name=rp.name,
@@ -425,8 +262,8 @@ async def registration_options(
         exclude_credentials=[_descriptor(row) for row in rows],
         supported_pub_key_algs=list(ALGORITHMS),
     )
-    ceremony_id = await _start_ceremony(
-        kv, rp, kind=_REGISTRATION, challenge=options.challenge, user_id=user_id, binding=binding
+    ceremony_id = await start_ceremony(
+        kv, rp, kind=REGISTRATION, challenge=options.challenge, user_id=user_id, binding=binding
     )
     # py_webauthn 3.0.1 has no extensions in its options; credProps tells whether the
     # authenticator made the credential discoverable (§10.1.3).
@@ -456,8 +293,8 @@ async def register_passkey(
     first passkey.
     """
     clean_name = clean_passkey_name(name)
-    data = _credential_json(credential)
-    ceremony = await _consume_ceremony(kv, ceremony_id, kind=_REGISTRATION, binding=binding)
+    data = credential_json(credential)
+    ceremony = await consume_ceremony(kv, ceremony_id, kind=REGISTRATION, binding=binding)
     if ceremony.user_id != user_id:
         raise PasskeyError("challenge")
     try:
@@ -470,13 +307,13 @@ async def register_passkey(
             require_user_verification=False,
             supported_pub_key_algs=list(ALGORITHMS),
         )
-        _check_same_origin_context(parsed.response.client_data_json)
+        check_same_origin_context(parsed.response.client_data_json)
         # The key must be usable for the assertions to come (a "none" attestation never used it).
         decoded_public_key_to_cryptography(decode_credential_public_key(verified.credential_public_key))
     except PasskeyError:
         raise
-    except _VERIFICATION_ERRORS as exc:
-        _library_failure(exc)
+    except VERIFICATION_ERRORS as exc:
+        library_failure(exc)
     credential_id = bytes_to_base64url(verified.credential_id)
     # The browser's id must be the one the authenticator attested: it is what sign-ins will name.
     if credential_id != parsed.id or len(credential_id) > MAX_CREDENTIAL_ID_CHARS:
@@ -491,7 +328,7 @@ async def register_passkey(
             raise PasskeyError("duplicate")
         existing = await _count(session, user_id)
         if existing >= MAX_PASSKEYS:
-            raise PasskeyError("limit")
+            raise PasskeyError("limit", _LIMIT)
         row = MfaCredential(
             user_id=user_id,
             type=WEBAUTHN,
@@ -548,8 +385,8 @@ async def authentication_options(
             UserVerificationRequirement.PREFERRED if user_id is not None else UserVerificationRequirement.REQUIRED
         ),
     )
-    ceremony_id = await _start_ceremony(
-        kv, rp, kind=_AUTHENTICATION, challenge=options.challenge, user_id=user_id, binding=binding
+    ceremony_id = await start_ceremony(
+        kv, rp, kind=AUTHENTICATION, challenge=options.challenge, user_id=user_id, binding=binding
     )
     return ceremony_id, options_to_json_dict(options)
 
@@ -572,13 +409,13 @@ async def authenticate_passkey(
     changes nothing. On success the new count, the backup state and last_used_at are stored.
     Publishes nothing: the login step does, with the session it creates.
     """
-    data = _credential_json(credential)
-    ceremony = await _consume_ceremony(kv, ceremony_id, kind=_AUTHENTICATION, binding=binding)
+    data = credential_json(credential)
+    ceremony = await consume_ceremony(kv, ceremony_id, kind=AUTHENTICATION, binding=binding)
     passwordless = ceremony.user_id is None
     try:
         parsed: AuthenticationCredential = parse_authentication_credential_json(data)
-    except _VERIFICATION_ERRORS as exc:
-        _library_failure(exc)
+    except VERIFICATION_ERRORS as exc:
+        library_failure(exc)
     credential_id = bytes_to_base64url(parsed.raw_id)
     if credential_id != parsed.id or len(credential_id) > MAX_CREDENTIAL_ID_CHARS:
         raise PasskeyError("malformed")
@@ -612,11 +449,11 @@ async def authenticate_passkey(
             credential_current_sign_count=0,
             require_user_verification=passwordless,
         )
-        _check_same_origin_context(parsed.response.client_data_json)
+        check_same_origin_context(parsed.response.client_data_json)
     except PasskeyError:
         raise
-    except _VERIFICATION_ERRORS as exc:
-        _library_failure(exc)
+    except VERIFICATION_ERRORS as exc:
+        library_failure(exc)
     stored = row.sign_count
     new = verified.new_sign_count
     if (new != 0 or stored != 0) and new <= stored:

@@ -1,0 +1,1 @@
+"""Connected applications: the consents a user gave, listed and withdrawn on the account."""

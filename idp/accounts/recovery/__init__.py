@@ -1,0 +1,1 @@
+"""Passwords: forgotten (a reset link), reset and changed."""

@@ -1,0 +1,136 @@
+"""Passwords: a reset link for a forgotten one, the reset itself, and a change by the signed-in user.
+
+No answer reveals whether an address has an account (ASVS 6.3.8): a reset request for an unknown
+address does nothing visible. Every change of password ends sessions and is announced, so the
+protocol side revokes tokens and the user is notified.
+"""
+
+from __future__ import annotations
+
+from idp.accounts import links
+from idp.accounts.context import AccountContext
+from idp.accounts.security.mfa import has_second_factor
+from idp.accounts.sessions.store import BrowserSession
+from idp.accounts.signin.password import reauthenticate
+from idp.accounts.users import AccountError, check_email, check_new_password
+from idp.events import PasswordChanged, PasswordResetCompleted, PasswordResetRequested
+from idp.storage.models import utcnow
+from idp.storage.repositories import UserRepository
+
+# -- password reset -------------------------------------------------------------------------
+
+
+async def request_password_reset(ctx: AccountContext, email: str) -> None:
+    """Mail a reset link if the address has an active account; the caller always shows the same page."""
+    try:
+        address = check_email(email)
+    except AccountError:
+        return
+    async with ctx.db.session() as session:
+        user = await UserRepository(session).get_by_email(address)
+    if user is None or user.disabled:
+        return
+    token = await links.issue(
+        ctx.db, purpose=links.RESET_PASSWORD, user_id=user.id, ttl=ctx.settings.reset_ttl, email=user.email
+    )
+    await ctx.events.publish(PasswordResetRequested(user_id=user.id))
+    await ctx.send(
+        "password_reset",
+        user.email,
+        link=ctx.link("/reset-password", token=token),
+        minutes=max(1, ctx.settings.reset_ttl // 60),
+    )
+
+
+async def reset_password(ctx: AccountContext, token: str | None, new_password: str, *, ip: str | None) -> str:
+    """Set a new password from a reset link. Ends every session; returns the user id.
+
+    Raises AccountError("token", …) for an invalid/expired/used link, ("password", …) for a
+    password the policy refuses (the link stays usable then).
+    """
+    row = await links.peek(ctx.db, links.RESET_PASSWORD, token)
+    if row is None:
+        raise AccountError("token", "This reset link is invalid, expired or already used. Ask for a new one.")
+    async with ctx.db.session() as session:
+        user = await UserRepository(session).get(row.user_id)
+    if user is None or user.disabled:
+        raise AccountError("token", "This reset link is invalid, expired or already used. Ask for a new one.")
+    # NIST SP 800-63B §3.1.1.2: a password that is one of two factors may be shorter.
+    second_factor = await has_second_factor(ctx.db, user.id)
+    check_new_password(ctx.policy, new_password, email=user.email, name=user.name, has_second_factor=second_factor)
+    if await links.consume(ctx.db, links.RESET_PASSWORD, token) is None:
+        raise AccountError("token", "This reset link is invalid, expired or already used. Ask for a new one.")
+    new_hash = await ctx.hasher.hash(new_password)
+    async with ctx.db.session() as session:
+        fresh = await UserRepository(session).get(row.user_id)
+        if fresh is None:
+            raise AccountError("token", "This account no longer exists.")
+        fresh.password_hash = new_hash
+        fresh.password_changed_at = utcnow()
+        fresh.email_verified = True  # following the emailed link proved control of the mailbox
+        email = fresh.email
+    ended = await ctx.sessions.end_all_for_user(row.user_id, reason="password_reset")
+    await ctx.events.publish(PasswordResetCompleted(user_id=row.user_id, sessions_ended=len(ended)))
+    await ctx.send(
+        "password_changed",
+        email,
+        time=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+        ip=ip or "unknown",
+        reset_link=ctx.link("/forgot-password"),
+    )
+    return row.user_id
+
+
+# -- password change ------------------------------------------------------------------------
+
+
+async def change_password(
+    ctx: AccountContext,
+    session: BrowserSession,
+    current_password: str,
+    new_password: str,
+    *,
+    ip: str | None,
+    device_token: str | None = None,
+) -> int:
+    """Change the signed-in user's password (ASVS 6.2.3: current and new). Ends the user's other
+    sessions (ASVS 7.4.3) and returns how many ended.
+
+    The current password is checked as a sign-in attempt from ``ip`` (``device_token``: the
+    browser's device cookie), see idp.accounts.signin.password.reauthenticate: PasswordCheckRefused when
+    there were too many."""
+    user = await reauthenticate(
+        ctx.sign_in,
+        session.user_id,
+        current_password,
+        ip=ip or "unknown",
+        device_token=device_token,
+        field="current_password",
+    )
+    if new_password == current_password:
+        raise AccountError("new_password", "The new password must differ from the current one.")
+    second_factor = await has_second_factor(ctx.db, user.id)
+    check_new_password(
+        ctx.policy,
+        new_password,
+        email=user.email,
+        name=user.name,
+        field="new_password",
+        has_second_factor=second_factor,
+    )
+    new_hash = await ctx.hasher.hash(new_password)
+    async with ctx.db.session() as db_session:
+        fresh = await UserRepository(db_session).get(session.user_id)
+        if fresh is not None:
+            fresh.password_hash = new_hash
+            fresh.password_changed_at = utcnow()
+    ended = await ctx.sessions.end_all_for_user(session.user_id, keep=session.digest, reason="password_changed")
+    await ctx.events.publish(PasswordChanged(user_id=session.user_id, sessions_ended=len(ended)))
+    await ctx.send(
+        "password_changed",
+        user.email,
+        time=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+        ip=ip or "unknown",
+        reset_link=ctx.link("/forgot-password"),
+    )
+    return len(ended)

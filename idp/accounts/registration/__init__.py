@@ -1,0 +1,1 @@
+"""Registration: creating an account yourself, and confirming its email address."""

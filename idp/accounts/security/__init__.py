@@ -1,0 +1,1 @@
+"""Second factors: TOTP, recovery codes and passkeys, their enrolment and the security page."""
