@@ -206,28 +206,6 @@ class SigningKey(Base):
     publish_until: Mapped[datetime | None]
 
 
-class Session(Base):
-    """Browser sessions at the IdP, for deployments that keep them in the database, not Redis."""
-
-    __tablename__ = "sessions"
-
-    # SHA-256 of the cookie value.
-    id_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
-    # The `sid` claim of ID tokens and logout tokens (OIDC Back-Channel Logout §2.4).
-    sid: Mapped[str] = mapped_column(String(64), unique=True)
-    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    auth_time: Mapped[datetime]
-    acr: Mapped[str | None] = mapped_column(String(100))
-    amr: Mapped[list[str]] = mapped_column(default=list)
-    ip: Mapped[str | None] = mapped_column(String(64))
-    user_agent: Mapped[str | None] = mapped_column(String(512))
-    device_label: Mapped[str | None] = mapped_column(String(200))
-    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
-    expires_at: Mapped[datetime]
-
-
 class KnownDevice(Base):
     """Browsers a user has signed in from, recognised by a long-lived random cookie (its digest)."""
 

@@ -123,6 +123,16 @@ def test_0005_marks_existing_codes_as_having_had_redirect_uri(fresh_database_url
     assert [bool(value) for value in asyncio.run(_with_connection(fresh_database_url, read))] == [True]
 
 
+def test_0006_drops_the_unused_sessions_table_and_its_downgrade_restores_it(fresh_database_url: str) -> None:
+    """Browser sessions live in the key-value store; the table no code wrote is gone."""
+    migrate.upgrade(fresh_database_url, "0005")
+    assert "sessions" in _table_names(fresh_database_url)
+    migrate.upgrade(fresh_database_url)
+    assert "sessions" not in _table_names(fresh_database_url)
+    migrate.downgrade(fresh_database_url, "0005")
+    assert "sessions" in _table_names(fresh_database_url)
+
+
 # --------------------------------------------------------------------------------------------------
 # idp db …
 
