@@ -1,0 +1,22 @@
+"""Async repositories: narrow, named for the use cases that need them, one module per kind of row.
+
+Each takes an ``AsyncSession`` from ``Database.session()``; the caller owns the transaction. This
+module is the index: ``from idp.storage.repositories import UserRepository`` works for each.
+"""
+
+from __future__ import annotations
+
+from idp.storage.repositories.audit import AuditRepository
+from idp.storage.repositories.clients import ClientRepository
+from idp.storage.repositories.keys import SigningKeyRepository
+from idp.storage.repositories.maintenance import MaintenanceRepository
+from idp.storage.repositories.users import UserRepository, normalize_email
+
+__all__ = [
+    "AuditRepository",
+    "ClientRepository",
+    "MaintenanceRepository",
+    "SigningKeyRepository",
+    "UserRepository",
+    "normalize_email",
+]

@@ -1,0 +1,31 @@
+"""Registered OAuth clients."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from idp.storage.models import OAuthClient
+
+
+class ClientRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, client_id: str) -> OAuthClient | None:
+        return await self.session.get(OAuthClient, client_id)
+
+    async def get_by_name(self, name: str) -> OAuthClient | None:
+        result = await self.session.execute(select(OAuthClient).where(OAuthClient.name == name))
+        return result.scalars().first()
+
+    async def add(self, client: OAuthClient) -> OAuthClient:
+        self.session.add(client)
+        await self.session.flush()
+        return client
+
+    async def list(self) -> Sequence[OAuthClient]:
+        result = await self.session.execute(select(OAuthClient).order_by(OAuthClient.created_at, OAuthClient.id))
+        return result.scalars().all()

@@ -1,0 +1,49 @@
+"""Accounts: look-ups by id and address, and the insert that lets the database decide a race."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, inspect, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from idp.storage.models import User
+
+
+def normalize_email(email: str) -> str:
+    # Domain parts are case-insensitive; local parts technically are not, but every mainstream
+    # provider treats them so, and two accounts differing only in case invite confusion.
+    return email.strip().lower()
+
+
+class UserRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, user_id: str) -> User | None:
+        return await self.session.get(User, user_id)
+
+    async def get_by_email(self, email: str) -> User | None:
+        result = await self.session.execute(select(User).where(User.email_normalized == normalize_email(email)))
+        return result.scalar_one_or_none()
+
+    async def add_unless_taken(self, user: User) -> bool:
+        """Insert ``user`` unless an account has its address (``email_normalized``) already; whether
+        it was inserted. The unique constraint decides, within the one INSERT (ON CONFLICT DO
+        NOTHING): two sign-ups racing for an address can't both win, a taken address costs the
+        same statement as a free one, and the database raises (and logs) no error naming it.
+
+        ``user`` stays out of the session (it is not loaded back): give it every value it needs,
+        its id included, before calling."""
+        values = {
+            attribute.key: getattr(user, attribute.key)
+            for attribute in inspect(User).column_attrs
+            if getattr(user, attribute.key) is not None
+        }
+        # Both dialects spell it the same; their Insert classes differ only in name.
+        insert = postgresql.insert if self.session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        statement = insert(User).values(values).on_conflict_do_nothing(index_elements=["email_normalized"])
+        result = await self.session.execute(statement)
+        return getattr(result, "rowcount", 0) == 1
+
+    async def count(self) -> int:
+        return int((await self.session.execute(select(func.count()).select_from(User))).scalar_one())
