@@ -16,7 +16,8 @@ __all__ = ["create_app"]
 
 
 def create_app(settings: Settings | None = None) -> Quart:
-    from idp.app import build_app
-    from idp.config import load_settings
+    # Deferred: `import idp.config` (the CLI, tools) must not load Quart and every blueprint.
+    from idp.app import build_app  # noqa: PLC0415
+    from idp.config import load_settings  # noqa: PLC0415
 
     return build_app(settings or load_settings())

@@ -9,11 +9,16 @@ from collections.abc import Iterable
 
 from quart import Response, current_app, g, request
 
+from idp.accounts.blueprints import API as account_api
+from idp.accounts.blueprints import PAGES as account_pages
 from idp.config import Settings
 from idp.error_responses import install_error_handlers
 from idp.errors import InvalidRequest, from_http_status
 from idp.events import EventContext, set_context
+from idp.health import blueprint as health
 from idp.http import EXTENSION, IdPApp
+from idp.oauth.routes import blueprint as oauth
+from idp.oauth.routes import pages as oauth_pages
 from idp.observability import accept_request_id, request_id_var
 from idp.runtime import StartupError, open_runtime
 from idp.security import inputs, request_limits
@@ -67,12 +72,6 @@ def build_app(settings: Settings) -> IdPApp:
 
 
 def _register_blueprints(app: IdPApp) -> None:
-    from idp.accounts.blueprints import API as account_api
-    from idp.accounts.blueprints import PAGES as account_pages
-    from idp.health import blueprint as health
-    from idp.oauth.routes import blueprint as oauth
-    from idp.oauth.routes import pages as oauth_pages
-
     for bp, json_errors in (
         (health, True),
         (oauth, True),

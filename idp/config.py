@@ -11,6 +11,7 @@ with one line naming the key and where its value came from.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -31,6 +32,7 @@ from pydantic import (
 )
 
 from idp.security.hosts import is_loopback_host
+from idp.storage.urls import redact_url
 
 ENV_PREFIX = "IDP_"
 ENV_SEPARATOR = "__"
@@ -475,8 +477,6 @@ class Settings(_Section):
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings with secrets and URL passwords masked, for `idp config check`."""
-        from idp.storage.urls import redact_url
-
         data = self.model_dump(mode="json")
         data["database_url"] = redact_url(self.database_url)
         data["redis_url"] = redact_url(self.redis_url)
@@ -498,8 +498,6 @@ def workers_without_shared_state(workers: int, redis_url: str) -> str | None:
 
 def decode_kek(value: str) -> bytes:
     """Decode a key-encryption key: 32 bytes, base64url (padding optional)."""
-    import base64
-
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
     except (ValueError, TypeError) as exc:
@@ -511,8 +509,6 @@ def decode_kek(value: str) -> bytes:
 
 def generate_secrets() -> dict[str, str]:
     """Fresh values for every secret setting."""
-    import base64
-
     return {
         "cookie_secret": secrets.token_urlsafe(48),
         "pairwise_secret": secrets.token_urlsafe(48),

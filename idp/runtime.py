@@ -22,6 +22,7 @@ from idp.audit import AuditLogger
 from idp.config import Settings, decode_kek
 from idp.cors import CorsPolicy
 from idp.events import (
+    AccountDeleting,
     AccountDisabled,
     AccountUnlocked,
     ConsentWithdrawn,
@@ -46,6 +47,8 @@ from idp.storage import migrate
 from idp.storage.blobs import BlobStore, FilesystemBlobStore, S3BlobStore
 from idp.storage.db import Database, DatabaseUnavailable
 from idp.storage.kv import KeyValueStore, KeyValueUnavailable, open_kv_store
+from idp.storage.models import User
+from idp.storage.repositories import ClientRepository
 
 
 class StartupError(Exception):
@@ -144,10 +147,6 @@ def _subscribe_protocol_handlers(rt: Runtime) -> None:
         # survives (RFC 9700 §4.14.2 allows revoking refresh tokens on such security events).
         assert isinstance(event, PasswordResetCompleted)
         await revoke_user_client_grants(rt.grants, event.user_id, None, reason="password_reset")
-
-    from idp.events import AccountDeleting
-    from idp.storage.models import User
-    from idp.storage.repositories import ClientRepository
 
     async def on_account_deleting_revoke(event: Event, _context: EventContext) -> None:
         # Runs while the user's refresh tokens and codes still exist (they cascade away with the

@@ -13,7 +13,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -328,8 +328,6 @@ async def issue_authorization_code(
     ttl: int,
 ) -> IssuedCode:
     """A single-use code bound to client, redirect URI, PKCE challenge and user (RFC 6749 §4.1.2)."""
-    from datetime import UTC, datetime
-
     code = random_token(32)
     grant_id = random_token(16)
     now = utcnow()

@@ -21,6 +21,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from idp.config import KeySettings, TokenSettings
 from idp.events import EventBus, SigningKeysRotated
 from idp.security.encryption import Encryptor
+from idp.security.tokens import random_token
 from idp.storage.db import Database
 from idp.storage.kv import KeyValueStore
 from idp.storage.models import SigningKey, utcnow
@@ -256,8 +257,6 @@ class _KvLock:
     async def __aenter__(self) -> None:
         if self._kv is None:
             return
-        from idp.security.tokens import random_token
-
         self._token = random_token(16)
         deadline = time.monotonic() + self._ttl
         while not await self._kv.set_if_absent(self._name, self._token, ttl=self._ttl):

@@ -134,7 +134,7 @@ class S3BlobStore(BlobStore):
         *,
         prefix: str = "",
     ) -> None:
-        import aioboto3
+        import aioboto3  # noqa: PLC0415 - S3 only: deployments on the filesystem never load boto
 
         self.bucket = bucket
         self.prefix = prefix

@@ -27,7 +27,6 @@ from idp.storage.models import (
     OAuthClient,
     OneTimeToken,
     RecoveryCode,
-    Session,
     User,
     utcnow,
 )
@@ -89,17 +88,6 @@ async def add_owned_rows(runtime: Any, user_id: str, *, recovery_codes: int, pen
                 purpose="change_email",
                 user_id=user_id,
                 email=pending_email,
-                expires_at=now + timedelta(hours=1),
-            )
-        )
-        session.add(
-            Session(
-                id_digest=f"{user_id[:8]}".ljust(64, "1"),
-                sid=f"db-{user_id}",
-                user_id=user_id,
-                auth_time=now,
-                ip=ALICE_IP,
-                user_agent=ALICE_UA,
                 expires_at=now + timedelta(hours=1),
             )
         )
@@ -212,7 +200,6 @@ async def test_deletion_purges_everything_of_the_user_and_nothing_else(app: Any,
         "authorization_codes": 2,
         "refresh_tokens": 2,
         "consents": 2,
-        "sessions": 1,
         "known_devices": 1,  # the browser that signed in
         "mfa_credentials": 1,
         "recovery_codes": 3,
