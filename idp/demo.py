@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from idp.accounts.users import NewUser, create_user
+from idp.accounts.users import NewUser, create_user, normalize_email
 from idp.oauth.clients import ClientSpec, create_client
 from idp.runtime import Runtime
 from idp.storage.repositories import ClientRepository, UserRepository
@@ -58,7 +58,7 @@ class SeedResult:
 
 async def seed_demo(rt: Runtime) -> SeedResult:
     async with rt.db.session() as session:
-        existing_user = await UserRepository(session).get_by_email(DEMO_EMAIL)
+        existing_user = await UserRepository(session).get_by_email_normalized(normalize_email(DEMO_EMAIL))
         clients = ClientRepository(session)
         has_spa = await clients.get(DEMO_SPA_CLIENT_ID) is not None
         has_web = await clients.get(DEMO_WEB_CLIENT_ID) is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import update
 
 from idp.accounts.context import AccountContext
-from idp.accounts.users import AccountError
+from idp.accounts.users import AccountError, normalize_email
 from idp.events import AccountDisabled, AccountEnabled, AccountUnlocked
 from idp.security.lockout import LoginGuard
 from idp.security.ratelimit import RateLimiter
@@ -16,7 +16,7 @@ from idp.storage.repositories import UserRepository
 
 async def find_user(ctx: AccountContext, email: str) -> User:
     async with ctx.db.session() as session:
-        user = await UserRepository(session).get_by_email(email.strip())
+        user = await UserRepository(session).get_by_email_normalized(normalize_email(email))
     if user is None:
         raise AccountError("email", f"there is no account with the address {email.strip()[:320]!r}")
     return user

@@ -11,7 +11,7 @@ from idp.events import EventBus, UserCreated
 from idp.security.passwords import PasswordHasher
 from idp.storage.db import Database
 from idp.storage.models import User, new_id, utcnow
-from idp.storage.repositories import UserRepository, normalize_email
+from idp.storage.repositories import UserRepository
 
 # What a form decoder puts in place of bytes that were not UTF-8 (Quart decodes with "replace").
 REPLACEMENT_CHARACTER = "\ufffd"
@@ -35,6 +35,13 @@ class NewUser:
     name: str | None = None
     email_verified: bool = False
     is_admin: bool = False
+
+
+def normalize_email(email: str) -> str:
+    """The form of an address that accounts are unique by and looked up by (``email_normalized``)."""
+    # Domain parts are case-insensitive; local parts technically are not, but every mainstream
+    # provider treats them so, and two accounts differing only in case invite confusion.
+    return email.strip().lower()
 
 
 def check_email(email: str) -> str:

@@ -21,14 +21,14 @@ from idp.accounts.signin import authn
 from idp.accounts.signin import password as password_signin
 from idp.accounts.signin.password import PasswordCheckRefused
 from idp.accounts.signin.pending import PENDING_COOKIE
-from idp.accounts.users import AccountError
+from idp.accounts.users import AccountError, normalize_email
 from idp.errors import InvalidRequest, PayloadTooLarge, TooManyRequests, UnsupportedMediaType
 from idp.events import LoginFailed
 from idp.http import runtime
 from idp.security import inputs
 from idp.security.ratelimit import RateLimited
 from idp.storage.models import User
-from idp.storage.repositories import UserRepository, normalize_email
+from idp.storage.repositories import UserRepository
 from idp.web import client_ip, csrf_token, device_token, see_other, set_cookie, start_browser_session
 
 # Sign-in, registration, passwords, the account's own pages and connected apps.

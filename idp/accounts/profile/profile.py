@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from idp.accounts import links
 from idp.accounts.context import AccountContext
-from idp.accounts.users import AccountError, check_email
+from idp.accounts.users import AccountError, check_email, normalize_email
 from idp.events import EmailChanged, EmailChangeRequested, EventBus, ProfileUpdated
 from idp.storage.db import Database
 from idp.storage.models import (
@@ -44,7 +44,7 @@ from idp.storage.models import (
     User,
     utcnow,
 )
-from idp.storage.repositories import UserRepository, normalize_email
+from idp.storage.repositories import UserRepository
 
 # Where the emailed confirmation link points (the browser page that calls confirm_email_change).
 EMAIL_CHANGE_PATH = "/account/email/confirm"
@@ -239,7 +239,7 @@ async def request_email_change(
             raise AccountError("user", "the account is not available")
         if user.email_normalized == normalized:
             raise AccountError("email", "is already the address of this account")
-        owner = await users.get_by_email(normalized)
+        owner = await users.get_by_email_normalized(normalized)
     token = await links.issue(
         ctx.db, purpose=links.CHANGE_EMAIL, user_id=user_id, ttl=ctx.settings.verification_ttl, email=address
     )
@@ -274,7 +274,7 @@ async def confirm_email_change(ctx: AccountContext, token: str | None) -> str | 
             if user is None or user.disabled:
                 return None
             old_address = user.email
-            owner = await users.get_by_email(normalized)
+            owner = await users.get_by_email_normalized(normalized)
             if owner is not None and owner.id != user.id:
                 return None  # registered or changed to by someone else since the link was sent
             user.email = address

@@ -12,7 +12,7 @@ from idp.accounts.context import AccountContext
 from idp.accounts.security.mfa import has_second_factor
 from idp.accounts.sessions.store import BrowserSession
 from idp.accounts.signin.password import reauthenticate
-from idp.accounts.users import AccountError, check_email, check_new_password
+from idp.accounts.users import AccountError, check_email, check_new_password, normalize_email
 from idp.events import PasswordChanged, PasswordResetCompleted, PasswordResetRequested
 from idp.storage.models import utcnow
 from idp.storage.repositories import UserRepository
@@ -27,7 +27,7 @@ async def request_password_reset(ctx: AccountContext, email: str) -> None:
     except AccountError:
         return
     async with ctx.db.session() as session:
-        user = await UserRepository(session).get_by_email(address)
+        user = await UserRepository(session).get_by_email_normalized(normalize_email(address))
     if user is None or user.disabled:
         return
     token = await links.issue(

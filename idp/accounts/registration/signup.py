@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 from idp.accounts import links
 from idp.accounts.context import AccountContext
-from idp.accounts.users import REPLACEMENT_CHARACTER, AccountError, check_email, check_new_password, new_user_row
+from idp.accounts.users import (
+    REPLACEMENT_CHARACTER,
+    AccountError,
+    check_email,
+    check_new_password,
+    new_user_row,
+    normalize_email,
+)
 from idp.events import EmailVerified, RegistrationAttempted, UserCreated
 from idp.security.tokens import sha256_digest
 from idp.storage.repositories import UserRepository
@@ -97,7 +104,7 @@ async def register(
             session.add(link)
             existing = None
         else:
-            existing = await users.get_by_email(address)
+            existing = await users.get_by_email_normalized(user.email_normalized)
     if created:
         await ctx.events.publish(UserCreated(user_id=user.id, admin=False, verified=False))
         await _mail_verification(ctx, token, user.email, user.name)
@@ -152,7 +159,7 @@ async def resend_verification(
     except AccountError:
         return
     async with ctx.db.session() as session:
-        user = await UserRepository(session).get_by_email(address)
+        user = await UserRepository(session).get_by_email_normalized(normalize_email(address))
     if user is not None and not user.email_verified and not user.disabled:
         await send_verification(
             ctx, user.id, user.email, user.name, return_to=return_to, browser_binding=browser_binding

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from idp.accounts.sessions import devices
 from idp.accounts.signin.eligibility import sign_in_refusal
-from idp.accounts.users import AccountError
+from idp.accounts.users import AccountError, normalize_email
 from idp.events import AccountLocked, EventBus, LoginFailed
 from idp.security.lockout import LockedOut, LoginGuard
 from idp.security.passwords import PasswordHasher
@@ -24,7 +24,7 @@ from idp.security.ratelimit import RateLimited, RateLimiter
 from idp.security.tokens import sha256_digest
 from idp.storage.db import Database
 from idp.storage.models import KnownDevice, User, utcnow
-from idp.storage.repositories import UserRepository, normalize_email
+from idp.storage.repositories import UserRepository
 
 MAX_EMAIL_LENGTH = 320
 MAX_PASSWORD_INPUT = 1024  # refuse absurd inputs before hashing (argon2 cost is per byte, too)
@@ -64,7 +64,7 @@ async def authenticate_password(
         await events.publish(LoginFailed(reason="invalid_credentials"))
         raise LoginFailure("invalid_credentials", INVALID)
     async with db.session() as session:
-        user = await UserRepository(session).get_by_email(email)
+        user = await UserRepository(session).get_by_email_normalized(normalize_email(email))
         stored_hash = user.password_hash if user else None
     # Verified even for unknown users (against a dummy hash): no enumeration by timing.
     if not await hasher.verify(stored_hash, password) or user is None:
@@ -119,7 +119,7 @@ async def _trusted_device(db: Database, account: str, device_token: str | None) 
 
 async def _user_id_of(db: Database, account: str) -> str | None:
     async with db.session() as session:
-        user = await UserRepository(session).get_by_email(account)
+        user = await UserRepository(session).get_by_email_normalized(account)
     return user.id if user is not None else None
 
 

@@ -10,7 +10,7 @@ from idp.storage.repositories.audit import AuditRepository
 from idp.storage.repositories.clients import ClientRepository
 from idp.storage.repositories.keys import SigningKeyRepository
 from idp.storage.repositories.maintenance import MaintenanceRepository
-from idp.storage.repositories.users import UserRepository, normalize_email
+from idp.storage.repositories.users import UserRepository
 
 __all__ = [
     "AuditRepository",
@@ -18,5 +18,4 @@ __all__ = [
     "MaintenanceRepository",
     "SigningKeyRepository",
     "UserRepository",
-    "normalize_email",
 ]

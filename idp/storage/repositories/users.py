@@ -1,4 +1,7 @@
-"""Accounts: look-ups by id and address, and the insert that lets the database decide a race."""
+"""Accounts: look-ups by id and address, and the insert that lets the database decide a race.
+
+Addresses arrive normalised (``idp.accounts.users.normalize_email``): what counts as the same
+address is the accounts domain's rule, not storage's."""
 
 from __future__ import annotations
 
@@ -9,12 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from idp.storage.models import User
 
 
-def normalize_email(email: str) -> str:
-    # Domain parts are case-insensitive; local parts technically are not, but every mainstream
-    # provider treats them so, and two accounts differing only in case invite confusion.
-    return email.strip().lower()
-
-
 class UserRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -22,8 +19,8 @@ class UserRepository:
     async def get(self, user_id: str) -> User | None:
         return await self.session.get(User, user_id)
 
-    async def get_by_email(self, email: str) -> User | None:
-        result = await self.session.execute(select(User).where(User.email_normalized == normalize_email(email)))
+    async def get_by_email_normalized(self, email_normalized: str) -> User | None:
+        result = await self.session.execute(select(User).where(User.email_normalized == email_normalized))
         return result.scalar_one_or_none()
 
     async def add_unless_taken(self, user: User) -> bool:
