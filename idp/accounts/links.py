@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import delete, select, update
-
 from idp.security.tokens import random_token, sha256_digest
 from idp.storage.db import Database
 from idp.storage.models import OneTimeToken, utcnow
+from idp.storage.repositories import LinkRepository
 
 VERIFY_EMAIL = "verify_email"
 RESET_PASSWORD = "reset_password"  # noqa: S105 - a purpose name, not a secret
@@ -60,12 +59,7 @@ async def issue(
         purpose=purpose, user_id=user_id, ttl=ttl, email=email, return_to=return_to, browser_binding=browser_binding
     )
     async with db.session() as session:
-        await session.execute(
-            delete(OneTimeToken).where(
-                OneTimeToken.user_id == user_id, OneTimeToken.purpose == purpose, OneTimeToken.used_at.is_(None)
-            )
-        )
-        session.add(row)
+        await LinkRepository(session).issue(row)
     return token
 
 
@@ -74,7 +68,7 @@ async def peek(db: Database, purpose: str, token: str | None) -> OneTimeToken | 
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
     async with db.session() as session:
-        row = await session.get(OneTimeToken, sha256_digest(token))
+        row = await LinkRepository(session).peek(sha256_digest(token))
     if row is None or row.purpose != purpose or row.used_at is not None or row.expires_at <= utcnow():
         return None
     return row
@@ -84,19 +78,5 @@ async def consume(db: Database, purpose: str, token: str | None) -> OneTimeToken
     """Use the token: returns its row for exactly one caller, None if invalid, expired or used."""
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
-    digest = sha256_digest(token)
-    now = utcnow()
     async with db.session() as session:
-        result = await session.execute(
-            update(OneTimeToken)
-            .where(
-                OneTimeToken.digest == digest,
-                OneTimeToken.purpose == purpose,
-                OneTimeToken.used_at.is_(None),
-                OneTimeToken.expires_at > now,
-            )
-            .values(used_at=now)
-        )
-        if getattr(result, "rowcount", 0) != 1:
-            return None
-        return (await session.execute(select(OneTimeToken).where(OneTimeToken.digest == digest))).scalar_one()
+        return await LinkRepository(session).consume(sha256_digest(token), purpose, utcnow())

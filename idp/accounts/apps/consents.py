@@ -6,41 +6,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
-
 from idp.events import ConsentWithdrawn, EventBus
 from idp.storage.db import Database
-from idp.storage.models import Consent, OAuthClient
+from idp.storage.repositories import ConsentRepository
 
 
 async def granted_scopes(db: Database, user_id: str, client_id: str) -> set[str]:
     async with db.session() as session:
-        row = (
-            await session.execute(select(Consent).where(Consent.user_id == user_id, Consent.client_id == client_id))
-        ).scalar_one_or_none()
-    return set(row.scopes) if row else set()
+        return await ConsentRepository(session).granted_scopes(user_id, client_id)
 
 
 async def grant(db: Database, user_id: str, client_id: str, scopes: Iterable[str]) -> set[str]:
     """Add scopes to the user's consent for the client; returns the full consented set."""
     async with db.session() as session:
-        row = (
-            await session.execute(select(Consent).where(Consent.user_id == user_id, Consent.client_id == client_id))
-        ).scalar_one_or_none()
-        if row is None:
-            row = Consent(user_id=user_id, client_id=client_id, scopes=sorted(set(scopes)))
-            session.add(row)
-        else:
-            row.scopes = sorted(set(row.scopes) | set(scopes))
-        return set(row.scopes)
+        return await ConsentRepository(session).grant(user_id, client_id, scopes)
 
 
 async def withdraw(db: Database, user_id: str, client_id: str) -> bool:
     async with db.session() as session:
-        result = await session.execute(
-            delete(Consent).where(Consent.user_id == user_id, Consent.client_id == client_id)
-        )
-        return bool(getattr(result, "rowcount", 0))
+        return await ConsentRepository(session).withdraw(user_id, client_id)
 
 
 @dataclass(frozen=True)
@@ -53,17 +37,8 @@ class ConsentView:
 
 async def list_for_user(db: Database, user_id: str) -> list[ConsentView]:
     async with db.session() as session:
-        rows = (
-            await session.execute(
-                select(Consent, OAuthClient.name)
-                .join(OAuthClient, OAuthClient.id == Consent.client_id)
-                .where(Consent.user_id == user_id)
-                .order_by(OAuthClient.name)
-            )
-        ).all()
-    return [
-        ConsentView(row.Consent.client_id, row.name, list(row.Consent.scopes), row.Consent.updated_at) for row in rows
-    ]
+        rows = await ConsentRepository(session).list_for_user(user_id)
+    return [ConsentView(consent.client_id, name, list(consent.scopes), consent.updated_at) for consent, name in rows]
 
 
 async def withdraw_and_announce(db: Database, events: EventBus, user_id: str, client_id: str) -> bool:

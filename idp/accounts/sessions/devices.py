@@ -13,11 +13,11 @@ from datetime import datetime
 from functools import lru_cache
 
 import ua_parser
-from sqlalchemy import delete, func, select
 
 from idp.security.tokens import random_token, sha256_digest
 from idp.storage.db import Database
-from idp.storage.models import KnownDevice, utcnow
+from idp.storage.models import utcnow
+from idp.storage.repositories import DeviceRepository
 
 DEVICE_COOKIE = "idp_device"
 # Browsers cap cookie lifetimes at 400 days (RFC 6265bis §5.5).
@@ -65,10 +65,17 @@ class DeviceSeen:
 async def is_known(db: Database, user_id: str, token: str | None) -> bool:
     if not valid_device_token(token):
         return False
-    digest = sha256_digest(str(token))
     async with db.session() as session:
-        row = await session.get(KnownDevice, (user_id, digest))
-    return row is not None
+        return await DeviceRepository(session).is_known(user_id, sha256_digest(str(token)))
+
+
+async def is_known_to_address(db: Database, email_normalized: str, token: str | None) -> bool:
+    """Whether this browser signed in to the account with this (normalised) address before; as
+    cheap for an address without an account as for one with."""
+    if not token or not email_normalized or len(token) > 100:
+        return False
+    async with db.session() as session:
+        return await DeviceRepository(session).is_known_to_address(email_normalized, sha256_digest(token))
 
 
 async def remember(
@@ -77,41 +84,9 @@ async def remember(
     """Record a sign-in from this browser; whether it was known, and the cookie value to keep."""
     now = when or utcnow()
     token = valid_device_token(token) or new_device_token()
-    digest = sha256_digest(token)
     async with db.session() as session:
-        row = await session.get(KnownDevice, (user_id, digest))
-        known = row is not None
-        first = not known and not await session.scalar(
-            select(func.count()).select_from(KnownDevice).where(KnownDevice.user_id == user_id)
-        )
-        if row is None:
-            session.add(
-                KnownDevice(
-                    user_id=user_id, device_digest=digest, label=label, first_seen_at=now, last_seen_at=now, last_ip=ip
-                )
-            )
-        else:
-            row.label, row.last_seen_at, row.last_ip = label, now, ip
-    if not known:
-        await _forget_beyond_limit(db, user_id)
-    return DeviceSeen(known=known, first=first, token=token)
-
-
-async def _forget_beyond_limit(db: Database, user_id: str) -> None:
-    async with db.session() as session:
-        count = await session.scalar(
-            select(func.count()).select_from(KnownDevice).where(KnownDevice.user_id == user_id)
-        )
-        if not count or count <= MAX_DEVICES_PER_USER:
-            return
-        oldest = (
-            await session.execute(
-                select(KnownDevice.device_digest)
-                .where(KnownDevice.user_id == user_id)
-                .order_by(KnownDevice.last_seen_at.asc())
-                .limit(count - MAX_DEVICES_PER_USER)
-            )
-        ).scalars()
-        await session.execute(
-            delete(KnownDevice).where(KnownDevice.user_id == user_id, KnownDevice.device_digest.in_(list(oldest)))
-        )
+        seen = await DeviceRepository(session).remember(user_id, sha256_digest(token), label=label, ip=ip, now=now)
+    if not seen.known:
+        async with db.session() as session:
+            await DeviceRepository(session).forget_least_recent(user_id, keep=MAX_DEVICES_PER_USER)
+    return DeviceSeen(known=seen.known, first=seen.first, token=token)

@@ -20,13 +20,11 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import select
-
 from idp.events import EventBus, SessionEnded
 from idp.security.tokens import random_token, sha256_digest
 from idp.storage.db import Database
 from idp.storage.kv import KeyValueStore
-from idp.storage.models import OAuthClient
+from idp.storage.repositories import ClientRepository
 
 _SESSION = "session:"
 _USER_SESSIONS = "user_sessions:"
@@ -371,6 +369,5 @@ async def describe_all(
     names: dict[str, str] = {}
     if wanted:
         async with db.session() as db_session:
-            rows = await db_session.execute(select(OAuthClient.id, OAuthClient.name).where(OAuthClient.id.in_(wanted)))
-            names = {client_id: name for client_id, name in rows.all()}
+            names = await ClientRepository(db_session).names(wanted)
     return [describe(session, current_sid=current_sid, client_names=names) for session in sessions]

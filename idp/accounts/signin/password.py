@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
 from idp.accounts.sessions import devices
 from idp.accounts.signin.eligibility import sign_in_refusal
 from idp.accounts.users import AccountError, normalize_email
@@ -21,9 +19,8 @@ from idp.events import AccountLocked, EventBus, LoginFailed
 from idp.security.lockout import LockedOut, LoginGuard
 from idp.security.passwords import PasswordHasher
 from idp.security.ratelimit import RateLimited, RateLimiter
-from idp.security.tokens import sha256_digest
 from idp.storage.db import Database
-from idp.storage.models import KnownDevice, User, utcnow
+from idp.storage.models import User, utcnow
 from idp.storage.repositories import UserRepository
 
 MAX_EMAIL_LENGTH = 320
@@ -104,19 +101,6 @@ def _wait_text(seconds: int) -> str:
     return f"{round(seconds / 60)} minutes"
 
 
-async def _trusted_device(db: Database, account: str, device_token: str | None) -> bool:
-    """Whether this browser signed in to the account before (its device cookie is known)."""
-    if not device_token or not account or len(device_token) > 100:
-        return False
-    async with db.session() as session:
-        found = await session.scalar(
-            select(KnownDevice.user_id)
-            .join(User, User.id == KnownDevice.user_id)
-            .where(User.email_normalized == account, KnownDevice.device_digest == sha256_digest(device_token))
-        )
-    return found is not None
-
-
 async def _user_id_of(db: Database, account: str) -> str | None:
     async with db.session() as session:
         user = await UserRepository(session).get_by_email_normalized(account)
@@ -190,7 +174,7 @@ async def sign_in_with_password(
     """The user whose password this is, or :class:`LoginFailure` (``retry_after`` set when refused
     for too many attempts: the caller answers 429)."""
     account = normalize_email(email)[:MAX_EMAIL_LENGTH] if email else ""
-    trusted = await _trusted_device(deps.db, account, device_token)
+    trusted = await devices.is_known_to_address(deps.db, account, device_token)
 
     async def verify() -> User:
         return await authenticate_password(deps.db, deps.hasher, deps.events, email, password)
@@ -246,7 +230,7 @@ async def reauthenticate(
     before the check.
     """
     async with deps.db.session() as session:
-        user = await session.get(User, user_id)
+        user = await UserRepository(session).get(user_id)
     if user is None or user.disabled:
         raise AccountError(field, "Your account is not available.")
     account = user.email_normalized

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 from idp.storage.repositories.audit import AuditRepository
 from idp.storage.repositories.clients import ClientRepository
+from idp.storage.repositories.consents import ConsentRepository
+from idp.storage.repositories.devices import DeviceRepository, Remembered
 from idp.storage.repositories.keys import SigningKeyRepository
+from idp.storage.repositories.links import LinkRepository
 from idp.storage.repositories.maintenance import MaintenanceRepository
 from idp.storage.repositories.users import UserRepository
 
 __all__ = [
     "AuditRepository",
     "ClientRepository",
+    "ConsentRepository",
+    "DeviceRepository",
+    "LinkRepository",
     "MaintenanceRepository",
+    "Remembered",
     "SigningKeyRepository",
     "UserRepository",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +20,13 @@ class ClientRepository:
     async def get_by_name(self, name: str) -> OAuthClient | None:
         result = await self.session.execute(select(OAuthClient).where(OAuthClient.name == name))
         return result.scalars().first()
+
+    async def names(self, client_ids: Iterable[str]) -> dict[str, str]:
+        """The name of each of these clients that exists, by id."""
+        rows = await self.session.execute(
+            select(OAuthClient.id, OAuthClient.name).where(OAuthClient.id.in_(client_ids))
+        )
+        return {client_id: name for client_id, name in rows.all()}
 
     async def add(self, client: OAuthClient) -> OAuthClient:
         self.session.add(client)

@@ -1,0 +1,78 @@
+"""Known devices: the browsers each user signed in from, by the digest of their device cookie."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from idp.storage.models import KnownDevice, User
+
+
+@dataclass(frozen=True)
+class Remembered:
+    known: bool  # the user signed in from this device before
+    first: bool  # the user's first device ever
+
+
+class DeviceRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def is_known(self, user_id: str, device_digest: str) -> bool:
+        return await self.session.get(KnownDevice, (user_id, device_digest)) is not None
+
+    async def is_known_to_address(self, email_normalized: str, device_digest: str) -> bool:
+        """Whether the account with this (normalised) address signed in from the device: one
+        look-up, before the sign-in knows whether there is such an account."""
+        found = await self.session.scalar(
+            select(KnownDevice.user_id)
+            .join(User, User.id == KnownDevice.user_id)
+            .where(User.email_normalized == email_normalized, KnownDevice.device_digest == device_digest)
+        )
+        return found is not None
+
+    async def remember(
+        self, user_id: str, device_digest: str, *, label: str, ip: str | None, now: datetime
+    ) -> Remembered:
+        """Record a sign-in from the device: a new row, or the known one's label, time and IP."""
+        row = await self.session.get(KnownDevice, (user_id, device_digest))
+        known = row is not None
+        first = not known and not await self._count(user_id)
+        if row is None:
+            self.session.add(
+                KnownDevice(
+                    user_id=user_id,
+                    device_digest=device_digest,
+                    label=label,
+                    first_seen_at=now,
+                    last_seen_at=now,
+                    last_ip=ip,
+                )
+            )
+        else:
+            row.label, row.last_seen_at, row.last_ip = label, now, ip
+        return Remembered(known=known, first=first)
+
+    async def forget_least_recent(self, user_id: str, *, keep: int) -> None:
+        """Forget the user's least recently seen devices beyond the ``keep`` most recent."""
+        count = await self._count(user_id)
+        if not count or count <= keep:
+            return
+        oldest = (
+            await self.session.execute(
+                select(KnownDevice.device_digest)
+                .where(KnownDevice.user_id == user_id)
+                .order_by(KnownDevice.last_seen_at.asc())
+                .limit(count - keep)
+            )
+        ).scalars()
+        await self.session.execute(
+            delete(KnownDevice).where(KnownDevice.user_id == user_id, KnownDevice.device_digest.in_(list(oldest)))
+        )
+
+    async def _count(self, user_id: str) -> int:
+        query = select(func.count()).select_from(KnownDevice).where(KnownDevice.user_id == user_id)
+        return int(await self.session.scalar(query) or 0)

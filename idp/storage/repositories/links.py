@@ -1,0 +1,56 @@
+"""Single-use, expiring links sent by email (``one_time_tokens``), known by their digest.
+
+Consumption is one conditional UPDATE, so of two requests racing with the same link exactly one
+gets its row."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from idp.storage.models import OneTimeToken
+
+
+class LinkRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def issue(self, row: OneTimeToken) -> None:
+        """Store a new link; the user's unused links of the same purpose stop working (only the
+        newest email works)."""
+        await self.session.execute(
+            delete(OneTimeToken).where(
+                OneTimeToken.user_id == row.user_id,
+                OneTimeToken.purpose == row.purpose,
+                OneTimeToken.used_at.is_(None),
+            )
+        )
+        self.session.add(row)
+
+    async def add(self, row: OneTimeToken) -> None:
+        """Store a link of a user who has none yet (a new account's): inserted when the transaction
+        commits, with its other rows."""
+        self.session.add(row)
+
+    async def peek(self, digest: str) -> OneTimeToken | None:
+        """The row, used or not, without consuming it."""
+        return await self.session.get(OneTimeToken, digest)
+
+    async def consume(self, digest: str, purpose: str, now: datetime) -> OneTimeToken | None:
+        """Mark the link used, if it is an unused, unexpired link for ``purpose``: its row for
+        exactly one caller, None for every other."""
+        result = await self.session.execute(
+            update(OneTimeToken)
+            .where(
+                OneTimeToken.digest == digest,
+                OneTimeToken.purpose == purpose,
+                OneTimeToken.used_at.is_(None),
+                OneTimeToken.expires_at > now,
+            )
+            .values(used_at=now)
+        )
+        if getattr(result, "rowcount", 0) != 1:
+            return None
+        return (await self.session.execute(select(OneTimeToken).where(OneTimeToken.digest == digest))).scalar_one()
