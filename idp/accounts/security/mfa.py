@@ -35,17 +35,16 @@ from urllib.parse import urlsplit
 
 import pyotp
 import segno
-from sqlalchemy import Select, delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from idp.accounts.users import AccountError
 from idp.events import EventBus, MfaDisabled, MfaEnabled, RecoveryCodesRegenerated, RecoveryCodeUsed
 from idp.security.encryption import Encryptor
 from idp.security.passwords import PasswordHasher
 from idp.storage.db import Database
-from idp.storage.models import MfaCredential, RecoveryCode, User, new_id, utcnow
+from idp.storage.models import MfaCredential, User, new_id, utcnow
+from idp.storage.repositories import MfaRepository, RecoveryCodeRepository, UserRepository
+from idp.storage.repositories.mfa import TOTP
 
-TOTP = "totp"
 TOTP_DIGITS = 6
 TOTP_INTERVAL = 30  # seconds (ASVS 6.5.5: a TOTP lives at most 30 s)
 TOTP_WINDOW = 1  # steps accepted either side of the server's, for clock drift and typing time
@@ -139,23 +138,10 @@ async def _new_recovery_codes(hasher: PasswordHasher) -> tuple[list[str], list[s
     return codes, list(hashes)
 
 
-async def _lock_user(session: AsyncSession, user_id: str) -> None:
+async def _lock_user(users: UserRepository, user_id: str) -> None:
     """Serialise MFA changes of one user (PostgreSQL row lock; SQLite has one writer anyway)."""
-    found = (await session.execute(select(User.id).where(User.id == user_id).with_for_update())).scalar_one_or_none()
-    if found is None:
+    if not await users.lock(user_id):
         raise AccountError("user", "This account no longer exists.")
-
-
-def _confirmed_totp(user_id: str) -> Select[MfaCredential]:
-    return select(MfaCredential).where(
-        MfaCredential.user_id == user_id, MfaCredential.type == TOTP, MfaCredential.confirmed_at.is_not(None)
-    )
-
-
-async def _replace_recovery_codes(session: AsyncSession, user_id: str, hashes: list[str]) -> None:
-    """The new set replaces every earlier code, used or not."""
-    await session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
-    session.add_all(RecoveryCode(user_id=user_id, code_hash=code_hash) for code_hash in hashes)
 
 
 # -- TOTP enrolment -------------------------------------------------------------------------
@@ -171,16 +157,12 @@ async def start_totp_enrolment(
     """
     secret = pyotp.random_base32(TOTP_SECRET_LENGTH)
     async with db.session() as session:
-        await _lock_user(session, user_id)
-        if (await session.execute(_confirmed_totp(user_id))).first() is not None:
+        await _lock_user(UserRepository(session), user_id)
+        credentials = MfaRepository(session)
+        if await credentials.confirmed_totp(user_id) is not None:
             raise AccountError("totp", "An authenticator app is already set up. Remove it before adding another.")
-        await session.execute(
-            delete(MfaCredential).where(
-                MfaCredential.user_id == user_id, MfaCredential.type == TOTP, MfaCredential.confirmed_at.is_(None)
-            )
-        )
         credential_id = new_id()
-        session.add(
+        await credentials.replace_pending_totp(
             MfaCredential(
                 id=credential_id,
                 user_id=user_id,
@@ -201,7 +183,7 @@ async def pending_totp_enrolment(
     """The user's unconfirmed enrolment ``credential_id`` again (to show after a mistyped code), or
     None when it no longer exists, is confirmed or belongs to someone else."""
     async with db.session() as session:
-        credential = await session.get(MfaCredential, credential_id[:36])
+        credential = await MfaRepository(session).get(credential_id[:36])
     if credential is None or credential.user_id != user_id or credential.type != TOTP or credential.confirmed_at:
         return None
     secret = _decrypt_secret(encryptor, credential)
@@ -231,7 +213,7 @@ async def confirm_totp_enrolment(
     """
     now = _server_now(now)
     async with db.session() as session:
-        credential = await session.get(MfaCredential, credential_id)
+        credential = await MfaRepository(session).get(credential_id)
     if credential is None or credential.user_id != user_id or credential.type != TOTP or credential.confirmed_at:
         raise AccountError("credential", "This setup has expired or was replaced. Start again.")
     step = _matching_step(_decrypt_secret(encryptor, credential), _clean_totp_code(code), now)
@@ -240,21 +222,13 @@ async def confirm_totp_enrolment(
     # Hashing is slow: done before the transaction so the user row isn't locked meanwhile.
     codes, hashes = await _new_recovery_codes(hasher)
     async with db.session() as session:
-        await _lock_user(session, user_id)
-        if (await session.execute(_confirmed_totp(user_id))).first() is not None:
+        await _lock_user(UserRepository(session), user_id)
+        credentials = MfaRepository(session)
+        if await credentials.confirmed_totp(user_id) is not None:
             raise AccountError("totp", "An authenticator app is already set up. Remove it before adding another.")
-        result = await session.execute(
-            update(MfaCredential)
-            .where(
-                MfaCredential.id == credential_id,
-                MfaCredential.user_id == user_id,
-                MfaCredential.confirmed_at.is_(None),
-            )
-            .values(confirmed_at=now, last_used_step=step, last_used_at=now)
-        )
-        if getattr(result, "rowcount", 0) != 1:
+        if not await credentials.confirm_totp(credential_id, user_id, step=step, now=now):
             raise AccountError("credential", "This setup has expired or was replaced. Start again.")
-        await _replace_recovery_codes(session, user_id, hashes)
+        await RecoveryCodeRepository(session).replace(user_id, hashes)
     await events.publish(MfaEnabled(user_id=user_id, method=TOTP))
     return codes
 
@@ -274,23 +248,14 @@ async def verify_totp(
     now = _server_now(now)
     clean = _clean_totp_code(code)
     async with db.session() as session:
-        credential = (await session.execute(_confirmed_totp(user_id))).scalars().first()
+        credential = await MfaRepository(session).confirmed_totp(user_id)
     if credential is None or clean is None:
         return False
     step = _matching_step(_decrypt_secret(encryptor, credential), clean, now)
     if step is None or (credential.last_used_step is not None and step <= credential.last_used_step):
         return False
     async with db.session() as session:
-        result = await session.execute(
-            update(MfaCredential)
-            .where(
-                MfaCredential.id == credential.id,
-                MfaCredential.confirmed_at.is_not(None),
-                (MfaCredential.last_used_step.is_(None)) | (MfaCredential.last_used_step < step),
-            )
-            .values(last_used_step=step, last_used_at=now)
-        )
-        return bool(getattr(result, "rowcount", 0) == 1)
+        return await MfaRepository(session).spend_totp_step(credential.id, step, now)
 
 
 # -- recovery codes -------------------------------------------------------------------------
@@ -304,13 +269,7 @@ async def use_recovery_code(db: Database, hasher: PasswordHasher, events: EventB
     """
     clean = normalize_recovery_code(code)
     async with db.session() as session:
-        rows = (
-            await session.execute(
-                select(RecoveryCode.id, RecoveryCode.code_hash).where(
-                    RecoveryCode.user_id == user_id, RecoveryCode.used_at.is_(None)
-                )
-            )
-        ).all()
+        rows = await RecoveryCodeRepository(session).unused(user_id)
     if len(clean) != RECOVERY_CODE_LENGTH or not set(clean) <= set(_RECOVERY_ALPHABET) or not rows:
         await hasher.verify(None, clean)  # about the cost of a real check
         return False
@@ -322,21 +281,11 @@ async def use_recovery_code(db: Database, hasher: PasswordHasher, events: EventB
     if matched is None:
         return False
     async with db.session() as session:
-        result = await session.execute(
-            update(RecoveryCode)
-            .where(RecoveryCode.id == matched, RecoveryCode.used_at.is_(None))
-            .values(used_at=utcnow())
-        )
-        if getattr(result, "rowcount", 0) != 1:
+        codes = RecoveryCodeRepository(session)
+        if not await codes.spend(matched, utcnow()):
             return False  # a concurrent request spent it first
-        remaining = (
-            await session.execute(
-                select(func.count())
-                .select_from(RecoveryCode)
-                .where(RecoveryCode.user_id == user_id, RecoveryCode.used_at.is_(None))
-            )
-        ).scalar_one()
-    await events.publish(RecoveryCodeUsed(user_id=user_id, remaining=int(remaining)))
+        remaining = await codes.count_unused(user_id)
+    await events.publish(RecoveryCodeUsed(user_id=user_id, remaining=remaining))
     return True
 
 
@@ -348,10 +297,10 @@ async def regenerate_recovery_codes(db: Database, hasher: PasswordHasher, events
     """
     codes, hashes = await _new_recovery_codes(hasher)
     async with db.session() as session:
-        await _lock_user(session, user_id)
-        if (await session.execute(_confirmed_factor(user_id).limit(1))).first() is None:
+        await _lock_user(UserRepository(session), user_id)
+        if not await MfaRepository(session).has_confirmed_factor(user_id):
             raise AccountError("totp", "Set up an authenticator app or a passkey first.")
-        await _replace_recovery_codes(session, user_id, hashes)
+        await RecoveryCodeRepository(session).replace(user_id, hashes)
     await events.publish(RecoveryCodesRegenerated(user_id=user_id, count=len(codes)))
     return codes
 
@@ -368,25 +317,22 @@ async def disable_totp(db: Database, events: EventBus, user_id: str) -> bool:
     sessions (ASVS 7.4.3).
     """
     async with db.session() as session:
-        await _lock_user(session, user_id)
-        confirmed = (await session.execute(_confirmed_totp(user_id))).first() is not None
-        await session.execute(delete(MfaCredential).where(MfaCredential.user_id == user_id, MfaCredential.type == TOTP))
-        if (await session.execute(_confirmed_factor(user_id).limit(1))).first() is None:
-            await session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
+        await _lock_user(UserRepository(session), user_id)
+        credentials = MfaRepository(session)
+        confirmed = await credentials.confirmed_totp(user_id) is not None
+        await credentials.delete_totp(user_id)
+        if not await credentials.has_confirmed_factor(user_id):
+            await RecoveryCodeRepository(session).delete_all(user_id)
     if confirmed:
         await events.publish(MfaDisabled(user_id=user_id, method=TOTP))
     return confirmed
-
-
-def _confirmed_factor(user_id: str) -> Select[str]:
-    return select(MfaCredential.id).where(MfaCredential.user_id == user_id, MfaCredential.confirmed_at.is_not(None))
 
 
 async def has_second_factor(db: Database, user_id: str) -> bool:
     """Whether sign-in must ask for a second factor: a confirmed MFA credential of any type
     (a WebAuthn registration must set ``confirmed_at`` to count)."""
     async with db.session() as session:
-        return (await session.execute(_confirmed_factor(user_id).limit(1))).first() is not None
+        return await MfaRepository(session).has_confirmed_factor(user_id)
 
 
 @dataclass(frozen=True)
@@ -404,27 +350,9 @@ class FactorStatus:
 
 async def factor_status(db: Database, user_id: str) -> FactorStatus:
     async with db.session() as session:
-        types = (
-            (
-                await session.execute(
-                    select(MfaCredential.type).where(
-                        MfaCredential.user_id == user_id, MfaCredential.confirmed_at.is_not(None)
-                    )
-                )
-            )
-            .scalars()
-            .all()
-        )
-        remaining = (
-            await session.execute(
-                select(func.count())
-                .select_from(RecoveryCode)
-                .where(RecoveryCode.user_id == user_id, RecoveryCode.used_at.is_(None))
-            )
-        ).scalar_one()
-    return FactorStatus(
-        totp=TOTP in types, webauthn=sum(1 for kind in types if kind != TOTP), recovery_codes=int(remaining)
-    )
+        types = await MfaRepository(session).confirmed_types(user_id)
+        remaining = await RecoveryCodeRepository(session).count_unused(user_id)
+    return FactorStatus(totp=TOTP in types, webauthn=sum(1 for kind in types if kind != TOTP), recovery_codes=remaining)
 
 
 def mfa_required(policy: str, user: User) -> bool:

@@ -44,9 +44,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 from webauthn import (
     generate_authentication_options,
     generate_registration_options,
@@ -91,9 +88,9 @@ from idp.accounts.users import AccountError
 from idp.events import EventBus, MfaDisabled, MfaEnabled, PasskeyRegistered, PasskeyRemoved, PasskeyRenamed
 from idp.storage.db import Database
 from idp.storage.kv import KeyValueStore
-from idp.storage.models import MfaCredential, User, utcnow
-
-WEBAUTHN = "webauthn"
+from idp.storage.models import MfaCredential, utcnow
+from idp.storage.repositories import AlreadyTaken, PasskeyRepository, UserRepository
+from idp.storage.repositories.passkeys import WEBAUTHN
 
 # ES256 first: every authenticator supports it; EdDSA and RS256 (Windows Hello) for the rest.
 ALGORITHMS = (
@@ -196,31 +193,6 @@ def _user_handle(user_id: str) -> bytes:
     return handle
 
 
-def _webauthn_rows(user_id: str) -> Select[MfaCredential]:
-    return select(MfaCredential).where(
-        MfaCredential.user_id == user_id, MfaCredential.type == WEBAUTHN, MfaCredential.confirmed_at.is_not(None)
-    )
-
-
-async def _count(session: AsyncSession, user_id: str) -> int:
-    query = (
-        select(func.count())
-        .select_from(MfaCredential)
-        .where(
-            MfaCredential.user_id == user_id, MfaCredential.type == WEBAUTHN, MfaCredential.confirmed_at.is_not(None)
-        )
-    )
-    return int((await session.execute(query)).scalar_one())
-
-
-async def _lock_user(session: AsyncSession, user_id: str) -> bool:
-    """Serialise passkey changes of one user (PostgreSQL row lock; SQLite has one writer anyway),
-    so "first passkey" and "last passkey" are decided once under concurrent requests. False when
-    the account doesn't exist (any more)."""
-    query = select(User.id).where(User.id == user_id).with_for_update()
-    return (await session.execute(query)).scalar_one_or_none() is not None
-
-
 # -- registration ---------------------------------------------------------------------------
 
 
@@ -244,7 +216,7 @@ async def registration_options(
     Raises PasskeyError(reason="limit") when the account has MAX_PASSKEYS already.
     """
     async with db.session() as session:
-        rows = list((await session.execute(_webauthn_rows(user_id).order_by(MfaCredential.created_at))).scalars())
+        rows = await PasskeyRepository(session).of_user(user_id)
     if len(rows) >= MAX_PASSKEYS:
         raise PasskeyError("limit", _LIMIT)
     options = generate_registration_options(
@@ -321,12 +293,14 @@ async def register_passkey(
     discoverable = _discoverable(data)
     now = utcnow()
     async with db.session() as session:
-        if not await _lock_user(session, user_id):
+        # Passkey changes of one user are decided one at a time, so "first passkey" and "last
+        # passkey" are decided once under concurrent requests.
+        if not await UserRepository(session).lock(user_id):
             raise AccountError("user", "This account no longer exists.")
-        known = select(MfaCredential.id).where(MfaCredential.credential_id == credential_id)
-        if (await session.execute(known)).first() is not None:
+        credentials = PasskeyRepository(session)
+        if await credentials.is_registered(credential_id):
             raise PasskeyError("duplicate")
-        existing = await _count(session, user_id)
+        existing = await credentials.count(user_id)
         if existing >= MAX_PASSKEYS:
             raise PasskeyError("limit", _LIMIT)
         row = MfaCredential(
@@ -344,10 +318,9 @@ async def register_passkey(
             confirmed_at=now,
             created_at=now,
         )
-        session.add(row)
         try:
-            await session.flush()
-        except IntegrityError:  # registered concurrently by another account
+            await credentials.add(row)
+        except AlreadyTaken:  # registered concurrently by another account
             raise PasskeyError("duplicate") from None
         passkey = _passkey(row)
     await events.publish(PasskeyRegistered(user_id=user_id, passkey=passkey.id, discoverable=bool(discoverable)))
@@ -373,8 +346,7 @@ async def authentication_options(
     descriptors: list[PublicKeyCredentialDescriptor] = []
     if user_id is not None:
         async with db.session() as session:
-            query = _webauthn_rows(user_id).order_by(MfaCredential.created_at)
-            descriptors = [_descriptor(row) for row in (await session.execute(query)).scalars()]
+            descriptors = [_descriptor(row) for row in await PasskeyRepository(session).of_user(user_id)]
         if not descriptors:
             raise PasskeyError("unknown_credential", "This account has no passkey.")
     options = generate_authentication_options(
@@ -420,12 +392,7 @@ async def authenticate_passkey(
     if credential_id != parsed.id or len(credential_id) > MAX_CREDENTIAL_ID_CHARS:
         raise PasskeyError("malformed")
     async with db.session() as session:
-        query = select(MfaCredential).where(
-            MfaCredential.credential_id == credential_id,
-            MfaCredential.type == WEBAUTHN,
-            MfaCredential.confirmed_at.is_not(None),
-        )
-        row = (await session.execute(query)).scalars().first()
+        row = await PasskeyRepository(session).by_credential_id(credential_id)
     if row is None or row.public_key is None:
         raise PasskeyError("unknown_credential")
     if not passwordless and row.user_id != ceremony.user_id:
@@ -461,15 +428,13 @@ async def authenticate_passkey(
     if (verified.credential_device_type == CredentialDeviceType.MULTI_DEVICE) != row.backup_eligible:
         raise PasskeyError("backup_eligibility")
     async with db.session() as session:
-        result = await session.execute(
-            update(MfaCredential)
-            .where(MfaCredential.id == row.id, MfaCredential.sign_count == stored)
-            .values(sign_count=new, last_used_at=utcnow(), backed_up=verified.credential_backed_up)
+        credentials = PasskeyRepository(session)
+        recorded = await credentials.record_sign_in(
+            row.id, seen_count=stored, new_count=new, backed_up=verified.credential_backed_up, now=utcnow()
         )
-        if getattr(result, "rowcount", 0) != 1:
-            still_there = (await session.execute(select(MfaCredential.id).where(MfaCredential.id == row.id))).first()
+        if not recorded:
             # A concurrent assertion stored its count first, or the passkey was just removed.
-            raise PasskeyError("counter" if still_there else "unknown_credential")
+            raise PasskeyError("counter" if await credentials.exists(row.id) else "unknown_credential")
     return PasskeyAssertion(
         user_id=row.user_id,
         passkey_id=row.id,
@@ -484,13 +449,12 @@ async def authenticate_passkey(
 async def list_passkeys(db: Database, user_id: str) -> list[Passkey]:
     """The user's passkeys, oldest first."""
     async with db.session() as session:
-        query = _webauthn_rows(user_id).order_by(MfaCredential.created_at, MfaCredential.id)
-        return [_passkey(row) for row in (await session.execute(query)).scalars()]
+        return [_passkey(row) for row in await PasskeyRepository(session).of_user(user_id)]
 
 
 async def count_passkeys(db: Database, user_id: str) -> int:
     async with db.session() as session:
-        return await _count(session, user_id)
+        return await PasskeyRepository(session).count(user_id)
 
 
 async def rename_passkey(db: Database, events: EventBus, user_id: str, passkey_id: str, name: str) -> Passkey:
@@ -498,14 +462,9 @@ async def rename_passkey(db: Database, events: EventBus, user_id: str, passkey_i
     AccountError("passkey", …) when the passkey isn't the user's (or no longer exists)."""
     clean_name = clean_passkey_name(name)
     async with db.session() as session:
-        result = await session.execute(
-            update(MfaCredential)
-            .where(MfaCredential.id == passkey_id, MfaCredential.user_id == user_id, MfaCredential.type == WEBAUTHN)
-            .values(name=clean_name)
-        )
-        if getattr(result, "rowcount", 0) != 1:
+        row = await PasskeyRepository(session).rename(user_id, passkey_id, clean_name)
+        if row is None:
             raise AccountError("passkey", "This passkey doesn't exist (any more).")
-        row = (await session.execute(select(MfaCredential).where(MfaCredential.id == passkey_id))).scalar_one()
         passkey = _passkey(row)
     await events.publish(PasskeyRenamed(user_id=user_id, passkey=passkey_id))
     return passkey
@@ -519,16 +478,12 @@ async def remove_passkey(db: Database, events: EventBus, user_id: str, passkey_i
     password, makes sure the user keeps a way to sign in.
     """
     async with db.session() as session:
-        if not await _lock_user(session, user_id):
+        if not await UserRepository(session).lock(user_id):
             return False
-        result = await session.execute(
-            delete(MfaCredential).where(
-                MfaCredential.id == passkey_id, MfaCredential.user_id == user_id, MfaCredential.type == WEBAUTHN
-            )
-        )
-        if getattr(result, "rowcount", 0) != 1:
+        credentials = PasskeyRepository(session)
+        if not await credentials.remove(user_id, passkey_id):
             return False
-        remaining = await _count(session, user_id)
+        remaining = await credentials.count(user_id)
     await events.publish(PasskeyRemoved(user_id=user_id, passkey=passkey_id))
     if remaining == 0:
         await events.publish(MfaDisabled(user_id=user_id, method=WEBAUTHN))

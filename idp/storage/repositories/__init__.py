@@ -10,18 +10,25 @@ from idp.storage.repositories.audit import AuditRepository
 from idp.storage.repositories.clients import ClientRepository
 from idp.storage.repositories.consents import ConsentRepository
 from idp.storage.repositories.devices import DeviceRepository, Remembered
+from idp.storage.repositories.errors import AlreadyTaken
 from idp.storage.repositories.keys import SigningKeyRepository
 from idp.storage.repositories.links import LinkRepository
 from idp.storage.repositories.maintenance import MaintenanceRepository
+from idp.storage.repositories.mfa import MfaRepository, RecoveryCodeRepository
+from idp.storage.repositories.passkeys import PasskeyRepository
 from idp.storage.repositories.users import UserRepository
 
 __all__ = [
+    "AlreadyTaken",
     "AuditRepository",
     "ClientRepository",
     "ConsentRepository",
     "DeviceRepository",
     "LinkRepository",
     "MaintenanceRepository",
+    "MfaRepository",
+    "PasskeyRepository",
+    "RecoveryCodeRepository",
     "Remembered",
     "SigningKeyRepository",
     "UserRepository",

@@ -42,5 +42,12 @@ class UserRepository:
         result = await self.session.execute(statement)
         return getattr(result, "rowcount", 0) == 1
 
+    async def lock(self, user_id: str) -> bool:
+        """Hold the account's row until the transaction ends (PostgreSQL's row lock; SQLite has one
+        writer anyway), so changes to one user's credentials are decided one at a time. False when
+        the account doesn't exist (any more)."""
+        query = select(User.id).where(User.id == user_id).with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none() is not None
+
     async def count(self) -> int:
         return int((await self.session.execute(select(func.count()).select_from(User))).scalar_one())
