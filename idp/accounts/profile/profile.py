@@ -24,27 +24,19 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
-
 from idp.accounts import links
 from idp.accounts.context import AccountContext
 from idp.accounts.users import AccountError, check_email, normalize_email
 from idp.events import EmailChanged, EmailChangeRequested, EventBus, ProfileUpdated
 from idp.storage.db import Database
-from idp.storage.models import (
-    AuditEvent,
-    Consent,
-    KnownDevice,
-    MfaCredential,
-    OAuthClient,
-    OneTimeToken,
-    RecoveryCode,
-    RefreshToken,
-    User,
-    utcnow,
+from idp.storage.models import AuditEvent, User, utcnow
+from idp.storage.repositories import (
+    ActivityRepository,
+    AlreadyTaken,
+    ExportRepository,
+    LinkRepository,
+    UserRepository,
 )
-from idp.storage.repositories import UserRepository
 
 # Where the emailed confirmation link points (the browser page that calls confirm_email_change).
 EMAIL_CHANGE_PATH = "/account/email/confirm"
@@ -109,20 +101,7 @@ def picture_url(value: str, base_url: str) -> str:
 async def pending_email(db: Database, user_id: str) -> str | None:
     """The address of an unconfirmed, unexpired email change, if any (only the newest link works)."""
     async with db.session() as session:
-        row = (
-            await session.execute(
-                select(OneTimeToken.email)
-                .where(
-                    OneTimeToken.user_id == user_id,
-                    OneTimeToken.purpose == links.CHANGE_EMAIL,
-                    OneTimeToken.used_at.is_(None),
-                    OneTimeToken.expires_at > utcnow(),
-                )
-                .order_by(OneTimeToken.created_at.desc())
-                .limit(1)
-            )
-        ).first()
-    return row[0] if row else None
+        return await LinkRepository(session).newest_usable_email(user_id, links.CHANGE_EMAIL, utcnow())
 
 
 def profile_view(
@@ -277,18 +256,9 @@ async def confirm_email_change(ctx: AccountContext, token: str | None) -> str | 
             owner = await users.get_by_email_normalized(normalized)
             if owner is not None and owner.id != user.id:
                 return None  # registered or changed to by someone else since the link was sent
-            user.email = address
-            user.email_normalized = normalized
-            user.email_verified = True
-            await session.execute(
-                delete(OneTimeToken).where(
-                    OneTimeToken.user_id == user.id,
-                    OneTimeToken.purpose.in_((links.VERIFY_EMAIL, links.RESET_PASSWORD)),
-                    OneTimeToken.used_at.is_(None),
-                )
-            )
-            await session.flush()
-    except IntegrityError:
+            await users.set_verified_email(user, address, normalized)
+            await LinkRepository(session).cancel_unused(user.id, (links.VERIFY_EMAIL, links.RESET_PASSWORD))
+    except AlreadyTaken:
         # The unique index on email_normalized settles a race with a concurrent registration.
         return None
     await ctx.events.publish(EmailChanged(user_id=row.user_id))
@@ -342,13 +312,9 @@ class ActivityPage:
 
 async def activity(db: Database, user_id: str, *, limit: int, before: int | None = None) -> ActivityPage:
     """The user's own audit events, newest first, ``limit`` at a time (ids only grow)."""
-    query = select(AuditEvent).where(AuditEvent.subject_id == user_id)
-    if before is not None:
-        query = query.where(AuditEvent.id < before)
     async with db.session() as session:
-        rows = (await session.execute(query.order_by(AuditEvent.id.desc()).limit(limit + 1))).scalars().all()
-    page = rows[:limit]
-    return ActivityPage([audit_view(row) for row in page], page[-1].id if len(rows) > limit else None)
+        page, more = await ActivityRepository(session).page(user_id, limit=limit, before=before)
+    return ActivityPage([audit_view(row) for row in page], page[-1].id if more else None)
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -370,59 +336,10 @@ async def export_account(
     included.
     """
     async with db.session() as session:
-        user = await UserRepository(session).get(user_id)
-        if user is None:
-            return None
-        consents = (
-            await session.execute(
-                select(Consent, OAuthClient.name)
-                .join(OAuthClient, OAuthClient.id == Consent.client_id)
-                .where(Consent.user_id == user_id)
-                .order_by(Consent.created_at, Consent.client_id)
-            )
-        ).all()
-        credentials = (
-            (
-                await session.execute(
-                    select(MfaCredential)
-                    .where(MfaCredential.user_id == user_id)
-                    .order_by(MfaCredential.created_at, MfaCredential.id)
-                )
-            )
-            .scalars()
-            .all()
-        )
-        codes_total, codes_unused = (
-            await session.execute(
-                select(
-                    func.count(RecoveryCode.id), func.count(RecoveryCode.id).filter(RecoveryCode.used_at.is_(None))
-                ).where(RecoveryCode.user_id == user_id)
-            )
-        ).one()
-        refresh = (
-            await session.execute(
-                select(RefreshToken, OAuthClient.name)
-                .join(OAuthClient, OAuthClient.id == RefreshToken.client_id)
-                .where(RefreshToken.user_id == user_id)
-                .order_by(RefreshToken.issued_at, RefreshToken.jti)
-            )
-        ).all()
-        devices = (
-            (
-                await session.execute(
-                    select(KnownDevice)
-                    .where(KnownDevice.user_id == user_id)
-                    .order_by(KnownDevice.first_seen_at, KnownDevice.device_digest)
-                )
-            )
-            .scalars()
-            .all()
-        )
-        audit = (
-            (await session.execute(select(AuditEvent).where(AuditEvent.subject_id == user_id).order_by(AuditEvent.id)))
-            .scalars()
-            .all()
-        )
+        records = await ExportRepository(session).records_of(user_id)
+    if records is None:
+        return None
+    user = records.user
     pending = await pending_email(db, user_id)
     return {
         "format": "idp-account-export/1",
@@ -444,13 +361,13 @@ async def export_account(
         },
         "consents": [
             {
-                "client_id": row.Consent.client_id,
-                "client_name": row.name,
-                "scopes": list(row.Consent.scopes),
-                "created_at": iso(row.Consent.created_at),
-                "updated_at": iso(row.Consent.updated_at),
+                "client_id": consent.client_id,
+                "client_name": client_name,
+                "scopes": list(consent.scopes),
+                "created_at": iso(consent.created_at),
+                "updated_at": iso(consent.updated_at),
             }
-            for row in consents
+            for consent, client_name in records.consents
         ],
         "mfa_credentials": [
             {
@@ -460,20 +377,20 @@ async def export_account(
                 "confirmed_at": iso(credential.confirmed_at),
                 "last_used_at": iso(credential.last_used_at),
             }
-            for credential in credentials
+            for credential in records.mfa_credentials
         ],
-        "recovery_codes": {"total": int(codes_total), "unused": int(codes_unused)},
+        "recovery_codes": {"total": records.recovery_codes_total, "unused": records.recovery_codes_unused},
         "refresh_tokens": [
             {
-                "client_id": row.RefreshToken.client_id,
-                "client_name": row.name,
-                "scope": row.RefreshToken.scope,
-                "issued_at": iso(row.RefreshToken.issued_at),
-                "expires_at": iso(row.RefreshToken.expires_at),
-                "used_at": iso(row.RefreshToken.used_at),
-                "revoked_at": iso(row.RefreshToken.revoked_at),
+                "client_id": token.client_id,
+                "client_name": client_name,
+                "scope": token.scope,
+                "issued_at": iso(token.issued_at),
+                "expires_at": iso(token.expires_at),
+                "used_at": iso(token.used_at),
+                "revoked_at": iso(token.revoked_at),
             }
-            for row in refresh
+            for token, client_name in records.refresh_tokens
         ],
         "sessions": list(sessions or []),
         "known_devices": [
@@ -483,7 +400,7 @@ async def export_account(
                 "last_seen_at": iso(device.last_seen_at),
                 "last_ip": device.last_ip,
             }
-            for device in devices
+            for device in records.known_devices
         ],
-        "audit_events": [audit_view(event) for event in audit],
+        "audit_events": [audit_view(event) for event in records.audit_events],
     }

@@ -6,11 +6,13 @@ module is the index: ``from idp.storage.repositories import UserRepository`` wor
 
 from __future__ import annotations
 
+from idp.storage.repositories.activity import ActivityRepository
 from idp.storage.repositories.audit import AuditRepository
 from idp.storage.repositories.clients import ClientRepository
 from idp.storage.repositories.consents import ConsentRepository
 from idp.storage.repositories.devices import DeviceRepository, Remembered
 from idp.storage.repositories.errors import AlreadyTaken
+from idp.storage.repositories.export import AccountRecords, ExportRepository
 from idp.storage.repositories.keys import SigningKeyRepository
 from idp.storage.repositories.links import LinkRepository
 from idp.storage.repositories.maintenance import MaintenanceRepository
@@ -19,11 +21,14 @@ from idp.storage.repositories.passkeys import PasskeyRepository
 from idp.storage.repositories.users import UserRepository
 
 __all__ = [
+    "AccountRecords",
+    "ActivityRepository",
     "AlreadyTaken",
     "AuditRepository",
     "ClientRepository",
     "ConsentRepository",
     "DeviceRepository",
+    "ExportRepository",
     "LinkRepository",
     "MaintenanceRepository",
     "MfaRepository",

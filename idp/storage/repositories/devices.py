@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -72,6 +73,15 @@ class DeviceRepository:
         await self.session.execute(
             delete(KnownDevice).where(KnownDevice.user_id == user_id, KnownDevice.device_digest.in_(list(oldest)))
         )
+
+    async def of_user(self, user_id: str) -> Sequence[KnownDevice]:
+        """The user's devices, first seen first (the account export)."""
+        result = await self.session.execute(
+            select(KnownDevice)
+            .where(KnownDevice.user_id == user_id)
+            .order_by(KnownDevice.first_seen_at, KnownDevice.device_digest)
+        )
+        return result.scalars().all()
 
     async def _count(self, user_id: str) -> int:
         query = select(func.count()).select_from(KnownDevice).where(KnownDevice.user_id == user_id)

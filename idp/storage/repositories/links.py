@@ -5,6 +5,7 @@ gets its row."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import delete, select, update
@@ -54,3 +55,29 @@ class LinkRepository:
         if getattr(result, "rowcount", 0) != 1:
             return None
         return (await self.session.execute(select(OneTimeToken).where(OneTimeToken.digest == digest))).scalar_one()
+
+    async def cancel_unused(self, user_id: str, purposes: Iterable[str]) -> None:
+        await self.session.execute(
+            delete(OneTimeToken).where(
+                OneTimeToken.user_id == user_id,
+                OneTimeToken.purpose.in_(tuple(purposes)),
+                OneTimeToken.used_at.is_(None),
+            )
+        )
+
+    async def newest_usable_email(self, user_id: str, purpose: str, now: datetime) -> str | None:
+        """The address of the user's newest unused, unexpired link for ``purpose``."""
+        row = (
+            await self.session.execute(
+                select(OneTimeToken.email)
+                .where(
+                    OneTimeToken.user_id == user_id,
+                    OneTimeToken.purpose == purpose,
+                    OneTimeToken.used_at.is_(None),
+                    OneTimeToken.expires_at > now,
+                )
+                .order_by(OneTimeToken.created_at.desc())
+                .limit(1)
+            )
+        ).first()
+        return row[0] if row else None

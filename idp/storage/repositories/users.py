@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from sqlalchemy import func, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idp.storage.models import User
+from idp.storage.repositories.errors import AlreadyTaken
 
 
 class UserRepository:
@@ -48,6 +50,18 @@ class UserRepository:
         the account doesn't exist (any more)."""
         query = select(User.id).where(User.id == user_id).with_for_update()
         return (await self.session.execute(query)).scalar_one_or_none() is not None
+
+    async def set_verified_email(self, user: User, email: str, email_normalized: str) -> None:
+        """Give the (loaded) account a new, verified address. Raises AlreadyTaken when another
+        account holds ``email_normalized``: the unique index settles a race the caller's look-up
+        could not."""
+        user.email = email
+        user.email_normalized = email_normalized
+        user.email_verified = True
+        try:
+            await self.session.flush()
+        except IntegrityError:
+            raise AlreadyTaken("email_normalized") from None
 
     async def count(self) -> int:
         return int((await self.session.execute(select(func.count()).select_from(User))).scalar_one())
