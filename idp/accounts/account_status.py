@@ -3,8 +3,6 @@ sessions, lift a sign-in lock. The admin pages and API call these, as the CLI do
 
 from __future__ import annotations
 
-from sqlalchemy import update
-
 from idp.accounts.context import AccountContext
 from idp.accounts.users import AccountError, normalize_email
 from idp.events import AccountDisabled, AccountEnabled, AccountUnlocked
@@ -28,7 +26,7 @@ async def disable(ctx: AccountContext, user_id: str) -> int:
     Returns how many sessions ended."""
     async with ctx.db.session() as session:
         # Committed first, so a sign-in or token request racing with this finds a disabled account.
-        await session.execute(update(User).where(User.id == user_id).values(disabled=True))
+        await UserRepository(session).set_disabled(user_id, True)
     ended = await ctx.sessions.end_all_for_user(user_id, reason="account_disabled")
     await ctx.events.publish(AccountDisabled(user_id=user_id, sessions_ended=len(ended)))
     return len(ended)
@@ -36,7 +34,7 @@ async def disable(ctx: AccountContext, user_id: str) -> int:
 
 async def enable(ctx: AccountContext, user_id: str) -> None:
     async with ctx.db.session() as session:
-        await session.execute(update(User).where(User.id == user_id).values(disabled=False))
+        await UserRepository(session).set_disabled(user_id, False)
     await ctx.events.publish(AccountEnabled(user_id=user_id))
 
 

@@ -18,13 +18,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Column, delete, func, or_, select, update
-
 from idp.accounts.context import AccountContext
 from idp.accounts.signin.password import reauthenticate
 from idp.accounts.users import AccountError
 from idp.events import AccountDeleted, AccountDeleting, get_context
-from idp.storage.models import AuditEvent, Base, OneTimeToken, User
+from idp.storage.models import User
+from idp.storage.repositories import AccountPurge, LinkRepository, UserRepository
 
 log = logging.getLogger("idp.accounts")
 
@@ -83,7 +82,7 @@ async def delete_account(
     account that doesn't exist (or, for self-service, is disabled); nothing changes then.
     """
     async with ctx.db.session() as session:
-        user = await session.get(User, user_id)
+        user = await UserRepository(session).get(user_id)
     if user is None:
         raise AccountError("account", "This account does not exist.")
     if confirm_with_password:
@@ -124,8 +123,7 @@ async def _addresses_of(ctx: AccountContext, user: User) -> set[str]:
     """Every address of the user the audit trail could mention, including pending changes."""
     addresses = {user.email.casefold(), user.email_normalized.casefold()}
     async with ctx.db.session() as session:
-        pending = await session.execute(select(OneTimeToken.email).where(OneTimeToken.user_id == user.id))
-        addresses |= {email.casefold() for email in pending.scalars() if email}
+        addresses |= {email.casefold() for email in await LinkRepository(session).addresses_of(user.id)}
     return addresses
 
 
@@ -133,62 +131,23 @@ async def _disable(ctx: AccountContext, user_id: str) -> None:
     # Committed before sessions end and grants are revoked: a sign-in or token request racing
     # with the deletion finds a disabled account instead of issuing something after revocation.
     async with ctx.db.session() as session:
-        await session.execute(update(User).where(User.id == user_id).values(disabled=True))
-
-
-def _user_owned_tables() -> list[tuple[str, list[Column[Any]]]]:
-    """Tables whose rows cascade away with a user, each with its columns referencing users.id."""
-    users = User.__table__
-    found: list[tuple[str, list[Column[Any]]]] = []
-    for table in Base.metadata.sorted_tables:
-        columns = [
-            fk.parent
-            for fk in table.foreign_keys
-            if fk.column.table is users and (fk.ondelete or "").upper() == "CASCADE"
-        ]
-        if columns:
-            found.append((table.name, columns))
-    return found
+        await UserRepository(session).set_disabled(user_id, True)
 
 
 async def _delete_rows(ctx: AccountContext, user_id: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
     async with ctx.db.session() as session:
-        for name, columns in _user_owned_tables():
-            table = columns[0].table
-            query = select(func.count()).select_from(table).where(or_(*(column == user_id for column in columns)))
-            counts[name] = int((await session.execute(query)).scalar_one())
-        result = await session.execute(delete(User).where(User.id == user_id))
-        if getattr(result, "rowcount", 0) != 1:
+        counts = await AccountPurge(session).delete_everything_of(user_id)
+        if counts is None:
             # Deleted meanwhile by another request; this transaction rolls back.
             raise AccountError("account", "This account does not exist.")
-    counts[User.__tablename__] = 1
     return counts
 
 
 async def _scrub_audit_trail(ctx: AccountContext, user_id: str, emails: set[str]) -> int:
-    """Keep each event, its time, outcome and opaque ids; drop the personal data.
-
-    The IP address and user agent are the user's when the user acted (``actor_id``) or the
-    event is about them with no other actor; when an administrator acted on the account they are
-    the administrator's, kept for accountability.
-    """
-    mine = or_(AuditEvent.subject_id == user_id, AuditEvent.actor_id == user_id)
-    own_request = or_(
-        AuditEvent.actor_id == user_id, (AuditEvent.subject_id == user_id) & AuditEvent.actor_id.is_(None)
-    )
-    has_request_data = or_(AuditEvent.ip.is_not(None), AuditEvent.user_agent.is_not(None))
-    touched: set[int] = set()
+    """Keep each event, its time, outcome and opaque ids; drop the personal data (see
+    AccountPurge.scrub_audit_trail for whose IP address and user agent go)."""
     async with ctx.db.session() as session:
-        touched.update((await session.execute(select(AuditEvent.id).where(own_request, has_request_data))).scalars())
-        await session.execute(update(AuditEvent).where(own_request, has_request_data).values(ip=None, user_agent=None))
-        rows = await session.execute(select(AuditEvent.id, AuditEvent.details).where(mine))
-        for row_id, details in rows.all():
-            clean = _scrub(details or {}, emails)
-            if clean != details:
-                await session.execute(update(AuditEvent).where(AuditEvent.id == row_id).values(details=clean))
-                touched.add(row_id)
-    return len(touched)
+        return await AccountPurge(session).scrub_audit_trail(user_id, lambda details: _scrub(details, emails))
 
 
 def _scrub(value: Any, emails: set[str]) -> Any:

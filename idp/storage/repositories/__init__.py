@@ -18,9 +18,11 @@ from idp.storage.repositories.links import LinkRepository
 from idp.storage.repositories.maintenance import MaintenanceRepository
 from idp.storage.repositories.mfa import MfaRepository, RecoveryCodeRepository
 from idp.storage.repositories.passkeys import PasskeyRepository
+from idp.storage.repositories.purge import AccountPurge
 from idp.storage.repositories.users import UserRepository
 
 __all__ = [
+    "AccountPurge",
     "AccountRecords",
     "ActivityRepository",
     "AlreadyTaken",

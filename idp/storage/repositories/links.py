@@ -81,3 +81,8 @@ class LinkRepository:
             )
         ).first()
         return row[0] if row else None
+
+    async def addresses_of(self, user_id: str) -> list[str]:
+        """Every address the user's links were sent to, used or not."""
+        result = await self.session.execute(select(OneTimeToken.email).where(OneTimeToken.user_id == user_id))
+        return [email for email in result.scalars() if email]

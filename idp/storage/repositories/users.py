@@ -1,11 +1,12 @@
-"""Accounts: look-ups by id and address, and the insert that lets the database decide a race.
+"""Accounts: look-ups by id and address, the insert that lets the database decide a race, and the
+few column updates the account use cases make.
 
 Addresses arrive normalised (``idp.accounts.users.normalize_email``): what counts as the same
 address is the accounts domain's rule, not storage's."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -50,6 +51,9 @@ class UserRepository:
         the account doesn't exist (any more)."""
         query = select(User.id).where(User.id == user_id).with_for_update()
         return (await self.session.execute(query)).scalar_one_or_none() is not None
+
+    async def set_disabled(self, user_id: str, disabled: bool) -> None:
+        await self.session.execute(update(User).where(User.id == user_id).values(disabled=disabled))
 
     async def set_verified_email(self, user: User, email: str, email_normalized: str) -> None:
         """Give the (loaded) account a new, verified address. Raises AlreadyTaken when another
