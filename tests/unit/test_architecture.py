@@ -67,6 +67,13 @@ ACCOUNTS_MAY_IMPORT_FROM_OAUTH = {"accounts/api.py": {"idp.oauth.resource"}}
 
 
 @pytest.mark.parametrize("path", modules("accounts"), ids=rel)
+def test_accounts_reach_the_database_through_repositories_only(path: Path) -> None:
+    """The accounts domain and its pages say what they need from storage by naming a repository
+    method (idp.storage.repositories); the SQL, and SQLAlchemy itself, stay behind it."""
+    assert {name for name in imports_of(path) if name.split(".")[0] == "sqlalchemy"} == set()
+
+
+@pytest.mark.parametrize("path", modules("accounts"), ids=rel)
 def test_accounts_do_not_import_oauth(path: Path) -> None:
     allowed = ACCOUNTS_MAY_IMPORT_FROM_OAUTH.get(str(path.relative_to(PACKAGE)), set())
     assert {name for name in imports_of(path) if name.startswith("idp.oauth")} <= allowed
