@@ -265,15 +265,14 @@ def _alembic(action: str, url: str, revision: str) -> None:
 
 def _migrate(step: Callable[[], None]) -> None:
     from alembic.util.exc import CommandError
-    from sqlalchemy.exc import SQLAlchemyError
 
-    from idp.storage.db import describe_error
+    from idp.storage.db import DATABASE_ERRORS, describe_error
 
     try:
         step()
     except CommandError as exc:
         fail(f"revision: {exc}")
-    except (OSError, SQLAlchemyError) as exc:
+    except DATABASE_ERRORS as exc:
         fail(f"database_url: {describe_error(exc)}")
 
 
@@ -516,10 +515,8 @@ def users_end_sessions(state: CliState, email: str, sid: str | None, as_json: bo
 @click.pass_obj
 def users_end_all_sessions(state: CliState, yes: bool, as_json: bool) -> None:
     """Sign every user out everywhere (after a suspected compromise); needs redis_url."""
-    from sqlalchemy import select
-
     from idp.events import EventContext, set_context
-    from idp.storage.models import User
+    from idp.storage.repositories import UserRepository
 
     if not yes:
         fail("--yes: required, to confirm that every user is signed out")
@@ -530,7 +527,7 @@ def users_end_all_sessions(state: CliState, yes: bool, as_json: bool) -> None:
     async def action(rt: Any) -> dict[str, int]:
         set_context(EventContext(via="cli"))
         async with rt.db.session() as session:
-            user_ids = list((await session.execute(select(User.id))).scalars())
+            user_ids = await UserRepository(session).all_ids()
         ended = 0
         for user_id in user_ids:
             ended += len(await rt.sessions.end_all_for_user(user_id, reason="ended_by_admin"))

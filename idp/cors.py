@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import select
-
 from idp.storage.db import Database
-from idp.storage.models import OAuthClient
+from idp.storage.repositories import ClientRepository
 
 PREFLIGHT_MAX_AGE = 600
 ALLOWED_HEADERS = "Authorization, Content-Type, DPoP"
@@ -39,6 +37,5 @@ class CorsPolicy:
 
     async def reload(self) -> None:
         async with self._db.session() as session:
-            rows = (await session.execute(select(OAuthClient.web_origins).where(OAuthClient.disabled.is_(False)))).all()
-        self._origins = frozenset(origin for (origins,) in rows for origin in origins or ())
+            self._origins = frozenset(await ClientRepository(session).enabled_web_origins())
         self._loaded_at = time.monotonic()

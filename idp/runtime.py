@@ -47,8 +47,7 @@ from idp.storage import migrate
 from idp.storage.blobs import BlobStore, FilesystemBlobStore, S3BlobStore
 from idp.storage.db import Database, DatabaseUnavailable
 from idp.storage.kv import KeyValueStore, KeyValueUnavailable, open_kv_store
-from idp.storage.models import User
-from idp.storage.repositories import ClientRepository
+from idp.storage.repositories import ClientRepository, UnitsOfWork, UserRepository
 
 
 class StartupError(Exception):
@@ -94,9 +93,14 @@ class Runtime:
         )
 
     @property
+    def units(self) -> UnitsOfWork:
+        """Units of work for the protocol endpoints (one database session a request)."""
+        return UnitsOfWork(self.db)
+
+    @property
     def grants(self) -> GrantContext:
         return GrantContext(
-            db=self.db,
+            units=self.units,
             tokens=self.tokens,
             sessions=self.sessions,
             subjects=self.subjects,
@@ -190,7 +194,7 @@ def _subscribe_protocol_handlers(rt: Runtime) -> None:
         # Completing a reset proved control of the mailbox: the account's sign-in locks go.
         assert isinstance(event, PasswordResetCompleted)
         async with rt.db.session() as db_session:
-            user = await db_session.get(User, event.user_id)
+            user = await UserRepository(db_session).get(event.user_id)
             email = user.email_normalized if user is not None else None
         if email is not None and await rt.lockout.unlock(email):
             await rt.events.publish(AccountUnlocked(user_id=event.user_id, reason="password_reset"))

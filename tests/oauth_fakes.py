@@ -7,11 +7,11 @@ side effect as well as the answer. Models are transient ORM objects: never added
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, cast
 
 from idp.accounts.sessions.store import BrowserSession
 from idp.oauth.authorize import AuthorizationRequest
@@ -19,6 +19,7 @@ from idp.oauth.interactions import Interaction
 from idp.oauth.tokens import IssuedToken
 from idp.security.tokens import TokenInvalid
 from idp.storage.models import AuthorizationCode, OAuthClient, RefreshToken, User, utcnow
+from idp.storage.repositories import SessionFamily
 
 REDIRECT = "https://rp.example/cb"
 
@@ -149,7 +150,8 @@ def make_refresh_token(**fields: Any) -> RefreshToken:
 
 
 class FakeTokens:
-    """Verifies the tokens it was given (by value) and issues numbered access tokens."""
+    """Verifies the tokens it was given (by value), issues numbered tokens, and keeps the access
+    tokens of each grant and the revoked ones as TokenService does in the key-value store."""
 
     def __init__(
         self,
@@ -163,6 +165,10 @@ class FakeTokens:
         self.issued: list[IssuedToken] = []
         self.access_token_ttl = 600
         self.issuer = "https://idp.example"
+        self.grant_tokens: dict[str, set[str]] = {}
+        self.revoked: set[str] = set()
+        self.id_tokens_issued: list[dict[str, Any]] = []
+        self.refresh_issued: list[dict[str, Any]] = []
 
     async def verify_access_token(self, token: str) -> dict[str, Any]:
         if token not in self.access:
@@ -191,12 +197,53 @@ class FakeTokens:
         self.issued.append(issued)
         return issued
 
+    def issue_id_token(self, **claims: Any) -> str:
+        self.id_tokens_issued.append(claims)
+        return f"id-token-{len(self.id_tokens_issued)}"
+
+    def issue_refresh_token(self, *, jti: str, **claims: Any) -> str:
+        value = f"refresh-{jti}"
+        self.refresh_issued.append({"jti": jti, **claims})
+        self.refresh[value] = {"jti": jti, **claims}
+        return value
+
+    async def remember_grant_token(self, grant_id: str, token: IssuedToken) -> None:
+        self.grant_tokens.setdefault(grant_id, set()).add(token.jti)
+
+    async def grant_has_access_tokens(self, grant_id: str) -> bool:
+        return bool(self.grant_tokens.get(grant_id))
+
+    async def revoke_grant_access_tokens(self, grant_id: str) -> int:
+        jtis = self.grant_tokens.pop(grant_id, set())
+        self.revoked |= jtis
+        return len(jtis)
+
+    async def revoke_access_token(self, jti: str, exp: int) -> None:
+        self.revoked.add(jti)
+
 
 class PublicSubjects:
     """Public subjects only: a sub is the user id, for any client."""
 
     def user_id_for(self, client: OAuthClient | None, subject: str) -> str | None:
         return subject
+
+    def subject_for(self, client: OAuthClient, user_id: str) -> str:
+        return user_id
+
+
+@dataclass
+class FakeSessions:
+    """The browser sessions a grant asks about, by sid, and the clients each learnt of."""
+
+    live: dict[str, BrowserSession] = field(default_factory=dict)
+    clients: dict[str, list[str]] = field(default_factory=dict)
+
+    async def by_sid(self, sid: str) -> BrowserSession | None:
+        return self.live.get(sid)
+
+    async def add_client(self, session: BrowserSession, client_id: str) -> None:
+        self.clients.setdefault(session.sid, []).append(client_id)
 
 
 @dataclass
@@ -229,24 +276,155 @@ class FakeEvents:
         self.published.append(event)
 
 
-class FakeDatabase:
-    """``Database.session()`` for code that only reads rows by primary key (``session.get``)."""
+# -- in-memory repositories (idp.oauth.store) ---------------------------------------------------------
+
+
+class _Rows:
+    """Rows by primary key, with an undo log: what a unit of work changed is undone when it rolls
+    back, as the database would, unless it committed first."""
+
+    def __init__(self, undo: list[Callable[[], None]], rows: Sequence[Any], key: str) -> None:
+        self._undo = undo
+        self._key = key
+        self.rows = {getattr(row, key): row for row in rows}
+        self.lookups = 0
+
+    def _get(self, key: str) -> Any:
+        self.lookups += 1
+        return self.rows.get(key)
+
+    def _add(self, row: Any) -> None:
+        key = getattr(row, self._key)
+        assert key not in self.rows, f"duplicate primary key {key}"
+        self.rows[key] = row
+        self._undo.append(lambda: self.rows.pop(key) and None)
+
+    def _set(self, row: Any, **values: Any) -> None:
+        before = {name: getattr(row, name) for name in values}
+
+        def undo() -> None:
+            for name, value in before.items():
+                setattr(row, name, value)
+
+        for name, value in values.items():
+            setattr(row, name, value)
+        self._undo.append(undo)
+
+
+class MemoryClients(_Rows):
+    async def get(self, client_id: str) -> OAuthClient | None:
+        return cast(OAuthClient | None, self._get(client_id))
+
+
+class MemoryUsers(_Rows):
+    async def get(self, user_id: str) -> User | None:
+        return cast(User | None, self._get(user_id))
+
+
+class MemoryCodes(_Rows):
+    async def add(self, code: AuthorizationCode) -> None:
+        self._add(code)
+
+    async def get(self, code_digest: str) -> AuthorizationCode | None:
+        return cast(AuthorizationCode | None, self._get(code_digest))
+
+    async def consume(self, code_digest: str, at: datetime) -> bool:
+        row = self.rows.get(code_digest)
+        if row is None or row.consumed_at is not None:
+            return False
+        self._set(row, consumed_at=at)
+        return True
+
+    async def grants_of(self, user_id: str, client_id: str | None = None) -> set[tuple[str, str]]:
+        return {
+            (row.grant_id, row.client_id)
+            for row in self.rows.values()
+            if row.user_id == user_id and client_id in (None, row.client_id)
+        }
+
+    async def redeemed_in_session(self, user_id: str, sid: str) -> list[tuple[str, str]]:
+        return [
+            (row.grant_id, row.client_id)
+            for row in self.rows.values()
+            if row.user_id == user_id and row.session_id == sid and row.consumed_at is not None
+        ]
+
+
+class MemoryRefreshTokens(_Rows):
+    async def add(self, token: RefreshToken) -> None:
+        self._add(token)
+
+    async def get(self, jti: str) -> RefreshToken | None:
+        return cast(RefreshToken | None, self._get(jti))
+
+    async def consume(self, jti: str, at: datetime) -> bool:
+        row = self.rows.get(jti)
+        if row is None or row.used_at is not None or row.revoked_at is not None:
+            return False
+        self._set(row, used_at=at)
+        return True
+
+    async def revoke_family(self, family_id: str, at: datetime) -> None:
+        for row in self.rows.values():
+            if row.family_id == family_id and row.revoked_at is None:
+                self._set(row, revoked_at=at)
+
+    async def live_families_of(self, user_id: str, client_id: str | None = None) -> set[tuple[str, str]]:
+        return {
+            (row.family_id, row.client_id)
+            for row in self.rows.values()
+            if row.user_id == user_id and row.revoked_at is None and client_id in (None, row.client_id)
+        }
+
+    async def issued_in_session(self, user_id: str, sid: str) -> list[SessionFamily]:
+        return [
+            SessionFamily(row.family_id, row.client_id, row.scope, row.revoked_at is not None)
+            for row in self.rows.values()
+            if row.user_id == user_id and row.session_id == sid
+        ]
+
+
+class MemoryUnitOfWork:
+    """The repositories of idp.oauth.store over rows in memory."""
 
     def __init__(self, *rows: Any) -> None:
-        self.rows = {(type(row), _primary_key(row)): row for row in rows}
-        self.sessions = 0
+        self.undo: list[Callable[[], None]] = []
+
+        def of(kind: type) -> list[Any]:
+            return [row for row in rows if isinstance(row, kind)]
+
+        self.clients = MemoryClients(self.undo, of(OAuthClient), "id")
+        self.users = MemoryUsers(self.undo, of(User), "id")
+        self.codes = MemoryCodes(self.undo, of(AuthorizationCode), "code_digest")
+        self.refresh_tokens = MemoryRefreshTokens(self.undo, of(RefreshToken), "jti")
+        self.commits = 0
+
+    async def commit(self) -> None:
+        self.undo.clear()
+        self.commits += 1
+
+    def rollback(self) -> None:
+        while self.undo:
+            self.undo.pop()()
+
+
+class MemoryUnits:
+    """``OpenUnitOfWork`` over one in-memory store: every unit sees the same rows; each commits
+    when its block ends normally and rolls back (undoes what it changed) otherwise."""
+
+    def __init__(self, *rows: Any) -> None:
+        self.store = MemoryUnitOfWork(*rows)
+        self.opened = 0
 
     @asynccontextmanager
-    async def session(self) -> Any:
-        self.sessions += 1
-        yield self
-
-    async def get(self, model: type, key: str) -> Any:
-        return self.rows.get((model, key))
-
-
-def _primary_key(row: Any) -> str:
-    return str(getattr(row, "id", None) or getattr(row, "jti", None) or row.code_digest)
+    async def __call__(self) -> AsyncIterator[MemoryUnitOfWork]:
+        self.opened += 1
+        try:
+            yield self.store
+        except BaseException:
+            self.store.rollback()
+            raise
+        await self.store.commit()
 
 
 @dataclass

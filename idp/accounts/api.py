@@ -82,7 +82,7 @@ async def authenticate(*scopes: str) -> Caller:
     the Bearer header only (RFC 6750 §2.1, never a body or query), checked by the protocol's
     protector; who calls is settled before what the token allows (scopes last)."""
     rt = runtime()
-    caller = await BearerProtector(rt.tokens, rt.subjects, StoredParties(rt.db)).authenticate(
+    caller = await BearerProtector(rt.tokens, rt.subjects, StoredParties(rt.units)).authenticate(
         request.headers.getlist("Authorization"),
         scopes=scopes,
         scope_description=f"This request needs the scopes: {' '.join(scopes)}.",

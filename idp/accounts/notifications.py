@@ -16,7 +16,8 @@ from idp.events import (
     RecoveryCodesRegenerated,
     RecoveryCodeUsed,
 )
-from idp.storage.models import User, utcnow
+from idp.storage.models import utcnow
+from idp.storage.repositories import UserRepository
 
 _METHOD_NAMES = {"totp": "An authenticator app", "webauthn": "Passkeys"}
 _SUBJECTS = {
@@ -60,7 +61,7 @@ def subscribe_security_notices(ctx: AccountContext, *, new_device: bool = True, 
         if what is None or user_id is None:
             return
         async with ctx.db.session() as session:
-            user = await session.get(User, user_id)
+            user = await UserRepository(session).get(user_id)
             email = user.email if user is not None else None
         if email is None:
             return

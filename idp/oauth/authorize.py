@@ -23,7 +23,7 @@ from idp.oauth.scopes import OPENID
 from idp.security.tokens import random_token, sha256_digest
 from idp.storage.db import Database
 from idp.storage.models import AuthorizationCode, OAuthClient, utcnow
-from idp.storage.repositories import ClientRepository
+from idp.storage.repositories import AuthorizationCodeRepository, ClientRepository
 
 RESPONSE_MODES = ("query", "form_post")
 PROMPTS = ("none", "login", "consent", "select_account", "create")
@@ -332,7 +332,7 @@ async def issue_authorization_code(
     grant_id = random_token(16)
     now = utcnow()
     async with db.session() as session:
-        session.add(
+        await AuthorizationCodeRepository(session).add(
             AuthorizationCode(
                 code_digest=sha256_digest(code),
                 grant_id=grant_id,

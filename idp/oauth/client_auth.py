@@ -34,11 +34,10 @@ from joserfc.jws import JWSRegistry
 
 from idp.oauth.errors import InvalidClient, InvalidRequest
 from idp.oauth.params import single_value
+from idp.oauth.store import Clients
 from idp.security.tokens import verify_secret
-from idp.storage.db import Database
 from idp.storage.kv import KeyValueStore
 from idp.storage.models import OAuthClient
-from idp.storage.repositories import ClientRepository
 
 __all__ = (
     "ASSERTION_ALGS",
@@ -184,7 +183,7 @@ async def authenticate_request(
     authorization_header: str | None,
     form: Mapping[str, str],
     *,
-    db: Database,
+    clients: Clients,
     kv: KeyValueStore,
     issuer: str,
     ip: str,
@@ -197,7 +196,7 @@ async def authenticate_request(
     # ids are public, so failures counted per client would let anyone lock a client out.
     await enforce_limits({"token_per_ip": f"{endpoint} {ip}"}, what)
     credentials = parse_client_credentials(authorization_header, form)
-    client = await authenticate_client(db, kv, credentials, issuer=issuer, endpoint_url=f"{issuer}{endpoint}")
+    client = await authenticate_client(clients, kv, credentials, issuer=issuer, endpoint_url=f"{issuer}{endpoint}")
     # Only an authenticated client spends its own budget. (An assertion refused with 429 here is
     # spent: its jti was recorded while authenticating, so a replayed one can't use the budget.)
     await enforce_limits({"token_per_client": f"{endpoint} {client.id}"}, what)
@@ -205,7 +204,7 @@ async def authenticate_request(
 
 
 async def authenticate_client(
-    db: Database,
+    clients: Clients,
     kv: KeyValueStore,
     credentials: ClientCredentials,
     *,
@@ -225,10 +224,10 @@ async def authenticate_client(
         raise InvalidClient("client authentication is required")
     _check_single_method(credentials)
     if method in SECRET_METHODS:
-        return await _authenticate_with_secret(db, credentials, method)
+        return await _authenticate_with_secret(clients, credentials, method)
     if method == ASSERTION_METHOD:
         return await _authenticate_with_assertion(
-            db,
+            clients,
             kv,
             credentials,
             issuer=issuer,
@@ -237,7 +236,7 @@ async def authenticate_client(
             http_fetch_jwks=http_fetch_jwks,
         )
     if method == "none":
-        return await _authenticate_public(db, credentials)
+        return await _authenticate_public(clients, credentials)
     raise InvalidClient("unsupported client authentication method")
 
 
@@ -255,12 +254,11 @@ def _check_single_method(credentials: ClientCredentials) -> None:
         raise InvalidRequest("use exactly one client authentication method")
 
 
-async def _load_client(db: Database, client_id: str | None) -> OAuthClient | None:
+async def _load_client(clients: Clients, client_id: str | None) -> OAuthClient | None:
     """The client, or None when it is unknown or disabled (callers must not tell which)."""
     if client_id is None or not _VSCHAR.fullmatch(client_id):
         return None
-    async with db.session() as session:
-        client = await ClientRepository(session).get(client_id)
+    client = await clients.get(client_id)
     if client is None or client.disabled:
         return None
     return client
@@ -285,11 +283,11 @@ def _refused(client_id: str | None, reason: str) -> InvalidClient:
     return InvalidClient()
 
 
-async def _authenticate_with_secret(db: Database, credentials: ClientCredentials, method: str) -> OAuthClient:
+async def _authenticate_with_secret(clients: Clients, credentials: ClientCredentials, method: str) -> OAuthClient:
     secret = credentials.client_secret
     if credentials.client_id is None or secret is None:
         raise InvalidClient(f"{method} needs both client_id and client_secret")
-    client = _registered_for(await _load_client(db, credentials.client_id), method)
+    client = _registered_for(await _load_client(clients, credentials.client_id), method)
     # Compare even for an unknown client or a wrong method (against no digest: the same work), so
     # the response time doesn't tell which ids exist or what they are registered for.
     matches = verify_secret(secret, client.secret_digest if client is not None else None)
@@ -298,8 +296,8 @@ async def _authenticate_with_secret(db: Database, credentials: ClientCredentials
     return client
 
 
-async def _authenticate_public(db: Database, credentials: ClientCredentials) -> OAuthClient:
-    client = _registered_for(await _load_client(db, credentials.client_id), "none")
+async def _authenticate_public(clients: Clients, credentials: ClientCredentials) -> OAuthClient:
+    client = _registered_for(await _load_client(clients, credentials.client_id), "none")
     if client is None:
         raise InvalidClient()
     return client
@@ -373,7 +371,7 @@ def _peek_assertion(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 async def _authenticate_with_assertion(
-    db: Database,
+    clients: Clients,
     kv: KeyValueStore,
     credentials: ClientCredentials,
     *,
@@ -399,7 +397,7 @@ async def _authenticate_with_assertion(
     if credentials.client_id is not None and credentials.client_id != client_id:
         raise InvalidClient("client_id does not match the client assertion's sub")
 
-    client = _registered_for(await _load_client(db, client_id), ASSERTION_METHOD)
+    client = _registered_for(await _load_client(clients, client_id), ASSERTION_METHOD)
     if client is None:
         raise InvalidClient()
 

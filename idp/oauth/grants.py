@@ -14,26 +14,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from idp.accounts.sessions.store import BrowserSession, SessionStore
 from idp.config import TokenSettings
 from idp.events import EventBus, TokenIssued, TokenRevoked
 from idp.oauth import errors, pkce
 from idp.oauth.params import single_value
 from idp.oauth.scopes import OFFLINE_ACCESS, OPENID, USER_SCOPES
+from idp.oauth.store import Authenticate, OpenUnitOfWork, UnitOfWork
 from idp.oauth.subjects import SubjectResolver
 from idp.oauth.tokens import REFRESH_TOKEN_TYP, TokenInvalid, TokenService
 from idp.security.tokens import random_token, sha256_digest
-from idp.storage.db import Database
 from idp.storage.models import AuthorizationCode, OAuthClient, RefreshToken, User, utcnow
-from idp.storage.repositories import UserRepository
 
 
 @dataclass
 class GrantContext:
-    db: Database
+    # Each token request, and each revocation, is one unit of work (idp.oauth.store).
+    units: OpenUnitOfWork
     tokens: TokenService
     sessions: SessionStore
     subjects: SubjectResolver
@@ -66,28 +63,46 @@ def _as_timestamp(value: datetime) -> int:
     return int(value.timestamp())
 
 
-# Enough rounds for rotations that commit while the revocation runs (see revoke_grant).
-_REVOKE_ROUNDS = 5
+async def revoke_grant(
+    ctx: GrantContext,
+    grant_id: str,
+    *,
+    client_id: str,
+    user_id: str | None,
+    reason: str,
+    within: UnitOfWork | None = None,
+) -> None:
+    """Revoke every refresh token of an authorization and every access token issued from it.
+
+    ``within`` is the unit of work of a token request that found a replay: the revocation is
+    committed there, before the request fails, so the refusal can't undo it."""
+    await revoke_grants(ctx, {(grant_id, client_id)}, user_id=user_id, reason=reason, within=within)
 
 
-async def revoke_grant(ctx: GrantContext, grant_id: str, *, client_id: str, user_id: str | None, reason: str) -> None:
-    """Revoke every refresh token of an authorization and every access token issued from it."""
+async def revoke_grants(
+    ctx: GrantContext,
+    grants: set[tuple[str, str]],
+    *,
+    user_id: str | None,
+    reason: str,
+    within: UnitOfWork | None = None,
+) -> None:
+    """Revoke each (grant id, client id): its refresh tokens in one committed unit of work, then
+    its access tokens, then one TokenRevoked event a grant."""
     now = utcnow()
-    async with ctx.db.session() as session:
-        # A rotation that commits while an UPDATE waits on its lock is not in that statement's
-        # snapshot (PostgreSQL READ COMMITTED), so repeat until a round finds nothing left.
-        for _ in range(_REVOKE_ROUNDS):
-            result = await session.execute(
-                update(RefreshToken)
-                .where(RefreshToken.family_id == grant_id, RefreshToken.revoked_at.is_(None))
-                .values(revoked_at=now)
-            )
-            if not getattr(result, "rowcount", 0):
-                break
+    if within is None:
+        async with ctx.units() as uow:
+            for grant_id, _ in grants:
+                await uow.refresh_tokens.revoke_family(grant_id, now)
+    else:
+        for grant_id, _ in grants:
+            await within.refresh_tokens.revoke_family(grant_id, now)
+        await within.commit()
     # Grants store their access tokens' ids before committing, so this sees every one of them.
-    await ctx.tokens.revoke_grant_access_tokens(grant_id)
-    revoked = TokenRevoked(client=client_id, user_id=user_id, reason=reason, token_type="grant")  # noqa: S106
-    await ctx.events.publish(revoked)
+    for grant_id, client_id in grants:
+        await ctx.tokens.revoke_grant_access_tokens(grant_id)
+        revoked = TokenRevoked(client=client_id, user_id=user_id, reason=reason, token_type="grant")  # noqa: S106
+        await ctx.events.publish(revoked)
 
 
 @dataclass(frozen=True)
@@ -99,7 +114,7 @@ class IssuedTokens:
 
 async def issue_tokens(
     ctx: GrantContext,
-    unit_of_work: AsyncSession,
+    unit_of_work: UnitOfWork,
     client: OAuthClient,
     user: User,
     *,
@@ -161,7 +176,7 @@ async def issue_tokens(
             expires_at=_as_timestamp(expires_at),
             sid=sid,
         )
-        unit_of_work.add(
+        await unit_of_work.refresh_tokens.add(
             RefreshToken(
                 jti=jti,
                 token_digest=sha256_digest(refresh),
@@ -179,7 +194,6 @@ async def issue_tokens(
                 family_expires_at=family_end,
             )
         )
-        await unit_of_work.flush()
         response["refresh_token"] = refresh
     event = TokenIssued(
         client=client.id, grant_type=grant_type, user_id=user.id, scope=scope, refresh_token=issue_refresh
@@ -187,8 +201,8 @@ async def issue_tokens(
     return IssuedTokens(response, event)
 
 
-async def _active_user(session: AsyncSession, user_id: str) -> User | None:
-    user = await UserRepository(session).get(user_id)
+async def _active_user(unit_of_work: UnitOfWork, user_id: str) -> User | None:
+    user = await unit_of_work.users.get(user_id)
     return None if user is None or user.disabled else user
 
 
@@ -199,20 +213,22 @@ def _inactive_user() -> errors.InvalidGrant:
 class Grant(abc.ABC):
     grant_type: ClassVar[str]
 
-    def __init__(self, ctx: GrantContext, client: OAuthClient, form: Mapping[str, Any]) -> None:
+    def __init__(self, ctx: GrantContext, uow: UnitOfWork, client: OAuthClient, form: Mapping[str, Any]) -> None:
         self.ctx = ctx
+        self.uow = uow
         self.client = client
         self.form = form
 
     @abc.abstractmethod
-    async def handle(self) -> dict[str, Any]:
-        """Validate the grant-specific parameters and return the token response."""
+    async def handle(self) -> IssuedTokens:
+        """Validate the grant-specific parameters and issue the tokens in ``uow``; the caller
+        commits, then publishes the event."""
 
 
 class AuthorizationCodeGrant(Grant):
     grant_type = "authorization_code"
 
-    async def handle(self) -> dict[str, Any]:
+    async def handle(self) -> IssuedTokens:
         code = _form_value(self.form, "code")
         assert code is not None
         row = await self.find_code(code)
@@ -221,40 +237,40 @@ class AuthorizationCodeGrant(Grant):
         self.check_redirect_uri(row)
         self.check_pkce(row)
         session = await self.check_session(row) if row.consumed_at is None else None
-        issued: IssuedTokens | None = None
         # Consuming the code and storing what it yields is one transaction: a concurrent replay
         # waits on the code's row and then revokes the grant with these tokens in it.
-        async with self.ctx.db.session() as unit_of_work:
-            consumed = await self.consume(unit_of_work, row)
-            user = await _active_user(unit_of_work, row.user_id) if consumed else None
-            if user is not None:
-                if session is not None:
-                    # The session learns the client got tokens (back-channel logout notifies it).
-                    await self.ctx.sessions.add_client(session, self.client.id)
-                issued = await issue_tokens(
-                    self.ctx,
-                    unit_of_work,
-                    self.client,
-                    user,
-                    grant_type=self.grant_type,
-                    scope=row.scope,
-                    grant_id=row.grant_id,
-                    sid=row.session_id,
-                    auth_time=_as_timestamp(row.auth_time),
-                    amr=list(row.amr),
-                    acr=row.acr,
-                    nonce=row.nonce,
-                )
-        if not consumed:
+        if not await self.uow.codes.consume(row.code_digest, utcnow()):
             # Replay: the first redemption may have been an attacker's, or this one is.
             await revoke_grant(
-                self.ctx, row.grant_id, client_id=row.client_id, user_id=row.user_id, reason="code_replay"
+                self.ctx,
+                row.grant_id,
+                client_id=row.client_id,
+                user_id=row.user_id,
+                reason="code_replay",
+                within=self.uow,
             )
             raise errors.InvalidGrant("The authorization code has already been used.")
-        if issued is None:
+        user = await _active_user(self.uow, row.user_id)
+        if user is None:
+            await self.uow.commit()  # the code stays spent
             raise _inactive_user()
-        await self.ctx.events.publish(issued.event)
-        return issued.response
+        if session is not None:
+            # The session learns the client got tokens (back-channel logout notifies it).
+            await self.ctx.sessions.add_client(session, self.client.id)
+        return await issue_tokens(
+            self.ctx,
+            self.uow,
+            self.client,
+            user,
+            grant_type=self.grant_type,
+            scope=row.scope,
+            grant_id=row.grant_id,
+            sid=row.session_id,
+            auth_time=_as_timestamp(row.auth_time),
+            amr=list(row.amr),
+            acr=row.acr,
+            nonce=row.nonce,
+        )
 
     async def check_session(self, row: AuthorizationCode) -> BrowserSession | None:
         """The session the code was issued in. If it has ended since (logout, ended elsewhere,
@@ -270,8 +286,7 @@ class AuthorizationCodeGrant(Grant):
     async def find_code(self, code: str) -> AuthorizationCode:
         if len(code) > 256:
             raise errors.InvalidGrant("The authorization code is invalid.")
-        async with self.ctx.db.session() as session:
-            row = await session.get(AuthorizationCode, sha256_digest(code))
+        row = await self.uow.codes.get(sha256_digest(code))
         if row is None:
             raise errors.InvalidGrant("The authorization code is invalid.")
         return row
@@ -299,20 +314,11 @@ class AuthorizationCodeGrant(Grant):
     def check_pkce(self, row: AuthorizationCode) -> None:
         pkce.check_verifier(_form_value(self.form, "code_verifier", required=False), row.code_challenge)
 
-    async def consume(self, unit_of_work: AsyncSession, row: AuthorizationCode) -> bool:
-        """Mark the code used; False when another request already did (a replay)."""
-        result = await unit_of_work.execute(
-            update(AuthorizationCode)
-            .where(AuthorizationCode.code_digest == row.code_digest, AuthorizationCode.consumed_at.is_(None))
-            .values(consumed_at=utcnow())
-        )
-        return bool(getattr(result, "rowcount", 0) == 1)
-
 
 class RefreshTokenGrant(Grant):
     grant_type = "refresh_token"
 
-    async def handle(self) -> dict[str, Any]:
+    async def handle(self) -> IssuedTokens:
         token = _form_value(self.form, "refresh_token")
         assert token is not None
         row = await self.find_token(token)
@@ -326,35 +332,30 @@ class RefreshTokenGrant(Grant):
         if row.expires_at <= now or row.family_expires_at <= now:
             raise errors.InvalidGrant("The refresh token has expired.")
         scope = self.narrowed_scope(row)
-        issued: IssuedTokens | None = None
         # Rotation is one transaction (see AuthorizationCodeGrant.handle): a concurrent reuse of
         # the same token can't revoke the family between the rotation and its new token.
-        async with self.ctx.db.session() as unit_of_work:
-            consumed = await self.consume(unit_of_work, row)
-            user = await _active_user(unit_of_work, row.user_id) if consumed else None
-            if user is not None:
-                issued = await issue_tokens(
-                    self.ctx,
-                    unit_of_work,
-                    self.client,
-                    user,
-                    grant_type=self.grant_type,
-                    scope=scope,
-                    grant_id=row.family_id,
-                    sid=row.session_id,
-                    auth_time=_as_timestamp(row.auth_time) if row.auth_time else None,
-                    amr=list(row.amr),
-                    acr=row.acr,
-                    family_expires_at=row.family_expires_at,
-                    parent_jti=row.jti,
-                    refresh_scope=row.scope,
-                )
-        if not consumed:
+        if not await self.uow.refresh_tokens.consume(row.jti, utcnow()):
             await self.detect_reuse(row)
-        if issued is None:
+        user = await _active_user(self.uow, row.user_id)
+        if user is None:
+            await self.uow.commit()  # the token stays spent
             raise _inactive_user()
-        await self.ctx.events.publish(issued.event)
-        return issued.response
+        return await issue_tokens(
+            self.ctx,
+            self.uow,
+            self.client,
+            user,
+            grant_type=self.grant_type,
+            scope=scope,
+            grant_id=row.family_id,
+            sid=row.session_id,
+            auth_time=_as_timestamp(row.auth_time) if row.auth_time else None,
+            amr=list(row.amr),
+            acr=row.acr,
+            family_expires_at=row.family_expires_at,
+            parent_jti=row.jti,
+            refresh_scope=row.scope,
+        )
 
     async def find_token(self, token: str) -> RefreshToken:
         try:
@@ -363,8 +364,7 @@ class RefreshTokenGrant(Grant):
             )
         except TokenInvalid:
             raise errors.InvalidGrant("The refresh token is invalid.") from None
-        async with self.ctx.db.session() as session:
-            row = await session.get(RefreshToken, str(claims.get("jti")))
+        row = await self.uow.refresh_tokens.get(str(claims.get("jti")))
         if row is None or not hmac.compare_digest(row.token_digest, sha256_digest(token)):
             raise errors.InvalidGrant("The refresh token is invalid.")
         return row
@@ -372,7 +372,12 @@ class RefreshTokenGrant(Grant):
     async def detect_reuse(self, row: RefreshToken) -> None:
         # RFC 9700 §4.14.2: an already-rotated token means it leaked to someone; end the family.
         await revoke_grant(
-            self.ctx, row.family_id, client_id=row.client_id, user_id=row.user_id, reason="refresh_token_reuse"
+            self.ctx,
+            row.family_id,
+            client_id=row.client_id,
+            user_id=row.user_id,
+            reason="refresh_token_reuse",
+            within=self.uow,
         )
         raise errors.InvalidGrant("The refresh token has already been used; the grant has been revoked.")
 
@@ -386,20 +391,11 @@ class RefreshTokenGrant(Grant):
             raise errors.InvalidScope("The requested scope exceeds the scope originally granted.")
         return " ".join(wanted)
 
-    async def consume(self, unit_of_work: AsyncSession, row: RefreshToken) -> bool:
-        """Mark the token used; False when it was used or revoked meanwhile."""
-        result = await unit_of_work.execute(
-            update(RefreshToken)
-            .where(RefreshToken.jti == row.jti, RefreshToken.used_at.is_(None), RefreshToken.revoked_at.is_(None))
-            .values(used_at=utcnow())
-        )
-        return bool(getattr(result, "rowcount", 0) == 1)
-
 
 class ClientCredentialsGrant(Grant):
     grant_type = "client_credentials"
 
-    async def handle(self) -> dict[str, Any]:
+    async def handle(self) -> IssuedTokens:
         if self.client.client_type != "confidential":
             raise errors.UnauthorizedClient("Only confidential clients may use client_credentials.")
         requested = _form_value(self.form, "scope", required=False)
@@ -410,17 +406,16 @@ class ClientCredentialsGrant(Grant):
             raise errors.InvalidScope(f"scope not allowed for client_credentials: {' '.join(refused)}")
         scope = " ".join(scopes)
         access = self.ctx.tokens.issue_access_token(subject=self.client.id, client_id=self.client.id, scope=scope)
-        await self.ctx.events.publish(
-            TokenIssued(
-                client=self.client.id, grant_type=self.grant_type, user_id=None, scope=scope, refresh_token=False
-            )
-        )
-        return {
+        response = {
             "access_token": access.value,
             "token_type": "Bearer",
             "expires_in": self.ctx.tokens.access_token_ttl,
             "scope": scope,
         }
+        event = TokenIssued(
+            client=self.client.id, grant_type=self.grant_type, user_id=None, scope=scope, refresh_token=False
+        )
+        return IssuedTokens(response, event)
 
 
 GRANTS: dict[str, type[Grant]] = {
@@ -428,7 +423,19 @@ GRANTS: dict[str, type[Grant]] = {
 }
 
 
-async def handle_token_request(ctx: GrantContext, client: OAuthClient, form: Mapping[str, Any]) -> dict[str, Any]:
+async def token_response(ctx: GrantContext, form: Mapping[str, Any], authenticate: Authenticate) -> dict[str, Any]:
+    """The token endpoint (RFC 6749 §3.2) as one unit of work: authenticate the client, run its
+    grant, commit; then announce what was issued (the audit trail writes on its own)."""
+    async with ctx.units() as uow:
+        client = await authenticate(uow.clients)
+        issued = await handle_token_request(ctx, uow, client, form)
+    await ctx.events.publish(issued.event)
+    return issued.response
+
+
+async def handle_token_request(
+    ctx: GrantContext, uow: UnitOfWork, client: OAuthClient, form: Mapping[str, Any]
+) -> IssuedTokens:
     grant_type = _form_value(form, "grant_type")
     assert grant_type is not None
     grant_class = GRANTS.get(grant_type)
@@ -436,41 +443,18 @@ async def handle_token_request(ctx: GrantContext, client: OAuthClient, form: Map
         raise errors.UnsupportedGrantType(f"grant_type {grant_type[:50]!r} is not supported.")
     if grant_type not in client.grant_types:
         raise errors.UnauthorizedClient(f"This client may not use the {grant_type} grant.")
-    return await grant_class(ctx, client, form).handle()
-
-
-async def find_refresh_token(db: Database, jti: str) -> RefreshToken | None:
-    async with db.session() as session:
-        return (await session.execute(select(RefreshToken).where(RefreshToken.jti == jti))).scalar_one_or_none()
+    return await grant_class(ctx, uow, client, form).handle()
 
 
 async def revoke_user_client_grants(ctx: GrantContext, user_id: str, client_id: str | None, *, reason: str) -> int:
     """Revoke every authorization a user gave a client (or every client, with None): refresh-token
     families and the access tokens issued from them or straight from codes (codes are kept a
     day past expiry, longer than any access token lives)."""
-    refresh_filter = [RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None)]
-    code_filter = [AuthorizationCode.user_id == user_id]
-    if client_id is not None:
-        refresh_filter.append(RefreshToken.client_id == client_id)
-        code_filter.append(AuthorizationCode.client_id == client_id)
-    async with ctx.db.session() as session:
-        families = {
-            (family, owner)
-            for family, owner in (
-                await session.execute(select(RefreshToken.family_id, RefreshToken.client_id).where(*refresh_filter))
-            ).all()
-        }
-        families |= {
-            (grant, owner)
-            for grant, owner in (
-                await session.execute(
-                    select(AuthorizationCode.grant_id, AuthorizationCode.client_id).where(*code_filter)
-                )
-            ).all()
-        }
-    for family, owner in families:
-        await revoke_grant(ctx, family, client_id=owner, user_id=user_id, reason=reason)
-    return len(families)
+    async with ctx.units() as uow:
+        grants = await uow.refresh_tokens.live_families_of(user_id, client_id)
+        grants |= await uow.codes.grants_of(user_id, client_id)
+        await revoke_grants(ctx, grants, user_id=user_id, reason=reason, within=uow)
+    return len(grants)
 
 
 async def revoke_session_grants(ctx: GrantContext, user_id: str, sid: str, *, keep_offline: bool, reason: str) -> int:
@@ -480,33 +464,18 @@ async def revoke_session_grants(ctx: GrantContext, user_id: str, sid: str, *, ke
     yielded a refresh token keeps nothing offline, so its access tokens go whatever its scope.
     Grants revoked before (their refresh tokens revoked, or their access tokens already gone) are
     not revoked again. Returns how many grants were revoked."""
-    async with ctx.db.session() as session:
-        refresh_rows = (
-            await session.execute(
-                select(
-                    RefreshToken.family_id, RefreshToken.client_id, RefreshToken.scope, RefreshToken.revoked_at
-                ).where(RefreshToken.user_id == user_id, RefreshToken.session_id == sid)
-            )
-        ).all()
+    async with ctx.units() as uow:
+        families = await uow.refresh_tokens.issued_in_session(user_id, sid)
         # Code-only grants index their access tokens under the grant_id of the code that started them.
-        code_rows = (
-            await session.execute(
-                select(AuthorizationCode.grant_id, AuthorizationCode.client_id).where(
-                    AuthorizationCode.user_id == user_id,
-                    AuthorizationCode.session_id == sid,
-                    AuthorizationCode.consumed_at.is_not(None),
-                )
-            )
-        ).all()
-    with_refresh_tokens = {family for family, _, _, _ in refresh_rows}
-    grants = {
-        (family, owner)
-        for family, owner, scope, revoked_at in refresh_rows
-        if revoked_at is None and not (keep_offline and OFFLINE_ACCESS in scope.split())
-    }
-    for grant, owner in code_rows:
-        if grant not in with_refresh_tokens and await ctx.tokens.grant_has_access_tokens(grant):
-            grants.add((grant, owner))
-    for grant, owner in grants:
-        await revoke_grant(ctx, grant, client_id=owner, user_id=user_id, reason=reason)
+        redeemed = await uow.codes.redeemed_in_session(user_id, sid)
+        with_refresh_tokens = {row.family_id for row in families}
+        grants = {
+            (row.family_id, row.client_id)
+            for row in families
+            if not row.revoked and not (keep_offline and OFFLINE_ACCESS in row.scope.split())
+        }
+        for grant, owner in redeemed:
+            if grant not in with_refresh_tokens and await ctx.tokens.grant_has_access_tokens(grant):
+                grants.add((grant, owner))
+        await revoke_grants(ctx, grants, user_id=user_id, reason=reason, within=uow)
     return len(grants)

@@ -13,10 +13,12 @@ from typing import Any
 
 from idp.oauth import errors
 from idp.oauth.params import single_value
+from idp.oauth.resource import BearerProtector, SubjectMapper, UnitOfWorkParties
+from idp.oauth.store import Authenticate, OpenUnitOfWork
 from idp.oauth.tokens import REFRESH_TOKEN_TYP, TokenInvalid, TokenService
 from idp.storage.models import OAuthClient, RefreshToken
 
-__all__ = ("RESPONSE_CLAIMS", "check_permission", "introspect_token", "query_token")
+__all__ = ("RESPONSE_CLAIMS", "check_permission", "introspect_token", "introspection_request", "query_token")
 
 # RFC 7662 §2.2: what an active token's answer says about it.
 RESPONSE_CLAIMS = (
@@ -107,3 +109,23 @@ async def introspect_token(
     if claims is None:
         return {"active": False}
     return {"active": True, **{name: claims[name] for name in RESPONSE_CLAIMS if name in claims}}
+
+
+async def introspection_request(
+    units: OpenUnitOfWork,
+    tokens: TokenService,
+    subjects: SubjectMapper,
+    params: Mapping[str, Any],
+    authenticate: Authenticate,
+) -> dict[str, Any]:
+    """The introspection endpoint as one unit of work: the calling client, the refresh token and
+    the subject's client and user are read in one database session."""
+    async with units() as uow:
+        client = await authenticate(uow.clients)
+        return await introspect_token(
+            params,
+            client,
+            tokens=tokens,
+            find_refresh_token=uow.refresh_tokens.get,
+            subject_active=BearerProtector(tokens, subjects, UnitOfWorkParties(uow)).subject_active,
+        )

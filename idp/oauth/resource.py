@@ -19,10 +19,9 @@ from typing import Any, Protocol
 from idp.errors import BearerTokenMissing, InsufficientScope, InvalidToken
 from idp.oauth import errors
 from idp.oauth.params import single_header, single_value
+from idp.oauth.store import OpenUnitOfWork, UnitOfWork
 from idp.security.tokens import TokenInvalid
-from idp.storage.db import Database
 from idp.storage.models import OAuthClient, User
-from idp.storage.repositories import ClientRepository, UserRepository
 
 __all__ = (
     "BearerGrant",
@@ -95,26 +94,45 @@ class TokenParties(Protocol):
 
 
 class StoredParties:
-    """TokenParties from the database."""
+    """TokenParties from the database: each look-up its own unit of work."""
 
-    def __init__(self, db: Database) -> None:
-        self._db = db
+    def __init__(self, units: OpenUnitOfWork) -> None:
+        self._units = units
 
     async def client(self, client_id: str) -> OAuthClient | None:
-        async with self._db.session() as session:
-            return await ClientRepository(session).get(client_id)
+        async with self._units() as uow:
+            return await uow.clients.get(client_id)
 
     async def user(self, user_id: str) -> User | None:
-        async with self._db.session() as session:
-            return await UserRepository(session).get(user_id)
+        async with self._units() as uow:
+            return await uow.users.get(user_id)
 
     async def client_and_user(
         self, client_id: str, user_id_for: Callable[[OAuthClient], str | None]
     ) -> tuple[OAuthClient | None, User | None]:
-        async with self._db.session() as session:
-            client = await ClientRepository(session).get(client_id)
-            user_id = user_id_for(client) if client is not None else None
-            user = await UserRepository(session).get(user_id) if user_id else None
+        async with self._units() as uow:
+            return await UnitOfWorkParties(uow).client_and_user(client_id, user_id_for)
+
+
+class UnitOfWorkParties:
+    """TokenParties read in a unit of work the caller holds open (introspection's subject check
+    shares the request's database session)."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+
+    async def client(self, client_id: str) -> OAuthClient | None:
+        return await self._uow.clients.get(client_id)
+
+    async def user(self, user_id: str) -> User | None:
+        return await self._uow.users.get(user_id)
+
+    async def client_and_user(
+        self, client_id: str, user_id_for: Callable[[OAuthClient], str | None]
+    ) -> tuple[OAuthClient | None, User | None]:
+        client = await self._uow.clients.get(client_id)
+        user_id = user_id_for(client) if client is not None else None
+        user = await self._uow.users.get(user_id) if user_id else None
         return client, user
 
 

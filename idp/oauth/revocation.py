@@ -12,17 +12,27 @@ from collections.abc import Mapping
 from typing import Any
 
 from idp.oauth import errors
-from idp.oauth.grants import GrantContext, find_refresh_token, revoke_grant
+from idp.oauth.grants import GrantContext, revoke_grant
 from idp.oauth.params import single_value
+from idp.oauth.store import Authenticate, UnitOfWork
 from idp.storage.models import OAuthClient
 
-__all__ = ("TOKEN_TYPE_HINTS", "revoke_token")
+__all__ = ("TOKEN_TYPE_HINTS", "revocation_request", "revoke_token")
 
 # RFC 7009 §2.1; the hint only speeds up the search, so a wrong one is not an error.
 TOKEN_TYPE_HINTS = ("access_token", "refresh_token")
 
 
-async def revoke_token(params: Mapping[str, Any], client: OAuthClient, *, grants: GrantContext) -> None:
+async def revocation_request(grants: GrantContext, params: Mapping[str, Any], authenticate: Authenticate) -> None:
+    """The revocation endpoint (RFC 7009 §2.1) as one unit of work: authenticate, then revoke."""
+    async with grants.units() as uow:
+        client = await authenticate(uow.clients)
+        await revoke_token(params, client, grants=grants, uow=uow)
+
+
+async def revoke_token(
+    params: Mapping[str, Any], client: OAuthClient, *, grants: GrantContext, uow: UnitOfWork
+) -> None:
     """Revoke the token named in the authenticated ``client``'s request ``params``."""
     token = single_value(params, "token")
     if token is None:
@@ -36,10 +46,15 @@ async def revoke_token(params: Mapping[str, Any], client: OAuthClient, *, grants
     if claims.get("client_id") != client.id:
         raise errors.InvalidRequest("The token was not issued to this client.")
     jti = str(claims.get("jti"))
-    refresh = await find_refresh_token(grants.db, jti)
+    refresh = await uow.refresh_tokens.get(jti)
     if refresh is not None:
         await revoke_grant(
-            grants, refresh.family_id, client_id=client.id, user_id=refresh.user_id, reason="client_request"
+            grants,
+            refresh.family_id,
+            client_id=client.id,
+            user_id=refresh.user_id,
+            reason="client_request",
+            within=uow,
         )
     else:
         await grants.tokens.revoke_access_token(jti, int(claims.get("exp", 0)))

@@ -9,7 +9,6 @@ core, and renders what it returns: the rules live in the modules it calls.
 from __future__ import annotations
 
 import time
-from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,12 +32,13 @@ from idp.oauth.authorize import (
 )
 from idp.oauth.client_auth import authenticate_request
 from idp.oauth.discovery import provider_metadata
-from idp.oauth.grants import find_refresh_token, handle_token_request
+from idp.oauth.grants import token_response
 from idp.oauth.interaction_policy import AuthorizationState
 from idp.oauth.interactions import Interaction, ParkedError
 from idp.oauth.params import single_header, single_value, single_values
 from idp.oauth.resource import BearerProtector, StoredParties
 from idp.oauth.scopes import describe_scope
+from idp.oauth.store import Authenticate, Clients
 from idp.oauth.userinfo import userinfo_claims
 from idp.security.headers import content_security_policy
 from idp.storage.models import OAuthClient
@@ -294,30 +294,37 @@ async def _form() -> dict[str, str]:
     return single_values(await request.form)
 
 
-async def _authenticated_client(form: dict[str, str], endpoint: str) -> OAuthClient:
+def _client_authentication(form: dict[str, str], endpoint: str) -> Authenticate:
+    """Client authentication for this request, against the clients of the endpoint's unit of work."""
     rt = runtime()
-    return await authenticate_request(
-        endpoint,
-        single_header(request.headers.getlist("Authorization")),
-        form,
-        db=rt.db,
-        kv=rt.kv,
-        issuer=rt.settings.issuer,
-        ip=client_ip(),
-        enforce_limits=enforce_limits,
-    )
+    authorization = single_header(request.headers.getlist("Authorization"))
+    ip = client_ip()
+
+    async def authenticate(clients: Clients) -> OAuthClient:
+        return await authenticate_request(
+            endpoint,
+            authorization,
+            form,
+            clients=clients,
+            kv=rt.kv,
+            issuer=rt.settings.issuer,
+            ip=ip,
+            enforce_limits=enforce_limits,
+        )
+
+    return authenticate
 
 
 def _protector() -> BearerProtector:
     rt = runtime()
-    return BearerProtector(rt.tokens, rt.subjects, StoredParties(rt.db))
+    return BearerProtector(rt.tokens, rt.subjects, StoredParties(rt.units))
 
 
 @blueprint.post("/token")
 async def token() -> Response:
     form = await _form()
-    client = await _authenticated_client(form, "/token")
-    return _no_store(jsonify(await handle_token_request(runtime().grants, client, form)))
+    body = await token_response(runtime().grants, form, _client_authentication(form, "/token"))
+    return _no_store(jsonify(body))
 
 
 @blueprint.route("/userinfo", methods=["GET", "POST"])
@@ -334,22 +341,15 @@ async def userinfo() -> Response:
 async def introspect() -> Response:
     rt = runtime()
     form = await _form()
-    client = await _authenticated_client(form, "/introspect")
-    body = await introspection.introspect_token(
-        form,
-        client,
-        tokens=rt.tokens,
-        find_refresh_token=partial(find_refresh_token, rt.db),
-        subject_active=_protector().subject_active,
-    )
+    authenticate = _client_authentication(form, "/introspect")
+    body = await introspection.introspection_request(rt.units, rt.tokens, rt.subjects, form, authenticate)
     return _no_store(jsonify(body))
 
 
 @blueprint.post("/revoke")
 async def revoke() -> Response:
     form = await _form()
-    client = await _authenticated_client(form, "/revoke")
-    await revocation.revoke_token(form, client, grants=runtime().grants)
+    await revocation.revocation_request(runtime().grants, form, _client_authentication(form, "/revoke"))
     return _no_store(Response("", status=200))
 
 
@@ -362,7 +362,7 @@ async def end_session() -> Response:
     rt = runtime()
     params = await _params()
     logout_request = await logout.parse_logout_request(
-        params, tokens=rt.tokens, find_client=StoredParties(rt.db).client
+        params, tokens=rt.tokens, find_client=StoredParties(rt.units).client
     )
     session = await current_session()
     if session is not None and not logout.hint_confirms(logout_request, session, rt.subjects):

@@ -58,12 +58,6 @@ def half_hash(value: str, alg: str) -> str:
     return base64.urlsafe_b64encode(raw[: len(raw) // 2]).rstrip(b"=").decode()
 
 
-def pairwise_subject(sector: str, local_subject: str, salt: str) -> str:
-    """OIDC Core §8.1: a stable, per-sector identifier that sectors can't correlate."""
-    raw = hashlib.sha256(f"{sector}|{local_subject}|{salt}".encode()).digest()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
 def _authentication_claims(
     auth_time: int | None, acr: str | None, amr: Sequence[str] | None, sid: str | None
 ) -> dict[str, Any]:

@@ -19,6 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from idp.storage.urls import redact_url
 
+# What a failed database operation raises: a connection that could not be made, or SQLAlchemy's
+# errors (callers outside storage catch these without importing SQLAlchemy).
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (OSError, SQLAlchemyError)
+
 
 class DatabaseUnavailable(Exception):
     """The database can't be reached; the message is safe to show (no password, no SQL)."""

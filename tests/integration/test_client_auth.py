@@ -59,14 +59,15 @@ async def authenticate(
     runtime: Any, authorization: str | None = None, form: dict[str, str] | None = None, **kwargs: Any
 ) -> OAuthClient:
     credentials = parse_client_credentials(authorization, form or {})
-    return await authenticate_client(
-        runtime.db,
-        runtime.kv,
-        credentials,
-        issuer=runtime.settings.issuer,
-        endpoint_url=endpoint(runtime),
-        **kwargs,
-    )
+    async with runtime.units() as uow:
+        return await authenticate_client(
+            uow.clients,
+            runtime.kv,
+            credentials,
+            issuer=runtime.settings.issuer,
+            endpoint_url=endpoint(runtime),
+            **kwargs,
+        )
 
 
 async def expect_error(
@@ -407,9 +408,10 @@ async def test_inconsistent_credentials_built_by_hand_are_invalid_request(runtim
     credentials = ClientCredentials(client_id="c", client_secret="s", client_assertion="a.b.c", method="none")
 
     with pytest.raises(InvalidRequest, match="use exactly one client authentication method"):
-        await authenticate_client(
-            runtime.db, runtime.kv, credentials, issuer=runtime.settings.issuer, endpoint_url=endpoint(runtime)
-        )
+        async with runtime.units() as uow:
+            await authenticate_client(
+                uow.clients, runtime.kv, credentials, issuer=runtime.settings.issuer, endpoint_url=endpoint(runtime)
+            )
 
 
 @pytest.mark.parametrize(

@@ -66,11 +66,58 @@ def test_protocol_and_domain_modules_do_not_import_quart(path: Path) -> None:
 ACCOUNTS_MAY_IMPORT_FROM_OAUTH = {"accounts/api.py": {"idp.oauth.resource"}}
 
 
-@pytest.mark.parametrize("path", modules("accounts"), ids=rel)
-def test_accounts_reach_the_database_through_repositories_only(path: Path) -> None:
-    """The accounts domain and its pages say what they need from storage by naming a repository
-    method (idp.storage.repositories); the SQL, and SQLAlchemy itself, stay behind it."""
+OUTSIDE_STORAGE = [path for path in PACKAGE.rglob("*.py") if "storage" not in path.relative_to(PACKAGE).parts]
+
+
+@pytest.mark.parametrize("path", OUTSIDE_STORAGE, ids=rel)
+def test_only_storage_imports_sqlalchemy(path: Path) -> None:
+    """The protocol, the accounts domain, their pages and the CLI say what they need from storage
+    by naming a repository method (idp.storage.repositories) or a unit of work; the SQL, and
+    SQLAlchemy itself, stay behind them."""
     assert {name for name in imports_of(path) if name.split(".")[0] == "sqlalchemy"} == set()
+
+
+def database_sessions_used_directly(path: Path) -> list[str]:
+    """``session.<method>(...)`` on a session opened with ``async with <db>.session() as session``:
+    the ORM used directly, where a repository should be named instead."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(node, ast.AsyncWith):
+            continue
+        names = {
+            item.optional_vars.id
+            for item in node.items
+            if isinstance(item.optional_vars, ast.Name)
+            and isinstance(item.context_expr, ast.Call)
+            and isinstance(item.context_expr.func, ast.Attribute)
+            and item.context_expr.func.attr == "session"
+        }
+        for inner in ast.walk(ast.Module(body=node.body, type_ignores=[])):
+            if (
+                isinstance(inner, ast.Call)
+                and isinstance(inner.func, ast.Attribute)
+                and isinstance(inner.func.value, ast.Name)
+                and inner.func.value.id in names
+            ):
+                found.append((inner.lineno, f"line {inner.lineno}: {inner.func.value.id}.{inner.func.attr}()"))
+    return [where for _, where in sorted(found)]
+
+
+@pytest.mark.parametrize("path", OUTSIDE_STORAGE, ids=rel)
+def test_only_storage_uses_a_database_session_directly(path: Path) -> None:
+    assert database_sessions_used_directly(path) == []
+
+
+def test_the_direct_session_check_finds_what_it_looks_for(tmp_path: Path) -> None:
+    module = tmp_path / "example.py"
+    module.write_text(
+        "async def f(db):\n"
+        "    async with db.session() as s:\n"
+        "        await UserRepository(s).get('x')\n"
+        "        await s.get(User, 'x')\n"
+        "        s.add(row)\n"
+    )
+    assert database_sessions_used_directly(module) == ["line 4: s.get()", "line 5: s.add()"]
 
 
 @pytest.mark.parametrize("path", modules("accounts"), ids=rel)

@@ -29,7 +29,7 @@ from idp.accounts.users import AccountError
 from idp.config import PictureSettings
 from idp.events import PictureChanged
 from idp.storage.blobs import BlobStore
-from idp.storage.models import User
+from idp.storage.repositories import UserRepository
 
 log = logging.getLogger("idp.accounts")
 
@@ -162,7 +162,7 @@ async def set_picture(
             written.append(names[size])
         stored = names[max(rendered)]
         async with ctx.db.session() as session:
-            user = await session.get(User, user_id)
+            user = await UserRepository(session).get(user_id)
             if user is None or user.disabled:
                 raise AccountError("user", "the account is not available")
             previous = user.picture
@@ -185,7 +185,7 @@ async def remove_picture(
 ) -> bool:
     """Clear the user's picture and delete its files; False when there was none."""
     async with ctx.db.session() as session:
-        user = await session.get(User, user_id)
+        user = await UserRepository(session).get(user_id)
         if user is None or user.disabled:
             raise AccountError("user", "the account is not available")
         previous = user.picture

@@ -23,7 +23,7 @@ from idp.accounts.users import (
 )
 from idp.events import EmailVerified, RegistrationAttempted, UserCreated
 from idp.security.tokens import sha256_digest
-from idp.storage.repositories import UserRepository
+from idp.storage.repositories import LinkRepository, UserRepository
 
 MAX_NAME_LENGTH = 200
 
@@ -101,7 +101,7 @@ async def register(
         users = UserRepository(session)
         created = await users.add_unless_taken(user)
         if created:
-            session.add(link)
+            await LinkRepository(session).add(link)
             existing = None
         else:
             existing = await users.get_by_email_normalized(user.email_normalized)

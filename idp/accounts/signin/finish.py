@@ -20,6 +20,7 @@ from idp.accounts.signin.eligibility import can_sign_in
 from idp.errors import Conflict
 from idp.events import LoginSucceeded, NewDeviceSignIn
 from idp.storage.models import User
+from idp.storage.repositories import UserRepository
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ async def resume_session(ctx: AccountContext, cookie_value: str | None) -> Brows
     if session is None:
         return None
     async with ctx.db.session() as db_session:
-        user = await db_session.get(User, session.user_id)
+        user = await UserRepository(db_session).get(session.user_id)
     if user is None or not can_sign_in(user):
         await ctx.sessions.end(session, reason="account_disabled")
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from idp.storage.repositories.activity import ActivityRepository
 from idp.storage.repositories.audit import AuditRepository
 from idp.storage.repositories.clients import ClientRepository
+from idp.storage.repositories.codes import AuthorizationCodeRepository
 from idp.storage.repositories.consents import ConsentRepository
 from idp.storage.repositories.devices import DeviceRepository, Remembered
 from idp.storage.repositories.errors import AlreadyTaken
@@ -19,6 +20,8 @@ from idp.storage.repositories.maintenance import MaintenanceRepository
 from idp.storage.repositories.mfa import MfaRepository, RecoveryCodeRepository
 from idp.storage.repositories.passkeys import PasskeyRepository
 from idp.storage.repositories.purge import AccountPurge
+from idp.storage.repositories.refresh_tokens import RefreshTokenRepository, SessionFamily
+from idp.storage.repositories.unit_of_work import UnitOfWork, UnitsOfWork
 from idp.storage.repositories.users import UserRepository
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "ActivityRepository",
     "AlreadyTaken",
     "AuditRepository",
+    "AuthorizationCodeRepository",
     "ClientRepository",
     "ConsentRepository",
     "DeviceRepository",
@@ -36,7 +40,11 @@ __all__ = [
     "MfaRepository",
     "PasskeyRepository",
     "RecoveryCodeRepository",
+    "RefreshTokenRepository",
     "Remembered",
+    "SessionFamily",
     "SigningKeyRepository",
+    "UnitOfWork",
+    "UnitsOfWork",
     "UserRepository",
 ]

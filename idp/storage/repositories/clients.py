@@ -36,3 +36,8 @@ class ClientRepository:
     async def list(self) -> Sequence[OAuthClient]:
         result = await self.session.execute(select(OAuthClient).order_by(OAuthClient.created_at, OAuthClient.id))
         return result.scalars().all()
+
+    async def enabled_web_origins(self) -> set[str]:
+        """Every web origin registered on a client that is not disabled (CORS)."""
+        rows = await self.session.execute(select(OAuthClient.web_origins).where(OAuthClient.disabled.is_(False)))
+        return {origin for (origins,) in rows.all() for origin in origins or ()}

@@ -22,6 +22,9 @@ class UserRepository:
     async def get(self, user_id: str) -> User | None:
         return await self.session.get(User, user_id)
 
+    async def all_ids(self) -> list[str]:
+        return list((await self.session.execute(select(User.id).order_by(User.id))).scalars())
+
     async def get_by_email_normalized(self, email_normalized: str) -> User | None:
         result = await self.session.execute(select(User).where(User.email_normalized == email_normalized))
         return result.scalar_one_or_none()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from joserfc import jwt
@@ -25,7 +25,7 @@ from idp.oauth.client_auth import (
 from idp.oauth.errors import InvalidClient, InvalidRequest
 from idp.security.tokens import secret_digest
 from idp.storage.kv import MemoryStore
-from tests.oauth_fakes import FakeDatabase, make_client
+from tests.oauth_fakes import MemoryUnitOfWork, make_client
 
 ISSUER = "https://idp.example"
 TOKEN_URL = f"{ISSUER}/token"
@@ -36,9 +36,9 @@ def basic(client_id: str, secret: str) -> str:
     return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
 
 
-async def authenticate(db: FakeDatabase, credentials: ClientCredentials, kv: MemoryStore | None = None) -> Any:
+async def authenticate(db: MemoryUnitOfWork, credentials: ClientCredentials, kv: MemoryStore | None = None) -> Any:
     return await authenticate_client(
-        cast(Any, db), kv or MemoryStore(), credentials, issuer=ISSUER, endpoint_url=TOKEN_URL
+        db.clients, kv or MemoryStore(), credentials, issuer=ISSUER, endpoint_url=TOKEN_URL
     )
 
 
@@ -108,7 +108,7 @@ def secret_client(**fields: Any) -> Any:
 
 
 async def test_the_right_secret_authenticates_the_registered_client() -> None:
-    db = FakeDatabase(
+    db = MemoryUnitOfWork(
         secret_client(),
         make_client(id="post", token_endpoint_auth_method="client_secret_post", secret_digest=secret_digest(SECRET)),
     )
@@ -128,14 +128,16 @@ async def test_the_right_secret_authenticates_the_registered_client() -> None:
     ],
 )
 async def test_every_refusal_that_depends_on_the_registration_reads_the_same(credentials: ClientCredentials) -> None:
-    db = FakeDatabase(secret_client(), secret_client(id="off", disabled=True))
+    db = MemoryUnitOfWork(secret_client(), secret_client(id="off", disabled=True))
     with pytest.raises(InvalidClient) as caught:
         await authenticate(db, credentials)
     assert caught.value.description == InvalidClient.default_description
 
 
 async def test_a_public_client_authenticates_with_its_id_only() -> None:
-    db = FakeDatabase(make_client(id="spa", client_type="public", token_endpoint_auth_method="none"), secret_client())
+    db = MemoryUnitOfWork(
+        make_client(id="spa", client_type="public", token_endpoint_auth_method="none"), secret_client()
+    )
     assert (await authenticate(db, parse_client_credentials(None, {"client_id": "spa"}))).id == "spa"
     with pytest.raises(InvalidClient):
         await authenticate(db, parse_client_credentials(None, {"client_id": "web"}))
@@ -143,14 +145,14 @@ async def test_a_public_client_authenticates_with_its_id_only() -> None:
 
 async def test_no_credentials_at_all_is_invalid_client() -> None:
     with pytest.raises(InvalidClient, match="client authentication is required"):
-        await authenticate(FakeDatabase(), parse_client_credentials(None, {}))
+        await authenticate(MemoryUnitOfWork(), parse_client_credentials(None, {}))
 
 
 async def test_an_id_that_cannot_be_registered_is_not_looked_up() -> None:
-    db = FakeDatabase(secret_client())
+    db = MemoryUnitOfWork(secret_client())
     with pytest.raises(InvalidClient):
         await authenticate(db, parse_client_credentials(basic("web\n", SECRET), {}))
-    assert db.sessions == 0
+    assert db.clients.lookups == 0
 
 
 # -- private_key_jwt ---------------------------------------------------------------------------------
@@ -175,9 +177,9 @@ def assertion(key: ECKey, **claims: Any) -> str:
     return jwt.encode({"alg": "ES256", "kid": "k1"}, {k: v for k, v in payload.items() if v is not None}, key)
 
 
-def jwt_db(key: ECKey) -> FakeDatabase:
+def jwt_db(key: ECKey) -> MemoryUnitOfWork:
     public = key.as_dict(private=False)
-    return FakeDatabase(
+    return MemoryUnitOfWork(
         make_client(id="jwt-app", token_endpoint_auth_method="private_key_jwt", jwks={"keys": [public]})
     )
 
@@ -237,12 +239,12 @@ class Limits:
             raise RuntimeError(f"too many {what}")
 
 
-async def request_at(endpoint: str, authorization: str | None, limits: Limits, db: FakeDatabase) -> Any:
+async def request_at(endpoint: str, authorization: str | None, limits: Limits, db: MemoryUnitOfWork) -> Any:
     return await authenticate_request(
         endpoint,
         authorization,
         {},
-        db=cast(Any, db),
+        clients=db.clients,
         kv=MemoryStore(),
         issuer=ISSUER,
         ip="192.0.2.1",
@@ -251,7 +253,7 @@ async def request_at(endpoint: str, authorization: str | None, limits: Limits, d
 
 
 async def test_the_address_is_counted_before_and_the_client_only_after_authentication() -> None:
-    limits, db = Limits(), FakeDatabase(secret_client())
+    limits, db = Limits(), MemoryUnitOfWork(secret_client())
     assert (await request_at("/introspect", basic("web", SECRET), limits, db)).id == "web"
     assert limits.counted == [{"token_per_ip": "/introspect 192.0.2.1"}, {"token_per_client": "/introspect web"}]
 
@@ -259,12 +261,12 @@ async def test_the_address_is_counted_before_and_the_client_only_after_authentic
 async def test_a_failed_authentication_spends_no_client_budget() -> None:
     limits = Limits()
     with pytest.raises(InvalidClient):
-        await request_at("/token", basic("web", "wrong"), limits, FakeDatabase(secret_client()))
+        await request_at("/token", basic("web", "wrong"), limits, MemoryUnitOfWork(secret_client()))
     assert limits.counted == [{"token_per_ip": "/token 192.0.2.1"}]
 
 
 async def test_an_address_over_its_limit_is_refused_before_any_look_up() -> None:
-    limits, db = Limits(refuse="token_per_ip"), FakeDatabase(secret_client())
+    limits, db = Limits(refuse="token_per_ip"), MemoryUnitOfWork(secret_client())
     with pytest.raises(RuntimeError, match="too many revocation requests"):
         await request_at("/revoke", basic("web", SECRET), limits, db)
-    assert db.sessions == 0
+    assert db.clients.lookups == 0

@@ -10,11 +10,21 @@ from typing import Any, cast
 import pytest
 from werkzeug.datastructures import MultiDict
 
+from idp.config import TokenSettings
 from idp.errors import InvalidRequest
 from idp.oauth import errors, introspection, logout, revocation
+from idp.oauth.grants import GrantContext
 from idp.oauth.subjects import SubjectResolver
 from idp.storage.models import RefreshToken, utcnow
-from tests.oauth_fakes import FakeParties, FakeTokens, make_client, make_refresh_token, make_session
+from tests.oauth_fakes import (
+    FakeEvents,
+    FakeParties,
+    FakeTokens,
+    MemoryUnits,
+    make_client,
+    make_refresh_token,
+    make_session,
+)
 
 ACCESS = {"sub": "user-1", "client_id": "web", "scope": "openid", "jti": "a1", "exp": 2_000_000_000, "iss": "x"}
 REFRESH = {"sub": "user-1", "client_id": "web", "scope": "openid offline_access", "jti": "jti-1", "sid": "sid-1"}
@@ -78,35 +88,68 @@ async def test_introspection_needs_a_token_and_a_confidential_client() -> None:
         introspection.check_permission(make_client(client_type="public"))
 
 
-# -- revocation: the checks before anything is revoked -------------------------------------------------
+# -- revocation ----------------------------------------------------------------------------------------
 
 
-def grants(tokens: FakeTokens) -> Any:
-    class NoDatabase:
-        def session(self) -> None:
-            raise AssertionError("nothing is revoked on this path")
+async def revoke(params: dict[str, str], tokens: FakeTokens, *rows: Any) -> tuple[MemoryUnits, FakeEvents]:
+    """A revocation request by the client "web", against ``rows`` in memory."""
+    units, events = MemoryUnits(make_client(), *rows), FakeEvents()
+    ctx = GrantContext(
+        units=cast(Any, units),
+        tokens=cast(Any, tokens),
+        sessions=cast(Any, None),
+        subjects=cast(Any, None),
+        events=cast(Any, events),
+        settings=TokenSettings(),
+    )
 
-    return cast(Any, type("Grants", (), {"tokens": tokens, "db": NoDatabase()})())
+    async def authenticate(clients: Any) -> Any:
+        return await clients.get("web")
+
+    try:
+        await revocation.revocation_request(ctx, params, authenticate)
+    finally:
+        assert units.opened == 1
+    return units, events
 
 
 async def test_revocation_needs_a_token_and_a_known_hint() -> None:
     with pytest.raises(errors.InvalidRequest, match="token is required"):
-        await revocation.revoke_token({}, make_client(), grants=grants(FakeTokens()))
+        await revoke({}, FakeTokens())
     with pytest.raises(errors.UnsupportedTokenType) as caught:
-        await revocation.revoke_token(
-            {"token": "x", "token_type_hint": "id_token"}, make_client(), grants=grants(FakeTokens())
-        )
+        await revoke({"token": "x", "token_type_hint": "id_token"}, FakeTokens())
     assert caught.value.description == "token_type_hint 'id_token' is not supported"
 
 
-async def test_an_invalid_token_is_revoked_without_an_error() -> None:
-    await revocation.revoke_token({"token": "garbage"}, make_client(), grants=grants(FakeTokens()))
+async def test_an_invalid_token_is_revoked_without_an_error_and_changes_nothing() -> None:
+    tokens = FakeTokens()
+    row = make_refresh_token()
+    _, events = await revoke({"token": "garbage"}, tokens, row)
+    assert (tokens.revoked, row.revoked_at, events.published) == (set(), None, [])
 
 
 async def test_another_clients_token_is_refused() -> None:
     tokens = FakeTokens(access={"at": {**ACCESS, "client_id": "other"}})
     with pytest.raises(errors.InvalidRequest, match="not issued to this client"):
-        await revocation.revoke_token({"token": "at"}, make_client(), grants=grants(tokens))
+        await revoke({"token": "at"}, tokens)
+    assert tokens.revoked == set()
+
+
+async def test_revoking_a_refresh_token_ends_its_whole_grant() -> None:
+    tokens = FakeTokens(refresh={"rt": REFRESH})
+    tokens.grant_tokens["grant-1"] = {"a1"}
+    presented, rotated = make_refresh_token(used_at=utcnow()), make_refresh_token(jti="jti-2", parent_jti="jti-1")
+    _, events = await revoke({"token": "rt"}, tokens, presented, rotated)
+    assert presented.revoked_at is not None and rotated.revoked_at is not None
+    assert tokens.revoked == {"a1"}
+    assert [(event.name, event.reason) for event in events.published] == [("token_revoked", "client_request")]
+
+
+async def test_revoking_an_access_token_denies_it_alone() -> None:
+    tokens = FakeTokens(access={"at": ACCESS})
+    row = make_refresh_token()
+    await revoke({"token": "at", "token_type_hint": "access_token"}, tokens, row)
+    assert tokens.revoked == {"a1"} and row.revoked_at is None
 
 
 # -- RP-initiated logout -------------------------------------------------------------------------------

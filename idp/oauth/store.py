@@ -1,0 +1,85 @@
+"""What the protocol reads and writes, as the interfaces it needs (the storage package implements
+them with SQL, ``tests/oauth_fakes.py`` in memory).
+
+One request at the token, introspection or revocation endpoint is one unit of work: the client,
+the code or refresh token, the user and what the grant issues, in one database session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Protocol
+
+from idp.storage.models import AuthorizationCode, OAuthClient, RefreshToken, User
+from idp.storage.repositories import SessionFamily
+
+__all__ = (
+    "Authenticate",
+    "Clients",
+    "Codes",
+    "OpenUnitOfWork",
+    "RefreshTokens",
+    "SessionFamily",
+    "UnitOfWork",
+    "Users",
+)
+
+
+class Clients(Protocol):
+    async def get(self, client_id: str) -> OAuthClient | None: ...
+
+
+class Users(Protocol):
+    async def get(self, user_id: str) -> User | None: ...
+
+
+class Codes(Protocol):
+    async def add(self, code: AuthorizationCode) -> None: ...
+
+    async def get(self, code_digest: str) -> AuthorizationCode | None: ...
+
+    async def consume(self, code_digest: str, at: datetime) -> bool: ...
+
+    async def grants_of(self, user_id: str, client_id: str | None = None) -> set[tuple[str, str]]: ...
+
+    async def redeemed_in_session(self, user_id: str, sid: str) -> Sequence[tuple[str, str]]: ...
+
+
+class RefreshTokens(Protocol):
+    async def add(self, token: RefreshToken) -> None: ...
+
+    async def get(self, jti: str) -> RefreshToken | None: ...
+
+    async def consume(self, jti: str, at: datetime) -> bool: ...
+
+    async def revoke_family(self, family_id: str, at: datetime) -> None: ...
+
+    async def live_families_of(self, user_id: str, client_id: str | None = None) -> set[tuple[str, str]]: ...
+
+    async def issued_in_session(self, user_id: str, sid: str) -> Sequence[SessionFamily]: ...
+
+
+class UnitOfWork(Protocol):
+    @property
+    def clients(self) -> Clients: ...
+
+    @property
+    def users(self) -> Users: ...
+
+    @property
+    def codes(self) -> Codes: ...
+
+    @property
+    def refresh_tokens(self) -> RefreshTokens: ...
+
+    async def commit(self) -> None: ...
+
+
+# Opens a unit of work that commits when its block ends normally and rolls back otherwise.
+OpenUnitOfWork = Callable[[], AbstractAsyncContextManager[UnitOfWork]]
+
+# Client authentication against the unit of work's clients (client_auth.authenticate_request, bound
+# to the request's credentials): the endpoint's first step.
+Authenticate = Callable[[Clients], Awaitable[OAuthClient]]
