@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from argon2 import PasswordHasher as _Argon2Hasher
 from argon2 import Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from idp.config import PasswordHashSettings
+
+class Argon2Parameters(Protocol):
+    """The argon2id cost parameters ([password_hash] in the configuration: idp.config)."""
+
+    @property
+    def time_cost(self) -> int: ...
+
+    @property
+    def memory_cost_kib(self) -> int: ...
+
+    @property
+    def parallelism(self) -> int: ...
 
 
 class PasswordHasher:
     """argon2id hashing run off the event loop (each hash costs tens of milliseconds of CPU)."""
 
-    def __init__(self, settings: PasswordHashSettings) -> None:
+    def __init__(self, settings: Argon2Parameters) -> None:
         self._hasher = _Argon2Hasher(
             time_cost=settings.time_cost,
             memory_cost=settings.memory_cost_kib,
