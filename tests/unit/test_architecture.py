@@ -5,6 +5,7 @@ Within accounts, the web layer shows in the file names, and its modules don't im
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,23 @@ def test_every_package_ships_in_the_wheel() -> None:
     listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {_module_name(path.parent / "__init__.py") for path in PACKAGE.rglob("__init__.py")}
     assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+
+
+def _readme_layout() -> str:
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme[readme.index("## Layout") :]
+    return section.split("```")[1]
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" and "__pycache__" not in p.parts], ids=rel
+)
+def test_the_readme_layout_names_every_module(path: Path) -> None:
+    """The README's module map is the newcomer's way in: a module it does not name has no room."""
+    layout = _readme_layout()
+    assert path.name in layout or re.search(rf"\b{path.stem}\b", layout), f"README layout omits {rel(path)}"
+
+
+@pytest.mark.parametrize("package", sorted({p.parent for p in PACKAGE.rglob("__init__.py")} - {PACKAGE}), ids=rel)
+def test_the_readme_layout_names_every_package(package: Path) -> None:
+    assert f"{package.name}/" in _readme_layout()
