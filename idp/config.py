@@ -148,6 +148,10 @@ class KeySettings(_Section):
         normalised = ["Ed25519" if alg == "EdDSA" else alg for alg in value]
         if len(set(normalised)) != len(normalised):
             raise ValueError("lists an algorithm twice")
+        # OIDC Core §15.1 and Discovery 1.0 §3: every OP signs ID tokens with RS256 on request. It
+        # need not come first: the first algorithm is only the default.
+        if "RS256" not in normalised:
+            raise ValueError("must include RS256, which every OpenID provider supports (OIDC Core §15.1)")
         return normalised
 
 

@@ -33,6 +33,7 @@ from idp.events import (
     SessionEnded,
 )
 from idp.mail import EmailRenderer, build_mailer
+from idp.oauth.discovery import check_provider_metadata, provider_metadata
 from idp.oauth.grants import GrantContext, revoke_session_grants, revoke_user_client_grants
 from idp.oauth.interactions import InteractionStore
 from idp.oauth.keys import KeyManager
@@ -208,8 +209,24 @@ def _subscribe_protocol_handlers(rt: Runtime) -> None:
     rt.events.subscribe(on_password_reset_unlock, PasswordResetCompleted)
 
 
+def check_discovery_document(settings: Settings) -> None:
+    """The discovery document these settings publish is valid (before anything is connected)."""
+    metadata = provider_metadata(
+        settings.issuer,
+        list(settings.keys.algorithms),
+        pairwise=settings.secrets.pairwise_secret is not None,
+        registration=settings.accounts.registration_enabled,
+    )
+    try:
+        check_provider_metadata(metadata)
+    except ValueError as exc:
+        hint = " (keys.algorithms: add RS256)" if "RS256" in str(exc) else ""
+        raise StartupError(f"the discovery document would be invalid: {exc}{hint}") from None
+
+
 async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_keys: bool = True) -> Runtime:
     """Connect, verify, and get ready to serve. Raises StartupError with one operator-facing line."""
+    check_discovery_document(settings)
     encryptor = build_encryptor(settings)
     db = Database(settings.database_url)
     kv = open_kv_store(settings.redis_url or None, settings.redis_key_prefix)

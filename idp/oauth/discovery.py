@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from authlib.oidc.discovery import OpenIDProviderMetadata
+
 from idp.accounts.signin import authn
 from idp.oauth import pkce
 from idp.oauth.authorize import PROMPTS, RESPONSE_MODES
@@ -63,3 +65,11 @@ def provider_metadata(
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
     }
+
+
+def check_provider_metadata(metadata: dict[str, Any]) -> None:
+    """Validate the document against OpenID Connect Discovery 1.0 §3 and RFC 8414 §2 with Authlib's
+    metadata model (OpenIDProviderMetadata extends AuthorizationServerMetadata), so a configuration
+    that would publish an invalid one fails at start-up: for example signing keys without RS256,
+    which Discovery §3 says MUST be included. Raises ValueError naming the field."""
+    OpenIDProviderMetadata(metadata).validate()

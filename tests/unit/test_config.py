@@ -45,14 +45,14 @@ def test_documented_env_names_work_exactly_as_spelled(secrets_env) -> None:
             "IDP_DATABASE_URL": "postgresql+asyncpg://idp:pw@db/idp",
             "IDP_REDIS_URL": "redis://cache:6379/2",
             "IDP_SERVER__PORT": "9000",
-            "IDP_KEYS__ALGORITHMS": '["ES256", "EdDSA"]',
+            "IDP_KEYS__ALGORITHMS": '["ES256", "EdDSA", "RS256"]',
         }
     )
     assert settings.issuer == "https://id.example.com"
     assert settings.database_url == "postgresql+asyncpg://idp:pw@db/idp"
     assert settings.redis_url == "redis://cache:6379/2"
     assert settings.server.port == 9000
-    assert settings.keys.algorithms == ["ES256", "Ed25519"]
+    assert settings.keys.algorithms == ["ES256", "Ed25519", "RS256"]
 
 
 def test_precedence_defaults_file_environment_overrides(tmp_path, secrets_env) -> None:
@@ -124,6 +124,7 @@ def test_invalid_toml_and_missing_file(tmp_path, secrets_env) -> None:
         ({"IDP_ISSUER": "http://id.example.com"}, "issuer: must be https outside dev mode"),
         ({"IDP_KEYS__ALGORITHMS": '["HS256"]'}, "keys.algorithms: Input should be"),
         ({"IDP_KEYS__ALGORITHMS": '["EdDSA", "Ed25519"]'}, "keys.algorithms: lists an algorithm twice"),
+        ({"IDP_KEYS__ALGORITHMS": '["ES256"]'}, "keys.algorithms: must include RS256"),
         ({"IDP_TOKENS__REFRESH_TOKEN_IDLE_TTL": "2592001"}, "tokens: refresh_token_idle_ttl must not exceed"),
     ],
 )
@@ -239,3 +240,8 @@ def test_webauthn_relying_party_must_cover_its_origins(secrets_env, env, ok) -> 
     else:
         with pytest.raises(ConfigError, match="webauthn"):
             load_settings(environ={**secrets_env, **env})
+
+
+def test_rs256_may_follow_the_default_algorithm(secrets_env) -> None:
+    settings = load_settings(environ={**secrets_env, "IDP_KEYS__ALGORITHMS": '["ES256", "RS256"]'})
+    assert settings.keys.algorithms == ["ES256", "RS256"]
