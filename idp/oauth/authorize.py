@@ -230,67 +230,24 @@ def parse_authorization_request(client: OAuthClient, params: Mapping[str, Any]) 
 
 
 def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarget) -> AuthorizationRequest:
-    if len(single_value(params, "state") or "") > MAX_STATE:
-        raise errors.InvalidRequest(f"state is longer than {MAX_STATE} characters")
-    response_mode = single_value(params, "response_mode") or "query"
-    if response_mode not in RESPONSE_MODES:
-        raise errors.InvalidRequest("response_mode must be query or form_post")
-    # OIDC Core §6: request objects are not supported (advertised in discovery).
-    if single_value(params, "request") is not None:
-        raise errors.RequestNotSupported()
-    if single_value(params, "request_uri") is not None:
-        raise errors.RequestUriNotSupported()
-
-    response_type = single_value(params, "response_type")
-    if response_type is None:
-        raise errors.InvalidRequest("response_type is required")
-    if response_type != "code":
-        # RFC 9700 §2.1.2: no implicit or hybrid flows.
-        raise errors.UnsupportedResponseType()
-    if "authorization_code" not in client.grant_types:
-        raise errors.UnauthorizedClientRedirect()
-
-    scope_param = single_value(params, "scope")
-    scopes = list(dict.fromkeys((scope_param or "").split()))
-    if not scopes:
-        raise errors.InvalidAuthorizationScope("scope is required")
-    not_allowed = [scope for scope in scopes if scope not in client.scopes]
-    if not_allowed:
-        raise errors.InvalidAuthorizationScope(f"scope not allowed for this client: {' '.join(not_allowed)}")
-
+    """The request's parameters once the redirect URI is trusted, as named checks in the order
+    their errors are reported; each raises the redirectable error of what it checks."""
+    _check_state(params)
+    response_mode = _response_mode(params)
+    _check_no_request_object(params)
+    _check_response_type(client, params)
+    scopes = _scopes(client, params)
     challenge = single_value(params, "code_challenge")
     method = pkce.check_challenge(
         challenge,
         single_value(params, "code_challenge_method"),
         required=client.require_pkce or client.client_type == "public",
     )
-
-    prompt = (single_value(params, "prompt") or "").split()
-    for value in prompt:
-        if value not in PROMPTS:
-            raise errors.InvalidRequest(f"unsupported prompt value {value!r}")
-    if "none" in prompt and len(prompt) > 1:
-        raise errors.InvalidRequest("prompt=none cannot be combined with other values")
-
-    max_age_raw = single_value(params, "max_age")
-    max_age = None
-    if max_age_raw is not None:
-        # OIDC Core §3.1.2.1: max_age is a number of seconds.
-        if not _ASCII_NUMBER.fullmatch(max_age_raw):
-            raise errors.InvalidRequest("max_age must be a non-negative integer of at most 10 ASCII digits")
-        max_age = int(max_age_raw)
-
-    nonce = single_value(params, "nonce")
-    if nonce is not None and len(nonce) > MAX_NONCE:
-        raise errors.InvalidRequest(f"nonce is longer than {MAX_NONCE} characters")
-    login_hint = single_value(params, "login_hint")
-    id_token_hint = single_value(params, "id_token_hint")
-    for hint_name, hint_value in (("login_hint", login_hint), ("id_token_hint", id_token_hint)):
-        if hint_value is not None and len(hint_value) > MAX_HINT:
-            raise errors.InvalidRequest(f"{hint_name} is too long")
+    prompt = _prompt(params)
+    max_age = _max_age(params)
+    nonce, login_hint, id_token_hint = _nonce_and_hints(params)
     acr_values = (single_value(params, "acr_values") or "").split()
     ui_locales = single_value(params, "ui_locales")
-
     return AuthorizationRequest(
         client_id=client.id,
         redirect_uri=target.redirect_uri,
@@ -308,6 +265,79 @@ def _parse(client: OAuthClient, params: Mapping[str, Any], target: RedirectTarge
         ui_locales=ui_locales[:200] if ui_locales else None,
         redirect_uri_in_request=single_value(params, "redirect_uri") is not None,
     )
+
+
+def _check_state(params: Mapping[str, Any]) -> None:
+    if len(single_value(params, "state") or "") > MAX_STATE:
+        raise errors.InvalidRequest(f"state is longer than {MAX_STATE} characters")
+
+
+def _response_mode(params: Mapping[str, Any]) -> str:
+    response_mode = single_value(params, "response_mode") or "query"
+    if response_mode not in RESPONSE_MODES:
+        raise errors.InvalidRequest("response_mode must be query or form_post")
+    return response_mode
+
+
+def _check_no_request_object(params: Mapping[str, Any]) -> None:
+    # OIDC Core §6: request objects are not supported (advertised in discovery).
+    if single_value(params, "request") is not None:
+        raise errors.RequestNotSupported()
+    if single_value(params, "request_uri") is not None:
+        raise errors.RequestUriNotSupported()
+
+
+def _check_response_type(client: OAuthClient, params: Mapping[str, Any]) -> None:
+    response_type = single_value(params, "response_type")
+    if response_type is None:
+        raise errors.InvalidRequest("response_type is required")
+    if response_type != "code":
+        # RFC 9700 §2.1.2: no implicit or hybrid flows.
+        raise errors.UnsupportedResponseType()
+    if "authorization_code" not in client.grant_types:
+        raise errors.UnauthorizedClientRedirect()
+
+
+def _scopes(client: OAuthClient, params: Mapping[str, Any]) -> list[str]:
+    scopes = list(dict.fromkeys((single_value(params, "scope") or "").split()))
+    if not scopes:
+        raise errors.InvalidAuthorizationScope("scope is required")
+    not_allowed = [scope for scope in scopes if scope not in client.scopes]
+    if not_allowed:
+        raise errors.InvalidAuthorizationScope(f"scope not allowed for this client: {' '.join(not_allowed)}")
+    return scopes
+
+
+def _prompt(params: Mapping[str, Any]) -> list[str]:
+    prompt = (single_value(params, "prompt") or "").split()
+    for value in prompt:
+        if value not in PROMPTS:
+            raise errors.InvalidRequest(f"unsupported prompt value {value!r}")
+    if "none" in prompt and len(prompt) > 1:
+        raise errors.InvalidRequest("prompt=none cannot be combined with other values")
+    return prompt
+
+
+def _max_age(params: Mapping[str, Any]) -> int | None:
+    max_age = single_value(params, "max_age")
+    if max_age is None:
+        return None
+    # OIDC Core §3.1.2.1: max_age is a number of seconds.
+    if not _ASCII_NUMBER.fullmatch(max_age):
+        raise errors.InvalidRequest("max_age must be a non-negative integer of at most 10 ASCII digits")
+    return int(max_age)
+
+
+def _nonce_and_hints(params: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    nonce = single_value(params, "nonce")
+    if nonce is not None and len(nonce) > MAX_NONCE:
+        raise errors.InvalidRequest(f"nonce is longer than {MAX_NONCE} characters")
+    login_hint = single_value(params, "login_hint")
+    id_token_hint = single_value(params, "id_token_hint")
+    for hint_name, hint_value in (("login_hint", login_hint), ("id_token_hint", id_token_hint)):
+        if hint_value is not None and len(hint_value) > MAX_HINT:
+            raise errors.InvalidRequest(f"{hint_name} is too long")
+    return nonce, login_hint, id_token_hint
 
 
 @dataclass(frozen=True)
