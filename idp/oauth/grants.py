@@ -219,6 +219,13 @@ class Grant(abc.ABC):
         self.client = client
         self.form = form
 
+    async def revoke_replayed(self, grant_id: str, row: AuthorizationCode | RefreshToken, *, reason: str) -> None:
+        """Revoke the grant a replayed code or refresh token came from, committed in this request's
+        unit of work before the request fails (the refusal must not undo it)."""
+        await revoke_grant(
+            self.ctx, grant_id, client_id=row.client_id, user_id=row.user_id, reason=reason, within=self.uow
+        )
+
     @abc.abstractmethod
     async def handle(self) -> IssuedTokens:
         """Validate the grant-specific parameters and issue the tokens in ``uow``; the caller
@@ -241,14 +248,7 @@ class AuthorizationCodeGrant(Grant):
         # waits on the code's row and then revokes the grant with these tokens in it.
         if not await self.uow.codes.consume(row.code_digest, utcnow()):
             # Replay: the first redemption may have been an attacker's, or this one is.
-            await revoke_grant(
-                self.ctx,
-                row.grant_id,
-                client_id=row.client_id,
-                user_id=row.user_id,
-                reason="code_replay",
-                within=self.uow,
-            )
+            await self.revoke_replayed(row.grant_id, row, reason="code_replay")
             raise errors.InvalidGrant("The authorization code has already been used.")
         user = await _active_user(self.uow, row.user_id)
         if user is None:
@@ -371,14 +371,7 @@ class RefreshTokenGrant(Grant):
 
     async def detect_reuse(self, row: RefreshToken) -> None:
         # RFC 9700 §4.14.2: an already-rotated token means it leaked to someone; end the family.
-        await revoke_grant(
-            self.ctx,
-            row.family_id,
-            client_id=row.client_id,
-            user_id=row.user_id,
-            reason="refresh_token_reuse",
-            within=self.uow,
-        )
+        await self.revoke_replayed(row.family_id, row, reason="refresh_token_reuse")
         raise errors.InvalidGrant("The refresh token has already been used; the grant has been revoked.")
 
     def narrowed_scope(self, row: RefreshToken) -> str:
