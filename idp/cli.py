@@ -558,6 +558,186 @@ def users_unlock(state: CliState, email: str, as_json: bool) -> None:
     )
 
 
+@users.command("list")
+@click.option("--query", "text", default=None, help="Part of the address or name (case-insensitive).")
+@click.option("--status", type=click.Choice(["active", "unverified", "disabled"]), default=None)
+@click.option("--admin/--no-admin", "admin", default=None, help="Only administrators, or only others.")
+@click.option("--mfa/--no-mfa", "second_factor", default=None, help="With a second factor, or without.")
+@click.option("--limit", type=click.IntRange(1, 200), default=50, show_default=True)
+@click.option("--cursor", default=None, help="The next_cursor of the page before.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def users_list(
+    state: CliState,
+    text: str | None,
+    status: str | None,
+    admin: bool | None,
+    second_factor: bool | None,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
+) -> None:
+    """List accounts in the order they were created, a page at a time."""
+    from idp.accounts.users import AccountError
+    from idp.admin.users import UserQuery, find_users
+
+    query = UserQuery(text, status, admin, second_factor, cursor, limit)
+
+    async def action(rt: Any) -> Any:
+        return await find_users(rt.accounts, query)
+
+    try:
+        page = run_with_runtime(state.settings(), action)
+    except AccountError as exc:
+        fail(f"--{exc.field}: {exc.message}")
+    data = {"users": page.users, "next_cursor": page.next_cursor}
+
+    def lines() -> str:
+        rows = [
+            f"{user['id']}  {user['email']}"
+            + "".join(
+                f"  [{flag}]"
+                for flag, on in (
+                    ("admin", user["is_admin"]),
+                    ("disabled", user["disabled"]),
+                    ("unverified", not user["email_verified"]),
+                )
+                if on
+            )
+            for user in page.users
+        ]
+        if page.next_cursor:
+            rows.append(f"more: --cursor {page.next_cursor}")
+        return "\n".join(rows) or "no accounts"
+
+    emit(data, as_json, lines)
+
+
+@users.command("show")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def users_show(state: CliState, email: str, as_json: bool) -> None:
+    """Everything an administrator sees of EMAIL: profile, status, second factors, sessions (with
+    redis_url, where the server keeps them), consents and the latest activity."""
+    from idp.admin.users import user_detail
+
+    reachable = bool(state.settings().redis_url)
+
+    async def action(rt: Any, user: Any) -> dict[str, Any]:
+        return await user_detail(rt.accounts, user, sessions=reachable)
+
+    data = _with_user(state, email, action)
+
+    def text() -> str:
+        factors = data["second_factors"]
+        sessions = data.get("sessions")
+        lines = [
+            f"{data['id']}  {data['email']}  {data['name'] or ''}".rstrip(),
+            f"status        {'disabled' if data['disabled'] else 'enabled'}, "
+            f"{'verified' if data['email_verified'] else 'unverified'}{', administrator' if data['is_admin'] else ''}",
+            f"second factor totp {'yes' if factors['totp'] else 'no'}, {factors['passkeys']} passkey(s), "
+            f"{factors['recovery_codes_left']} recovery code(s) left",
+            f"created       {data['created_at']}; last sign-in {data['last_login_at'] or 'never'}",
+            f"sessions      {len(sessions) if sessions is not None else 'out of reach without redis_url'}",
+            f"consents      {', '.join(c['client'] for c in data['consents']) or 'none'}",
+        ]
+        lines += [f"  {row['occurred_at']}  {row['event']}  {row['outcome']}" for row in data["recent_activity"]]
+        return "\n".join(lines)
+
+    emit(data, as_json, text)
+
+
+@users.command("grant-admin")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def users_grant_admin(state: CliState, email: str, as_json: bool) -> None:
+    """Make EMAIL an administrator."""
+    from idp.admin.users import grant_admin
+
+    async def action(rt: Any, user: Any) -> dict[str, Any]:
+        return {"id": user.id, "is_admin": True, "changed": await grant_admin(rt.accounts, user)}
+
+    data = _with_user(state, email, action)
+    emit(data, as_json, f"{data['id']} is an administrator" + ("" if data["changed"] else " (already)"))
+
+
+@users.command("revoke-admin")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def users_revoke_admin(state: CliState, email: str, as_json: bool) -> None:
+    """Take the administrator role from EMAIL (refused for the last enabled administrator)."""
+    from idp.admin.users import revoke_admin
+
+    async def action(rt: Any, user: Any) -> dict[str, Any]:
+        return {"id": user.id, "is_admin": False, "changed": await revoke_admin(rt.accounts, user)}
+
+    data = _with_user(state, email, action)
+    emit(data, as_json, f"{data['id']} is not an administrator" + ("" if data["changed"] else " (was not)"))
+
+
+@users.command("verify")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def users_verify(state: CliState, email: str, as_json: bool) -> None:
+    """Mark the address of EMAIL verified (its owner proved it another way)."""
+    from idp.admin.users import verify_email
+
+    async def action(rt: Any, user: Any) -> dict[str, Any]:
+        return {"id": user.id, "email_verified": True, "changed": await verify_email(rt.accounts, user)}
+
+    data = _with_user(state, email, action)
+    emit(data, as_json, f"{data['id']}: address verified" + ("" if data["changed"] else " (already)"))
+
+
+@users.command("reset-mfa")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Confirm: every second factor and recovery code of EMAIL is removed.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def users_reset_mfa(state: CliState, email: str, yes: bool, as_json: bool) -> None:
+    """Remove the second factors of EMAIL (a lost authenticator); they are mailed about it."""
+    from idp.admin.users import reset_second_factors
+
+    if not yes:
+        fail("--yes: required, to confirm that every second factor of the account is removed")
+
+    async def action(rt: Any, user: Any) -> dict[str, Any]:
+        return {"id": user.id, "factors_removed": await reset_second_factors(rt.accounts, user)}
+
+    data = _with_user(state, email, action)
+    emit(data, as_json, f"{data['id']}: {data['factors_removed']} second factor(s) removed")
+
+
+@users.command("delete")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Confirm: the account and everything it owns is deleted.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def users_delete(state: CliState, email: str, yes: bool, as_json: bool) -> None:
+    """Delete EMAIL with the full purge of a self-deletion (sessions, tokens, rows, audit details)."""
+    from idp.admin.users import delete_user
+
+    if not yes:
+        fail("--yes: required, to confirm that the account and everything it owns is deleted")
+
+    async def action(rt: Any, user: Any) -> dict[str, Any]:
+        report = await delete_user(rt.accounts, user, actor_id=None, delete_blob=rt.delete_picture)
+        return {
+            "id": report.user_id,
+            "deleted": True,
+            "sessions_ended": report.sessions_ended,
+            "rows_deleted": report.rows_deleted,
+            "audit_rows_scrubbed": report.audit_rows_scrubbed,
+        }
+
+    data = _with_user(state, email, action)
+    emit(data, as_json, f"deleted {data['id']}; {data['sessions_ended']} session(s) ended")
+
+
 # --------------------------------------------------------------------------------------------------
 # clients
 

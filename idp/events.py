@@ -103,6 +103,11 @@ class RegistrationAttempted(Event):
 class EmailVerified(Event):
     name: ClassVar[str] = "email_verified"
     user_id: str
+    # True when an administrator marked the address verified instead of the owner's link.
+    by_admin: bool = False
+
+    def details(self) -> dict[str, Any]:
+        return {"by": "admin"} if self.by_admin else {}
 
 
 @dataclass(frozen=True)
@@ -270,6 +275,33 @@ class AccountDisabled(Event):
 
     def details(self) -> dict[str, Any]:
         return {"sessions_ended": self.sessions_ended}
+
+
+@dataclass(frozen=True)
+class AdminGranted(Event):
+    """The account was made an administrator (by another administrator or the CLI)."""
+
+    name: ClassVar[str] = "admin_granted"
+    user_id: str
+
+
+@dataclass(frozen=True)
+class AdminRevoked(Event):
+    name: ClassVar[str] = "admin_revoked"
+    user_id: str
+
+
+@dataclass(frozen=True)
+class SecondFactorsReset(Event):
+    """An administrator removed every second factor of the account (a lost authenticator): TOTP,
+    passkeys and recovery codes. The user signs in with the password alone until they enrol again."""
+
+    name: ClassVar[str] = "second_factors_reset"
+    user_id: str
+    removed: int
+
+    def details(self) -> dict[str, Any]:
+        return {"removed": self.removed}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,10 @@ from idp.events import AccountDisabled, AccountEnabled, AccountUnlocked
 from idp.security.lockout import LoginGuard
 from idp.security.ratelimit import RateLimiter
 from idp.storage.models import User
-from idp.storage.repositories import UserRepository
+from idp.storage.repositories import LastAdministrator, UserRepository
+
+# At least one administrator must remain able to sign in.
+LAST_ADMINISTRATOR = "this is the last enabled administrator: make another account an administrator first"
 
 
 async def find_user(ctx: AccountContext, email: str) -> User:
@@ -23,10 +26,14 @@ async def find_user(ctx: AccountContext, email: str) -> User:
 async def disable(ctx: AccountContext, user_id: str) -> int:
     """The account can't sign in or use its tokens any more: every session ends (relying parties
     are told by back-channel logout) and, through AccountDisabled, its grants are revoked.
-    Returns how many sessions ended."""
-    async with ctx.db.session() as session:
-        # Committed first, so a sign-in or token request racing with this finds a disabled account.
-        await UserRepository(session).set_disabled(user_id, True)
+    Returns how many sessions ended. Raises AccountError("account", …), changing nothing, for the
+    last enabled administrator."""
+    try:
+        async with ctx.db.session() as session:
+            # Committed first, so a sign-in or token request racing with this finds a disabled account.
+            await UserRepository(session).change_unless_last_admin(user_id, disabled=True)
+    except LastAdministrator:
+        raise AccountError("account", LAST_ADMINISTRATOR) from None
     ended = await ctx.sessions.end_all_for_user(user_id, reason="account_disabled")
     await ctx.events.publish(AccountDisabled(user_id=user_id, sessions_ended=len(ended)))
     return len(ended)

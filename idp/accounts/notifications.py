@@ -15,6 +15,7 @@ from idp.events import (
     PasskeyRemoved,
     RecoveryCodesRegenerated,
     RecoveryCodeUsed,
+    SecondFactorsReset,
 )
 from idp.storage.models import utcnow
 from idp.storage.repositories import UserRepository
@@ -41,6 +42,11 @@ def describe(event: Event) -> str | None:
         return "A passkey was added to your account."
     if isinstance(event, PasskeyRemoved):
         return "A passkey was removed from your account."
+    if isinstance(event, SecondFactorsReset):
+        return (
+            "An administrator removed the second factors of your account (authenticator app, passkeys and "
+            "recovery codes). You can sign in with your password and set up a new one on the security page."
+        )
     if isinstance(event, NewDeviceSignIn):
         return f"Your account was signed in to from a browser it had not used before: {event.device}."
     if isinstance(event, AccountLocked):
@@ -77,7 +83,14 @@ def subscribe_security_notices(ctx: AccountContext, *, new_device: bool = True, 
         )
 
     ctx.events.subscribe(
-        notify, RecoveryCodeUsed, RecoveryCodesRegenerated, MfaEnabled, MfaDisabled, PasskeyRegistered, PasskeyRemoved
+        notify,
+        RecoveryCodeUsed,
+        RecoveryCodesRegenerated,
+        MfaEnabled,
+        MfaDisabled,
+        PasskeyRegistered,
+        PasskeyRemoved,
+        SecondFactorsReset,
     )
     if new_device:
         ctx.events.subscribe(notify, NewDeviceSignIn)

@@ -12,7 +12,7 @@ from idp.storage.repositories.clients import ClientRepository
 from idp.storage.repositories.codes import AuthorizationCodeRepository
 from idp.storage.repositories.consents import ConsentRepository
 from idp.storage.repositories.devices import DeviceRepository, Remembered
-from idp.storage.repositories.errors import AlreadyTaken
+from idp.storage.repositories.errors import AlreadyTaken, LastAdministrator
 from idp.storage.repositories.export import AccountRecords, ExportRepository
 from idp.storage.repositories.keys import SigningKeyRepository
 from idp.storage.repositories.links import LinkRepository
@@ -35,6 +35,7 @@ __all__ = [
     "ConsentRepository",
     "DeviceRepository",
     "ExportRepository",
+    "LastAdministrator",
     "LinkRepository",
     "MaintenanceRepository",
     "MfaRepository",

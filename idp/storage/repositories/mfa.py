@@ -78,6 +78,13 @@ class MfaRepository:
 
     # -- any factor ---------------------------------------------------------------------------
 
+    async def delete_every_factor(self, user_id: str) -> int:
+        """Remove every second factor of the user (TOTP and passkeys, confirmed or pending); how
+        many confirmed ones there were."""
+        confirmed = len(await self.confirmed_types(user_id))
+        await self.session.execute(delete(MfaCredential).where(MfaCredential.user_id == user_id))
+        return confirmed
+
     async def has_confirmed_factor(self, user_id: str) -> bool:
         """A confirmed credential of any type (TOTP, passkey)."""
         return (await self.session.execute(_confirmed_factor(user_id).limit(1))).first() is not None

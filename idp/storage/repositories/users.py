@@ -6,13 +6,16 @@ address is the accounts domain's rule, not storage's."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, inspect, select, update
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import and_, exists, func, inspect, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from idp.storage.models import User
-from idp.storage.repositories.errors import AlreadyTaken
+from idp.storage.models import MfaCredential, User
+from idp.storage.repositories.errors import AlreadyTaken, LastAdministrator
 
 
 class UserRepository:
@@ -57,6 +60,76 @@ class UserRepository:
 
     async def set_disabled(self, user_id: str, disabled: bool) -> None:
         await self.session.execute(update(User).where(User.id == user_id).values(disabled=disabled))
+
+    async def change_unless_last_admin(self, user_id: str, **values: bool) -> None:
+        """Set ``values`` (``is_admin``, ``disabled``) on the account unless that leaves no enabled
+        administrator: then raise LastAdministrator, and the caller's transaction rolls the change
+        back. Decided one change at a time: the enabled administrators' rows are locked first
+        (PostgreSQL FOR UPDATE; SQLite has one writer), so two administrators demoting each other
+        at once can't both succeed."""
+        admins = select(User.id).where(User.is_admin.is_(True), User.disabled.is_(False))
+        before = set((await self.session.execute(admins.with_for_update())).scalars())
+        await self.session.execute(update(User).where(User.id == user_id).values(**values))
+        # Only a change to an enabled administrator can leave none (an install may have none yet).
+        if user_id in before and not (await self.session.execute(admins)).first():
+            raise LastAdministrator()
+
+    async def set_admin(self, user_id: str, is_admin: bool) -> None:
+        await self.session.execute(update(User).where(User.id == user_id).values(is_admin=is_admin))
+
+    async def mark_email_verified(self, user_id: str) -> bool:
+        """Mark the address verified; False when it was already (or the account is gone)."""
+        result = await self.session.execute(
+            update(User).where(User.id == user_id, User.email_verified.is_(False)).values(email_verified=True)
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def count_enabled_admins(self) -> int:
+        query = select(func.count()).select_from(User).where(User.is_admin.is_(True), User.disabled.is_(False))
+        return int((await self.session.execute(query)).scalar_one())
+
+    async def search(
+        self,
+        *,
+        text: str | None = None,
+        status: str | None = None,
+        admin: bool | None = None,
+        with_second_factor: bool | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 50,
+    ) -> Sequence[User]:
+        """Accounts in the order they were created (then by id), after the ``after`` position: a
+        stable cursor, since neither changes. ``text`` matches the address or any name part
+        (case-insensitive substring); ``status`` is "active", "unverified" or "disabled"."""
+        query = select(User)
+        if text:
+            pattern = "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            query = query.where(
+                or_(
+                    *(
+                        func.lower(column).like(pattern, escape="\\")
+                        for column in (User.email_normalized, User.name, User.given_name, User.family_name)
+                    )
+                )
+            )
+        if status == "active":
+            query = query.where(User.disabled.is_(False), User.email_verified.is_(True))
+        elif status == "unverified":
+            query = query.where(User.disabled.is_(False), User.email_verified.is_(False))
+        elif status == "disabled":
+            query = query.where(User.disabled.is_(True))
+        if admin is not None:
+            query = query.where(User.is_admin.is_(admin))
+        if with_second_factor is not None:
+            factor = exists().where(MfaCredential.user_id == User.id, MfaCredential.confirmed_at.is_not(None))
+            query = query.where(factor if with_second_factor else ~factor)
+        if after is not None:
+            created_at, user_id = after
+            query = query.where(
+                or_(User.created_at > created_at, and_(User.created_at == created_at, User.id > user_id))
+            )
+        query = query.order_by(User.created_at, User.id).limit(limit)
+        return (await self.session.execute(query)).scalars().all()
 
     async def set_verified_email(self, user: User, email: str, email_normalized: str) -> None:
         """Give the (loaded) account a new, verified address. Raises AlreadyTaken when another
