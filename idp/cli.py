@@ -1,4 +1,4 @@
-"""The `idp` command: serve, demo, db, seed, users, clients, keys, secrets, config.
+"""The `idp` command: serve, demo, db, seed, users, clients, audit, keys, secrets, config.
 
 Every command that reports something has ``--json`` for scripts. Errors are one line on stderr
 naming the bad flag or setting, with exit status 1 (2 for usage errors, as click does).
@@ -399,6 +399,18 @@ def users_create(
         as_json,
         f"created user {user.id} <{user.email}>",
     )
+
+
+def _read_jwks_file(path: str) -> Any:
+    from idp.security.inputs import unusable_in_json
+
+    try:
+        jwks = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"--jwks-file: cannot read a JSON JWK Set ({type(exc).__name__})")
+    if (unusable := unusable_in_json(jwks)) is not None:
+        fail(f"--jwks-file: {unusable[0][:60]} contains {unusable[1]}, which is not allowed")
+    return jwks
 
 
 def _with_user(
@@ -813,16 +825,7 @@ def clients_create(
 
     if client_type is None:
         fail("--public/--confidential: choose one")
-    jwks = None
-    if jwks_file:
-        try:
-            jwks = json.loads(Path(jwks_file).read_text())
-        except (OSError, ValueError) as exc:
-            fail(f"--jwks-file: cannot read a JSON JWK Set ({type(exc).__name__})")
-        from idp.security.inputs import unusable_in_json
-
-        if (unusable := unusable_in_json(jwks)) is not None:
-            fail(f"--jwks-file: {unusable[0][:60]} contains {unusable[1]}, which is not allowed")
+    jwks = _read_jwks_file(jwks_file) if jwks_file else None
     spec = ClientSpec(
         name=options["name"],
         client_type=client_type,
@@ -901,6 +904,261 @@ def clients_rotate_secret(state: CliState, client_id: str, as_json: bool) -> Non
         as_json,
         f"client_secret {secret}\n(the secret is shown only now; store it safely)",
     )
+
+
+def _run_client_command(state: CliState, client_id: str, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``action(runtime)`` on CLIENT_ID; a registration error as one line naming its option."""
+    from idp.events import EventContext, set_context
+    from idp.oauth.clients import ClientValidationError
+
+    async def run(rt: Any) -> T:
+        set_context(EventContext(via="cli"))
+        return await action(rt)
+
+    try:
+        return run_with_runtime(state.settings(), run)
+    except ClientValidationError as exc:
+        flag = "CLIENT_ID" if exc.field == "client_id" else CLIENT_FIELD_FLAGS.get(exc.field, exc.field)
+        fail(f"{flag}: {exc.message}")
+
+
+@clients.command("show")
+@click.argument("client_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def clients_show(state: CliState, client_id: str, as_json: bool) -> None:
+    """Every registration field of CLIENT_ID (never its secret)."""
+    from idp.oauth.clients import ClientValidationError, describe_client
+    from idp.storage.repositories import ClientRepository
+
+    async def action(rt: Any) -> dict[str, Any]:
+        async with rt.db.session() as session:
+            client = await ClientRepository(session).get(client_id)
+        if client is None:
+            raise ClientValidationError("client_id", f"{client_id[:64]!r} is not a registered client")
+        return describe_client(client)
+
+    data = _run_client_command(state, client_id, action)
+    emit(data, as_json, lambda: "\n".join(f"{name:<28} {value}" for name, value in data.items()))
+
+
+@clients.command("update")
+@click.argument("client_id")
+@click.option("--name", default=None, help="Display name shown on consent pages.")
+@click.option("--redirect-uri", "redirect_uris", multiple=True, help="Replaces the redirect URIs (repeatable).")
+@click.option("--post-logout-redirect-uri", "post_logout_redirect_uris", multiple=True, help="Replaces them.")
+@click.option(
+    "--grant",
+    "grant_types",
+    multiple=True,
+    type=click.Choice(["authorization_code", "refresh_token", "client_credentials"]),
+    help="Replaces the allowed grants (repeatable).",
+)
+@click.option("--scope", "scopes", multiple=True, help="Replaces the allowed scopes (repeatable).")
+@click.option(
+    "--auth-method",
+    type=click.Choice(["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]),
+    default=None,
+    help="Token endpoint authentication; moving to a secret method prints a new secret once.",
+)
+@click.option("--web-origin", "web_origins", multiple=True, help="Replaces the CORS origins (repeatable).")
+@click.option("--id-token-alg", type=click.Choice(["RS256", "ES256", "Ed25519", "EdDSA"]), default=None)
+@click.option("--jwks-file", type=click.Path(dir_okay=False, exists=True), default=None, help="Replaces the keys.")
+@click.option("--jwks-uri", default=None, help="URL of the client's JWK Set (private_key_jwt).")
+@click.option("--backchannel-logout-uri", default=None, help="Back-Channel Logout endpoint of the client.")
+@click.option("--first-party/--third-party", "first_party", default=None, help="Whether consent is asked.")
+@click.option(
+    "--clear",
+    "cleared",
+    multiple=True,
+    type=click.Choice(
+        ["post-logout-redirect-uris", "web-origins", "id-token-alg", "jwks", "jwks-uri", "backchannel-logout-uri"]
+    ),
+    help="Remove a value (repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def clients_update(
+    state: CliState,
+    client_id: str,
+    jwks_file: str | None,
+    cleared: tuple[str, ...],
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Change fields of CLIENT_ID; what is not given stays. Validated like a new registration."""
+    from idp.oauth.clients import describe_client, update_client
+
+    changes: dict[str, Any] = {}
+    renamed = {"id_token_alg": "id_token_signed_response_alg", "auth_method": "token_endpoint_auth_method"}
+    for name in ("name", "id_token_alg", "jwks_uri", "backchannel_logout_uri", "first_party", "auth_method"):
+        if options[name] is not None:
+            changes[renamed.get(name, name)] = options[name]
+    for name in ("redirect_uris", "post_logout_redirect_uris", "grant_types", "scopes", "web_origins"):
+        if options[name]:
+            changes[name] = list(options[name])
+    if jwks_file:
+        changes["jwks"] = _read_jwks_file(jwks_file)
+    for name in cleared:
+        field = {"id-token-alg": "id_token_signed_response_alg"}.get(name, name.replace("-", "_"))
+        if field in changes:
+            fail(f"--clear {name}: also given a new value")
+        changes[field] = [] if field.endswith("s") else None
+    if not changes:
+        fail("nothing to change: give at least one option (see --help)")
+
+    async def action(rt: Any) -> Any:
+        return await update_client(rt.db, rt.events, client_id, changes)
+
+    updated = _run_client_command(state, client_id, action)
+    data = describe_client(updated.client)
+    data["client_secret"] = updated.client_secret
+    text = f"updated {client_id}"
+    if updated.client_secret:
+        text += f"\nclient_secret {updated.client_secret}\n(the secret is shown only now; store it safely)"
+    emit(data, as_json, text)
+
+
+def _set_client_disabled(state: CliState, client_id: str, disabled: bool, as_json: bool) -> None:
+    from idp.oauth.clients import set_client_disabled
+
+    async def action(rt: Any) -> bool:
+        return await set_client_disabled(rt.db, rt.events, client_id, disabled)
+
+    changed = _run_client_command(state, client_id, action)
+    word = "disabled" if disabled else "enabled"
+    emit({"client_id": client_id, "disabled": disabled, "changed": changed}, as_json,
+         f"{client_id} {word}" + ("" if changed else " (already)"))  # fmt: skip
+
+
+@clients.command("disable")
+@click.argument("client_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def clients_disable(state: CliState, client_id: str, as_json: bool) -> None:
+    """CLIENT_ID can't authenticate, and its tokens are refused, until it is enabled again."""
+    _set_client_disabled(state, client_id, True, as_json)
+
+
+@clients.command("enable")
+@click.argument("client_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def clients_enable(state: CliState, client_id: str, as_json: bool) -> None:
+    """Let a disabled CLIENT_ID authenticate again."""
+    _set_client_disabled(state, client_id, False, as_json)
+
+
+@clients.command("delete")
+@click.argument("client_id")
+@click.option("--yes", is_flag=True, help="Confirm: the client, its tokens and its users' consents are deleted.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def clients_delete(state: CliState, client_id: str, yes: bool, as_json: bool) -> None:
+    """Delete CLIENT_ID: every grant is revoked first (access tokens included), then its codes,
+    refresh tokens and consents go with it. Deleting it again is not an error."""
+    from idp.oauth.clients import delete_client
+
+    if not yes:
+        fail("--yes: required, to confirm that the client and everything issued to it is deleted")
+
+    async def action(rt: Any) -> bool:
+        return await delete_client(rt.grants, rt.db, rt.events, client_id)
+
+    deleted = _run_client_command(state, client_id, action)
+    emit({"client_id": client_id, "deleted": deleted}, as_json,
+         f"deleted {client_id}" if deleted else f"{client_id} was not registered")  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# audit
+
+
+@cli.group()
+def audit() -> None:
+    """Read the audit log."""
+
+
+def _audit_filter(**given: str | None) -> Any:
+    from idp.accounts.users import AccountError
+    from idp.admin.audit import audit_filter
+
+    try:
+        return audit_filter(**given)
+    except AccountError as exc:
+        fail(f"--{exc.field}: {exc.message}")
+
+
+def _audit_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option("--user", "user_id", default=None, help="Only events about this user id."),
+            click.option("--client", "client_id", default=None, help="Only events of this client id."),
+            click.option("--event", default=None, help="Only this event name (e.g. login_failed)."),
+            click.option("--outcome", default=None, help="success or failure."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@audit.command("tail")
+@_audit_options
+@click.option("--lines", "count", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--follow", is_flag=True, help="Keep printing events as they are written (Ctrl-C stops).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
+@click.pass_obj
+def audit_tail(state: CliState, count: int, follow: bool, as_json: bool, **given: str | None) -> None:
+    """The latest events, oldest of them first; with --follow, then every new one."""
+    from idp.admin.audit import follow as follow_events
+    from idp.admin.audit import json_line, newest
+
+    where = _audit_filter(**given)
+
+    def show(row: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json_line(row), nl=False)
+        else:
+            where_from = row["ip"] or row["details"].get("via", "-")
+            click.echo(
+                f"{row['occurred_at']}  {row['event']:<24} {row['outcome']:<8} "
+                f"user {row['subject_id'] or '-'}  client {row['client_id'] or '-'}  {where_from}"
+            )
+
+    async def action(rt: Any) -> None:
+        rows = list(reversed(await newest(rt.db, where, limit=count)))
+        for row in rows:
+            show(row)
+        if follow:
+            async for row in follow_events(rt.db, where, after_id=rows[-1]["id"] if rows else None):
+                show(row)
+
+    try:
+        run_with_runtime(state.settings(), action, ensure_keys=False)
+    except KeyboardInterrupt:
+        pass
+
+
+@audit.command("export")
+@_audit_options
+@click.option("--since", default=None, help="From this ISO 8601 date or time (UTC unless it says).")
+@click.option("--until", default=None, help="Before this ISO 8601 date or time.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.pass_obj
+def audit_export(state: CliState, fmt: str, **given: str | None) -> None:
+    """Every matching event, oldest first, to standard output: CSV (RFC 4180, a header line;
+    cells a spreadsheet would run as formulas are quoted) or JSON lines. Streamed in batches."""
+    from idp.admin.audit import csv_header, csv_line, json_line, oldest_first
+
+    where = _audit_filter(**given)
+
+    async def action(rt: Any) -> None:
+        if fmt == "csv":
+            click.echo(csv_header(), nl=False)
+        async for row in oldest_first(rt.db, where):
+            click.echo(csv_line(row) if fmt == "csv" else json_line(row), nl=False)
+
+    run_with_runtime(state.settings(), action, ensure_keys=False)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -498,6 +498,40 @@ class ClientSecretRotated(Event):
 
 
 @dataclass(frozen=True)
+class ClientUpdated(Event):
+    name: ClassVar[str] = "client_updated"
+    client: str
+    fields: tuple[str, ...]
+
+    def details(self) -> dict[str, Any]:
+        return {"fields": list(self.fields)}
+
+
+@dataclass(frozen=True)
+class ClientDisabled(Event):
+    """The client can't authenticate, and its tokens are refused, until it is enabled again."""
+
+    name: ClassVar[str] = "client_disabled"
+    client: str
+
+
+@dataclass(frozen=True)
+class ClientEnabled(Event):
+    name: ClassVar[str] = "client_enabled"
+    client: str
+
+
+@dataclass(frozen=True)
+class ClientDeleted(Event):
+    name: ClassVar[str] = "client_deleted"
+    client: str
+    grants_revoked: int
+
+    def details(self) -> dict[str, Any]:
+        return {"grants_revoked": self.grants_revoked}
+
+
+@dataclass(frozen=True)
 class SigningKeysRotated(Event):
     name: ClassVar[str] = "signing_keys_rotated"
     new_kids: tuple[str, ...]

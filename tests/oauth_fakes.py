@@ -349,6 +349,9 @@ class MemoryCodes(_Rows):
             if row.user_id == user_id and row.session_id == sid and row.consumed_at is not None
         ]
 
+    async def grants_of_client(self, client_id: str) -> set[tuple[str, str | None]]:
+        return {(row.grant_id, row.user_id) for row in self.rows.values() if row.client_id == client_id}
+
 
 class MemoryRefreshTokens(_Rows):
     async def add(self, token: RefreshToken) -> None:
@@ -382,6 +385,13 @@ class MemoryRefreshTokens(_Rows):
             for row in self.rows.values()
             if row.user_id == user_id and row.session_id == sid
         ]
+
+    async def live_families_of_client(self, client_id: str) -> set[tuple[str, str | None]]:
+        return {
+            (row.family_id, row.user_id)
+            for row in self.rows.values()
+            if row.client_id == client_id and row.revoked_at is None
+        }
 
 
 class MemoryUnitOfWork:

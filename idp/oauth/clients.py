@@ -11,8 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from idp.events import ClientCreated, ClientSecretRotated, EventBus
-from idp.oauth.grants import GRANTS
+from idp.events import (
+    ClientCreated,
+    ClientDeleted,
+    ClientDisabled,
+    ClientEnabled,
+    ClientSecretRotated,
+    ClientUpdated,
+    EventBus,
+)
+from idp.oauth.grants import GRANTS, GrantContext, revoke_client_grants
 from idp.oauth.scopes import STANDARD_SCOPES
 from idp.security.hosts import is_loopback_host
 from idp.security.tokens import random_token, secret_digest
@@ -202,6 +210,14 @@ def validate_spec(spec: ClientSpec) -> ClientSpec:
     )
 
 
+def new_client_id() -> str:
+    """A random client id (144 bits, base64url) that never starts with "-": such an id would read
+    as an option on a command line (`idp clients show -x…`)."""
+    while (client_id := random_token(18)).startswith("-"):
+        pass
+    return client_id
+
+
 def uses_client_secret(method: str) -> bool:
     return method in ("client_secret_basic", "client_secret_post")
 
@@ -215,7 +231,7 @@ async def create_client(
     assert spec.token_endpoint_auth_method is not None
     secret = random_token(32) if uses_client_secret(spec.token_endpoint_auth_method) else None
     client = OAuthClient(
-        id=spec.client_id or random_token(18),
+        id=spec.client_id or new_client_id(),
         name=spec.name,
         client_type=spec.client_type,
         application_type=spec.application_type,
@@ -282,3 +298,114 @@ async def rotate_client_secret(db: Database, events: EventBus, client_id: str) -
         client.secret_digest = secret_digest(secret)
     await events.publish(ClientSecretRotated(client=client_id))
     return secret
+
+
+# -- changing a registration ------------------------------------------------------------------
+
+# What an update may change; the id and the type are the client's identity (a public client
+# becoming confidential, or the reverse, is a new registration).
+UPDATABLE_FIELDS = (
+    "name",
+    "redirect_uris",
+    "post_logout_redirect_uris",
+    "grant_types",
+    "scopes",
+    "token_endpoint_auth_method",
+    "web_origins",
+    "application_type",
+    "first_party",
+    "id_token_signed_response_alg",
+    "subject_type",
+    "jwks",
+    "jwks_uri",
+    "backchannel_logout_uri",
+)
+
+
+def spec_of(client: OAuthClient) -> ClientSpec:
+    """The registration of a stored client, as create_client took it."""
+    return ClientSpec(
+        name=client.name,
+        client_type=client.client_type,
+        redirect_uris=list(client.redirect_uris),
+        post_logout_redirect_uris=list(client.post_logout_redirect_uris),
+        grant_types=list(client.grant_types),
+        scopes=list(client.scopes),
+        token_endpoint_auth_method=client.token_endpoint_auth_method,
+        web_origins=list(client.web_origins),
+        application_type=client.application_type,
+        first_party=client.first_party,
+        client_id=client.id,
+        id_token_signed_response_alg=client.id_token_signed_response_alg,
+        subject_type=client.subject_type,
+        jwks=client.jwks,
+        jwks_uri=client.jwks_uri,
+        backchannel_logout_uri=client.backchannel_logout_uri,
+    )
+
+
+async def _registered(session_clients: ClientRepository, client_id: str) -> OAuthClient:
+    client = await session_clients.get(client_id)
+    if client is None:
+        raise ClientValidationError("client_id", f"{client_id[:64]!r} is not a registered client")
+    return client
+
+
+async def update_client(db: Database, events: EventBus, client_id: str, changes: dict[str, Any]) -> CreatedClient:
+    """Change fields of a registration (``changes``: field name to new value, None clearing an
+    optional one), validated as a whole like a new registration. Moving to a secret method from
+    one without a secret issues a secret, returned once; moving away from one forgets it. Raises
+    ClientValidationError naming the field, changing nothing."""
+    unknown = sorted(set(changes) - set(UPDATABLE_FIELDS))
+    if unknown:
+        raise ClientValidationError(unknown[0], "can't be changed: register a new client instead")
+    async with db.session() as session:
+        client = await _registered(ClientRepository(session), client_id)
+        current = spec_of(client)
+        if "subject_type" in changes and changes["subject_type"] != current.subject_type:
+            # OIDC Core §8: the client's users would get new subject identifiers.
+            raise ClientValidationError("subject_type", "can't change once issued: register a new client instead")
+        spec = validate_spec(ClientSpec(**{**current.__dict__, **changes}))
+        assert spec.token_endpoint_auth_method is not None
+        secret = None
+        if uses_client_secret(spec.token_endpoint_auth_method) and client.secret_digest is None:
+            secret = random_token(32)
+            client.secret_digest = secret_digest(secret)
+        elif not uses_client_secret(spec.token_endpoint_auth_method):
+            client.secret_digest = None
+        changed = tuple(name for name in UPDATABLE_FIELDS if getattr(spec, name) != getattr(current, name))
+        for name in changed:
+            setattr(client, name, getattr(spec, name))
+        client.response_types = ["code"] if "authorization_code" in spec.grant_types else []
+    if changed:
+        await events.publish(ClientUpdated(client=client_id, fields=changed))
+    return CreatedClient(client=client, client_secret=secret)
+
+
+async def set_client_disabled(db: Database, events: EventBus, client_id: str, disabled: bool) -> bool:
+    """Disable (the client can't authenticate and its tokens are refused at once) or enable a
+    client; False when it was so already."""
+    async with db.session() as session:
+        client = await _registered(ClientRepository(session), client_id)
+        if client.disabled == disabled:
+            return False
+        client.disabled = disabled
+    await events.publish(ClientDisabled(client=client_id) if disabled else ClientEnabled(client=client_id))
+    return True
+
+
+async def delete_client(grants: GrantContext, db: Database, events: EventBus, client_id: str) -> bool:
+    """Delete a registration: its grants are revoked first (access tokens included), then the
+    client with its codes, refresh tokens and consents. False when there was no such client (a
+    delete repeated is not an error)."""
+    async with db.session() as session:
+        if await ClientRepository(session).get(client_id) is None:
+            return False
+        # Disabled at once, so nothing new is issued while the grants are revoked.
+        await ClientRepository(session).set_disabled(client_id, True)
+    revoked = await revoke_client_grants(grants, client_id, reason="client_deleted")
+    async with db.session() as session:
+        deleted = await ClientRepository(session).delete(client_id)
+    if deleted:
+        await events.publish(ClientDeleted(client=client_id, grants_revoked=revoked))
+    return deleted

@@ -450,6 +450,20 @@ async def revoke_user_client_grants(ctx: GrantContext, user_id: str, client_id: 
     return len(grants)
 
 
+async def revoke_client_grants(ctx: GrantContext, client_id: str, *, reason: str) -> int:
+    """Revoke every grant of a client (before it is deleted): refresh-token families, and the
+    access tokens issued from them or straight from codes. How many grants were revoked."""
+    async with ctx.units() as uow:
+        grants = await uow.refresh_tokens.live_families_of_client(client_id)
+        grants |= await uow.codes.grants_of_client(client_id)
+        by_user: dict[str | None, set[tuple[str, str]]] = {}
+        for grant_id, user_id in grants:
+            by_user.setdefault(user_id, set()).add((grant_id, client_id))
+        for user_id, of_user in by_user.items():
+            await revoke_grants(ctx, of_user, user_id=user_id, reason=reason, within=uow)
+    return len(grants)
+
+
 async def revoke_session_grants(ctx: GrantContext, user_id: str, sid: str, *, keep_offline: bool, reason: str) -> int:
     """Revoke the grants issued within the IdP session ``sid``: their refresh tokens and their
     access tokens (ASVS 7.4.1, 7.4.3). With ``keep_offline``, grants whose refresh tokens carry

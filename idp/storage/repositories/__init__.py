@@ -7,7 +7,7 @@ module is the index: ``from idp.storage.repositories import UserRepository`` wor
 from __future__ import annotations
 
 from idp.storage.repositories.activity import ActivityRepository
-from idp.storage.repositories.audit import AuditRepository
+from idp.storage.repositories.audit import AuditFilter, AuditRepository
 from idp.storage.repositories.clients import ClientRepository
 from idp.storage.repositories.codes import AuthorizationCodeRepository
 from idp.storage.repositories.consents import ConsentRepository
@@ -29,6 +29,7 @@ __all__ = [
     "AccountRecords",
     "ActivityRepository",
     "AlreadyTaken",
+    "AuditFilter",
     "AuditRepository",
     "AuthorizationCodeRepository",
     "ClientRepository",

@@ -1,14 +1,44 @@
-"""The audit log: appended by the audit subscriber, read by the activity pages."""
+"""The audit log: appended by the audit subscriber, read by the activity pages and by administrators."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idp.storage.models import AuditEvent
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which events: each field optional; ``since`` inclusive, ``until`` exclusive."""
+
+    subject_id: str | None = None
+    client_id: str | None = None
+    event: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def _filtered(query: Select[Any], where: AuditFilter) -> Select[Any]:
+    for column, value in (
+        (AuditEvent.subject_id, where.subject_id),
+        (AuditEvent.client_id, where.client_id),
+        (AuditEvent.event, where.event),
+        (AuditEvent.outcome, where.outcome),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if where.since is not None:
+        query = query.where(AuditEvent.occurred_at >= where.since)
+    if where.until is not None:
+        query = query.where(AuditEvent.occurred_at < where.until)
+    return query
 
 
 class AuditRepository:
@@ -35,3 +65,21 @@ class AuditRepository:
             select(AuditEvent).order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc()).limit(limit)
         )
         return result.scalars().all()
+
+    async def newest(
+        self, where: AuditFilter, *, before_id: int | None = None, limit: int = 50
+    ) -> Sequence[AuditEvent]:
+        """Matching events newest first (by id, which only grows), those before ``before_id``."""
+        query = _filtered(select(AuditEvent), where)
+        if before_id is not None:
+            query = query.where(AuditEvent.id < before_id)
+        return (await self.session.execute(query.order_by(AuditEvent.id.desc()).limit(limit))).scalars().all()
+
+    async def oldest(
+        self, where: AuditFilter, *, after_id: int | None = None, limit: int = 500
+    ) -> Sequence[AuditEvent]:
+        """Matching events oldest first, those after ``after_id`` (an export's or a tail's next batch)."""
+        query = _filtered(select(AuditEvent), where)
+        if after_id is not None:
+            query = query.where(AuditEvent.id > after_id)
+        return (await self.session.execute(query.order_by(AuditEvent.id).limit(limit))).scalars().all()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idp.storage.models import OAuthClient
@@ -41,3 +41,11 @@ class ClientRepository:
         """Every web origin registered on a client that is not disabled (CORS)."""
         rows = await self.session.execute(select(OAuthClient.web_origins).where(OAuthClient.disabled.is_(False)))
         return {origin for (origins,) in rows.all() for origin in origins or ()}
+
+    async def set_disabled(self, client_id: str, disabled: bool) -> None:
+        await self.session.execute(update(OAuthClient).where(OAuthClient.id == client_id).values(disabled=disabled))
+
+    async def delete(self, client_id: str) -> bool:
+        """Delete the client; its codes, refresh tokens and consents go with it (ON DELETE CASCADE)."""
+        result = await self.session.execute(delete(OAuthClient).where(OAuthClient.id == client_id))
+        return bool(getattr(result, "rowcount", 0) == 1)

@@ -51,3 +51,10 @@ class AuthorizationCodeRepository:
             )
         )
         return [(grant, owner) for grant, owner in rows.all()]
+
+    async def grants_of_client(self, client_id: str) -> set[tuple[str, str | None]]:
+        """(grant id, user id) of every code issued to the client that is still kept."""
+        query = select(AuthorizationCode.grant_id, AuthorizationCode.user_id).where(
+            AuthorizationCode.client_id == client_id
+        )
+        return {(grant, user) for grant, user in (await self.session.execute(query)).all()}

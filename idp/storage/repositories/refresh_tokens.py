@@ -75,3 +75,10 @@ class RefreshTokenRepository:
             )
         )
         return [SessionFamily(family, owner, scope, at is not None) for family, owner, scope, at in rows.all()]
+
+    async def live_families_of_client(self, client_id: str) -> set[tuple[str, str | None]]:
+        """(family id, user id) of the client's unrevoked tokens."""
+        query = select(RefreshToken.family_id, RefreshToken.user_id).where(
+            RefreshToken.client_id == client_id, RefreshToken.revoked_at.is_(None)
+        )
+        return {(family, user) for family, user in (await self.session.execute(query)).all()}
