@@ -365,6 +365,18 @@ async def test_activity_page_lists_the_sign_in(client: Any, runtime: Any) -> Non
     assert 'id="older-link"' not in html  # two events: one page
 
 
+async def test_activity_page_names_the_device_not_its_user_agent_string(client: Any, runtime: Any) -> None:
+    world = await signed_in(client, runtime)
+    firefox = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:120.0) Gecko/20100101 Firefox/120.0"
+    async with runtime.db.session() as session:
+        session.add(AuditEvent(event="password_changed", subject_id=world.user_id, user_agent=firefox, details={}))
+    html = await body(await client.get("/account/activity"))
+    row = re.search(r'<tr data-event-id="\d+" data-event="password_changed">(.*?)</tr>', html, re.S)
+    assert row, html
+    assert "<td>Firefox 120 on Windows 10</td>" in row.group(1)
+    assert "Mozilla/5.0" not in html
+
+
 async def test_activity_page_paginates_with_an_older_link(client: Any, runtime: Any) -> None:
     world = await signed_in(client, runtime)
     other = await add_user(runtime, "bob@example.com")
@@ -379,7 +391,7 @@ async def test_activity_page_paginates_with_an_older_link(client: Any, runtime: 
                     subject_id=world.user_id,
                     client_id=world.web_id,
                     ip=f"192.0.2.{number + 1}",
-                    user_agent=f"TestBrowser/{number}",
+                    user_agent=f"Mozilla/5.0 (Windows NT 10.0; rv:{100 + number}.0) Firefox/{100 + number}.0",
                     details={},
                 )
             )
@@ -401,7 +413,8 @@ async def test_activity_page_paginates_with_an_older_link(client: Any, runtime: 
     assert first.status_code == 200
     shown = [int(value) for value in re.findall(r'<tr data-event-id="(\d+)"', html)]
     assert shown == ids[:20]
-    assert "TestBrowser/24" in html and "192.0.2.25" in html and world.web_id in html
+    # The newest event's row: its device as people name it (the issue-12 page shows no raw user agent).
+    assert "Firefox 124 on Windows 10" in html and "192.0.2.25" in html and world.web_id in html
     assert "198.51.100.7" not in html  # another user's event
     older = re.search(r'<a href="([^"]+)" id="older-link">Older</a>', html)
     assert older

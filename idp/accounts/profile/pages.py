@@ -14,6 +14,7 @@ from quart import Response, jsonify, render_template, request, url_for
 
 from idp.accounts.profile import deletion, pictures, profile
 from idp.accounts.profile.profile import EXPORT_FILENAME, picture_url
+from idp.accounts.sessions.devices import device_label
 from idp.accounts.sessions.store import describe_all
 from idp.accounts.signin.password import PasswordCheckRefused
 from idp.accounts.users import REPLACEMENT_CHARACTER, AccountError
@@ -213,7 +214,13 @@ async def activity_page() -> Response:
         )
     found = await profile.activity(runtime().db, session.user_id, limit=limit, before=before)
     items = [
-        {**item, "label": _activity_label(item["event"]), "time": _utc_time(item["occurred_at"])}
+        {
+            **item,
+            "label": _activity_label(item["event"]),
+            "time": _utc_time(item["occurred_at"]),
+            # The browser as people name it ("Firefox 120 on Windows"), not its user-agent string.
+            "device": device_label(item["user_agent"]) if item["user_agent"] else None,
+        }
         for item in found.items
     ]
     html = await render_template(
