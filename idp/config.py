@@ -340,6 +340,8 @@ class RateLimitSettings(_Section):
     # Password reset requests, per IP and per address asked for (each one sends a mail).
     password_reset_per_ip: Limit = _limit(20, 3600)
     password_reset_per_account: Limit = _limit(5, 3600)
+    # The sign-up and password forms' checks of a password as it is typed, per client IP.
+    password_check_per_ip: Limit = _limit(120, 60)
     # Re-sent verification mails, per IP and per address.
     verification_resend_per_ip: Limit = _limit(20, 3600)
     verification_resend_per_account: Limit = _limit(5, 3600)

@@ -66,7 +66,7 @@ HEADER_TOKEN: dict[str, str] = {
         "mfa.security_passkey_options",
         "mfa.security_passkey_register",
     )
-}
+} | {"accounts.password_check": "password verdict asked by fetch() from static/password_check.js (JSON body)"}
 
 # What a forged form would submit: values that would change something if the route accepted them.
 BAIT_FORM = {

@@ -11,7 +11,16 @@ from idp.accounts.context import in_background
 from idp.accounts.recovery import passwords
 from idp.accounts.signin.password import PasswordCheckRefused
 from idp.accounts.users import AccountError
-from idp.accounts.web import account_pages, form_page, limit_subject, message, page, too_many_attempts
+from idp.accounts.web import (
+    account_pages,
+    form_page,
+    json_body,
+    json_error,
+    limit_subject,
+    message,
+    page,
+    too_many_attempts,
+)
 from idp.http import runtime
 from idp.web import (
     SESSION_COOKIE,
@@ -22,9 +31,13 @@ from idp.web import (
     device_token,
     enforce_limits,
     require_csrf,
+    require_csrf_header,
     rotate_browser_session,
     see_other,
 )
+
+# A password check takes what a password field could hold, and no more.
+MAX_CHECKED_LENGTH = 4096
 
 
 @account_pages.route("/forgot-password", methods=["GET", "POST"])
@@ -156,6 +169,34 @@ async def change_password() -> Response:
         link_text="Back to your account",
     )
     await rotate_browser_session(response)  # a privilege change: a new session cookie (ASVS 7.2.4)
+    return response
+
+
+@account_pages.post("/account/password-check")
+async def password_check() -> Response:
+    """The verdict the form's submission would give on a candidate password, for the sign-up and
+    password forms to show as the user types (progressive enhancement: without script the forms
+    submit and the server says the same). The candidate is neither logged nor stored."""
+    await require_csrf_header()
+    await enforce_limits({"password_check_per_ip": client_ip()}, "password checks")
+    body = await json_body()
+    fields = {name: body.get(name) for name in ("password", "email", "name", "token")}
+    for name, value in fields.items():
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_CHECKED_LENGTH):
+            return json_error(400, "invalid_request", f"{name} must be a string of at most {MAX_CHECKED_LENGTH}")
+    if not fields["password"]:
+        return json_error(400, "invalid_request", "password is required")
+    session = await current_session()
+    verdict = await passwords.judge_password(
+        runtime().accounts,
+        fields["password"],
+        email=fields["email"],
+        name=fields["name"],
+        user_id=session.user_id if session is not None else None,
+        reset_token=fields["token"],
+    )
+    response = jsonify({"acceptable": verdict.acceptable, "rule": verdict.rule, "message": verdict.message})
+    response.headers["Cache-Control"] = "no-store"
     return response
 
 

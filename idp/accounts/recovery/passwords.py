@@ -7,6 +7,8 @@ protocol side revokes tokens and the user is notified.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from idp.accounts import links
 from idp.accounts.context import AccountContext
 from idp.accounts.security.mfa import has_second_factor
@@ -16,6 +18,47 @@ from idp.accounts.users import AccountError, check_email, check_new_password, no
 from idp.events import PasswordChanged, PasswordResetCompleted, PasswordResetRequested
 from idp.storage.models import utcnow
 from idp.storage.repositories import UserRepository
+
+# -- judging a candidate, as the forms do while the user types --------------------------------
+
+
+@dataclass(frozen=True)
+class PasswordVerdict:
+    acceptable: bool
+    rule: str | None = None  # the policy's stable id of the rule broken (too_short, common, ...)
+    message: str | None = None
+
+
+async def judge_password(
+    ctx: AccountContext,
+    password: str,
+    *,
+    email: str | None = None,
+    name: str | None = None,
+    user_id: str | None = None,
+    reset_token: str | None = None,
+) -> PasswordVerdict:
+    """What the form's submission would say of ``password``, without submitting it: the same
+    check, against the signed-in user (``user_id``) or the reset link's (``reset_token``) when
+    there is one, else the ``email`` and ``name`` typed on the sign-up form. The candidate is
+    neither stored nor logged."""
+    owner_id = user_id
+    if owner_id is None and reset_token:
+        row = await links.peek(ctx.db, links.RESET_PASSWORD, reset_token)
+        owner_id = row.user_id if row is not None else None
+    second_factor = False
+    if owner_id is not None:
+        async with ctx.db.session() as session:
+            owner = await UserRepository(session).get(owner_id)
+        if owner is not None:
+            email, name = owner.email, owner.name
+            second_factor = await has_second_factor(ctx.db, owner.id)
+    try:
+        check_new_password(ctx.policy, password, email=email, name=name, has_second_factor=second_factor)
+    except AccountError as exc:
+        return PasswordVerdict(False, getattr(exc, "rule", None), exc.message)
+    return PasswordVerdict(True)
+
 
 # -- password reset -------------------------------------------------------------------------
 
