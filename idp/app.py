@@ -9,8 +9,10 @@ from collections.abc import Iterable
 
 from quart import Response, current_app, g, request
 
+from idp import openapi
 from idp.accounts.blueprints import API as account_api
 from idp.accounts.blueprints import PAGES as account_pages
+from idp.admin.api import blueprint as admin_api
 from idp.config import Settings
 from idp.error_responses import install_error_handlers
 from idp.errors import InvalidRequest, from_http_status
@@ -68,6 +70,7 @@ def build_app(settings: Settings) -> IdPApp:
     _install_request_hooks(app)
     install_error_handlers(app)
     _register_blueprints(app)
+    openapi.install(app)
     return app
 
 
@@ -78,6 +81,8 @@ def _register_blueprints(app: IdPApp) -> None:
         (oauth_pages, False),
         *((page_blueprint, False) for page_blueprint in account_pages),
         (account_api, True),
+        (admin_api, True),
+        (openapi.pages, False),
     ):
         app.register_blueprint(bp)
         if json_errors:

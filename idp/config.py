@@ -293,6 +293,16 @@ class MfaSettings(_Section):
     totp_issuer: Annotated[str, Field(max_length=100)] = ""
 
 
+class AdminSettings(_Section):
+    # Administrators must have signed in with a second factor to use the admin pages and API (an
+    # administrator without one is sent to enrol first). Machine clients (client_credentials with
+    # the "admin" scope) are not people and are not asked.
+    require_mfa: bool = True
+    # Destructive admin actions (delete a user, reset second factors, grant admin, rotate keys,
+    # delete a client) need a sign-in at most this many seconds old (ASVS 5.0 re-authentication).
+    fresh_auth_max_age: Annotated[int, Field(ge=60, le=3600)] = 300
+
+
 class WebAuthnSettings(_Section):
     # Relying-party id (WebAuthn §5.1.2): the issuer's host or a registrable suffix of it; passkeys
     # are bound to it for ever, so choose it once. Empty: the issuer's host name.
@@ -406,6 +416,7 @@ class Settings(_Section):
     password_hash: PasswordHashSettings = Field(default_factory=PasswordHashSettings)
     pictures: PictureSettings = Field(default_factory=PictureSettings)
     mfa: MfaSettings = Field(default_factory=MfaSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
     webauthn: WebAuthnSettings = Field(default_factory=WebAuthnSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     lockout: LockoutSettings = Field(default_factory=LockoutSettings)

@@ -146,13 +146,15 @@ class InsufficientUserAuthentication(IdPError):
     status_code = 401
     default_description = "A more recent sign-in is required."
 
-    def __init__(self, max_age: int, description: str | None = None) -> None:
+    def __init__(self, max_age: int | None, description: str | None = None, *, acr_values: str | None = None) -> None:
         desc = description or self.default_description
+        # RFC 9470 §3: max_age when the sign-in is too old, acr_values when it is too weak.
+        params = {"max_age": str(max_age)} if max_age is not None else {}
+        if acr_values:
+            params["acr_values"] = acr_values
         super().__init__(
             desc,
-            headers={
-                "WWW-Authenticate": bearer_challenge(error=self.error, error_description=desc, max_age=str(max_age))
-            },
+            headers={"WWW-Authenticate": bearer_challenge(error=self.error, error_description=desc, **params)},
         )
 
 

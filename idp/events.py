@@ -31,7 +31,7 @@ class EventContext:
     ip: str | None = None
     user_agent: str | None = None
     request_id: str | None = None
-    via: str = "http"  # "http" | "cli"
+    via: str = "http"  # "http" | "cli" | "admin_api" | "admin_page"
 
 
 _context: ContextVar[EventContext | None] = ContextVar("idp_event_context", default=None)
@@ -47,9 +47,11 @@ def get_context() -> EventContext:
     return _context.get() or _INTERNAL
 
 
-def set_actor(actor_id: str | None) -> None:
-    """Name who acts in this request (the signed-in user, the API caller) for the audit log."""
-    _context.set(replace(get_context(), actor_id=actor_id))
+def set_actor(actor_id: str | None, *, via: str | None = None) -> None:
+    """Name who acts in this request (the signed-in user, the API caller) for the audit log, and
+    through which door when it is not plain http ("admin_api", "admin_page")."""
+    context = replace(get_context(), actor_id=actor_id)
+    _context.set(replace(context, via=via) if via is not None else context)
 
 
 @dataclass(frozen=True)

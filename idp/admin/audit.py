@@ -81,9 +81,13 @@ def audit_filter(
     return AuditFilter(subject_id=user_id, client_id=client_id, event=event, outcome=outcome, since=start, until=end)
 
 
-async def newest(db: Database, where: AuditFilter, *, limit: int = 50) -> list[dict[str, Any]]:
+async def newest(
+    db: Database, where: AuditFilter, *, limit: int = 50, before_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Matching events newest first, those before ``before_id`` (a page's cursor)."""
     async with db.session() as session:
-        return [audit_row(event) for event in await AuditRepository(session).newest(where, limit=limit)]
+        rows = await AuditRepository(session).newest(where, limit=limit, before_id=before_id)
+    return [audit_row(event) for event in rows]
 
 
 async def oldest_first(

@@ -55,7 +55,9 @@ def test_security_primitives_and_storage_do_not_know_the_framework(path: Path) -
     assert {name for name in imports_of(path) if name.split(".")[0] in ("quart", "werkzeug")} == set()
 
 
-@pytest.mark.parametrize("path", [p for p in modules("oauth") + modules("accounts") if not is_web_module(p)], ids=rel)
+@pytest.mark.parametrize(
+    "path", [p for p in modules("oauth") + modules("accounts") + modules("admin") if not is_web_module(p)], ids=rel
+)
 def test_protocol_and_domain_modules_do_not_import_quart(path: Path) -> None:
     web = {name for name in imports_of(path) if name.split(".")[0] in ("quart", "werkzeug", "idp.app")}
     assert web == set()

@@ -1,0 +1,315 @@
+"""The admin API (``/api/admin/…``): the operations of the admin pages and the CLI as JSON, for an
+administrator's Bearer token with the ``admin`` scope (idp.admin.access). Bodies and query strings
+are typed models (idp.admin.models) that quart-schema validates and documents in /openapi.json.
+
+Errors are JSON: ``{"error", "error_description"}``, with ``fields`` naming each bad field of an
+invalid request. Deletes are idempotent (204 whether or not the account was there).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response, request
+from quart_schema import (
+    RequestSchemaValidationError,
+    document_response,
+    validate_querystring,
+    validate_request,
+    validate_response,
+)
+
+from idp.accounts import account_status
+from idp.accounts.users import AccountError
+from idp.admin import audit as admin_audit
+from idp.admin import users as admin_users
+from idp.admin.access import Administrator, authenticate_admin, require_fresh
+from idp.admin.models import (
+    ActionResult,
+    AuditExportQuery,
+    AuditPage,
+    AuditQuery,
+    EndSessions,
+    ErrorOut,
+    FactorsReset,
+    SessionsEnded,
+    UserDetail,
+    UserPage,
+    UserQuery,
+)
+from idp.error_responses import render_error
+from idp.errors import InvalidRequest, NotFound
+from idp.events import set_actor
+from idp.http import runtime
+from idp.oauth.resource import BearerProtector, StoredParties
+from idp.storage.models import User
+from idp.storage.repositories import UserRepository
+
+blueprint = Blueprint("admin_api", __name__, url_prefix="/api/admin")
+
+
+def _documented_errors(*statuses: int) -> Any:
+    def decorate(view: Any) -> Any:
+        for status in statuses or (400, 401, 403):
+            view = document_response(ErrorOut, status)(view)
+        return view
+
+    return decorate
+
+
+class InvalidFields(InvalidRequest):
+    """400 invalid_request naming each bad field."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{name}: {problem}" for name, problem in fields.items()))
+        self.fields = fields
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "fields": self.fields}
+
+
+@blueprint.errorhandler(RequestSchemaValidationError)
+async def _invalid_schema(error: RequestSchemaValidationError) -> Response:
+    """pydantic's verdict as field-level errors (never its internals or the input echoed back)."""
+    fields: dict[str, str] = {}
+    validation = error.validation_error
+    for problem in getattr(validation, "errors", lambda: [])():
+        where = ".".join(str(part) for part in problem.get("loc", ())) or "body"
+        fields.setdefault(where, str(problem.get("msg", "is not valid")))
+    if not fields:
+        fields["body"] = "is not valid"
+    return await render_error(InvalidFields(fields))
+
+
+async def _administrator() -> Administrator:
+    rt = runtime()
+    parties = StoredParties(rt.units)
+    admin = await authenticate_admin(
+        BearerProtector(rt.tokens, rt.subjects, parties),
+        parties,
+        request.headers.getlist("Authorization"),
+        require_mfa=rt.settings.admin.require_mfa,
+    )
+    set_actor(admin.actor_id, via="admin_api")
+    return admin
+
+
+async def _user(user_id: str) -> User:
+    if len(user_id) > 64:
+        raise NotFound("There is no such account.")
+    async with runtime().db.session() as session:
+        user = await UserRepository(session).get(user_id)
+    if user is None:
+        raise NotFound("There is no such account.")
+    return user
+
+
+def _refused(exc: AccountError) -> InvalidFields:
+    return InvalidFields({exc.field: exc.message})
+
+
+@blueprint.after_request
+async def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# -- users -----------------------------------------------------------------------------------------
+
+
+@blueprint.get("/users")
+@validate_querystring(UserQuery)
+@validate_response(UserPage)
+@_documented_errors()
+async def list_users(query_args: UserQuery) -> UserPage:
+    """Accounts in the order they were created, filtered, a page at a time (a stable cursor)."""
+    await _administrator()
+    query = admin_users.UserQuery(
+        query_args.q, query_args.status, query_args.admin, query_args.mfa, query_args.cursor, query_args.limit
+    )
+    try:
+        page = await admin_users.find_users(runtime().accounts, query)
+    except AccountError as exc:
+        raise _refused(exc) from None
+    return UserPage.model_validate({"items": page.users, "next_cursor": page.next_cursor})
+
+
+@blueprint.get("/users/<user_id>")
+@validate_response(UserDetail)
+@_documented_errors(401, 403, 404)
+async def get_user(user_id: str) -> UserDetail:
+    """Profile, status, second factors, sessions with their devices, consents and recent activity."""
+    await _administrator()
+    detail = await admin_users.user_detail(runtime().accounts, await _user(user_id))
+    return UserDetail.model_validate(detail)
+
+
+async def _act(user_id: str, action: str) -> ActionResult:
+    rt = runtime()
+    user = await _user(user_id)
+    try:
+        if action == "disable":
+            changed = not user.disabled
+            await account_status.disable(rt.accounts, user.id)
+        elif action == "enable":
+            changed = user.disabled
+            await account_status.enable(rt.accounts, user.id)
+        elif action == "verify-email":
+            changed = await admin_users.verify_email(rt.accounts, user)
+        elif action == "grant-admin":
+            changed = await admin_users.grant_admin(rt.accounts, user)
+        else:
+            changed = await admin_users.revoke_admin(rt.accounts, user)
+    except AccountError as exc:
+        raise _refused(exc) from None
+    return ActionResult(id=user.id, changed=changed)
+
+
+@blueprint.post("/users/<user_id>/disable")
+@validate_response(ActionResult)
+@_documented_errors(400, 401, 403, 404)
+async def disable_user(user_id: str) -> ActionResult:
+    """The account can't sign in: its sessions end (back-channel logout) and its grants are revoked."""
+    await _administrator()
+    return await _act(user_id, "disable")
+
+
+@blueprint.post("/users/<user_id>/enable")
+@validate_response(ActionResult)
+@_documented_errors(401, 403, 404)
+async def enable_user(user_id: str) -> ActionResult:
+    await _administrator()
+    return await _act(user_id, "enable")
+
+
+@blueprint.post("/users/<user_id>/verify-email")
+@validate_response(ActionResult)
+@_documented_errors(401, 403, 404)
+async def verify_user_email(user_id: str) -> ActionResult:
+    await _administrator()
+    return await _act(user_id, "verify-email")
+
+
+@blueprint.post("/users/<user_id>/grant-admin")
+@validate_response(ActionResult)
+@_documented_errors(401, 403, 404)
+async def grant_admin(user_id: str) -> ActionResult:
+    """Make the account an administrator (needs a recent sign-in)."""
+    admin = await _administrator()
+    require_fresh(admin, runtime().settings.admin.fresh_auth_max_age)
+    return await _act(user_id, "grant-admin")
+
+
+@blueprint.post("/users/<user_id>/revoke-admin")
+@validate_response(ActionResult)
+@_documented_errors(400, 401, 403, 404)
+async def revoke_admin(user_id: str) -> ActionResult:
+    """Take the role away; refused (400) for the last enabled administrator."""
+    await _administrator()
+    return await _act(user_id, "revoke-admin")
+
+
+@blueprint.post("/users/<user_id>/reset-mfa")
+@validate_response(FactorsReset)
+@_documented_errors(401, 403, 404)
+async def reset_mfa(user_id: str) -> FactorsReset:
+    """Remove every second factor and recovery code (the user is mailed; needs a recent sign-in)."""
+    admin = await _administrator()
+    require_fresh(admin, runtime().settings.admin.fresh_auth_max_age)
+    user = await _user(user_id)
+    removed = await admin_users.reset_second_factors(runtime().accounts, user)
+    return FactorsReset(id=user.id, factors_removed=removed)
+
+
+@blueprint.post("/users/<user_id>/end-sessions")
+@validate_request(EndSessions)
+@validate_response(SessionsEnded)
+@_documented_errors(400, 401, 403, 404)
+async def end_sessions(user_id: str, data: EndSessions) -> SessionsEnded:
+    """Sign the account out everywhere, or of one session (``session_id``)."""
+    await _administrator()
+    user = await _user(user_id)
+    ended = await account_status.end_sessions(runtime().accounts, user.id, data.session_id)
+    return SessionsEnded(id=user.id, sessions_ended=ended)
+
+
+@blueprint.post("/users/<user_id>/unlock")
+@validate_response(ActionResult)
+@_documented_errors(401, 403, 404)
+async def unlock_user(user_id: str) -> ActionResult:
+    """Lift the account's sign-in locks and failure counts."""
+    await _administrator()
+    rt = runtime()
+    user = await _user(user_id)
+    changed = await account_status.unlock(rt.accounts, rt.lockout, rt.limits, user)
+    return ActionResult(id=user.id, changed=changed)
+
+
+@blueprint.delete("/users/<user_id>")
+@_documented_errors(400, 401, 403)
+async def delete_user(user_id: str) -> Response:
+    """Delete the account with the full purge of a self-deletion (needs a recent sign-in).
+    Idempotent: 204 whether or not it existed."""
+    admin = await _administrator()
+    rt = runtime()
+    require_fresh(admin, rt.settings.admin.fresh_auth_max_age)
+    try:
+        user = await _user(user_id)
+    except NotFound:
+        return Response(status=204)
+    actor = admin.user.id if admin.user is not None else None
+    try:
+        await admin_users.delete_user(rt.accounts, user, actor_id=actor, delete_blob=rt.delete_picture)
+    except AccountError as exc:
+        raise _refused(exc) from None
+    return Response(status=204)
+
+
+# -- audit -----------------------------------------------------------------------------------------
+
+
+def _audit_filter(query: AuditQuery | AuditExportQuery) -> Any:
+    try:
+        return admin_audit.audit_filter(
+            user_id=query.user,
+            client_id=query.client,
+            event=query.event,
+            outcome=query.outcome,
+            since=query.since,
+            until=query.until,
+        )
+    except AccountError as exc:
+        raise _refused(exc) from None
+
+
+@blueprint.get("/audit")
+@validate_querystring(AuditQuery)
+@validate_response(AuditPage)
+@_documented_errors()
+async def audit_log(query_args: AuditQuery) -> AuditPage:
+    """Events newest first, filtered; ``before`` pages back (ids only grow, so pages are stable)."""
+    await _administrator()
+    where = _audit_filter(query_args)
+    rows = await admin_audit.newest(runtime().db, where, limit=query_args.limit + 1, before_id=query_args.before)
+    page, more = rows[: query_args.limit], len(rows) > query_args.limit
+    return AuditPage.model_validate({"items": page, "next_before": page[-1]["id"] if more and page else None})
+
+
+@blueprint.get("/audit/export")
+@validate_querystring(AuditExportQuery)
+@_documented_errors()
+async def audit_export(query_args: AuditExportQuery) -> Response:
+    """Every matching event oldest first, streamed as CSV (RFC 4180) or JSON lines."""
+    await _administrator()
+    where = _audit_filter(query_args)
+    db, csv = runtime().db, query_args.format == "csv"
+
+    async def lines() -> Any:
+        if csv:
+            yield admin_audit.csv_header().encode()
+        async for row in admin_audit.oldest_first(db, where):
+            yield (admin_audit.csv_line(row) if csv else admin_audit.json_line(row)).encode()
+
+    response = Response(lines(), mimetype="text/csv" if csv else "application/x-ndjson")
+    response.headers["Content-Disposition"] = f'attachment; filename="audit.{"csv" if csv else "jsonl"}"'
+    return response
