@@ -1165,20 +1165,6 @@ def audit_export(state: CliState, fmt: str, **given: str | None) -> None:
 # keys
 
 
-def _describe_keys(rows: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "kid": row.kid,
-            "alg": row.alg,
-            "status": row.status,
-            "created_at": row.created_at.isoformat(),
-            "retired_at": row.retired_at.isoformat() if row.retired_at else None,
-            "publish_until": row.publish_until.isoformat() if row.publish_until else None,
-        }
-        for row in rows
-    ]
-
-
 def _keys_text(rows: list[dict[str, Any]]) -> str:
     return (
         "\n".join(
@@ -1191,10 +1177,9 @@ def _keys_text(rows: list[dict[str, Any]]) -> str:
 
 
 async def _all_keys(rt: Any) -> list[dict[str, Any]]:
-    from idp.storage.repositories import SigningKeyRepository
+    from idp.admin.keys import describe_keys
 
-    async with rt.db.session() as session:
-        return _describe_keys(await SigningKeyRepository(session).all())
+    return await describe_keys(rt.db)
 
 
 @cli.group()

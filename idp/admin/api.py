@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response, g, request
 from quart_schema import (
     RequestSchemaValidationError,
     document_response,
@@ -24,14 +24,26 @@ from idp.accounts.users import AccountError
 from idp.admin import audit as admin_audit
 from idp.admin import users as admin_users
 from idp.admin.access import Administrator, authenticate_admin, require_fresh
+from idp.admin.keys import describe_keys
 from idp.admin.models import (
     ActionResult,
     AuditExportQuery,
     AuditPage,
     AuditQuery,
+    ClientChanged,
+    ClientIn,
+    ClientList,
+    ClientOut,
+    ClientPatch,
+    ClientQuery,
     EndSessions,
     ErrorOut,
     FactorsReset,
+    KeyList,
+    KeysPurged,
+    KeysRotated,
+    RotateKeys,
+    SecretOut,
     SessionsEnded,
     UserDetail,
     UserPage,
@@ -41,9 +53,19 @@ from idp.error_responses import render_error
 from idp.errors import InvalidRequest, NotFound
 from idp.events import set_actor
 from idp.http import runtime
+from idp.oauth.clients import (
+    ClientSpec,
+    ClientValidationError,
+    create_client,
+    delete_client,
+    describe_client,
+    rotate_client_secret,
+    set_client_disabled,
+    update_client,
+)
 from idp.oauth.resource import BearerProtector, StoredParties
-from idp.storage.models import User
-from idp.storage.repositories import UserRepository
+from idp.storage.models import OAuthClient, User
+from idp.storage.repositories import ClientRepository, UserRepository
 
 blueprint = Blueprint("admin_api", __name__, url_prefix="/api/admin")
 
@@ -79,6 +101,18 @@ async def _invalid_schema(error: RequestSchemaValidationError) -> Response:
     if not fields:
         fields["body"] = "is not valid"
     return await render_error(InvalidFields(fields))
+
+
+@blueprint.before_request
+async def _authenticate() -> None:
+    """Who calls is settled first, for every route alike (before any body or query is read or
+    validated): an anonymous or unauthorised caller learns nothing about the request it sent."""
+    g.administrator = await _administrator()
+
+
+def _admin() -> Administrator:
+    admin: Administrator = g.administrator
+    return admin
 
 
 async def _administrator() -> Administrator:
@@ -123,7 +157,6 @@ async def _no_store(response: Response) -> Response:
 @_documented_errors()
 async def list_users(query_args: UserQuery) -> UserPage:
     """Accounts in the order they were created, filtered, a page at a time (a stable cursor)."""
-    await _administrator()
     query = admin_users.UserQuery(
         query_args.q, query_args.status, query_args.admin, query_args.mfa, query_args.cursor, query_args.limit
     )
@@ -139,7 +172,6 @@ async def list_users(query_args: UserQuery) -> UserPage:
 @_documented_errors(401, 403, 404)
 async def get_user(user_id: str) -> UserDetail:
     """Profile, status, second factors, sessions with their devices, consents and recent activity."""
-    await _administrator()
     detail = await admin_users.user_detail(runtime().accounts, await _user(user_id))
     return UserDetail.model_validate(detail)
 
@@ -170,7 +202,6 @@ async def _act(user_id: str, action: str) -> ActionResult:
 @_documented_errors(400, 401, 403, 404)
 async def disable_user(user_id: str) -> ActionResult:
     """The account can't sign in: its sessions end (back-channel logout) and its grants are revoked."""
-    await _administrator()
     return await _act(user_id, "disable")
 
 
@@ -178,7 +209,6 @@ async def disable_user(user_id: str) -> ActionResult:
 @validate_response(ActionResult)
 @_documented_errors(401, 403, 404)
 async def enable_user(user_id: str) -> ActionResult:
-    await _administrator()
     return await _act(user_id, "enable")
 
 
@@ -186,7 +216,6 @@ async def enable_user(user_id: str) -> ActionResult:
 @validate_response(ActionResult)
 @_documented_errors(401, 403, 404)
 async def verify_user_email(user_id: str) -> ActionResult:
-    await _administrator()
     return await _act(user_id, "verify-email")
 
 
@@ -195,7 +224,7 @@ async def verify_user_email(user_id: str) -> ActionResult:
 @_documented_errors(401, 403, 404)
 async def grant_admin(user_id: str) -> ActionResult:
     """Make the account an administrator (needs a recent sign-in)."""
-    admin = await _administrator()
+    admin = _admin()
     require_fresh(admin, runtime().settings.admin.fresh_auth_max_age)
     return await _act(user_id, "grant-admin")
 
@@ -205,7 +234,6 @@ async def grant_admin(user_id: str) -> ActionResult:
 @_documented_errors(400, 401, 403, 404)
 async def revoke_admin(user_id: str) -> ActionResult:
     """Take the role away; refused (400) for the last enabled administrator."""
-    await _administrator()
     return await _act(user_id, "revoke-admin")
 
 
@@ -214,7 +242,7 @@ async def revoke_admin(user_id: str) -> ActionResult:
 @_documented_errors(401, 403, 404)
 async def reset_mfa(user_id: str) -> FactorsReset:
     """Remove every second factor and recovery code (the user is mailed; needs a recent sign-in)."""
-    admin = await _administrator()
+    admin = _admin()
     require_fresh(admin, runtime().settings.admin.fresh_auth_max_age)
     user = await _user(user_id)
     removed = await admin_users.reset_second_factors(runtime().accounts, user)
@@ -227,7 +255,6 @@ async def reset_mfa(user_id: str) -> FactorsReset:
 @_documented_errors(400, 401, 403, 404)
 async def end_sessions(user_id: str, data: EndSessions) -> SessionsEnded:
     """Sign the account out everywhere, or of one session (``session_id``)."""
-    await _administrator()
     user = await _user(user_id)
     ended = await account_status.end_sessions(runtime().accounts, user.id, data.session_id)
     return SessionsEnded(id=user.id, sessions_ended=ended)
@@ -238,7 +265,6 @@ async def end_sessions(user_id: str, data: EndSessions) -> SessionsEnded:
 @_documented_errors(401, 403, 404)
 async def unlock_user(user_id: str) -> ActionResult:
     """Lift the account's sign-in locks and failure counts."""
-    await _administrator()
     rt = runtime()
     user = await _user(user_id)
     changed = await account_status.unlock(rt.accounts, rt.lockout, rt.limits, user)
@@ -250,7 +276,7 @@ async def unlock_user(user_id: str) -> ActionResult:
 async def delete_user(user_id: str) -> Response:
     """Delete the account with the full purge of a self-deletion (needs a recent sign-in).
     Idempotent: 204 whether or not it existed."""
-    admin = await _administrator()
+    admin = _admin()
     rt = runtime()
     require_fresh(admin, rt.settings.admin.fresh_auth_max_age)
     try:
@@ -288,7 +314,6 @@ def _audit_filter(query: AuditQuery | AuditExportQuery) -> Any:
 @_documented_errors()
 async def audit_log(query_args: AuditQuery) -> AuditPage:
     """Events newest first, filtered; ``before`` pages back (ids only grow, so pages are stable)."""
-    await _administrator()
     where = _audit_filter(query_args)
     rows = await admin_audit.newest(runtime().db, where, limit=query_args.limit + 1, before_id=query_args.before)
     page, more = rows[: query_args.limit], len(rows) > query_args.limit
@@ -300,7 +325,6 @@ async def audit_log(query_args: AuditQuery) -> AuditPage:
 @_documented_errors()
 async def audit_export(query_args: AuditExportQuery) -> Response:
     """Every matching event oldest first, streamed as CSV (RFC 4180) or JSON lines."""
-    await _administrator()
     where = _audit_filter(query_args)
     db, csv = runtime().db, query_args.format == "csv"
 
@@ -313,3 +337,159 @@ async def audit_export(query_args: AuditExportQuery) -> Response:
     response = Response(lines(), mimetype="text/csv" if csv else "application/x-ndjson")
     response.headers["Content-Disposition"] = f'attachment; filename="audit.{"csv" if csv else "jsonl"}"'
     return response
+
+
+# -- clients ---------------------------------------------------------------------------------------
+
+
+def _client_refused(exc: ClientValidationError) -> InvalidFields:
+    return InvalidFields({exc.field: exc.message})
+
+
+async def _client(client_id: str) -> OAuthClient:
+    if len(client_id) > 64:
+        raise NotFound("There is no such client.")
+    async with runtime().db.session() as session:
+        client = await ClientRepository(session).get(client_id)
+    if client is None:
+        raise NotFound("There is no such client.")
+    return client
+
+
+@blueprint.get("/clients")
+@validate_querystring(ClientQuery)
+@validate_response(ClientList)
+@_documented_errors()
+async def list_clients(query_args: ClientQuery) -> ClientList:
+    """Every registered client, oldest first; ``q`` finds a part of the id or the name."""
+    async with runtime().db.session() as session:
+        registered = await ClientRepository(session).list()
+    wanted = (query_args.q or "").strip().casefold()
+    items = [
+        describe_client(client)
+        for client in registered
+        if not wanted or wanted in client.id.casefold() or wanted in client.name.casefold()
+    ]
+    return ClientList.model_validate({"items": items})
+
+
+@blueprint.post("/clients")
+@validate_request(ClientIn)
+@validate_response(ClientOut, 201)
+@_documented_errors()
+async def create_client_route(data: ClientIn) -> tuple[ClientOut, int, dict[str, str]]:
+    """Register a client; the answer carries its secret, once, and its URL in Location."""
+    rt = runtime()
+    spec = ClientSpec(**data.model_dump())
+    try:
+        created = await create_client(rt.db, rt.events, spec, pairwise_available=rt.subjects.pairwise_available)
+    except ClientValidationError as exc:
+        raise _client_refused(exc) from None
+    body = ClientOut.model_validate({**describe_client(created.client), "client_secret": created.client_secret})
+    return body, 201, {"Location": f"{rt.settings.issuer}/api/admin/clients/{created.client.id}"}
+
+
+@blueprint.get("/clients/<client_id>")
+@validate_response(ClientOut)
+@_documented_errors(401, 403, 404)
+async def get_client(client_id: str) -> ClientOut:
+    return ClientOut.model_validate(describe_client(await _client(client_id)))
+
+
+@blueprint.patch("/clients/<client_id>")
+@validate_request(ClientPatch)
+@validate_response(ClientOut)
+@_documented_errors(400, 401, 403, 404)
+async def update_client_route(client_id: str, data: ClientPatch) -> ClientOut:
+    """Change the fields given; moving to a secret method returns a new secret once."""
+    rt = runtime()
+    await _client(client_id)
+    changes = {name: getattr(data, name) for name in data.model_fields_set}
+    for name in ("redirect_uris", "post_logout_redirect_uris", "grant_types", "scopes", "web_origins"):
+        if name in changes and changes[name] is None:
+            changes[name] = []
+    try:
+        updated = await update_client(rt.db, rt.events, client_id, changes)
+    except ClientValidationError as exc:
+        raise _client_refused(exc) from None
+    return ClientOut.model_validate({**describe_client(updated.client), "client_secret": updated.client_secret})
+
+
+@blueprint.post("/clients/<client_id>/rotate-secret")
+@validate_response(SecretOut)
+@_documented_errors(400, 401, 403, 404)
+async def rotate_secret(client_id: str) -> SecretOut:
+    rt = runtime()
+    await _client(client_id)
+    try:
+        secret = await rotate_client_secret(rt.db, rt.events, client_id)
+    except ClientValidationError as exc:
+        raise _client_refused(exc) from None
+    return SecretOut(client_id=client_id, client_secret=secret)
+
+
+@blueprint.post("/clients/<client_id>/disable")
+@validate_response(ClientChanged)
+@_documented_errors(401, 403, 404)
+async def disable_client(client_id: str) -> ClientChanged:
+    """The client can't authenticate, and its tokens are refused, until it is enabled again."""
+    await _client(client_id)
+    rt = runtime()
+    return ClientChanged(client_id=client_id, changed=await set_client_disabled(rt.db, rt.events, client_id, True))
+
+
+@blueprint.post("/clients/<client_id>/enable")
+@validate_response(ClientChanged)
+@_documented_errors(401, 403, 404)
+async def enable_client(client_id: str) -> ClientChanged:
+    await _client(client_id)
+    rt = runtime()
+    return ClientChanged(client_id=client_id, changed=await set_client_disabled(rt.db, rt.events, client_id, False))
+
+
+@blueprint.delete("/clients/<client_id>")
+@_documented_errors(401, 403)
+async def delete_client_route(client_id: str) -> Response:
+    """Revoke every grant of the client, then delete it with its codes, refresh tokens and
+    consents (needs a recent sign-in). Idempotent: 204 whether or not it existed."""
+    admin = _admin()
+    rt = runtime()
+    require_fresh(admin, rt.settings.admin.fresh_auth_max_age)
+    if len(client_id) <= 64:
+        await delete_client(rt.grants, rt.db, rt.events, client_id)
+    return Response(status=204)
+
+
+# -- signing keys ----------------------------------------------------------------------------------
+
+
+@blueprint.get("/keys")
+@validate_response(KeyList)
+@_documented_errors(401, 403)
+async def list_keys() -> KeyList:
+    return KeyList.model_validate({"items": await describe_keys(runtime().db)})
+
+
+@blueprint.post("/keys/rotate")
+@validate_request(RotateKeys)
+@validate_response(KeysRotated)
+@_documented_errors()
+async def rotate_keys(data: RotateKeys) -> KeysRotated:
+    """A new active key per algorithm; the old one stays published until its tokens expire
+    (needs a recent sign-in)."""
+    admin = _admin()
+    rt = runtime()
+    require_fresh(admin, rt.settings.admin.fresh_auth_max_age)
+    unknown = [alg for alg in data.algorithms or () if alg not in rt.settings.keys.algorithms]
+    if unknown:
+        raise InvalidFields({"algorithms": f"{', '.join(unknown)} is not in keys.algorithms"})
+    created = await rt.keys.rotate(list(data.algorithms) if data.algorithms else None)
+    return KeysRotated.model_validate({"created": created, "items": await describe_keys(rt.db)})
+
+
+@blueprint.post("/keys/purge")
+@validate_response(KeysPurged)
+@_documented_errors(401, 403)
+async def purge_keys() -> KeysPurged:
+    """Delete retired keys whose publication window has ended."""
+    return KeysPurged(removed=await runtime().keys.purge_expired())

@@ -158,3 +158,120 @@ class AuditEventOut(_Model):
 class AuditPage(_Model):
     items: list[AuditEventOut]
     next_before: int | None = Field(description="Pass as before for older events; null on the last page.")
+
+
+# -- clients ---------------------------------------------------------------------------------------
+
+GrantType = Literal["authorization_code", "refresh_token", "client_credentials"]
+AuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+SigningAlg = Literal["RS256", "ES256", "Ed25519", "EdDSA"]
+
+
+class ClientIn(_Model):
+    """A registration, validated as a whole like `idp clients create` (each problem named by field)."""
+
+    name: str = Field(max_length=200)
+    client_type: Literal["public", "confidential"]
+    client_id: str | None = Field(default=None, max_length=64, description="Default: random.")
+    redirect_uris: list[str] = Field(default_factory=list, max_length=50)
+    post_logout_redirect_uris: list[str] = Field(default_factory=list, max_length=50)
+    grant_types: list[GrantType] = Field(default_factory=list, description="Default: code and refresh.")
+    scopes: list[str] = Field(default_factory=list, max_length=100, description="Default: the standard scopes.")
+    token_endpoint_auth_method: AuthMethod | None = None
+    web_origins: list[str] = Field(default_factory=list, max_length=50)
+    application_type: Literal["web", "native"] = "web"
+    first_party: bool = False
+    id_token_signed_response_alg: SigningAlg | None = None
+    subject_type: Literal["public", "pairwise"] = "public"
+    jwks: dict[str, Any] | None = None
+    jwks_uri: str | None = Field(default=None, max_length=2048)
+    backchannel_logout_uri: str | None = Field(default=None, max_length=2048)
+
+
+class ClientPatch(_Model):
+    """The fields to change; a field given as null is cleared. The id, the type and the subject
+    type can't change (register a new client instead)."""
+
+    name: str | None = Field(default=None, max_length=200)
+    redirect_uris: list[str] | None = Field(default=None, max_length=50)
+    post_logout_redirect_uris: list[str] | None = Field(default=None, max_length=50)
+    grant_types: list[GrantType] | None = None
+    scopes: list[str] | None = Field(default=None, max_length=100)
+    token_endpoint_auth_method: AuthMethod | None = None
+    web_origins: list[str] | None = Field(default=None, max_length=50)
+    application_type: Literal["web", "native"] | None = None
+    first_party: bool | None = None
+    id_token_signed_response_alg: SigningAlg | None = None
+    jwks: dict[str, Any] | None = None
+    jwks_uri: str | None = Field(default=None, max_length=2048)
+    backchannel_logout_uri: str | None = Field(default=None, max_length=2048)
+
+
+class ClientOut(_Model):
+    client_id: str
+    name: str
+    client_type: str
+    application_type: str
+    token_endpoint_auth_method: str
+    redirect_uris: list[str]
+    post_logout_redirect_uris: list[str]
+    grant_types: list[str]
+    response_types: list[str]
+    scopes: list[str]
+    web_origins: list[str]
+    id_token_signed_response_alg: str | None
+    subject_type: str
+    backchannel_logout_uri: str | None
+    first_party: bool
+    disabled: bool
+    created_at: str
+    client_secret: str | None = Field(default=None, description="Only in the answer that created it.")
+
+
+class ClientList(_Model):
+    items: list[ClientOut]
+
+
+class ClientQuery(_Model):
+    q: str | None = Field(default=None, max_length=200, description="Part of the client id or name.")
+
+
+class SecretOut(_Model):
+    client_id: str
+    client_secret: str = Field(description="Shown only in this answer; the previous one stops working at once.")
+
+
+class ClientChanged(_Model):
+    client_id: str
+    changed: bool
+
+
+# -- signing keys ----------------------------------------------------------------------------------
+
+
+class KeyOut(_Model):
+    kid: str
+    alg: str
+    status: str = Field(description="active, retiring (published until its tokens expire) or expired.")
+    created_at: str
+    retired_at: str | None
+    publish_until: str | None
+
+
+class KeyList(_Model):
+    items: list[KeyOut]
+
+
+class RotateKeys(_Model):
+    algorithms: list[Literal["RS256", "ES256", "Ed25519"]] | None = Field(
+        default=None, description="Default: every configured algorithm."
+    )
+
+
+class KeysRotated(_Model):
+    created: list[str]
+    items: list[KeyOut]
+
+
+class KeysPurged(_Model):
+    removed: int

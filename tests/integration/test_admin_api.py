@@ -24,7 +24,7 @@ def _routes(app: Any) -> list[tuple[str, str]]:
     found = []
     for rule in app.url_map.iter_rules():
         if rule.endpoint.startswith("admin_api."):
-            path = rule.rule.replace("<user_id>", "some-user-id")
+            path = rule.rule.replace("<user_id>", "some-user-id").replace("<client_id>", "some-client-id")
             for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
                 found.append((method, path))
     return sorted(found)
@@ -99,7 +99,7 @@ async def test_every_admin_route_refuses_whoever_is_not_an_administrator(
     app: Any, client: Any, setup: dict[str, Any]
 ) -> None:
     routes = _routes(app)
-    assert len(routes) >= 12  # the walk covers what exists; a route added later is walked too
+    assert len(routes) >= 24  # the walk covers what exists; a route added later is walked too
     token = setup["token"]
     callers = {
         "anonymous": ({}, 401, None),
@@ -115,7 +115,8 @@ async def test_every_admin_route_refuses_whoever_is_not_an_administrator(
     }
     for method, path in routes:
         for who, (headers, status, error) in callers.items():
-            response = await client.open(path, method=method, headers=headers, json={} if method == "POST" else None)
+            body = {} if method in ("POST", "PATCH") else None
+            response = await client.open(path, method=method, headers=headers, json=body)
             assert response.status_code == status, (method, path, who, await response.get_data(as_text=True))
             if error is not None:
                 assert (await response.get_json())["error"] == error, (method, path, who)
@@ -260,3 +261,79 @@ async def test_openapi_describes_the_apis_and_validates(client: Any) -> None:
     docs = await client.get("/api/docs")
     html = await docs.get_data(as_text=True)
     assert docs.status_code == 200 and "GET /api/admin/users" in html and "cdn" not in html.lower()
+
+
+# -- clients and keys ------------------------------------------------------------------------------
+
+
+async def test_clients_are_created_changed_and_deleted(client: Any, setup: dict[str, Any]) -> None:
+    headers = setup["token"](setup["staff"])
+    created = await client.post(
+        "/api/admin/clients",
+        headers=headers,
+        json={"name": "Reports", "client_type": "confidential", "redirect_uris": ["https://rp.example/cb"]},
+    )
+    body = await created.get_json()
+    assert created.status_code == 201 and len(body["client_secret"]) > 30
+    assert created.headers["Location"].endswith(f"/api/admin/clients/{body['client_id']}")
+    shown = await (await client.get(f"/api/admin/clients/{body['client_id']}", headers=headers)).get_json()
+    assert shown["name"] == "Reports" and shown["client_secret"] is None
+
+    patched = await client.patch(
+        f"/api/admin/clients/{body['client_id']}", headers=headers, json={"name": "Reports 2", "web_origins": None}
+    )
+    assert (await patched.get_json())["name"] == "Reports 2"
+    found = await (await client.get("/api/admin/clients?q=reports", headers=headers)).get_json()
+    assert [item["client_id"] for item in found["items"]] == [body["client_id"]]
+
+    rotated = await client.post(f"/api/admin/clients/{body['client_id']}/rotate-secret", headers=headers)
+    assert (await rotated.get_json())["client_secret"] != body["client_secret"]
+    disabled = await client.post(f"/api/admin/clients/{body['client_id']}/disable", headers=headers)
+    assert (await disabled.get_json())["changed"] is True
+
+    stale = setup["token"](setup["staff"], auth_time=int(time.time()) - 3600)
+    assert (await client.delete(f"/api/admin/clients/{body['client_id']}", headers=stale)).status_code == 401
+    assert (await client.delete(f"/api/admin/clients/{body['client_id']}", headers=headers)).status_code == 204
+    assert (await client.get(f"/api/admin/clients/{body['client_id']}", headers=headers)).status_code == 404
+    assert (await client.delete(f"/api/admin/clients/{body['client_id']}", headers=headers)).status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "X", "client_type": "confidential", "redirect_uris": ["http://evil.example/cb"]}, "redirect_uris"),
+        ({"name": "X", "client_type": "sometimes"}, "client_type"),
+        ({"name": "X", "client_type": "public", "secret": "mine"}, "secret"),
+        ({"client_type": "public"}, "name"),
+        ({"name": "X", "client_type": "public", "grant_types": ["password"]}, "grant_types.0"),
+    ],
+)
+async def test_a_bad_registration_names_its_field(
+    client: Any, setup: dict[str, Any], body: dict[str, Any], field: str
+) -> None:
+    response = await client.post("/api/admin/clients", headers=setup["token"](setup["staff"]), json=body)
+    answer = await response.get_json()
+    assert response.status_code == 400 and answer["error"] == "invalid_request"
+    assert field in answer["fields"], answer
+
+
+async def test_a_clients_identity_does_not_change(client: Any, setup: dict[str, Any]) -> None:
+    robot = setup["robot"].client.id
+    response = await client.patch(
+        f"/api/admin/clients/{robot}", headers=setup["token"](setup["staff"]), json={"subject_type": "pairwise"}
+    )
+    assert response.status_code == 400 and "subject_type" in (await response.get_json())["fields"]
+
+
+async def test_signing_keys_are_listed_rotated_and_purged(client: Any, setup: dict[str, Any]) -> None:
+    headers = setup["token"](setup["staff"])
+    before = await (await client.get("/api/admin/keys", headers=headers)).get_json()
+    assert {key["alg"] for key in before["items"] if key["status"] == "active"} == {"RS256", "ES256", "Ed25519"}
+    stale = setup["token"](setup["staff"], auth_time=int(time.time()) - 3600)
+    assert (await client.post("/api/admin/keys/rotate", headers=stale, json={})).status_code == 401
+    rotated = await client.post("/api/admin/keys/rotate", headers=headers, json={"algorithms": ["ES256"]})
+    answer = await rotated.get_json()
+    assert rotated.status_code == 200 and len(answer["created"]) == 1
+    assert len(answer["items"]) == len(before["items"]) + 1
+    purged = await client.post("/api/admin/keys/purge", headers=headers)
+    assert (await purged.get_json()) == {"removed": 0}  # the retired key is still published
