@@ -16,7 +16,7 @@ No Quart here; storage and the account domain are reached through ``Authorizatio
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from idp.accounts.apps import consents
@@ -28,6 +28,7 @@ from idp.events import ConsentGranted, EventBus
 from idp.oauth import errors, interactions
 from idp.oauth.authorize import AuthorizationRequest, issue_authorization_code
 from idp.oauth.interactions import Interaction, InteractionStore
+from idp.oauth.scopes import scopes_for_user
 from idp.oauth.subjects import SubjectResolver
 from idp.oauth.tokens import TokenInvalid, TokenService
 from idp.storage.db import Database
@@ -393,9 +394,10 @@ class StoredAuthorizationServices:
         return await self._interactions.finish(interaction_id)
 
     async def issue_code(self, request: AuthorizationRequest, user: User, session: BrowserSession, acr: str) -> str:
+        granted = scopes_for_user(request.scopes, is_admin=bool(user.is_admin))
         issued = await issue_authorization_code(
             self._db,
-            request,
+            replace(request, scopes=granted) if granted != request.scopes else request,
             user_id=user.id,
             session_id=session.sid,
             auth_time=session.auth_time,

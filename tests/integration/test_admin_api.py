@@ -337,3 +337,46 @@ async def test_signing_keys_are_listed_rotated_and_purged(client: Any, setup: di
     assert len(answer["items"]) == len(before["items"]) + 1
     purged = await client.post("/api/admin/keys/purge", headers=headers)
     assert (await purged.get_json()) == {"removed": 0}  # the retired key is still published
+
+
+# -- the admin scope at authorization --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("admin", "granted"), [(False, "openid"), (True, "openid admin")])
+async def test_the_admin_scope_is_granted_to_administrators_only(
+    client: Any, runtime: Any, admin: bool, granted: str
+) -> None:
+    from tests.oauth_helpers import PASSWORD, authorize, query_of
+
+    email = "ops@example.com"
+    await create_user(
+        runtime.db, runtime.passwords, runtime.events, NewUser(email, PASSWORD, email_verified=True, is_admin=admin)
+    )
+    console = await create_client(
+        runtime.db,
+        runtime.events,
+        ClientSpec(
+            name="Console",
+            client_type="public",
+            redirect_uris=["https://console.example/cb"],
+            scopes=["openid", "admin"],
+            first_party=True,
+        ),
+    )
+    response, verifier = await authorize(
+        client, console.client.id, "https://console.example/cb", email=email, scope="openid admin"
+    )
+    code = query_of(response.headers["Location"])["code"]
+    token = await client.post(
+        "/token",
+        form={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": "https://console.example/cb",
+            "code_verifier": verifier,
+            "client_id": console.client.id,
+        },
+    )
+    body = await token.get_json()
+    assert token.status_code == 200, body
+    assert body["scope"] == granted  # RFC 6749 §5.1: the token says what it was granted
