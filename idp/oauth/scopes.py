@@ -31,7 +31,6 @@ SCOPE_DESCRIPTIONS = {
     "profile": "Your name, username, picture, locale and time zone",
     "email": "Your email address and whether it is verified",
     OFFLINE_ACCESS: "Stay connected when you are not using the app (refresh tokens)",
-    ADMIN: "Administer this identity provider with your administrator rights",
 }
 
 
