@@ -1,6 +1,7 @@
 """The curl examples of docs/ run against a real `idp serve`: each ```sh block of a guide, in
 order, in one bash session with `set -euo pipefail` (so a variable one block sets serves the next,
-and any failing command fails the test), with the issuer and a client's credentials set."""
+and any failing command fails the test), with the issuer and the variables each guide tells its
+reader to set (client ids and secrets, the user's credentials) in the environment."""
 
 from __future__ import annotations
 
@@ -22,6 +23,25 @@ BLOCK = re.compile(r"^```sh\n(.*?)^```", re.S | re.M)
 
 def examples(guide: str) -> list[str]:
     return BLOCK.findall((DOCS / guide).read_text())
+
+
+def run_guide(
+    guide: str, env: dict[str, str], port: int, tmp_path: Path, variables: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Every example of ``guide`` in order, in one bash session, against a served idp; the reader's
+    variables (the ones the guide says to set) in the environment."""
+    script = "set -euo pipefail\n" + "\n".join(examples(guide))
+    shell_env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "IDP": env["IDP_ISSUER"], **variables}
+    with running([IDP, "serve"], env, port):
+        done = subprocess.run(
+            ["bash", "-c", script], env=shell_env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode == 0, f"an example of {guide} failed:\n{done.stderr}\n{done.stdout}"
+    return done
+
+
+def create_client(env: dict[str, str], name: str, *args: str) -> dict[str, str]:
+    return dict(json.loads(run_idp(env, "clients", "create", "--name", name, *args, "--json")))
 
 
 def test_every_admin_api_example_runs(tmp_path: Path) -> None:
@@ -46,21 +66,62 @@ def test_every_admin_api_example_runs(tmp_path: Path) -> None:
             "--json",
         )
     )
-    script = "set -euo pipefail\n" + "\n".join(blocks)
-    shell_env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "IDP": env["IDP_ISSUER"],
-        "CLIENT_ID": robot["client_id"],
-        "CLIENT_SECRET": robot["client_secret"],
-    }
-    with running([IDP, "serve"], env, port):
-        done = subprocess.run(
-            ["bash", "-c", script], env=shell_env, cwd=tmp_path, capture_output=True, text=True, timeout=120
-        )
-    assert done.returncode == 0, f"an example failed:\n{done.stderr}\n{done.stdout}"
+    variables = {"CLIENT_ID": robot["client_id"], "CLIENT_SECRET": robot["client_secret"]}
+    done = run_guide("admin-api.md", env, port, tmp_path, variables)
     assert '"ada@example.com"' in done.stdout
     exported = (tmp_path / "audit.csv").read_text()
     assert exported.startswith("id,occurred_at,event,") and "account_disabled" in exported
     deleted = run_idp(env, "users", "list", "--json")
     assert "ada@example.com" not in deleted  # the last example deleted the account
+
+
+def test_every_oauth_example_runs(tmp_path: Path) -> None:
+    """docs/oauth.md: discovery, the code flow with PKCE through the real sign-in and consent
+    pages, every grant, userinfo, introspection, revocation and RP-initiated logout."""
+    blocks = examples("oauth.md")
+    assert len(blocks) >= 15, "the guide lost its examples"
+    port = free_port()
+    env = production_env(tmp_path, port)
+    run_idp(env, "db", "upgrade")
+    password = "velvet-harbor-quill-27"
+    user = ["users", "create", "--email", "ada@example.com", "--password-stdin", "--verified"]
+    run_idp(env, *user, stdin=password + "\n")
+    spa = create_client(
+        env,
+        "Docs SPA",
+        "--public",
+        "--redirect-uri",
+        "http://127.0.0.1:9000/cb",
+        "--post-logout-redirect-uri",
+        "http://127.0.0.1:9000/bye",
+    )
+    web = create_client(
+        env,
+        "Docs Web",
+        "--confidential",
+        "--auth-method",
+        "client_secret_basic",
+        *("--grant", "authorization_code", "--grant", "refresh_token", "--grant", "client_credentials"),
+        *("--scope", "openid", "--scope", "profile", "--scope", "email", "--scope", "offline_access"),
+        *("--scope", "reports:read"),
+        *("--redirect-uri", "https://app.example/cb", "--post-logout-redirect-uri", "https://app.example/bye"),
+    )
+    variables = {
+        "SPA_CLIENT_ID": spa["client_id"],
+        "WEB_CLIENT_ID": web["client_id"],
+        "WEB_CLIENT_SECRET": web["client_secret"],
+        "EMAIL": "ada@example.com",
+        "PASSWORD": password,
+    }
+    out = run_guide("oauth.md", env, port, tmp_path, variables).stdout
+    assert '"client_credentials"' in out  # discovery lists the third grant
+    assert "http://127.0.0.1:9000/cb?code=" in out  # the code came from the redirect's Location
+    reuse = json.loads((tmp_path / "reuse.json").read_text())
+    assert reuse["error"] == "invalid_grant"  # the rotated refresh token was refused
+    assert "\ninvalid_grant\n401\n" in out  # ... and the reuse revoked the grant's newer tokens
+    assert '"scope": "reports:read"' in out  # client_credentials
+    assert '{"active":false}' in out  # introspection after revocation
+    assert "\n401\n" in out  # userinfo with the revoked grant's access token
+    assert "303 https://app.example/bye?state=" in out  # RP-initiated logout redirected
+    # signed out: the next authorization request goes to the sign-in page again
+    assert out.rstrip().rsplit("\n", 1)[-1].startswith(f"{env['IDP_ISSUER']}/login?return_to=")
