@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,48 @@ def test_every_oauth_example_runs(tmp_path: Path) -> None:
     assert "303 https://app.example/bye?state=" in out  # RP-initiated logout redirected
     # signed out: the next authorization request goes to the sign-in page again
     assert out.rstrip().rsplit("\n", 1)[-1].startswith(f"{env['IDP_ISSUER']}/login?return_to=")
+
+
+SOFT_AUTHENTICATOR = """\
+import json, sys
+sys.path.insert(0, {repo!r})
+from tests.webauthn_soft import SoftAuthenticator
+print(json.dumps(SoftAuthenticator().create(json.load(sys.stdin), origin={origin!r})))
+"""
+
+
+def test_every_account_api_example_runs(tmp_path: Path) -> None:
+    """docs/account-api.md: a token through a first-party client, then every /api/account/ route
+    (the address change confirmed from the outbox, a passkey from a software authenticator), the
+    account's deletion last."""
+    blocks = examples("account-api.md")
+    assert len(blocks) >= 15, "the guide lost its examples"
+    port = free_port()
+    env = production_env(tmp_path, port)
+    run_idp(env, "db", "upgrade")
+    password = "velvet-harbor-quill-27"
+    user = ["users", "create", "--email", "ada@example.com", "--password-stdin", "--verified"]
+    run_idp(env, *user, stdin=password + "\n")
+    app = create_client(env, "My account", "--public", "--first-party", "--redirect-uri", "http://127.0.0.1:9000/cb")
+    authenticator = tmp_path / "webauthn-create"
+    authenticator.write_text(
+        f"#!{sys.executable}\n" + SOFT_AUTHENTICATOR.format(repo=str(DOCS.parent), origin=env["IDP_ISSUER"])
+    )
+    authenticator.chmod(0o755)
+    variables = {
+        "CLIENT_ID": app["client_id"],
+        "EMAIL": "ada@example.com",
+        "PASSWORD": password,
+        "OUTBOX": str(tmp_path / "outbox"),
+        "WEBAUTHN_CREATE": str(authenticator),
+    }
+    work = tmp_path / "work"
+    work.mkdir()
+    out = run_guide("account-api.md", env, port, work, variables).stdout
+    exported = json.loads((work / "idp-account-export.json").read_text())
+    assert exported["format"] == "idp-account-export/1"
+    assert '{"email":"ada@example.net","email_verified":true,"pending_email":null}' in out  # confirmed
+    assert '"passkeys":["Work laptop"]' in out and '"totp":true' in out
+    assert '{"ended":1}' in out.replace(" ", "")  # end-others, after one session was ended by id
+    assert out.rstrip().endswith("204\n401")  # the account was deleted, and its token with it
+    assert "ada@example" not in run_idp(env, "users", "list", "--json")
