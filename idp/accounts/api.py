@@ -9,25 +9,31 @@ history. Changing the address also needs a recent sign-in (RFC 9470 step-up).
 
 Cross-origin calls are answered for the web origins registered on clients, never with credentials.
 The domain work lives in the feature packages (idp.accounts.profile, .security, .sessions); this
-module translates HTTP.
+module translates HTTP. Bodies, queries and answers are typed models (idp.accounts.api_models),
+documented in /openapi.json; the caller is settled in a before_request hook, before any body or
+query is read (token 401, user and client 401, first-party 403, scopes 403, then the request).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from functools import wraps
 from typing import Any, NoReturn
 
-from quart import Blueprint, Response, jsonify, request
+from quart import Blueprint, Response, current_app, g, request
+from quart_schema import RequestSchemaValidationError, validate_querystring, validate_response
 
 from idp import cors
+from idp.accounts import api_models as models
 from idp.accounts.profile import deletion, pictures, profile
 from idp.accounts.profile.profile import EXPORT_FILENAME
 from idp.accounts.security import mfa, passkeys
 from idp.accounts.sessions.store import REAUTH_WINDOW, describe_all
 from idp.accounts.signin.password import PasswordCheckRefused, reauthenticate
 from idp.accounts.users import AccountError
-from idp.accounts.web import InvalidField, json_body, too_many_attempts
+from idp.accounts.web import too_many_attempts
 from idp.errors import (
     Conflict,
     Forbidden,
@@ -39,7 +45,9 @@ from idp.errors import (
 )
 from idp.events import set_actor
 from idp.http import runtime
+from idp.json_api import InvalidFields, View, document_errors, json_request, render_schema_error
 from idp.oauth.resource import BearerGrant, BearerProtector, StoredParties
+from idp.openapi import no_content, raw_request
 from idp.security.ratelimit import RateLimited
 from idp.storage.models import OAuthClient, User
 from idp.storage.repositories import UserRepository
@@ -53,7 +61,7 @@ ALLOWED_METHODS = "GET, PATCH, POST, DELETE"
 PICTURE_METHODS = "PUT, DELETE"  # /api/account/picture
 ALLOWED_HEADERS = "Authorization, Content-Type"
 EXPOSED_HEADERS = f"{cors.EXPOSED_HEADERS}, Content-Disposition"
-
+_NEEDS = "_account_api_needs"  # (scopes, max_auth_age) of a view, read by _authenticate
 
 # -- errors (RFC 6750 §3; the same codes as idp.oauth.errors, which accounts may not import) -------
 
@@ -61,7 +69,10 @@ EXPOSED_HEADERS = f"{cors.EXPOSED_HEADERS}, Content-Disposition"
 def _invalid(exc: AccountError) -> NoReturn:
     if isinstance(exc, PasswordCheckRefused):
         raise too_many_attempts(exc) from None
-    raise InvalidField(exc.field, exc.message) from None
+    raise InvalidFields({exc.field: exc.message}) from None
+
+
+blueprint.register_error_handler(RequestSchemaValidationError, render_schema_error)  # query strings
 
 
 # -- the caller ----------------------------------------------------------------------------------
@@ -99,6 +110,33 @@ def _require_recent_sign_in(caller: Caller, max_age: int) -> None:
         raise InsufficientUserAuthentication(max_age)
 
 
+def needs(*scopes: str, max_auth_age: int | None = None) -> Callable[[View], View]:
+    """The scopes an operation's token must carry (and how recent its sign-in must be), checked by
+    _authenticate before the request is read; documents the 401 and 403 answers."""
+
+    def decorate(view: View) -> View:
+        view = document_errors(401, 403)(view)
+        setattr(view, _NEEDS, (scopes, max_auth_age))
+        return view
+
+    return decorate
+
+
+@blueprint.before_request
+async def _authenticate() -> None:
+    """Who calls is settled first, for every route (each declares @needs, or fails closed: 500)."""
+    if request.method == "OPTIONS":
+        return  # a CORS preflight carries no token (the answer is in _api_headers)
+    scopes, max_auth_age = getattr(current_app.view_functions[str(request.endpoint)], _NEEDS)
+    g.account_caller = caller = await authenticate(*scopes)
+    if max_auth_age is not None:
+        _require_recent_sign_in(caller, max_auth_age)
+
+
+def _caller() -> Caller:
+    return g.account_caller
+
+
 # -- responses -----------------------------------------------------------------------------------
 
 
@@ -121,34 +159,39 @@ async def _api_headers(response: Response) -> Response:
     return response
 
 
-async def _profile_response(caller: Caller, user: User) -> Response:
+async def _profile(caller: Caller, user: User) -> models.ProfileOut:
     rt = runtime()
     include_email = "email" in caller.scopes
     pending = await profile.pending_email(rt.db, user.id) if include_email else None
-    return jsonify(
-        profile.profile_view(
-            user,
-            subject=caller.subject,
-            include_email=include_email,
-            pending=pending,
-            picture_base_url=f"{rt.settings.issuer}/pictures",
-        )
+    base_url = f"{rt.settings.issuer}/pictures"
+    view = profile.profile_view(
+        user, subject=caller.subject, include_email=include_email, pending=pending, picture_base_url=base_url
     )
+    return models.ProfileOut.model_validate(view)
 
 
 # -- endpoints -----------------------------------------------------------------------------------
 
 
 @blueprint.get("/profile")
-async def get_profile() -> Response:
-    caller = await authenticate("openid", "profile")
-    return await _profile_response(caller, caller.user)
+@needs("openid", "profile")
+@validate_response(models.ProfileOut)
+async def get_profile() -> models.ProfileOut:
+    """The profile; with the email scope, also the address, whether it is verified and a pending change."""
+    caller = _caller()
+    return await _profile(caller, caller.user)
 
 
 @blueprint.patch("/profile")
-async def patch_profile() -> Response:
-    caller = await authenticate("openid", "profile")
-    body = await json_body()
+@needs("openid", "profile")
+@validate_response(models.ProfileOut)
+@json_request(models.ProfilePatch)
+async def patch_profile(data: models.ProfilePatch) -> models.ProfileOut:
+    """Change the members given (null or blank clears one); answers the updated profile.
+
+    Read-only and unknown members are refused; a refused request changes nothing."""
+    caller = _caller()
+    body = data.model_dump(exclude_unset=True)
     if "zoneinfo" in body:
         await asyncio.to_thread(profile.time_zones)  # the first call reads the zone database
     try:
@@ -158,67 +201,63 @@ async def patch_profile() -> Response:
         )
     except AccountError as exc:
         _invalid(exc)
-    return await _profile_response(caller, user)
+    return await _profile(caller, user)
 
 
 @blueprint.post("/email")
-async def change_email() -> tuple[Response, int]:
-    caller = await authenticate("openid", "email")
-    _require_recent_sign_in(caller, EMAIL_CHANGE_MAX_AUTH_AGE)
-    body = await json_body()
-    for key in body:
-        if key != "email":
-            raise InvalidField(profile.field_label(key), "is not a member of this request")
-    email = body.get("email")
-    if not isinstance(email, str):
-        raise InvalidField("email", "is required (a string)")
+@needs("openid", "email", max_auth_age=EMAIL_CHANGE_MAX_AUTH_AGE)
+@validate_response(models.EmailChangeAccepted, 202)
+@json_request(models.EmailChange)
+async def change_email(data: models.EmailChange) -> tuple[models.EmailChangeAccepted, int]:
+    """Mail a confirmation link to a new address (needs a sign-in at most 15 minutes old).
+
+    The same answer whether or not another account has the address (ASVS 6.3.8)."""
+    caller = _caller()
     try:
-        await profile.request_email_change(runtime().accounts, caller.user.id, email, client_id=caller.client.id)
+        await profile.request_email_change(runtime().accounts, caller.user.id, data.email, client_id=caller.client.id)
     except AccountError as exc:
         _invalid(exc)
-    # The same answer whether or not another account has the address (ASVS 6.3.8).
-    return jsonify(status="verification_sent"), 202
+    return models.EmailChangeAccepted(status="verification_sent"), 202
 
 
 @blueprint.delete("")
-async def delete_account() -> Response:
+@needs("openid")
+@no_content
+@document_errors(429)
+@json_request(models.PasswordConfirmation)
+async def delete_account(data: models.PasswordConfirmation) -> Response:
     """Delete the account and everything held about it; confirmed with the password."""
-    caller = await authenticate("openid")
-    body = await json_body()
-    for key in body:
-        if key != "password":
-            raise InvalidField(profile.field_label(key), "is not a member of this request")
-    password = body.get("password")
-    if not isinstance(password, str) or not password:
-        raise InvalidField("password", "is required to confirm the deletion (a string)")
     try:
         await deletion.delete_account(
             runtime().accounts,
-            caller.user.id,
-            password=password,
+            _caller().user.id,
+            password=data.password,
             ip=client_ip(),
             device_token=None,  # no device cookie reaches the API: an unknown browser
             delete_blob=runtime().delete_picture,
         )
     except AccountError as exc:
         _invalid(exc)
-    return Response("", status=204)
+    return Response(status=204)
 
 
 @blueprint.get("/activity")
-async def get_activity() -> Response:
-    caller = await authenticate("openid")
-    try:
-        limit, before = profile.parse_activity_query(request.args.get("limit"), request.args.get("before"))
-    except AccountError as exc:
-        _invalid(exc)
-    page = await profile.activity(runtime().db, caller.user.id, limit=limit, before=before)
-    return jsonify(items=page.items, next=page.next)
+@needs("openid")
+@validate_response(models.ActivityPage)
+@document_errors(400)
+@validate_querystring(models.ActivityQuery)
+async def get_activity(query_args: models.ActivityQuery) -> models.ActivityPage:
+    """The user's own audit events, newest first, a page at a time (``before`` pages back)."""
+    page = await profile.activity(runtime().db, _caller().user.id, limit=query_args.limit, before=query_args.before)
+    return models.ActivityPage.model_validate({"items": page.items, "next": page.next})
 
 
 @blueprint.get("/export")
-async def export() -> Response:
-    caller = await authenticate("openid", "profile", "email")
+@needs("openid", "profile", "email")
+@validate_response(models.AccountExport)
+async def export() -> tuple[models.AccountExport, int, dict[str, str]]:
+    """Everything stored about the account, as a JSON file (never a credential or what stands in for one)."""
+    caller = _caller()
     rt = runtime()
     current = caller.claims.get("sid")
     data = await profile.export_account(
@@ -231,9 +270,8 @@ async def export() -> Response:
     )
     if data is None:
         raise InvalidToken("The user or client of this token no longer exists or is disabled.")
-    response = jsonify(data)
-    response.headers["Content-Disposition"] = f'attachment; filename="{EXPORT_FILENAME}"'
-    return response
+    disposition = {"Content-Disposition": f'attachment; filename="{EXPORT_FILENAME}"'}
+    return models.AccountExport.model_validate(data), 200, disposition
 
 
 # -- picture -------------------------------------------------------------------------------------
@@ -248,15 +286,21 @@ async def _picture_upload(limit: int) -> bytes:
         files = await request.files
         upload = files.get("picture")
         if upload is None:
-            raise InvalidField("picture", "is required (a multipart part named picture)")
+            raise InvalidFields({"picture": "is required (a multipart part named picture)"})
         return upload.read(limit + 1)
     return await request.get_data(cache=False, as_text=False, parse_form_data=False)
 
 
 @blueprint.put("/picture")
-async def put_picture() -> Response:
-    """Set the profile picture; answers the profile with the new `picture` URL."""
-    caller = await authenticate("openid", "profile")
+@needs("openid", "profile")
+@validate_response(models.ProfileOut)
+@raw_request(models.PICTURE_UPLOAD)
+@document_errors(400, 413)
+async def put_picture() -> models.ProfileOut:
+    """Set the profile picture (PNG, JPEG or WebP, decided by the bytes); answers the profile.
+
+    Stripped of metadata, cropped square and re-encoded; the previous picture's files are deleted."""
+    caller = _caller()
     rt = runtime()
     limit = rt.settings.pictures.max_upload_bytes
     data = await _picture_upload(limit)
@@ -271,20 +315,23 @@ async def put_picture() -> Response:
     async with rt.db.session() as db_session:
         user = await UserRepository(db_session).get(caller.user.id)
     assert user is not None
-    return await _profile_response(caller, user)
+    return await _profile(caller, user)
 
 
 @blueprint.delete("/picture")
+@needs("openid", "profile")
+@no_content
+@document_errors(400)
 async def delete_picture() -> Response:
-    caller = await authenticate("openid", "profile")
+    """Remove the picture and its files."""
     rt = runtime()
     try:
         await pictures.remove_picture(
-            rt.accounts, rt.blobs, caller.user.id, rt.settings.pictures, client_id=caller.client.id
+            rt.accounts, rt.blobs, _caller().user.id, rt.settings.pictures, client_id=_caller().client.id
         )
     except AccountError as exc:
         _invalid(exc)
-    return Response("", status=204)
+    return Response(status=204)
 
 
 # -- second factors (TOTP, recovery codes, passkeys) ----------------------------------------------
@@ -292,38 +339,26 @@ async def delete_picture() -> Response:
 # (ASVS 7.5.1), removing TOTP a current code as well; code attempts count against the mfa limits.
 
 
-def _only(body: dict[str, Any], *allowed: str) -> None:
-    for key in body:
-        if key not in allowed:
-            raise InvalidField(profile.field_label(key), "is not a member of this request")
-
-
-def _string(body: dict[str, Any], key: str, what: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value:
-        raise InvalidField(key, f"is required ({what})")
-    return value
-
-
-async def _with_password(*members: str) -> tuple[Caller, dict[str, Any]]:
-    """The caller and its body, which may hold only ``password`` and ``members`` and must carry the
-    user's current password (ASVS 7.5.1)."""
-    caller = await authenticate("openid")
-    body = await json_body()
-    _only(body, "password", *members)
-    await _check_password(caller, body)
-    return caller, body
-
-
-async def _check_password(caller: Caller, body: dict[str, Any]) -> None:
+async def _check_password(caller: Caller, password: str) -> None:
     """The ``password`` member, checked as a sign-in attempt from the caller's IP (idp.accounts.signin.password
     .reauthenticate). A Bearer request carries no device cookie, so it counts as an unknown
     browser: the per-account limit and the account-wide lock apply. Too many: 429 rate_limited."""
-    password = _string(body, "password", "a string")
     try:
         await reauthenticate(runtime().accounts.sign_in, caller.user.id, password, ip=client_ip(), device_token=None)
     except AccountError as exc:
         _invalid(exc)
+
+
+def _with_password(view: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A view whose body is only the user's current password (ASVS 7.5.1), checked before it runs."""
+
+    @json_request(models.PasswordConfirmation)
+    @wraps(view)
+    async def checked(*args: Any, data: models.PasswordConfirmation, **kwargs: Any) -> Any:
+        await _check_password(_caller(), data.password)
+        return await view(_caller(), *args, **kwargs)
+
+    return document_errors(429)(checked)
 
 
 async def _count_code_attempt(user_id: str) -> None:
@@ -333,16 +368,16 @@ async def _count_code_attempt(user_id: str) -> None:
         raise TooManyRequests(exc.retry_after, "Too many code attempts; try again later.") from None
 
 
-def _passkey_view(key: Any) -> dict[str, Any]:
-    return {
-        "id": key.id,
-        "name": key.name,
-        "created_at": profile.iso(key.created_at),
-        "last_used_at": profile.iso(key.last_used_at),
-        "discoverable": key.discoverable,
-        "backed_up": key.backed_up,
-        "transports": list(key.transports),
-    }
+def _passkey_view(key: Any) -> models.PasskeyOut:
+    return models.PasskeyOut(
+        id=key.id,
+        name=key.name,
+        created_at=profile.iso(key.created_at),
+        last_used_at=profile.iso(key.last_used_at),
+        discoverable=key.discoverable,
+        backed_up=key.backed_up,
+        transports=list(key.transports),
+    )
 
 
 def _api_binding(caller: Caller) -> str:
@@ -351,11 +386,14 @@ def _api_binding(caller: Caller) -> str:
 
 
 @blueprint.get("/mfa")
-async def get_mfa() -> Response:
-    caller = await authenticate("openid")
+@needs("openid")
+@validate_response(models.MfaStatus)
+async def get_mfa() -> models.MfaStatus:
+    """The second factors: TOTP on or off, recovery codes left, the passkeys, and whether policy requires one."""
+    caller = _caller()
     rt = runtime()
     status = await mfa.factor_status(rt.db, caller.user.id)
-    return jsonify(
+    return models.MfaStatus(
         totp=status.totp,
         recovery_codes_remaining=status.recovery_codes,
         passkeys=[_passkey_view(key) for key in await passkeys.list_passkeys(rt.db, caller.user.id)],
@@ -364,115 +402,135 @@ async def get_mfa() -> Response:
 
 
 @blueprint.post("/mfa/totp")
-async def start_totp() -> tuple[Response, int]:
-    caller, _body = await _with_password()
+@needs("openid")
+@validate_response(models.TotpSetup, 201)
+@document_errors(409)
+@_with_password
+async def start_totp(caller: Caller) -> tuple[models.TotpSetup, int]:
+    """Start an authenticator-app setup (replacing an unconfirmed one); 409 when TOTP is on already."""
     try:
         enrolment = await runtime().enrolment.start_totp(caller.user)
     except AccountError as exc:
         raise Conflict(exc.message) from None
-    return (
-        jsonify(
-            credential_id=enrolment.credential_id,
-            secret=enrolment.secret,
-            otpauth_uri=enrolment.provisioning_uri,
-            qr_code=mfa.qr_code(enrolment.provisioning_uri),
-        ),
-        201,
+    setup = models.TotpSetup(
+        credential_id=enrolment.credential_id,
+        secret=enrolment.secret,
+        otpauth_uri=enrolment.provisioning_uri,
+        qr_code=mfa.qr_code(enrolment.provisioning_uri),
     )
+    return setup, 201
 
 
 @blueprint.post("/mfa/totp/confirm")
-async def confirm_totp() -> Response:
-    caller = await authenticate("openid")
-    body = await json_body()
-    _only(body, "credential_id", "code")
-    credential_id = _string(body, "credential_id", "the id returned when the setup started")
-    code = _string(body, "code", "the 6-digit code the app shows")
+@needs("openid")
+@validate_response(models.RecoveryCodes)
+@document_errors(429)
+@json_request(models.TotpConfirmation)
+async def confirm_totp(data: models.TotpConfirmation) -> models.RecoveryCodes:
+    """Turn TOTP on with the app's current code; answers the recovery codes, shown this once."""
+    caller = _caller()
     await _count_code_attempt(caller.user.id)
     try:
-        codes = await runtime().enrolment.confirm_totp(caller.user.id, credential_id, code)
+        codes = await runtime().enrolment.confirm_totp(caller.user.id, data.credential_id, data.code)
     except AccountError as exc:
         _invalid(exc)
-    return jsonify(recovery_codes=codes)
+    return models.RecoveryCodes(recovery_codes=codes)
 
 
 @blueprint.delete("/mfa/totp")
-async def delete_totp() -> Response:
-    caller = await authenticate("openid")
-    body = await json_body()
-    _only(body, "password", "code")
+@needs("openid")
+@no_content
+@document_errors(429)
+@json_request(models.TotpRemoval)
+async def delete_totp(data: models.TotpRemoval) -> Response:
+    """Remove TOTP (with the password and a current code), and the recovery codes unless a passkey remains."""
+    caller = _caller()
     await _count_code_attempt(caller.user.id)
-    await _check_password(caller, body)
+    await _check_password(caller, data.password)
     rt = runtime()
-    if not await mfa.verify_totp(rt.db, rt.encryptor, caller.user.id, _string(body, "code", "a current code")[:64]):
-        raise InvalidField("code", "is not correct or was already used")
+    if not await mfa.verify_totp(rt.db, rt.encryptor, caller.user.id, data.code):
+        raise InvalidFields({"code": "is not correct or was already used"})
     await mfa.disable_totp(rt.db, rt.events, caller.user.id)
-    return Response("", status=204)
+    return Response(status=204)
 
 
 @blueprint.post("/mfa/recovery-codes")
-async def new_recovery_codes() -> Response:
-    caller, _body = await _with_password()
+@needs("openid")
+@validate_response(models.RecoveryCodes)
+@document_errors(409)
+@_with_password
+async def new_recovery_codes(caller: Caller) -> models.RecoveryCodes:
+    """A new set of 10 recovery codes; every earlier code stops working. 409 without a second factor."""
     rt = runtime()
     try:
         codes = await mfa.regenerate_recovery_codes(rt.db, rt.passwords, rt.events, caller.user.id)
     except AccountError as exc:
         raise Conflict(exc.message) from None
-    return jsonify(recovery_codes=codes)
+    return models.RecoveryCodes(recovery_codes=codes)
 
 
 @blueprint.post("/passkeys/options")
-async def passkey_options() -> Response:
-    caller, _body = await _with_password()
+@needs("openid")
+@validate_response(models.PasskeyOptions)
+@_with_password
+async def passkey_options(caller: Caller) -> models.PasskeyOptions:
+    """Start adding a passkey: the ceremony id and the options for navigator.credentials.create()."""
     try:
-        return jsonify(await runtime().enrolment.passkey_options(caller.user, binding=_api_binding(caller)))
+        return models.PasskeyOptions.model_validate(
+            await runtime().enrolment.passkey_options(caller.user, binding=_api_binding(caller))
+        )
     except AccountError as exc:  # the limit of passkeys per account
         _invalid(exc)
 
 
 @blueprint.post("/passkeys")
-async def add_passkey() -> tuple[Response, int]:
-    caller = await authenticate("openid")
-    body = await json_body()
-    _only(body, "ceremony", "credential", "name")
-    credential = body.get("credential")
-    if not isinstance(credential, dict):
-        raise InvalidField("credential", "is required (the PublicKeyCredential as JSON)")
+@needs("openid")
+@validate_response(models.PasskeyOut, 201)
+@json_request(models.PasskeyRegistration)
+async def add_passkey(data: models.PasskeyRegistration) -> tuple[models.PasskeyOut, int]:
+    """Finish adding a passkey with the authenticator's answer (once, for the client and user that started it)."""
+    caller = _caller()
     try:
         key = await runtime().enrolment.add_passkey(
             caller.user.id,
             binding=_api_binding(caller),
-            ceremony=_string(body, "ceremony", "the id returned with the options"),
-            credential=credential,
-            name=str(body.get("name") or "Passkey"),
+            ceremony=data.ceremony,
+            credential=data.credential,
+            name=data.name or "Passkey",
         )
     except AccountError as exc:
         _invalid(exc)
-    return jsonify(_passkey_view(key)), 201
+    return _passkey_view(key), 201
 
 
 @blueprint.patch("/passkeys/<passkey_id>")
-async def rename_passkey(passkey_id: str) -> Response:
-    caller = await authenticate("openid")
-    body = await json_body()
-    _only(body, "name")
+@needs("openid")
+@validate_response(models.PasskeyOut)
+@document_errors(404)
+@json_request(models.PasskeyRename)
+async def rename_passkey(passkey_id: str, data: models.PasskeyRename) -> models.PasskeyOut:
+    """Rename one of the user's passkeys."""
     try:
         key = await passkeys.rename_passkey(
-            runtime().db, runtime().events, caller.user.id, passkey_id[:64], _string(body, "name", "a string")
+            runtime().db, runtime().events, _caller().user.id, passkey_id[:64], data.name
         )
     except AccountError as exc:
         if exc.field == "passkey":
             raise NotFound(exc.message) from None
         _invalid(exc)
-    return jsonify(_passkey_view(key))
+    return _passkey_view(key)
 
 
 @blueprint.delete("/passkeys/<passkey_id>")
-async def delete_passkey(passkey_id: str) -> Response:
-    caller, _body = await _with_password()
+@needs("openid")
+@no_content
+@document_errors(404)
+@_with_password
+async def delete_passkey(caller: Caller, passkey_id: str) -> Response:
+    """Remove one of the user's passkeys (with the password)."""
     if not await passkeys.remove_passkey(runtime().db, runtime().events, caller.user.id, passkey_id[:64]):
         raise NotFound("There is no such passkey on this account.")
-    return Response("", status=204)
+    return Response(status=204)
 
 
 # -- sessions ------------------------------------------------------------------------------------
@@ -481,45 +539,55 @@ async def delete_passkey(passkey_id: str) -> Response:
 
 
 @blueprint.get("/sessions")
-async def list_sessions() -> Response:
-    caller = await authenticate("openid")
+@needs("openid")
+@validate_response(models.SessionList)
+async def list_sessions() -> models.SessionList:
+    """The browser sessions where the user is signed in, most recently active first."""
+    caller = _caller()
     rt = runtime()
     current = caller.claims.get("sid")
     items = await describe_all(
         rt.sessions, rt.db, caller.user.id, current_sid=current if isinstance(current, str) else None
     )
-    return jsonify(sessions=items)
+    return models.SessionList.model_validate({"sessions": items})
 
 
-async def _reauthenticated(caller: Caller) -> None:
+async def _reauthenticated(caller: Caller, data: models.Reauthentication) -> None:
     """ASVS 7.5.2: ending another session needs a fresh authentication: the token's sign-in is at
     most REAUTH_WINDOW old, or the body carries the password. Otherwise RFC 9470's challenge tells
     the app to sign the user in again with max_age."""
-    # A body is optional here: an empty DELETE or POST relies on a recent sign-in.
-    body = await json_body() if request.content_length or request.mimetype else {}
-    _only(body, "password")
-    if "password" in body:
-        await _check_password(caller, body)
+    if data.password is not None:
+        await _check_password(caller, data.password)
         return
     _require_recent_sign_in(caller, REAUTH_WINDOW)
 
 
 @blueprint.delete("/sessions/<sid>")
-async def end_session(sid: str) -> Response:
-    caller = await authenticate("openid")
+@needs("openid")
+@no_content
+@document_errors(404, 429)
+@json_request(models.Reauthentication, optional=True)
+async def end_session(sid: str, data: models.Reauthentication) -> Response:
+    """End one of the user's sessions; another than the token's own needs a fresh sign-in or the password."""
+    caller = _caller()
     own = sid == caller.claims.get("sid")
     if not own:
-        await _reauthenticated(caller)
+        await _reauthenticated(caller, data)
     reason = "logout" if own else "ended_by_user"
     if len(sid) > 64 or not await runtime().sessions.end_by_sid(caller.user.id, sid, reason=reason):
         raise NotFound("There is no such session of this account (it may have ended already).")
-    return Response("", status=204)
+    return Response(status=204)
 
 
 @blueprint.post("/sessions/end-others")
-async def end_other_sessions() -> Response:
-    caller = await authenticate("openid")
-    await _reauthenticated(caller)
+@needs("openid")
+@validate_response(models.SessionsEnded)
+@document_errors(409, 429)
+@json_request(models.Reauthentication, optional=True)
+async def end_other_sessions(data: models.Reauthentication) -> models.SessionsEnded:
+    """End every session but the token's own (needs a fresh sign-in or the password); 409 when that one has ended."""
+    caller = _caller()
+    await _reauthenticated(caller, data)
     rt = runtime()
     current = caller.claims.get("sid")
     session = await rt.sessions.by_sid(current) if isinstance(current, str) else None
@@ -529,4 +597,4 @@ async def end_other_sessions() -> Response:
             "End sessions one by one, or sign in again."
         )
     ended = await rt.sessions.end_all_for_user(caller.user.id, keep=session.digest, reason="ended_by_user")
-    return jsonify(ended=len(ended))
+    return models.SessionsEnded(ended=len(ended))

@@ -257,10 +257,20 @@ async def test_openapi_describes_the_apis_and_validates(client: Any) -> None:
     validate(document)  # openapi-spec-validator: a valid OpenAPI 3.1 document
     assert document["openapi"].startswith("3.1")
     assert "/api/admin/users" in document["paths"] and "/api/admin/audit/export" in document["paths"]
-    assert all(path.startswith("/api/admin/") for path in document["paths"])
+    # The account API too, every operation with its summary, its answers and its error answers.
+    account = {path: item for path, item in document["paths"].items() if path.startswith("/api/account")}
+    assert {"/api/account", "/api/account/profile", "/api/account/sessions/{sid}"} <= set(account)
+    assert set(account["/api/account/profile"]) == {"get", "patch"}
+    for item in account.values():
+        for operation in item.values():
+            assert operation["summary"] and {"401", "403"} <= set(map(str, operation["responses"]))
+    patch = account["/api/account/profile"]["patch"]
+    assert patch["requestBody"]["required"] is True and "400" in map(str, patch["responses"])
+    assert all(path.startswith(("/api/admin/", "/api/account")) for path in document["paths"])
     docs = await client.get("/api/docs")
     html = await docs.get_data(as_text=True)
     assert docs.status_code == 200 and "GET /api/admin/users" in html and "cdn" not in html.lower()
+    assert "PATCH /api/account/profile" in html
 
 
 # -- clients and keys ------------------------------------------------------------------------------
