@@ -12,7 +12,8 @@ from quart import Response, current_app, g, request
 from idp import openapi
 from idp.accounts.blueprints import API as account_api
 from idp.accounts.blueprints import PAGES as account_pages
-from idp.admin.api import blueprint as admin_api
+from idp.admin.blueprints import API as admin_api
+from idp.admin.blueprints import PAGES as admin_pages
 from idp.config import Settings
 from idp.error_responses import install_error_handlers
 from idp.errors import InvalidRequest, from_http_status
@@ -82,6 +83,7 @@ def _register_blueprints(app: IdPApp) -> None:
         *((page_blueprint, False) for page_blueprint in account_pages),
         (account_api, True),
         (admin_api, True),
+        (admin_pages, False),
         (openapi.pages, False),
     ):
         app.register_blueprint(bp)

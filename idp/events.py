@@ -543,6 +543,17 @@ class SigningKeysRotated(Event):
         return {"new_kids": list(self.new_kids), "retired_kids": list(self.retired_kids)}
 
 
+@dataclass(frozen=True)
+class SigningKeysPurged(Event):
+    """Retired keys whose publication window had ended were deleted."""
+
+    name: ClassVar[str] = "signing_keys_purged"
+    removed: int
+
+    def details(self) -> dict[str, Any]:
+        return {"removed": self.removed}
+
+
 Handler = Callable[[Event, EventContext], Awaitable[None]]
 
 

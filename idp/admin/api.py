@@ -326,15 +326,9 @@ async def audit_log(query_args: AuditQuery) -> AuditPage:
 async def audit_export(query_args: AuditExportQuery) -> Response:
     """Every matching event oldest first, streamed as CSV (RFC 4180) or JSON lines."""
     where = _audit_filter(query_args)
-    db, csv = runtime().db, query_args.format == "csv"
-
-    async def lines() -> Any:
-        if csv:
-            yield admin_audit.csv_header().encode()
-        async for row in admin_audit.oldest_first(db, where):
-            yield (admin_audit.csv_line(row) if csv else admin_audit.json_line(row)).encode()
-
-    response = Response(lines(), mimetype="text/csv" if csv else "application/x-ndjson")
+    csv = query_args.format == "csv"
+    lines = admin_audit.export_lines(runtime().db, where, csv_format=csv)
+    response = Response(lines, mimetype="text/csv" if csv else "application/x-ndjson")
     response.headers["Content-Disposition"] = f'attachment; filename="audit.{"csv" if csv else "jsonl"}"'
     return response
 

@@ -150,3 +150,11 @@ def _csv_line(cells: Any) -> str:
 
 def json_line(row: dict[str, Any]) -> str:
     return json.dumps(row, sort_keys=True) + "\n"
+
+
+async def export_lines(db: Database, where: AuditFilter, *, csv_format: bool) -> AsyncIterator[bytes]:
+    """The export as it goes out: a CSV header and rows, or JSON lines, batch by batch."""
+    if csv_format:
+        yield csv_header().encode()
+    async for row in oldest_first(db, where):
+        yield (csv_line(row) if csv_format else json_line(row)).encode()

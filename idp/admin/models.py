@@ -26,7 +26,9 @@ class ErrorOut(_Model):
 
 class UserQuery(_Model):
     q: str | None = Field(default=None, max_length=320, description="Part of the address or a name.")
-    status: Literal["active", "unverified", "disabled"] | None = None
+    status: Literal["active", "unverified", "disabled", "locked"] | None = Field(
+        default=None, description="locked: under an account-wide sign-in lock now."
+    )
     admin: bool | None = Field(default=None, description="Only administrators (true) or only others (false).")
     mfa: bool | None = Field(default=None, description="With a second factor (true) or without (false).")
     cursor: str | None = Field(default=None, max_length=200, description="next_cursor of the page before.")
@@ -93,6 +95,9 @@ class UserDetail(UserSummary):
     second_factors: SecondFactors
     consents: list[Consent]
     recent_activity: list[ActivityItem]
+    locked_for: int | None = Field(
+        default=None, description="Seconds the account-wide sign-in lock still holds (0: none; null: out of reach)."
+    )
     sessions: list[SessionOut] | None = Field(
         default=None, description="Where the user is signed in (null when the sessions are out of reach)."
     )

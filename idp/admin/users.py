@@ -14,7 +14,7 @@ import binascii
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from idp.accounts import account_status
@@ -25,14 +25,24 @@ from idp.accounts.profile.profile import activity, iso
 from idp.accounts.security.mfa import factor_status
 from idp.accounts.sessions.store import describe_all
 from idp.accounts.users import AccountError
-from idp.events import AdminGranted, AdminRevoked, EmailVerified, SecondFactorsReset
+from idp.events import AccountLocked, AdminGranted, AdminRevoked, EmailVerified, SecondFactorsReset
 from idp.storage.models import User
-from idp.storage.repositories import LastAdministrator, MfaRepository, RecoveryCodeRepository, UserRepository
+from idp.storage.repositories import (
+    AuditFilter,
+    AuditRepository,
+    LastAdministrator,
+    MfaRepository,
+    RecoveryCodeRepository,
+    UserRepository,
+)
 
-STATUSES = ("active", "unverified", "disabled")
+STATUSES = ("active", "unverified", "disabled", "locked")
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
 MAX_QUERY = 320
+# Locks started within one lock's duration that the "locked" filter looks at (a flood of more
+# is an attack the dashboard shows anyway).
+MAX_LOCK_CANDIDATES = 1000
 _CURSOR = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 
@@ -103,12 +113,28 @@ def check_query(query: UserQuery) -> tuple[datetime, str] | None:
     return _decode_cursor(query.cursor) if query.cursor is not None else None
 
 
+async def locked_accounts(ctx: AccountContext) -> set[str]:
+    """Ids of the accounts under an account-wide sign-in lock now. The locks live in the key-value
+    store under a digest of the address, so the candidates come from the audit log (every lock
+    started there within a lock's duration) and each is checked against the lock itself."""
+    since = datetime.now(UTC) - timedelta(seconds=ctx.lockout.spec.lock_duration + 1)
+    async with ctx.db.session() as session:
+        started = await AuditRepository(session).newest(
+            AuditFilter(event=AccountLocked.name, since=since), limit=MAX_LOCK_CANDIDATES
+        )
+        candidates = {event.subject_id for event in started if event.subject_id}
+        users = await UserRepository(session).search(among=candidates, limit=MAX_LOCK_CANDIDATES)
+    return {user.id for user in users if await ctx.lockout.locked_for(user.email_normalized)}
+
+
 async def find_users(ctx: AccountContext, query: UserQuery) -> UserPage:
     after = check_query(query)
+    among = await locked_accounts(ctx) if query.status == "locked" else None
     async with ctx.db.session() as session:
         rows = await UserRepository(session).search(
             text=(query.text or "").strip() or None,
-            status=query.status,
+            status=None if query.status == "locked" else query.status,
+            among=among,
             admin=query.admin,
             with_second_factor=query.second_factor,
             after=after,
@@ -144,7 +170,8 @@ async def user_detail(ctx: AccountContext, user: User, *, sessions: bool = True)
         ],
         "recent_activity": (await activity(ctx.db, user.id, limit=10)).items,
     }
-    if sessions:
+    if sessions:  # the locks are kept with the sessions: out of reach alike
+        detail["locked_for"] = await ctx.lockout.locked_for(user.email_normalized)
         detail["sessions"] = await describe_all(ctx.sessions, ctx.db, user.id, current_sid=None)
     return detail
 

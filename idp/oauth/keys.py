@@ -19,7 +19,7 @@ from typing import Any
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from idp.config import KeySettings, TokenSettings
-from idp.events import EventBus, SigningKeysRotated
+from idp.events import EventBus, SigningKeysPurged, SigningKeysRotated
 from idp.security.encryption import Encryptor
 from idp.security.tokens import random_token
 from idp.storage.db import Database
@@ -137,6 +137,8 @@ class KeyManager:
         async with self._db.session() as session:
             removed = await SigningKeyRepository(session).delete_expired(self._clock())
         await self.reload()
+        if removed and self._events is not None:
+            await self._events.publish(SigningKeysPurged(removed=removed))
         return removed
 
     async def reload(self) -> None:

@@ -18,13 +18,13 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from idp.accounts.apps import consents
 from idp.accounts.security import mfa, passkeys
 from idp.accounts.security.relying_party import RelyingParty
-from idp.storage.models import Base
-from tests.mfa_helpers import Clock, enable_totp, outbox_subjects, text
+from idp.storage.models import Base, User
+from tests.mfa_helpers import Clock, enable_totp, outbox_subjects, text, totp_answer
 from tests.oauth_helpers import (
     PASSWORD,
     WEB_REDIRECT,
@@ -39,7 +39,7 @@ from tests.oauth_helpers import (
 from tests.webauthn_soft import SoftAuthenticator
 
 # Known page blueprints; the walk covers every blueprint that does not answer in JSON, these included.
-PAGE_BLUEPRINTS = frozenset({"accounts", "mfa", "oauth_pages"})
+PAGE_BLUEPRINTS = frozenset({"accounts", "mfa", "oauth_pages", "admin"})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 # State-changing page routes that take no CSRF token at all, and why.
@@ -146,12 +146,17 @@ async def attacker_token(app: Any) -> str:
 @pytest.fixture
 async def victim(app: Any, runtime: Any, clock: Clock) -> Victim:
     world = await make_world(runtime)
-    browser = app.test_client()
-    signed_in = await login(browser, world.email)
-    assert signed_in.status_code == 303 and signed_in.headers["Location"] == "/"
+    # An administrator signed in with a second factor, so that the admin pages' forms are within
+    # a forged request's reach too (the admin pages refuse anyone else before any form is read).
+    async with runtime.db.session() as session:
+        await session.execute(update(User).where(User.id == world.user_id).values(is_admin=True))
     # Things a forged request could destroy: a consent, an authenticator app, a passkey.
+    secret, _ = await enable_totp(runtime, world.user_id, clock)
+    browser = app.test_client()
+    assert (await login(browser, world.email)).headers["Location"] == "/login/mfa"
+    signed_in = await totp_answer(secret, clock)(browser)
+    assert signed_in.status_code == 303 and signed_in.headers["Location"] == "/"
     await consents.grant(runtime.db, world.user_id, world.spa_id, ["openid", "profile"])
-    await enable_totp(runtime, world.user_id, clock)
     rp = RelyingParty(id="localhost", name="idp test", origins=("http://localhost:8000",))
     ceremony, options = await passkeys.registration_options(
         runtime.db, runtime.kv, rp, user_id=world.user_id, user_name=world.email, display_name="Alice", binding="b"
@@ -188,6 +193,7 @@ async def victim(app: Any, runtime: Any, clock: Clock) -> Victim:
         "passkey_id": passkey.id,
         "interaction_id": interaction_id,
         "sid": session.sid,
+        "user_id": world.user_id,
     }
     return Victim(world, browser, samples)
 
@@ -241,6 +247,7 @@ def test_exemptions_name_state_changing_page_routes(app: Any) -> None:
     assert {"accounts.login_submit", "accounts.delete_account", "oauth_pages.consent", "oauth_pages.end_session"} <= (
         endpoints
     )
+    assert {"admin.user_disable", "admin.user_delete", "admin.client_new", "admin.keys_rotate"} <= endpoints
     assert PAGE_BLUEPRINTS <= {endpoint.partition(".")[0] for endpoint in endpoints}
     assert {"account_api", "oauth"} <= set(app.json_blueprints)  # Bearer or client auth, no cookies
 

@@ -14,7 +14,7 @@ from idp.accounts import blueprints
 
 PACKAGE = Path(__file__).resolve().parents[2] / "idp"
 # The Quart-facing modules, by name. oauth: routes.py. accounts: a pages.py per feature, the account
-# API (api.py), and web.py with what those share.
+# API (api.py), and web.py with what those share. admin: the same, its pages in *_pages.py.
 OAUTH_WEB_MODULES = {"routes.py"}
 ACCOUNT_ROUTE_MODULES = {"pages.py", "api.py"}
 ACCOUNT_WEB_MODULES = ACCOUNT_ROUTE_MODULES | {"web.py"}
@@ -22,8 +22,11 @@ MAX_ACCOUNT_MODULE_LINES = 600
 
 
 def is_web_module(path: Path) -> bool:
-    names = OAUTH_WEB_MODULES if "oauth" in path.relative_to(PACKAGE).parts else ACCOUNT_WEB_MODULES
-    return path.name in names
+    parts = path.relative_to(PACKAGE).parts
+    if "oauth" in parts:
+        return path.name in OAUTH_WEB_MODULES
+    # admin: web.py (the blueprint and its guard), api.py, and a *_pages.py per audience of pages.
+    return path.name in ACCOUNT_WEB_MODULES or ("admin" in parts and path.name.endswith("_pages.py"))
 
 
 def imports_of(path: Path) -> set[str]:

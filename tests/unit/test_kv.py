@@ -411,6 +411,18 @@ async def test_delete_prefix_only_removes_that_sub_prefix(store: KeyValueStore) 
     assert await store.delete_prefix("sess:") == 0
 
 
+async def test_count_prefix_counts_live_keys_of_that_sub_prefix_only(store: KeyValueStore) -> None:
+    await store.set("sess:1", "a")
+    await store.set("sess:2", "b", ttl=60)
+    await store.set("sess:gone", "x", ttl=0.01)
+    await store.set("sess-other", "c")
+    await store.set("se*:1", "glob")
+    await asyncio.sleep(0.05)
+    assert await store.count_prefix("sess:") == 2
+    assert await store.count_prefix("se*:") == 1  # glob characters are literal
+    assert await store.count_prefix("none:") == 0
+
+
 async def test_delete_prefix_treats_glob_characters_literally(store: KeyValueStore) -> None:
     for key in ("a*b", "a*c", "axb", "[x]1", "x1", "q?1", "qq1", "back\\slash", "backXslash"):
         await store.set(key, "v")

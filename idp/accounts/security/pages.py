@@ -41,6 +41,8 @@ _NOTICES = {
     "passkey-added": "The passkey was added.",
     "passkey-renamed": "The passkey was renamed.",
     "passkey-removed": "The passkey was removed.",
+    "admin-needs-mfa": "Administrators need a second factor: set one up here, then sign in again with it "
+    "to open the admin pages.",
 }
 
 

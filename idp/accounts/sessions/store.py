@@ -246,6 +246,10 @@ class SessionStore:
 
     # -- use -------------------------------------------------------------------------------------
 
+    async def count_active(self) -> int:
+        """How many sessions are live now, across every user (for administrators)."""
+        return await self._kv.count_prefix(_SESSION)
+
     async def load(self, cookie_value: str | None) -> BrowserSession | None:
         if not cookie_value or len(cookie_value) > 128:
             return None

@@ -121,6 +121,11 @@ class KeyValueStore(abc.ABC):
         """Delete every key under ``prefix + sub_prefix``; returns how many were deleted."""
 
     @abc.abstractmethod
+    async def count_prefix(self, sub_prefix: str) -> int:
+        """How many live keys are under ``prefix + sub_prefix`` (an administrator's count: it
+        walks the keys, so never on a request path that users take)."""
+
+    @abc.abstractmethod
     async def ping(self) -> None:
         """Raise :class:`KeyValueUnavailable` when the backend cannot be reached (readiness probes)."""
 

@@ -250,6 +250,14 @@ class MemoryStore(KeyValueStore):
                 removed += 1
         return removed
 
+    async def count_prefix(self, sub_prefix: str) -> int:
+        start, now = self._k(sub_prefix), self._clock()
+        return sum(
+            1
+            for k, entry in self._data.items()
+            if k.startswith(start) and (entry.expires_at is None or entry.expires_at > now)
+        )
+
     async def ping(self) -> None:
         """The process' own memory is always reachable."""
 

@@ -219,6 +219,15 @@ class RedisStore(KeyValueStore):
                 removed += int(await self._redis.unlink(*batch))
         return removed
 
+    async def count_prefix(self, sub_prefix: str) -> int:
+        """SCAN, never KEYS (which blocks the server on a large database)."""
+        pattern = _escape_glob(self._k(sub_prefix)) + "*"
+        found = 0
+        async with self._guard():
+            async for _ in self._redis.scan_iter(match=pattern, count=1000):
+                found += 1
+        return found
+
     async def ping(self) -> None:
         async with self._guard():
             await self._redis.ping()

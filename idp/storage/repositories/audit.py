@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idp.storage.models import AuditEvent
@@ -20,6 +20,8 @@ class AuditFilter:
     subject_id: str | None = None
     client_id: str | None = None
     event: str | None = None
+    # Any of these events (with ``event``, both must hold).
+    events: tuple[str, ...] = ()
     outcome: str | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -34,6 +36,8 @@ def _filtered(query: Select[Any], where: AuditFilter) -> Select[Any]:
     ):
         if value is not None:
             query = query.where(column == value)
+    if where.events:
+        query = query.where(AuditEvent.event.in_(where.events))
     if where.since is not None:
         query = query.where(AuditEvent.occurred_at >= where.since)
     if where.until is not None:
@@ -83,3 +87,19 @@ class AuditRepository:
         if after_id is not None:
             query = query.where(AuditEvent.id > after_id)
         return (await self.session.execute(query.order_by(AuditEvent.id).limit(limit))).scalars().all()
+
+    async def hourly_counts(self, events: Sequence[str], since: datetime) -> list[tuple[str, str, int]]:
+        """(hour, event, count) of these events since ``since``, the hour as "YYYY-MM-DD HH" (UTC),
+        counted by the database: a day of sign-ins is never loaded row by row."""
+        bind = self.session.get_bind()
+        if bind.dialect.name == "postgresql":
+            in_utc = func.timezone("UTC", AuditEvent.occurred_at)
+            hour = func.to_char(func.date_trunc("hour", in_utc), "YYYY-MM-DD HH24")
+        else:
+            hour = func.strftime("%Y-%m-%d %H", AuditEvent.occurred_at)
+        query = (
+            select(hour, AuditEvent.event, func.count())
+            .where(AuditEvent.event.in_(list(events)), AuditEvent.occurred_at >= since)
+            .group_by(hour, AuditEvent.event)
+        )
+        return [(str(h), str(e), int(n)) for h, e, n in (await self.session.execute(query)).all()]

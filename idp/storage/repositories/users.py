@@ -6,7 +6,7 @@ address is the accounts domain's rule, not storage's."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from sqlalchemy import and_, exists, func, inspect, or_, select, update
@@ -95,13 +95,17 @@ class UserRepository:
         status: str | None = None,
         admin: bool | None = None,
         with_second_factor: bool | None = None,
+        among: Collection[str] | None = None,
         after: tuple[datetime, str] | None = None,
         limit: int = 50,
     ) -> Sequence[User]:
         """Accounts in the order they were created (then by id), after the ``after`` position: a
         stable cursor, since neither changes. ``text`` matches the address or any name part
-        (case-insensitive substring); ``status`` is "active", "unverified" or "disabled"."""
+        (case-insensitive substring); ``status`` is "active", "unverified" or "disabled"; ``among``
+        keeps only these ids."""
         query = select(User)
+        if among is not None:
+            query = query.where(User.id.in_(list(among)))
         if text:
             pattern = "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             query = query.where(
@@ -142,6 +146,21 @@ class UserRepository:
             await self.session.flush()
         except IntegrityError:
             raise AlreadyTaken("email_normalized") from None
+
+    async def count_by_status(self) -> dict[str, int]:
+        """Accounts by status as ``search`` defines them, and how many are administrators."""
+        row = (
+            await self.session.execute(
+                select(
+                    func.count().filter(User.disabled.is_(False), User.email_verified.is_(True)),
+                    func.count().filter(User.disabled.is_(False), User.email_verified.is_(False)),
+                    func.count().filter(User.disabled.is_(True)),
+                    func.count().filter(User.is_admin.is_(True)),
+                    func.count(),
+                ).select_from(User)
+            )
+        ).one()
+        return dict(zip(("active", "unverified", "disabled", "admins", "total"), (int(n) for n in row), strict=True))
 
     async def count(self) -> int:
         return int((await self.session.execute(select(func.count()).select_from(User))).scalar_one())
