@@ -572,7 +572,12 @@ def users_unlock(state: CliState, email: str, as_json: bool) -> None:
 
 @users.command("list")
 @click.option("--query", "text", default=None, help="Part of the address or name (case-insensitive).")
-@click.option("--status", type=click.Choice(["active", "unverified", "disabled"]), default=None)
+@click.option(
+    "--status",
+    type=click.Choice(["active", "unverified", "disabled", "locked"]),
+    default=None,
+    help="locked: under an account-wide sign-in lock now (needs the shared key-value store, Redis).",
+)
 @click.option("--admin/--no-admin", "admin", default=None, help="Only administrators, or only others.")
 @click.option("--mfa/--no-mfa", "second_factor", default=None, help="With a second factor, or without.")
 @click.option("--limit", type=click.IntRange(1, 200), default=50, show_default=True)

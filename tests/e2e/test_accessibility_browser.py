@@ -10,6 +10,7 @@ is visited through one.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from playwright.async_api import Page
 
 from idp import create_app
 from idp.config import load_settings
+from tests.e2e.admin_browser import become_mfa_administrator
 from tests.e2e.browser import chromium, new_page, require_chromium
 from tests.e2e.server import IDP, free_port, production_env, run_idp, running
 from tests.oauth_helpers import pkce_pair
@@ -44,11 +46,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     env = production_env(data_dir, port)
     run_idp(env, "db", "upgrade")
     run_idp(env, "users", "create", "--email", EMAIL, "--password-stdin", "--verified", "--name", "Ada",
-            stdin=PASSWORD + "\n")  # fmt: skip
+            "--admin", stdin=PASSWORD + "\n")  # fmt: skip
     client = run_idp(env, "clients", "create", "--name", "Third Party App", "--confidential",
                      "--redirect-uri", "https://rp.example/cb", "--json")  # fmt: skip
     with running([IDP, "serve"], env, port):
-        yield {"base": env["IDP_ISSUER"], "env": env, "client_id": json.loads(client)["client_id"]}
+        [ada] = json.loads(run_idp(env, "users", "list", "--json"))["users"]
+        yield {
+            "base": env["IDP_ISSUER"],
+            "env": env,
+            "client_id": json.loads(client)["client_id"],
+            "user_id": ada["id"],
+        }
 
 
 def page_paths(env: dict[str, str]) -> list[str]:
@@ -62,6 +70,17 @@ def page_paths(env: dict[str, str]) -> list[str]:
         and (rule.rule == "/api/docs" or not rule.rule.startswith(NOT_PAGES))
     }
     return sorted(paths)
+
+
+def admin_paths(env: dict[str, str], samples: dict[str, str]) -> list[str]:
+    """Every GET route of the admin pages, URL parameters filled with ``samples`` (a route with a
+    parameter that has none, a session id, is left out)."""
+    app = create_app(load_settings(environ=env))
+    found = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith("admin.") and "GET" in (rule.methods or ()) and rule.arguments <= set(samples):
+            found.append(re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", lambda match: samples[match.group(1)], rule.rule))
+    return sorted(found)
 
 
 async def check(page: Page, axe: Axe, url: str, found: dict[str, Any]) -> bool:
@@ -104,6 +123,13 @@ async def test_every_page_passes_axe_and_fits_a_phone(server: dict[str, Any], tm
                 continue  # would end the session the rest of the walk needs; checked last
             if await check(page, axe, base + path, found):
                 checked.append(f"signed in {path}")
+        # The admin pages, as an administrator who signed in with a second factor (the walk above
+        # was sent to set one up); every page, with the account and a client as samples.
+        await become_mfa_administrator(page, base, EMAIL, PASSWORD)
+        samples = {"user_id": server["user_id"], "client_id": server["client_id"]}
+        for path in admin_paths(server["env"], samples):
+            if await check(page, axe, base + path, found):
+                checked.append(f"admin {path}")
         _, challenge = pkce_pair()
         query = {
             "response_type": "code",
@@ -137,6 +163,14 @@ async def test_every_page_passes_axe_and_fits_a_phone(server: dict[str, Any], tm
         "signed in /account/security",
         "signed in /account/sessions",
         "consent",
+        "admin /admin/",
+        "admin /admin/users",
+        f"admin /admin/users/{server['user_id']}",
+        f"admin /admin/users/{server['user_id']}/delete",
+        "admin /admin/clients/new",
+        f"admin /admin/clients/{server['client_id']}/edit",
+        "admin /admin/keys",
+        "admin /admin/audit",
     )
     for expected in expected_pages:
         assert expected in checked, checked
