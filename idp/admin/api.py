@@ -176,22 +176,12 @@ async def get_user(user_id: str) -> UserDetail:
     return UserDetail.model_validate(detail)
 
 
-async def _act(user_id: str, action: str) -> ActionResult:
-    rt = runtime()
+async def _act(user_id: str, change: Any) -> ActionResult:
+    """Apply ``change`` (a domain function of the account context and the account that says
+    whether anything changed) to the account; its refusal as a field error."""
     user = await _user(user_id)
     try:
-        if action == "disable":
-            changed = not user.disabled
-            await account_status.disable(rt.accounts, user.id)
-        elif action == "enable":
-            changed = user.disabled
-            await account_status.enable(rt.accounts, user.id)
-        elif action == "verify-email":
-            changed = await admin_users.verify_email(rt.accounts, user)
-        elif action == "grant-admin":
-            changed = await admin_users.grant_admin(rt.accounts, user)
-        else:
-            changed = await admin_users.revoke_admin(rt.accounts, user)
+        changed = await change(runtime().accounts, user)
     except AccountError as exc:
         raise _refused(exc) from None
     return ActionResult(id=user.id, changed=changed)
@@ -202,21 +192,21 @@ async def _act(user_id: str, action: str) -> ActionResult:
 @_documented_errors(400, 401, 403, 404)
 async def disable_user(user_id: str) -> ActionResult:
     """The account can't sign in: its sessions end (back-channel logout) and its grants are revoked."""
-    return await _act(user_id, "disable")
+    return await _act(user_id, lambda ctx, user: admin_users.set_disabled(ctx, user, True))
 
 
 @blueprint.post("/users/<user_id>/enable")
 @validate_response(ActionResult)
 @_documented_errors(401, 403, 404)
 async def enable_user(user_id: str) -> ActionResult:
-    return await _act(user_id, "enable")
+    return await _act(user_id, lambda ctx, user: admin_users.set_disabled(ctx, user, False))
 
 
 @blueprint.post("/users/<user_id>/verify-email")
 @validate_response(ActionResult)
 @_documented_errors(401, 403, 404)
 async def verify_user_email(user_id: str) -> ActionResult:
-    return await _act(user_id, "verify-email")
+    return await _act(user_id, admin_users.verify_email)
 
 
 @blueprint.post("/users/<user_id>/grant-admin")
@@ -226,7 +216,7 @@ async def grant_admin(user_id: str) -> ActionResult:
     """Make the account an administrator (needs a recent sign-in)."""
     admin = _admin()
     require_fresh(admin, runtime().settings.admin.fresh_auth_max_age)
-    return await _act(user_id, "grant-admin")
+    return await _act(user_id, admin_users.grant_admin)
 
 
 @blueprint.post("/users/<user_id>/revoke-admin")
@@ -234,7 +224,7 @@ async def grant_admin(user_id: str) -> ActionResult:
 @_documented_errors(400, 401, 403, 404)
 async def revoke_admin(user_id: str) -> ActionResult:
     """Take the role away; refused (400) for the last enabled administrator."""
-    return await _act(user_id, "revoke-admin")
+    return await _act(user_id, admin_users.revoke_admin)
 
 
 @blueprint.post("/users/<user_id>/reset-mfa")

@@ -129,17 +129,11 @@ class UserAction:
 
 
 async def _disable(user: User) -> bool:
-    if user.disabled:
-        return False
-    await account_status.disable(runtime().accounts, user.id)
-    return True
+    return await admin_users.set_disabled(runtime().accounts, user, True)
 
 
 async def _enable(user: User) -> bool:
-    if not user.disabled:
-        return False
-    await account_status.enable(runtime().accounts, user.id)
-    return True
+    return await admin_users.set_disabled(runtime().accounts, user, False)
 
 
 async def _send_reset(user: User) -> bool:

@@ -179,6 +179,18 @@ async def user_detail(ctx: AccountContext, user: User, *, sessions: bool = True)
 # -- actions -------------------------------------------------------------------------------------
 
 
+async def set_disabled(ctx: AccountContext, user: User, disabled: bool) -> bool:
+    """Disable the account (its sessions end, its grants are revoked) or enable it; False when it
+    was so already (nothing published). Raises AccountError for the last enabled administrator."""
+    if bool(user.disabled) == disabled:
+        return False
+    if disabled:
+        await account_status.disable(ctx, user.id)
+    else:
+        await account_status.enable(ctx, user.id)
+    return True
+
+
 async def grant_admin(ctx: AccountContext, user: User) -> bool:
     """Make the account an administrator; False when it was one already (nothing published)."""
     if user.is_admin:

@@ -191,6 +191,8 @@ async def test_actions_change_the_account_and_are_audited_with_the_actor(
         assert await answer.get_json() == {"id": alice.id, "changed": True}
         async with setup["runtime"].db.session() as session:
             assert getattr(await session.get(User, alice.id), field) is value
+        again = await client.post(f"/api/admin/users/{alice.id}/{action}", headers=headers)
+        assert await again.get_json() == {"id": alice.id, "changed": False}  # and nothing published
     assert (await (await client.post(f"/api/admin/users/{alice.id}/enable", headers=headers)).get_json())[
         "changed"
     ] is False
@@ -203,6 +205,7 @@ async def test_actions_change_the_account_and_are_audited_with_the_actor(
     acted = {(row.event, row.actor_id, row.details.get("via")) for row in rows}
     assert ("account_disabled", setup["staff"].id, "admin_api") in acted
     assert ("account_enabled", setup["staff"].id, "admin_api") in acted
+    assert [row.event for row in rows].count("account_disabled") == 1
 
 
 async def test_the_last_administrator_is_refused_by_field(client: Any, setup: dict[str, Any]) -> None:
