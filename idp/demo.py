@@ -68,7 +68,9 @@ async def seed_demo(rt: Runtime) -> SeedResult:
             rt.db,
             rt.passwords,
             rt.events,
-            NewUser(email=DEMO_EMAIL, password=DEMO_PASSWORD, name="Demo User", email_verified=True),
+            # An administrator, so the demo shows the admin pages too (they ask for a second
+            # factor first, as [admin] require_mfa does by default).
+            NewUser(email=DEMO_EMAIL, password=DEMO_PASSWORD, name="Demo User", email_verified=True, is_admin=True),
         )
         user_id, user_created = user.id, True
     else:

@@ -535,7 +535,7 @@ def test_seed_demo_is_idempotent(cli_env: dict[str, str], database_url: str) -> 
     assert secret
 
     user = get_user(database_url, "demo@example.com")
-    assert user is not None and user.email_verified
+    assert user is not None and user.email_verified and user.is_admin  # the demo shows /admin too
     assert PasswordHasher().verify(user.password_hash, first["login"]["password"])
     spa, web = get_client(database_url, "demo-spa"), get_client(database_url, "demo-web")
     assert spa is not None and spa.client_type == "public" and spa.token_endpoint_auth_method == "none"
