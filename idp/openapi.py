@@ -8,8 +8,9 @@ request and answer bodies and its error answers (idp.api_errors). The OAuth and 
 endpoints are specified by their RFCs and advertised by discovery; the HTML pages are for people.
 
 What quart-schema can't say from a model is added here from marks on the views: a 204 with no
-body (``no_content``), a body that is not a JSON model (``raw_request``, the picture upload) and
-a JSON body that may be left out (``optional_body``); every other body is required.
+body (``no_content``), a body or an answer that is not a JSON model (``raw_request``, the picture
+upload; ``raw_response``, a CSV export) and a JSON body that may be left out (``optional_body``);
+every other body is required.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ View = TypeVar("View", bound=Callable[..., Any])
 _NO_CONTENT = "_idp_openapi_no_content"
 _RAW_REQUEST = "_idp_openapi_raw_request"
 _OPTIONAL_BODY = "_idp_openapi_optional_body"
+_RAW_RESPONSES = "_idp_openapi_raw_responses"
 
 
 def no_content(view: View) -> View:
@@ -43,6 +45,17 @@ def raw_request(content: dict[str, Any]) -> Callable[[View], View]:
 
     def decorate(view: View) -> View:
         setattr(view, _RAW_REQUEST, content)
+        return view
+
+    return decorate
+
+
+def raw_response(status: int, content: dict[str, Any], description: str = "") -> Callable[[View], View]:
+    """An answer that is not a JSON model (a CSV export): ``content`` is its OpenAPI content map."""
+
+    def decorate(view: View) -> View:
+        answer = {"description": description, "content": content}
+        setattr(view, _RAW_RESPONSES, {**getattr(view, _RAW_RESPONSES, {}), status: answer})
         return view
 
     return decorate
@@ -65,6 +78,7 @@ class ApiOnly(OpenAPIProvider):
             for method, operation in item.items():
                 # quart-schema shares one operation object between a rule's methods: copy first.
                 operation = item[method] = {**operation, "responses": dict(operation["responses"])}
+                operation["responses"].update(getattr(view, _RAW_RESPONSES, {}))
                 if getattr(view, _NO_CONTENT, False):
                     operation["responses"][204] = {"description": "Done; no content."}
                 if (content := getattr(view, _RAW_REQUEST, None)) is not None:
