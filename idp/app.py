@@ -11,6 +11,7 @@ from quart import Response, current_app, g, request
 
 from idp import openapi
 from idp.accounts.blueprints import API as account_api
+from idp.accounts.blueprints import LIVE as live_notifications
 from idp.accounts.blueprints import PAGES as account_pages
 from idp.admin.blueprints import API as admin_api
 from idp.admin.blueprints import PAGES as admin_pages
@@ -57,10 +58,12 @@ def build_app(settings: Settings) -> IdPApp:
     @app.before_serving
     async def _start() -> None:
         try:
-            app.extensions[EXTENSION] = await open_runtime(settings)
+            rt = app.extensions[EXTENSION] = await open_runtime(settings)
         except StartupError as exc:
             logging.getLogger("idp").critical("cannot start: %s", exc)
             raise
+        if settings.notifications.enabled:
+            await rt.live.start()  # this node hears every node's notifications
 
     @app.after_serving
     async def _stop() -> None:
@@ -82,6 +85,7 @@ def _register_blueprints(app: IdPApp) -> None:
         (oauth_pages, False),
         *((page_blueprint, False) for page_blueprint in account_pages),
         (account_api, True),
+        (live_notifications, True),
         (admin_api, True),
         (admin_pages, False),
         (openapi.pages, False),

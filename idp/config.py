@@ -303,6 +303,24 @@ class AdminSettings(_Section):
     fresh_auth_max_age: Annotated[int, Field(ge=60, le=3600)] = 300
 
 
+class NotificationSettings(_Section):
+    # The live notification channel (/ws/notifications): a first-party browser app hears the
+    # user's security events the moment they happen, on any node.
+    enabled: bool = True
+    # Seconds between the server's pings; a socket silent for twice as long is closed.
+    heartbeat: Annotated[int, Field(ge=5, le=300)] = 25
+    # Seconds a new socket has to send its access token.
+    auth_timeout: Annotated[int, Field(ge=1, le=60)] = 10
+    # Seconds between re-checks that the socket's token is still valid (not revoked); it is also
+    # re-checked at once after a session of the user ends, and the socket closes when it expires.
+    recheck_interval: Annotated[int, Field(ge=5, le=3600)] = 60
+    # Sockets one user may hold on one node (tabs, devices); one more is refused.
+    max_per_user: Annotated[int, Field(ge=1, le=100)] = 10
+    # Messages waiting for one socket; a consumer that falls this far behind is disconnected
+    # (it reconnects and fetches what it missed) instead of growing the server's memory.
+    queue_limit: Annotated[int, Field(ge=10, le=10000)] = 100
+
+
 class WebAuthnSettings(_Section):
     # Relying-party id (WebAuthn §5.1.2): the issuer's host or a registrable suffix of it; passkeys
     # are bound to it for ever, so choose it once. Empty: the issuer's host name.
@@ -417,6 +435,7 @@ class Settings(_Section):
     pictures: PictureSettings = Field(default_factory=PictureSettings)
     mfa: MfaSettings = Field(default_factory=MfaSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     webauthn: WebAuthnSettings = Field(default_factory=WebAuthnSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     lockout: LockoutSettings = Field(default_factory=LockoutSettings)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from idp.accounts import notifications
 from idp.accounts.context import AccountContext
+from idp.accounts.live.hub import LiveHub
 from idp.accounts.password_policy import PasswordPolicy
 from idp.accounts.profile import pictures
 from idp.accounts.security.enrolment import Enrolment
@@ -75,6 +76,8 @@ class Runtime:
     limits: RateLimiter
     lockout: LoginGuard
     pending_logins: PendingLogins
+    # Live notifications: publishes from every process; its subscription runs only while serving.
+    live: LiveHub
 
     async def delete_picture(self, stored: str) -> None:
         """Delete every stored size of a picture (the ``delete_blob`` of account deletion)."""
@@ -111,6 +114,7 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        await self.live.stop()
         await self.blobs.close()
         await self.accounts.mailer.close()
         await self.backchannel.close()
@@ -247,7 +251,10 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
                     "run `idp db upgrade`"
                 )
         events = EventBus()
-        AuditLogger(db).subscribe_to(events)
+        live = LiveHub(
+            kv, max_per_user=settings.notifications.max_per_user, queue_limit=settings.notifications.queue_limit
+        )
+        AuditLogger(db, followers=[live.published] if settings.notifications.enabled else []).subscribe_to(events)
         keys = KeyManager(db, encryptor, settings.keys, settings.tokens, kv=kv, events=events)
         try:
             await (keys.ensure_active_keys() if ensure_keys else keys.reload())
@@ -308,6 +315,7 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             limits=limits,
             lockout=lockout,
             pending_logins=PendingLogins(kv, ttl=settings.sessions.interaction_ttl),
+            live=live,
         )
         notifications.subscribe_security_notices(
             runtime.accounts, new_device=settings.sessions.notify_new_device, lockout=settings.lockout.notify

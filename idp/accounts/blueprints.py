@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from idp.accounts import api, web
 from idp.accounts.apps import pages as apps
+from idp.accounts.live import socket
 from idp.accounts.profile import pages as profile
 from idp.accounts.recovery import pages as recovery
 from idp.accounts.registration import pages as registration
@@ -22,3 +23,5 @@ PAGE_MODULES = (signin, registration, recovery, profile, apps, security, session
 # The page blueprints (their errors render HTML) and the JSON account API.
 PAGES = (web.account_pages, web.mfa_pages, web.session_pages)
 API = api.blueprint
+# The live notification socket (JSON errors: it speaks to programs, not pages).
+LIVE = socket.blueprint

@@ -35,7 +35,7 @@ WIDTHS = (1280, 375)
 WCAG_22_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
 AXE_OPTIONS = {"runOnly": {"type": "tag", "values": WCAG_22_AA}, "resultTypes": ["violations"]}
 # Routes that are not pages for a person: protocol and API endpoints, files, redirects.
-NOT_PAGES = ("/api/", "/.well-known/", "/static/", "/pictures/")
+NOT_PAGES = ("/api/", "/.well-known/", "/static/", "/pictures/", "/ws/")
 
 
 @pytest.fixture(scope="module")

@@ -607,3 +607,34 @@ async def test_memory_close_drops_data() -> None:
     await kv.set("k", "v")
     await kv.close()
     assert kv._data == {}
+
+
+# -- publish / subscribe ---------------------------------------------------------------------------
+
+
+async def test_listeners_get_what_is_published_after_they_subscribed(store: KeyValueStore) -> None:
+    await store.publish("news", "too early")  # nobody listens yet: lost, as documented
+    ready_a, ready_b = asyncio.Event(), asyncio.Event()
+    first, second = store.listen("news", ready_a), store.listen("news", ready_b)
+    got_a = asyncio.ensure_future(first.__anext__())
+    got_b = asyncio.ensure_future(second.__anext__())
+    await asyncio.wait_for(asyncio.gather(ready_a.wait(), ready_b.wait()), 5)
+    await store.publish("other", "not for them")
+    await store.publish("news", "hello")
+    assert await asyncio.wait_for(got_a, 5) == "hello"
+    assert await asyncio.wait_for(got_b, 5) == "hello"
+    await store.publish("news", "again")
+    assert await asyncio.wait_for(first.__anext__(), 5) == "again"
+    await first.aclose()
+    await second.aclose()
+
+
+async def test_a_closed_listener_receives_nothing_more(store: KeyValueStore) -> None:
+    ready = asyncio.Event()
+    listener = store.listen("quiet", ready)
+    pending = asyncio.ensure_future(listener.__anext__())
+    await asyncio.wait_for(ready.wait(), 5)
+    await store.publish("quiet", "one")
+    assert await asyncio.wait_for(pending, 5) == "one"
+    await listener.aclose()
+    await store.publish("quiet", "two")  # no error, no listener

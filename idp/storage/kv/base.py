@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import builtins
 import math
+from collections.abc import AsyncIterator
 
 
 class KeyValueError(Exception):
@@ -124,6 +126,18 @@ class KeyValueStore(abc.ABC):
     async def count_prefix(self, sub_prefix: str) -> int:
         """How many live keys are under ``prefix + sub_prefix`` (an administrator's count: it
         walks the keys, so never on a request path that users take)."""
+
+    # -- publish / subscribe ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def publish(self, channel: str, message: str) -> None:
+        """Send ``message`` to every current listener of ``channel`` (of every process sharing the
+        backend). At most once: a listener that is not connected at that moment misses it."""
+
+    @abc.abstractmethod
+    def listen(self, channel: str, ready: asyncio.Event | None = None) -> AsyncIterator[str]:
+        """The messages published to ``channel`` from now on (``ready`` is set once subscribed),
+        until the iterator is closed; raises KeyValueUnavailable when the backend goes away."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

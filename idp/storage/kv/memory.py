@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import ClassVar, cast
 
 from idp.storage.kv.base import KeyValueError, KeyValueStore, _ttl_ms
 
 _Value = str | set[str] | collections.deque[float]
+# Messages a listener may have waiting before further ones are dropped for it.
+_LISTENER_BACKLOG = 10_000
 
 
 def _kind_name(kind: type) -> str:
@@ -46,6 +49,7 @@ class MemoryStore(KeyValueStore):
         self._data: dict[str, _Entry] = {}
         self._writes = 0
         self._next_sweep = self.SWEEP_EVERY
+        self._listeners: dict[str, set[asyncio.Queue[str]]] = {}
 
     @property
     def backend_name(self) -> str:
@@ -257,6 +261,23 @@ class MemoryStore(KeyValueStore):
             for k, entry in self._data.items()
             if k.startswith(start) and (entry.expires_at is None or entry.expires_at > now)
         )
+
+    async def publish(self, channel: str, message: str) -> None:
+        for queue in list(self._listeners.get(self._k(channel), ())):
+            if queue.qsize() < _LISTENER_BACKLOG:  # a listener that stopped reading loses messages, not memory
+                queue.put_nowait(message)
+
+    async def listen(self, channel: str, ready: asyncio.Event | None = None) -> AsyncIterator[str]:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        listeners = self._listeners.setdefault(self._k(channel), set())
+        listeners.add(queue)
+        if ready is not None:
+            ready.set()
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            listeners.discard(queue)
 
     async def ping(self) -> None:
         """The process' own memory is always reachable."""

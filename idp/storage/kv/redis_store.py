@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 import re
 import time
 import uuid
@@ -62,6 +64,7 @@ class RedisStore(KeyValueStore):
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_timeout,
         )
+        self._url, self._connect_timeout = url, socket_timeout
 
     @property
     def backend_name(self) -> str:
@@ -227,6 +230,36 @@ class RedisStore(KeyValueStore):
             async for _ in self._redis.scan_iter(match=pattern, count=1000):
                 found += 1
         return found
+
+    async def publish(self, channel: str, message: str) -> None:
+        async with self._guard():
+            await self._redis.publish(self._k(channel), message)
+
+    async def listen(self, channel: str, ready: asyncio.Event | None = None) -> AsyncIterator[str]:
+        """SUBSCRIBE on a connection of its own, which waits without a read timeout (it may be
+        quiet for hours) and is health-checked instead, so a dead server is noticed."""
+        client: aioredis.Redis = aioredis.Redis.from_url(
+            self._url,
+            decode_responses=True,
+            socket_connect_timeout=self._connect_timeout,
+            health_check_interval=15,
+        )
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            async with self._guard():
+                await pubsub.subscribe(self._k(channel))
+            if ready is not None:
+                ready.set()
+            while True:
+                async with self._guard():
+                    found = await pubsub.get_message(timeout=5.0)
+                if found is not None and found.get("type") == "message":
+                    yield str(found["data"])
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     async def ping(self) -> None:
         async with self._guard():

@@ -42,6 +42,13 @@ class ClientRepository:
         rows = await self.session.execute(select(OAuthClient.web_origins).where(OAuthClient.disabled.is_(False)))
         return {origin for (origins,) in rows.all() for origin in origins or ()}
 
+    async def first_party_web_origins(self) -> set[str]:
+        """Every web origin registered on an enabled first-party client (the live notifications)."""
+        rows = await self.session.execute(
+            select(OAuthClient.web_origins).where(OAuthClient.disabled.is_(False), OAuthClient.first_party.is_(True))
+        )
+        return {origin for (origins,) in rows.all() for origin in origins or ()}
+
     async def set_disabled(self, client_id: str, disabled: bool) -> None:
         await self.session.execute(update(OAuthClient).where(OAuthClient.id == client_id).values(disabled=disabled))
 
