@@ -13,6 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import click
 
@@ -181,6 +182,15 @@ def demo(state: CliState, host: str | None, port: int | None) -> None:
         ),
         "",
     ]
+    from idp.demo import DEMO_SPA_ORIGIN, SPA_DIRECTORY, serve_spa
+
+    if (SPA_DIRECTORY / "index.html").is_file():
+        spa = urlsplit(DEMO_SPA_ORIGIN)
+        try:
+            serve_spa(settings.issuer, spa.hostname or "127.0.0.1", spa.port or 8080)
+            lines.insert(-1, f"  demo SPA           : {DEMO_SPA_ORIGIN}/ (its own origin; sign in there)")
+        except OSError as exc:
+            lines.insert(-1, f"  demo SPA           : not served ({DEMO_SPA_ORIGIN} is busy: {exc.strerror})")
     click.echo("\n".join(lines), err=True)
     _serve(settings, host, port, 1)
 

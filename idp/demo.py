@@ -1,12 +1,18 @@
-"""Demo data for trying idp on one laptop: a user, a public SPA client and a confidential client.
+"""Trying idp on one laptop: demo data (a user, a public SPA client and a confidential client),
+and the demo SPA (clients/demo_spa/) served on its own origin next to the IdP.
 
-Idempotent: running it again creates only what is missing and never changes existing rows.
+Seeding is idempotent: running it again creates only what is missing and never changes existing rows.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from idp.accounts.users import NewUser, create_user, normalize_email
 from idp.oauth.clients import ClientSpec, create_client
@@ -116,3 +122,116 @@ async def seed_demo(rt: Runtime) -> SeedResult:
         web_created=not has_web,
         web_client_secret=web_secret,
     )
+
+
+# -- serving the demo SPA on its own origin ----------------------------------------------------------
+
+SPA_DIRECTORY = Path(__file__).resolve().parents[1] / "clients" / "demo_spa"
+SPA_SCOPE = "openid profile email offline_access"
+# Files the SPA's server hands out (anything else is 404): what a browser loads.
+_SPA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".json": "application/json",
+}
+
+
+def spa_config(issuer: str, origin: str = DEMO_SPA_ORIGIN) -> dict[str, str]:
+    """What the SPA reads from /config.json: who it is and where its IdP is (endpoints come from
+    discovery)."""
+    parts = urlsplit(issuer)
+    socket_scheme = "wss" if parts.scheme == "https" else "ws"
+    return {
+        "issuer": issuer,
+        "client_id": DEMO_SPA_CLIENT_ID,
+        "redirect_uri": f"{origin}/callback",
+        "post_logout_redirect_uri": f"{origin}/",
+        "scope": SPA_SCOPE,
+        "notifications_url": f"{socket_scheme}://{parts.netloc}/ws/notifications",
+        "token_store": "localStorage",
+    }
+
+
+def spa_headers(issuer: str) -> dict[str, str]:
+    """The SPA's own CSP: scripts and styles from its origin only, no inline script, every DOM
+    write through its Trusted Types policy; it talks to the IdP (fetch, WebSocket) and nothing else."""
+    parts = urlsplit(issuer)
+    socket_origin = f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}"
+    policy = "; ".join(
+        (
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            f"img-src 'self' data: blob: {issuer}",
+            f"connect-src 'self' {issuer} {socket_origin}",
+            f"form-action 'self' {issuer}",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "require-trusted-types-for 'script'",
+            "trusted-types idp-spa",
+        )
+    )
+    return {
+        "Content-Security-Policy": policy,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cache-Control": "no-cache",
+    }
+
+
+def spa_file(directory: Path, path: str) -> Path | None:
+    """The file for a request path: a file of the SPA, index.html for its routes (a path without
+    a dot: /callback, /profile), None for anything else (and for anything outside ``directory``)."""
+    clean = unquote(urlsplit(path).path)
+    if "\x00" in clean or "\\" in clean:
+        return None
+    if "." not in clean.rsplit("/", 1)[-1]:
+        return directory / "index.html"
+    target = (directory / clean.lstrip("/")).resolve()
+    if not target.is_relative_to(directory.resolve()) or not target.is_file() or target.suffix not in _SPA_TYPES:
+        return None
+    if any(part.startswith(".") or part in ("tests", "node_modules") for part in target.relative_to(directory).parts):
+        return None
+    return target
+
+
+def serve_spa(issuer: str, host: str, port: int, directory: Path = SPA_DIRECTORY) -> ThreadingHTTPServer:
+    """Serve the demo SPA (and its /config.json) on its own origin, in a background thread."""
+    config = json.dumps(spa_config(issuer, f"http://{host}:{port}")).encode()
+    headers = spa_headers(issuer)
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "idp-demo-spa"
+        sys_version = ""
+
+        def do_GET(self) -> None:
+            if urlsplit(self.path).path == "/config.json":
+                self._answer(200, "application/json", config)
+                return
+            found = spa_file(directory, self.path)
+            if found is None:
+                self._answer(404, "text/plain; charset=utf-8", b"not found\n")
+                return
+            self._answer(200, _SPA_TYPES[found.suffix], found.read_bytes())
+
+        def _answer(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: the IdP's own log is the one to read."""
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="demo-spa", daemon=True).start()
+    return server
