@@ -13,9 +13,7 @@ from typing import Any
 from quart import Blueprint, Response, g, request
 from quart_schema import (
     RequestSchemaValidationError,
-    document_response,
     validate_querystring,
-    validate_request,
     validate_response,
 )
 
@@ -37,7 +35,6 @@ from idp.admin.models import (
     ClientPatch,
     ClientQuery,
     EndSessions,
-    ErrorOut,
     FactorsReset,
     KeyList,
     KeysPurged,
@@ -49,10 +46,10 @@ from idp.admin.models import (
     UserPage,
     UserQuery,
 )
-from idp.error_responses import render_error
-from idp.errors import InvalidRequest, NotFound
+from idp.errors import NotFound
 from idp.events import set_actor
 from idp.http import runtime
+from idp.json_api import InvalidFields, document_errors, json_request, render_schema_error
 from idp.oauth.clients import (
     ClientSpec,
     ClientValidationError,
@@ -64,6 +61,7 @@ from idp.oauth.clients import (
     update_client,
 )
 from idp.oauth.resource import BearerProtector, StoredParties
+from idp.openapi import no_content, raw_response
 from idp.storage.models import OAuthClient, User
 from idp.storage.repositories import ClientRepository, UserRepository
 
@@ -71,36 +69,12 @@ blueprint = Blueprint("admin_api", __name__, url_prefix="/api/admin")
 
 
 def _documented_errors(*statuses: int) -> Any:
-    def decorate(view: Any) -> Any:
-        for status in statuses or (400, 401, 403):
-            view = document_response(ErrorOut, status)(view)
-        return view
-
-    return decorate
+    """The error answers of an operation in /openapi.json (by default 400, 401 and 403)."""
+    return document_errors(*(statuses or (400, 401, 403)))
 
 
-class InvalidFields(InvalidRequest):
-    """400 invalid_request naming each bad field."""
-
-    def __init__(self, fields: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{name}: {problem}" for name, problem in fields.items()))
-        self.fields = fields
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "fields": self.fields}
-
-
-@blueprint.errorhandler(RequestSchemaValidationError)
-async def _invalid_schema(error: RequestSchemaValidationError) -> Response:
-    """pydantic's verdict as field-level errors (never its internals or the input echoed back)."""
-    fields: dict[str, str] = {}
-    validation = error.validation_error
-    for problem in getattr(validation, "errors", lambda: [])():
-        where = ".".join(str(part) for part in problem.get("loc", ())) or "body"
-        fields.setdefault(where, str(problem.get("msg", "is not valid")))
-    if not fields:
-        fields["body"] = "is not valid"
-    return await render_error(InvalidFields(fields))
+# A query string pydantic refuses: the same 400 naming each bad member as a bad body.
+blueprint.register_error_handler(RequestSchemaValidationError, render_schema_error)
 
 
 @blueprint.before_request
@@ -240,7 +214,7 @@ async def reset_mfa(user_id: str) -> FactorsReset:
 
 
 @blueprint.post("/users/<user_id>/end-sessions")
-@validate_request(EndSessions)
+@json_request(EndSessions, optional=True)
 @validate_response(SessionsEnded)
 @_documented_errors(400, 401, 403, 404)
 async def end_sessions(user_id: str, data: EndSessions) -> SessionsEnded:
@@ -262,6 +236,7 @@ async def unlock_user(user_id: str) -> ActionResult:
 
 
 @blueprint.delete("/users/<user_id>")
+@no_content
 @_documented_errors(400, 401, 403)
 async def delete_user(user_id: str) -> Response:
     """Delete the account with the full purge of a self-deletion (needs a recent sign-in).
@@ -312,6 +287,11 @@ async def audit_log(query_args: AuditQuery) -> AuditPage:
 
 @blueprint.get("/audit/export")
 @validate_querystring(AuditExportQuery)
+@raw_response(
+    200,
+    {"text/csv": {"schema": {"type": "string"}}, "application/x-ndjson": {"schema": {"type": "string"}}},
+    "The events, oldest first: CSV (RFC 4180) with a header line, or one JSON object per line.",
+)
 @_documented_errors()
 async def audit_export(query_args: AuditExportQuery) -> Response:
     """Every matching event oldest first, streamed as CSV (RFC 4180) or JSON lines."""
@@ -358,7 +338,7 @@ async def list_clients(query_args: ClientQuery) -> ClientList:
 
 
 @blueprint.post("/clients")
-@validate_request(ClientIn)
+@json_request(ClientIn)
 @validate_response(ClientOut, 201)
 @_documented_errors()
 async def create_client_route(data: ClientIn) -> tuple[ClientOut, int, dict[str, str]]:
@@ -381,7 +361,7 @@ async def get_client(client_id: str) -> ClientOut:
 
 
 @blueprint.patch("/clients/<client_id>")
-@validate_request(ClientPatch)
+@json_request(ClientPatch)
 @validate_response(ClientOut)
 @_documented_errors(400, 401, 403, 404)
 async def update_client_route(client_id: str, data: ClientPatch) -> ClientOut:
@@ -432,6 +412,7 @@ async def enable_client(client_id: str) -> ClientChanged:
 
 
 @blueprint.delete("/clients/<client_id>")
+@no_content
 @_documented_errors(401, 403)
 async def delete_client_route(client_id: str) -> Response:
     """Revoke every grant of the client, then delete it with its codes, refresh tokens and
@@ -455,7 +436,7 @@ async def list_keys() -> KeyList:
 
 
 @blueprint.post("/keys/rotate")
-@validate_request(RotateKeys)
+@json_request(RotateKeys, optional=True)
 @validate_response(KeysRotated)
 @_documented_errors()
 async def rotate_keys(data: RotateKeys) -> KeysRotated:

@@ -12,15 +12,6 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# -- errors ----------------------------------------------------------------------------------------
-
-
-class ErrorOut(_Model):
-    error: str = Field(description="A stable code: invalid_request, invalid_token, forbidden, not_found, ...")
-    error_description: str
-    fields: dict[str, str] | None = Field(default=None, description="For invalid_request: each bad field's problem.")
-
-
 # -- users -----------------------------------------------------------------------------------------
 
 
