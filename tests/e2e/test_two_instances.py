@@ -3,6 +3,8 @@ balancer: a browser session made on one is valid on the other and ends on both; 
 are shared; a token revoked on one is dead on the other, and a refresh token rotated on one can't be
 replayed on the other.
 
+A user's notification socket on one node hears a sign-out done on the other.
+
 Needs Redis: IDP_TEST_REDIS_URL (CI's second stage sets it). Without it the test skips, unless
 IDP_TEST_REQUIRE_REDIS=1 says a missing Redis is a failure.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -19,6 +22,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
+from websockets.sync.client import connect as ws_connect
+from websockets.typing import Origin
 
 from tests.e2e.server import IDP, free_port, run_idp, running
 from tests.oauth_helpers import pkce_pair
@@ -28,6 +33,7 @@ pytestmark = pytest.mark.server
 EMAIL = "nodes@example.com"
 PASSWORD = "copper-meadow-lantern-4471"
 REDIRECT = "https://rp.example/cb"
+APP_ORIGIN = "https://rp.example"
 LIMIT = 6  # sign-in attempts per IP within the window, across both nodes
 
 
@@ -75,6 +81,8 @@ def cluster(cli_env: dict[str, str], redis_url: str) -> Iterator[Cluster]:
             "--first-party",
             "--redirect-uri",
             REDIRECT,
+            "--web-origin",
+            APP_ORIGIN,
             "--grant",
             "authorization_code",
             "--grant",
@@ -186,3 +194,25 @@ def test_two_nodes_share_sessions_limits_and_revocations(cluster: Cluster) -> No
                 limited = sign_in(guesser, node)
                 assert limited.status_code == 429
                 assert 0 < int(limited.headers["Retry-After"]) <= 120
+
+
+def test_a_sign_out_on_one_node_is_heard_on_the_other_at_once(cluster: Cluster) -> None:
+    """The live notification channel across nodes: the socket is on B, the session ends on A."""
+    with httpx.Client(timeout=10) as browser, httpx.Client(timeout=10) as rp:
+        assert sign_in(browser, cluster.a).status_code == 303
+        code, verifier = authorization_code(browser, cluster, cluster.a)
+        tokens = redeem(rp, cluster, cluster.a, code, verifier).json()
+        socket_url = cluster.b.replace("http://", "ws://") + "/ws/notifications"
+        with ws_connect(socket_url, origin=Origin(APP_ORIGIN), open_timeout=5) as socket:
+            socket.send(json.dumps({"type": "auth", "access_token": tokens["access_token"]}))
+            assert json.loads(socket.recv(timeout=5))["type"] == "ready"
+            page = browser.get(f"{cluster.a}/logout")
+            started = time.monotonic()
+            signed_out = browser.post(f"{cluster.a}/logout", data={"csrf_token": csrf(page.text), "confirm": "yes"})
+            assert signed_out.status_code in (200, 303), signed_out.text
+            while True:
+                message = json.loads(socket.recv(timeout=2))
+                if message.get("event") == "session_ended":
+                    break
+            assert time.monotonic() - started < 2
+            assert message["data"]["reason"] == "logout" and message["id"] > 0
