@@ -69,8 +69,14 @@ export function safeUrl(value) {
   }
 }
 
-/** The only innerHTML assignment of the app. */
+/** The only innerHTML assignment of the app: replace element's content. */
 export function render(element, content) {
   if (!isMarkup(content)) throw new TypeError("render() takes html`` output, never a string");
   element.innerHTML = content;
+}
+
+/** Add markup at the end of element (the other HTML sink of the app, with the same rule). */
+export function append(element, content) {
+  if (!isMarkup(content)) throw new TypeError("append() takes html`` output, never a string");
+  element.insertAdjacentHTML("beforeend", content);
 }
