@@ -110,6 +110,10 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "loop": "uvloop",
         "http": LimitedHttpToolsProtocol,
         "ws": "websockets-sansio",
+        # The notification socket's messages are small JSON: per-message compression would cost
+        # each socket a zlib context (most of its memory) for nothing, and sockets are held open.
+        "ws_per_message_deflate": False,
+        "ws_max_size": 64 * 1024,
         "lifespan": "on",
         "access_log": False,
         "server_header": False,
