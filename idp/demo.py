@@ -140,14 +140,14 @@ _SPA_TYPES = {
 }
 
 
-def spa_config(issuer: str, origin: str = DEMO_SPA_ORIGIN) -> dict[str, str]:
+def spa_config(issuer: str, origin: str = DEMO_SPA_ORIGIN, client_id: str = DEMO_SPA_CLIENT_ID) -> dict[str, str]:
     """What the SPA reads from /config.json: who it is and where its IdP is (endpoints come from
     discovery)."""
     parts = urlsplit(issuer)
     socket_scheme = "wss" if parts.scheme == "https" else "ws"
     return {
         "issuer": issuer,
-        "client_id": DEMO_SPA_CLIENT_ID,
+        "client_id": client_id,
         "redirect_uri": f"{origin}/callback",
         "post_logout_redirect_uri": f"{origin}/",
         "scope": SPA_SCOPE,
@@ -200,9 +200,17 @@ def spa_file(directory: Path, path: str) -> Path | None:
     return target
 
 
-def serve_spa(issuer: str, host: str, port: int, directory: Path = SPA_DIRECTORY) -> ThreadingHTTPServer:
+def serve_spa(
+    issuer: str,
+    host: str,
+    port: int,
+    directory: Path = SPA_DIRECTORY,
+    *,
+    client_id: str = DEMO_SPA_CLIENT_ID,
+    token_store: str = "localStorage",  # noqa: S107 - where the SPA keeps tokens, not a secret
+) -> ThreadingHTTPServer:
     """Serve the demo SPA (and its /config.json) on its own origin, in a background thread."""
-    config = json.dumps(spa_config(issuer, f"http://{host}:{port}")).encode()
+    config = json.dumps({**spa_config(issuer, f"http://{host}:{port}", client_id), "token_store": token_store}).encode()
     headers = spa_headers(issuer)
 
     class Handler(BaseHTTPRequestHandler):
