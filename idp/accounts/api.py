@@ -29,11 +29,12 @@ from idp import cors
 from idp.accounts import api_models as models
 from idp.accounts.profile import deletion, pictures, profile
 from idp.accounts.profile.profile import EXPORT_FILENAME
+from idp.accounts.recovery import passwords
 from idp.accounts.security import mfa, passkeys
 from idp.accounts.sessions.store import REAUTH_WINDOW, describe_all
 from idp.accounts.signin.password import PasswordCheckRefused, reauthenticate
 from idp.accounts.users import AccountError
-from idp.accounts.web import too_many_attempts
+from idp.accounts.web import picture_upload, too_many_attempts
 from idp.errors import (
     Conflict,
     Forbidden,
@@ -220,6 +221,26 @@ async def change_email(data: models.EmailChange) -> tuple[models.EmailChangeAcce
     return models.EmailChangeAccepted(status="verification_sent"), 202
 
 
+@blueprint.post("/password")
+@needs("openid")
+@validate_response(models.PasswordChanged)
+@document_errors(429)
+@json_request(models.PasswordChange)
+async def change_password(data: models.PasswordChange) -> models.PasswordChanged:
+    """Change the password (the current one checked as a sign-in attempt); every other session of
+    the user ends (ASVS 7.4.3), the one the token was issued in stays."""
+    caller, rt = _caller(), runtime()
+    sid = caller.claims.get("sid")
+    keep = await rt.sessions.by_sid(sid) if isinstance(sid, str) and len(sid) <= 64 else None
+    try:
+        ended = await passwords.change_password(
+            rt.accounts, caller.user.id, data.current_password, data.new_password, keep=keep, ip=client_ip()
+        )
+    except AccountError as exc:
+        _invalid(exc)
+    return models.PasswordChanged(sessions_ended=ended)
+
+
 @blueprint.delete("")
 @needs("openid")
 @no_content
@@ -277,20 +298,6 @@ async def export() -> tuple[models.AccountExport, int, dict[str, str]]:
 # -- picture -------------------------------------------------------------------------------------
 
 
-async def _picture_upload(limit: int) -> bytes:
-    """The uploaded image: the raw body (any declared type: the bytes decide) or the ``picture``
-    part of a multipart/form-data body."""
-    if request.content_length is not None and request.content_length > limit + 64 * 1024:
-        raise PayloadTooLarge(f"The picture may be at most {limit} bytes.")
-    if request.mimetype == "multipart/form-data":
-        files = await request.files
-        upload = files.get("picture")
-        if upload is None:
-            raise InvalidFields({"picture": "is required (a multipart part named picture)"})
-        return upload.read(limit + 1)
-    return await request.get_data(cache=False, as_text=False, parse_form_data=False)
-
-
 @blueprint.put("/picture")
 @needs("openid", "profile")
 @validate_response(models.ProfileOut)
@@ -303,7 +310,7 @@ async def put_picture() -> models.ProfileOut:
     caller = _caller()
     rt = runtime()
     limit = rt.settings.pictures.max_upload_bytes
-    data = await _picture_upload(limit)
+    data = await picture_upload(limit)
     try:
         await pictures.set_picture(
             rt.accounts, rt.blobs, caller.user.id, data, rt.settings.pictures, client_id=caller.client.id
@@ -368,18 +375,6 @@ async def _count_code_attempt(user_id: str) -> None:
         raise TooManyRequests(exc.retry_after, "Too many code attempts; try again later.") from None
 
 
-def _passkey_view(key: Any) -> models.PasskeyOut:
-    return models.PasskeyOut(
-        id=key.id,
-        name=key.name,
-        created_at=profile.iso(key.created_at),
-        last_used_at=profile.iso(key.last_used_at),
-        discoverable=key.discoverable,
-        backed_up=key.backed_up,
-        transports=list(key.transports),
-    )
-
-
 def _api_binding(caller: Caller) -> str:
     # A ceremony started by this client for this user finishes only with the same pair.
     return f"api:{caller.client.id}:{caller.user.id}"
@@ -396,7 +391,7 @@ async def get_mfa() -> models.MfaStatus:
     return models.MfaStatus(
         totp=status.totp,
         recovery_codes_remaining=status.recovery_codes,
-        passkeys=[_passkey_view(key) for key in await passkeys.list_passkeys(rt.db, caller.user.id)],
+        passkeys=[models.PasskeyOut.of(key) for key in await passkeys.list_passkeys(rt.db, caller.user.id)],
         required=mfa.mfa_required(rt.settings.mfa.required, caller.user),
     )
 
@@ -500,7 +495,7 @@ async def add_passkey(data: models.PasskeyRegistration) -> tuple[models.PasskeyO
         )
     except AccountError as exc:
         _invalid(exc)
-    return _passkey_view(key), 201
+    return models.PasskeyOut.of(key), 201
 
 
 @blueprint.patch("/passkeys/<passkey_id>")
@@ -518,7 +513,7 @@ async def rename_passkey(passkey_id: str, data: models.PasskeyRename) -> models.
         if exc.field == "passkey":
             raise NotFound(exc.message) from None
         _invalid(exc)
-    return _passkey_view(key)
+    return models.PasskeyOut.of(key)
 
 
 @blueprint.delete("/passkeys/<passkey_id>")

@@ -20,6 +20,7 @@ from idp.accounts.profile.profile import (
     LOCALE_MAX_LENGTH,
     READ_ONLY_FIELDS,
     TEXT_LIMITS,
+    iso,
 )
 from idp.accounts.security.passkeys import MAX_NAME_LENGTH
 
@@ -243,6 +244,15 @@ class AccountExport(_Model):
 # -- deletion, second factors, passkeys, sessions --------------------------------------------------
 
 
+class PasswordChange(_Model):
+    current_password: str = Field(min_length=1, description="The password now (checked as a sign-in attempt).")
+    new_password: str = Field(min_length=1, max_length=1024, description="Checked against the password policy.")
+
+
+class PasswordChanged(_Model):
+    sessions_ended: int = Field(description="How many other sessions of the user ended.")
+
+
 class PasswordConfirmation(_Model):
     password: str = Field(min_length=1, description="The user's current password (ASVS 7.5.1).")
 
@@ -265,6 +275,18 @@ class PasskeyOut(_Model):
     discoverable: bool
     backed_up: bool
     transports: list[str]
+
+    @classmethod
+    def of(cls, key: Any) -> PasskeyOut:
+        return cls(
+            id=key.id,
+            name=key.name,
+            created_at=iso(key.created_at),
+            last_used_at=iso(key.last_used_at),
+            discoverable=key.discoverable,
+            backed_up=key.backed_up,
+            transports=list(key.transports),
+        )
 
 
 class MfaStatus(_Model):

@@ -109,8 +109,10 @@ class InvalidField(InvalidRequest):
         super().__init__(f"{field}: {message}")
         self.field = field
 
-    def to_dict(self) -> dict[str, str]:
-        return {**super().to_dict(), "field": self.field}
+    def to_dict(self) -> dict[str, Any]:
+        # The JSON APIs' shape (idp.json_api): the member in ``field`` and in ``fields``.
+        problem = self.description.removeprefix(f"{self.field}: ")
+        return {**super().to_dict(), "field": self.field, "fields": {self.field: problem}}
 
 
 def _no_constants(name: str) -> NoReturn:
@@ -156,6 +158,20 @@ async def json_body() -> dict[str, Any]:
     if (unusable := inputs.unusable_in_json(data)) is not None:
         raise InvalidField(field_label(unusable[0]), f"contains {unusable[1]}, which is not allowed")
     return data
+
+
+async def picture_upload(limit: int) -> bytes:
+    """The uploaded image: the raw body (any declared type: the bytes decide) or the ``picture``
+    part of a multipart/form-data body."""
+    if request.content_length is not None and request.content_length > limit + 64 * 1024:
+        raise PayloadTooLarge(f"The picture may be at most {limit} bytes.")
+    if request.mimetype == "multipart/form-data":
+        files = await request.files
+        upload = files.get("picture")
+        if upload is None:
+            raise InvalidField("picture", "is required (a multipart part named picture)")
+        return upload.read(limit + 1)
+    return await request.get_data(cache=False, as_text=False, parse_form_data=False)
 
 
 def json_response(data: dict[str, Any], status: int = 200) -> Response:

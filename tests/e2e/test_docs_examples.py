@@ -169,5 +169,6 @@ def test_every_account_api_example_runs(tmp_path: Path) -> None:
     assert '{"email":"ada@example.net","email_verified":true,"pending_email":null}' in out  # confirmed
     assert '"passkeys":["Work laptop"]' in out and '"totp":true' in out
     assert '{"ended":1}' in out.replace(" ", "")  # end-others, after one session was ended by id
+    assert '{"sessions_ended":1}' in out.replace(" ", "")  # the password change signed the other browser out
     assert out.rstrip().endswith("204\n401")  # the account was deleted, and its token with it
     assert "ada@example" not in run_idp(env, "users", "list", "--json")

@@ -303,6 +303,6 @@ async def test_second_factor_allows_the_shorter_password_length(
     session = await runtime.sessions.load(cookie_value(client, SESSION_COOKIE))
     short = "vB7#qz!Lm2"  # 10 characters: below min_length (15), above min_length_with_mfa (8)
     with pytest.raises(AccountError):
-        await passwords.change_password(runtime.accounts, session, PASSWORD, short, ip=None)
+        await passwords.change_password(runtime.accounts, session.user_id, PASSWORD, short, keep=session, ip=None)
     await enable_totp(runtime, world.user_id, clock)
-    await passwords.change_password(runtime.accounts, session, PASSWORD, short, ip=None)
+    await passwords.change_password(runtime.accounts, session.user_id, PASSWORD, short, keep=session, ip=None)

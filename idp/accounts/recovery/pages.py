@@ -151,9 +151,10 @@ async def change_password() -> Response:
     try:
         ended = await passwords.change_password(
             runtime().accounts,
-            session,
+            session.user_id,
             form.get("current_password") or "",
             form.get("new_password") or "",
+            keep=session,
             ip=client_ip(),
             device_token=device_token(),
         )

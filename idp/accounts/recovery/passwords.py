@@ -129,22 +129,24 @@ async def reset_password(ctx: AccountContext, token: str | None, new_password: s
 
 async def change_password(
     ctx: AccountContext,
-    session: BrowserSession,
+    user_id: str,
     current_password: str,
     new_password: str,
     *,
+    keep: BrowserSession | None,
     ip: str | None,
     device_token: str | None = None,
 ) -> int:
-    """Change the signed-in user's password (ASVS 6.2.3: current and new). Ends the user's other
-    sessions (ASVS 7.4.3) and returns how many ended.
+    """Change the user's password (ASVS 6.2.3: current and new). Ends the user's other sessions
+    (ASVS 7.4.3: every one but ``keep``, the session the change was made from) and returns how
+    many ended.
 
     The current password is checked as a sign-in attempt from ``ip`` (``device_token``: the
     browser's device cookie), see idp.accounts.signin.password.reauthenticate: PasswordCheckRefused when
     there were too many."""
     user = await reauthenticate(
         ctx.sign_in,
-        session.user_id,
+        user_id,
         current_password,
         ip=ip or "unknown",
         device_token=device_token,
@@ -163,12 +165,13 @@ async def change_password(
     )
     new_hash = await ctx.hasher.hash(new_password)
     async with ctx.db.session() as db_session:
-        fresh = await UserRepository(db_session).get(session.user_id)
+        fresh = await UserRepository(db_session).get(user_id)
         if fresh is not None:
             fresh.password_hash = new_hash
             fresh.password_changed_at = utcnow()
-    ended = await ctx.sessions.end_all_for_user(session.user_id, keep=session.digest, reason="password_changed")
-    await ctx.events.publish(PasswordChanged(user_id=session.user_id, sessions_ended=len(ended)))
+    kept = keep.digest if keep is not None and keep.user_id == user_id else None
+    ended = await ctx.sessions.end_all_for_user(user_id, keep=kept, reason="password_changed")
+    await ctx.events.publish(PasswordChanged(user_id=user_id, sessions_ended=len(ended)))
     await ctx.send(
         "password_changed",
         user.email,
