@@ -8,13 +8,14 @@ import csv
 import io
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
 from idp.accounts.security import mfa
-from idp.storage.models import AuditEvent, OAuthClient, User
+from idp.storage.models import AuditEvent, OAuthClient, SigningKey, User
 from tests.mfa_helpers import Clock, enable_totp, text, totp_answer
 from tests.oauth_helpers import PASSWORD, World, add_user, age_session, code_flow, csrf_from, login, make_world
 
@@ -429,6 +430,16 @@ async def test_keys_are_listed_rotated_and_purged(app: Any, runtime: Any, admin:
     assert row.actor_id == admin.user_id and row.details["via"] == "admin_page"
     purged = await confirm(admin.browser, "/admin/keys/purge")
     assert purged.headers["Location"].endswith("?notice=none-purged")  # still published
+    # Once a retired key's publication window has ended, it shows as expired and purging deletes it.
+    async with runtime.db.session() as session:
+        await session.execute(
+            update(SigningKey).where(SigningKey.status == "retired").values(publish_until=datetime.now(UTC))
+        )
+    expired = await text(await admin.browser.get("/admin/keys"))
+    assert expired.count('data-status="expired"') == len(runtime.settings.keys.algorithms)
+    purged = await confirm(admin.browser, "/admin/keys/purge")
+    assert purged.headers["Location"].endswith("?notice=purged")
+    assert 'data-status="expired"' not in await text(await admin.browser.get("/admin/keys"))
 
 
 async def test_the_audit_log_is_filtered_paged_and_exported(app: Any, runtime: Any, admin: Admin) -> None:

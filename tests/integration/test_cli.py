@@ -484,7 +484,7 @@ def test_keys_rotate_all(cli_env: dict[str, str], database_url: str) -> None:
     assert {by_kid[kid]["status"] for kid in created} == {"active"}
     assert {by_kid[kid]["alg"] for kid in created} == CONFIGURED_ALGS
     for kid in old:
-        assert by_kid[kid]["status"] == "retired"
+        assert by_kid[kid]["status"] == "retiring"  # still published until its tokens expire
         assert by_kid[kid]["retired_at"] is not None
         assert by_kid[kid]["publish_until"] is not None
         assert by_kid[kid]["publish_until"] > by_kid[kid]["retired_at"]
@@ -499,7 +499,7 @@ def test_keys_rotate_one_algorithm(cli_env: dict[str, str], database_url: str) -
     new = after[result["created"][0]]
     assert new["alg"] == "ES256" and new["status"] == "active"
     for kid, row in before.items():
-        expected = "retired" if row["alg"] == "ES256" else "active"
+        expected = "retiring" if row["alg"] == "ES256" else "active"
         assert after[kid]["status"] == expected, (row["alg"], after[kid])
     assert sum(row["status"] == "active" for row in after.values()) == 3
 
