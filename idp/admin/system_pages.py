@@ -117,6 +117,8 @@ def _fields_from(form: Any, *, new: bool) -> dict[str, Any]:
         fields["jwks"] = json.loads(jwks_text) if jwks_text else None
     except json.JSONDecodeError as exc:
         raise FormProblem("jwks", f"is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise FormProblem("jwks", "is nested too deeply") from None
     if fields["jwks"] is not None and not isinstance(fields["jwks"], dict):
         raise FormProblem("jwks", "must be a JSON object with a keys member")
     if new:

@@ -355,6 +355,12 @@ async def test_clients_are_registered_edited_and_removed(app: Any, runtime: Any,
     assert "Reports" in bad_body  # what was typed is kept
     bad = await admin.browser.post("/admin/clients/new", form={**base, "jwks": "{not json"})
     assert bad.status_code == 400 and "jwks: is not valid JSON" in await text(bad)
+    bad = await admin.browser.post("/admin/clients/new", form={**base, "jwks": "[" * 15000})
+    assert bad.status_code == 400 and "jwks: is nested too deeply" in await text(bad)
+    bad = await admin.browser.post("/admin/clients/new", form={**base, "jwks": "[1]"})
+    assert bad.status_code == 400 and "jwks: must be a JSON object" in await text(bad)
+    bad = await admin.browser.post("/admin/clients/new", form={**base, "name": "x" * 20001})
+    assert bad.status_code == 400 and "name: must be at most" in await text(bad)
 
     created = await admin.browser.post("/admin/clients/new", form=base)
     body = await text(created)
