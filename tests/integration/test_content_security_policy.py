@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from tests.mfa_helpers import enable_totp, text
-from tests.oauth_helpers import WEB_REDIRECT, World, authorization_url, authorize, csrf_from, login
+from tests.oauth_helpers import WEB_REDIRECT, World, add_user, authorization_url, authorize, csrf_from, login
 
 
 def directives(response: Any) -> dict[str, str]:
@@ -127,3 +127,21 @@ async def test_json_responses_carry_no_page_policy(client: Any) -> None:
     response = await client.get("/.well-known/openid-configuration")
     assert "Content-Security-Policy" not in response.headers
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_the_address_confirmation_of_a_registration_for_a_client_lets_its_form_leave(
+    client: Any, runtime: Any
+) -> None:
+    """Confirming the address signs the registering browser in and carries on to the client that
+    asked for the registration (prompt=create): the POST's redirects end at the client."""
+    from idp.accounts import links
+
+    user_id = await add_user(runtime, "new@example.com", verified=False)
+    for return_to, leaves in (("/authorize/resume/abc", True), ("/account", False), (None, False)):
+        token = await links.issue(
+            runtime.db, purpose=links.VERIFY_EMAIL, user_id=user_id, ttl=600, email="new@example.com",
+            return_to=return_to, browser_binding=None,
+        )  # fmt: skip
+        page = await client.get(f"/verify-email?token={token}")
+        assert page.status_code == 200
+        assert ("form-action" not in directives(page)) is leaves, return_to

@@ -29,6 +29,7 @@ from idp.web import (
     csrf_binding,
     csrf_token,
     enforce_limits,
+    let_forms_leave_site,
     local_path,
     require_csrf,
     validates_own_form_text,
@@ -129,8 +130,14 @@ async def verify_email() -> Response:
     token = request.args.get("token") or ""
     # Opening the link only shows a button: mail scanners prefetch links, and a GET must not
     # use up a single-use token.
-    if await links.peek(runtime().db, links.VERIFY_EMAIL, token) is None:
+    link = await links.peek(runtime().db, links.VERIFY_EMAIL, token)
+    if link is None:
         return await _invalid_verification_link()
+    # Confirming signs the registering browser in and carries on to the application that asked
+    # for the registration (prompt=create): the redirects after the POST leave the site, which a
+    # form-action 'self' would stop (browsers apply form-action to them).
+    if link.return_to:
+        let_forms_leave_site(link.return_to)  # only for a flow that leaves the site (/authorize)
     return await form_page(
         title="Confirm your email address",
         text="Confirm that this address is yours to activate your account.",
