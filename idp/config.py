@@ -619,7 +619,7 @@ def _environment_values(env: Mapping[str, str]) -> dict[str, Any]:
             if not isinstance(child, dict):
                 raise ConfigError(f"{name}: conflicts with another IDP_ variable")
             node = child
-        node[path[-1]] = _EnvValue(name, _parse_env_value(raw))
+        node[path[-1]] = _EnvValue(name, _parse_env_value(name, raw))
     return result
 
 
@@ -633,15 +633,24 @@ class _EnvValue:
         self.value = value
 
 
-def _parse_env_value(raw: str) -> Any:
-    # Lists are written as JSON arrays (IDP_KEYS__ALGORITHMS='["ES256"]'); everything else is a
-    # string that pydantic coerces (ints, booleans) and reports precisely when it can't.
+def _parse_env_value(name: str, raw: str) -> Any:
+    # Lists are written as JSON arrays (IDP_KEYS__ALGORITHMS='["ES256"]') and tables as JSON
+    # objects (IDP_RATE_LIMITS__TOKEN_PER_IP='{"requests": 5000, "window": 60}', the same as setting
+    # each member); everything else is a string that pydantic coerces (ints, booleans) and reports
+    # precisely when it can't.
     stripped = raw.strip()
     if stripped.startswith("["):
         try:
             return json.loads(stripped)
         except json.JSONDecodeError:
             return raw
+    if stripped.startswith("{"):
+        try:
+            table = json.loads(stripped)
+        except (json.JSONDecodeError, RecursionError):
+            raise ConfigError(f"{name}: not a valid JSON object") from None
+        if isinstance(table, dict):
+            return table
     return raw
 
 

@@ -89,6 +89,13 @@ def test_unknown_key_in_file_is_named_with_its_file(tmp_path, secrets_env) -> No
     assert message == f"server.bogus: unknown setting [from {path}]"
 
 
+def test_a_table_may_be_given_as_a_json_object(secrets_env) -> None:
+    settings = load_settings(
+        environ={**secrets_env, "IDP_RATE_LIMITS__TOKEN_PER_IP": '{"requests": 5000, "window": 60}'}
+    )
+    assert (settings.rate_limits.token_per_ip.requests, settings.rate_limits.token_per_ip.window) == (5000, 60)
+
+
 def test_unknown_environment_variable_is_named(secrets_env) -> None:
     message = error_of(environ={**secrets_env, "IDP_SERVER__PROT": "80"})
     assert message == "server.prot: unknown setting [from IDP_SERVER__PROT]"
@@ -126,6 +133,12 @@ def test_invalid_toml_and_missing_file(tmp_path, secrets_env) -> None:
         ({"IDP_KEYS__ALGORITHMS": '["EdDSA", "Ed25519"]'}, "keys.algorithms: lists an algorithm twice"),
         ({"IDP_KEYS__ALGORITHMS": '["ES256"]'}, "keys.algorithms: must include RS256"),
         ({"IDP_TOKENS__REFRESH_TOKEN_IDLE_TTL": "2592001"}, "tokens: refresh_token_idle_ttl must not exceed"),
+        (
+            {"IDP_RATE_LIMITS__TOKEN_PER_IP": '{"requests": 5000}'},
+            "rate_limits.token_per_ip.window: Field required [from IDP_RATE_LIMITS__TOKEN_PER_IP]",
+        ),
+        ({"IDP_RATE_LIMITS__TOKEN_PER_IP": '{"requests": 5000'}, "IDP_RATE_LIMITS__TOKEN_PER_IP: not a valid JSON"),
+        ({"IDP_RATE_LIMITS__TOKEN_PER_IP": '{"requests": 1, "window": 60, "x": 1}'}, "rate_limits.token_per_ip.x"),
     ],
 )
 def test_bad_values_are_named(secrets_env, env, expected) -> None:
