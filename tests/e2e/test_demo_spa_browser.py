@@ -1,6 +1,8 @@
 """The demo SPA (clients/demo_spa/) in a real browser (Chromium) against a real `idp serve`
 (production settings, SQLite, mail over SMTP to a test server), the SPA served on its own origin
-by ``idp.demo.serve_spa`` with its CSP.
+by ``idp.demo.serve_spa`` with its CSP: the journey from sign-up to a session ended from another
+browser (heard on the notification socket), two tabs sharing one refresh, server data rendered as
+text, axe-core's WCAG 2.2 AA rules on every view at two widths, and the CSP with Trusted Types.
 
 The journey keeps a screenshot of each step in test-artifacts/spa-journey/ (or $IDP_TEST_ARTIFACTS).
 """
@@ -59,8 +61,8 @@ async def test_the_journey_from_sign_up_to_a_session_ended_elsewhere(stack: Stac
         old.unlink()
     steps: list[str] = []
 
-    async def shot(page_: object, name: str) -> None:
-        await page_.screenshot(path=str(shots / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+    async def shot(tab: Page, name: str) -> None:
+        await tab.screenshot(path=str(shots / f"{name}.png"), full_page=True)
         steps.append(f"{name}.png")
 
     async with chromium() as browser, new_page(browser) as (_, page):
@@ -140,6 +142,9 @@ async def test_the_journey_from_sign_up_to_a_session_ended_elsewhere(stack: Stac
         tokens = await stored_tokens(page)
         assert tokens is not None
         sid = tokens["claims"]["sid"]
+        # The notification socket is up (it says so on the notifications page).
+        await page.click("#nav a[href='/notifications']")
+        await page.locator("main .lead strong", has_text="Live").wait_for()
         await shot(page, "12-signed-in-again")
 
         # 7. In another browser, the same person ends the first browser's session at the IdP; the
@@ -165,6 +170,8 @@ async def test_the_journey_from_sign_up_to_a_session_ended_elsewhere(stack: Stac
             print(f"session ended elsewhere -> SPA signed out: {elapsed:.3f} s")
             assert elapsed < 2.0, f"the SPA showed itself signed out {elapsed:.2f} s after the session ended"
             assert await stored_tokens(page) is None
+            assert "The session was ended" in (await other.text_content("#sessions-notice") or "")
+            assert await other.locator(f"#sessions li[data-session-id='{sid}']").count() == 0
             await shot(other, "14-other-browser-ended")
         await shot(page, "15-spa-signed-out-by-notification")
 
