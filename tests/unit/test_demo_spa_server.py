@@ -79,6 +79,7 @@ def test_the_server_answers_with_its_headers(spa: Path) -> None:
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(f"{base}/tests/x.test.js", timeout=5)
         assert missing.value.code == 404
+        missing.value.close()  # the error holds the answer's socket
     finally:
         server.shutdown()
         server.server_close()
