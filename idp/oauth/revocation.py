@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from idp.events import TokenRevoked
 from idp.oauth import errors
 from idp.oauth.grants import GrantContext, revoke_grant
 from idp.oauth.params import single_value
@@ -58,3 +59,14 @@ async def revoke_token(
         )
     else:
         await grants.tokens.revoke_access_token(jti, int(claims.get("exp", 0)))
+        # Audited like every revocation: whose token it was (a machine client's own has no user).
+        subject = claims.get("sub")
+        user_id = grants.subjects.user_id_for(client, subject) if isinstance(subject, str) else None
+        await grants.events.publish(
+            TokenRevoked(
+                client=client.id,
+                reason="client_request",
+                user_id=None if subject == client.id else user_id,
+                token_type="access_token",  # noqa: S106 - a token type (RFC 7009), not a secret
+            )
+        )

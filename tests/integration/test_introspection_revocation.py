@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from idp.oauth.clients import ClientSpec, create_client
 from idp.oauth.tokens import ID_TOKEN_TYP, LEEWAY, TokenService
-from idp.storage.models import RefreshToken
+from idp.storage.models import AuditEvent, RefreshToken
 from tests.oauth_helpers import authorize, basic, code_flow, make_world, query_of
 
 REVOKED_PREFIX = "revoked_jti:"
@@ -274,6 +274,12 @@ async def test_revoke_access_token(client: Any, runtime: Any) -> None:
     assert 0 < ttl <= claims["exp"] - time.time() + 60 + 1
     # The refresh token of the same grant is untouched by revoking only the access token.
     assert (await row_of(runtime, tokens["refresh_token"])).revoked_at is None
+    # And it is in the audit log, as every revocation is: whose token, which client, what kind.
+    async with runtime.db.session() as session:
+        rows = (await session.execute(select(AuditEvent).where(AuditEvent.event == "token_revoked"))).scalars().all()
+    assert [(row.subject_id, row.client_id, row.details["token_type"], row.details["reason"]) for row in rows] == [
+        (world.user_id, world.web_id, "access_token", "client_request")
+    ]
 
 
 async def test_revoke_access_token_with_a_wrong_hint(client: Any, runtime: Any) -> None:

@@ -21,6 +21,7 @@ from tests.oauth_fakes import (
     FakeParties,
     FakeTokens,
     MemoryUnits,
+    PublicSubjects,
     make_client,
     make_refresh_token,
     make_session,
@@ -98,7 +99,7 @@ async def revoke(params: dict[str, str], tokens: FakeTokens, *rows: Any) -> tupl
         units=cast(Any, units),
         tokens=cast(Any, tokens),
         sessions=cast(Any, None),
-        subjects=cast(Any, None),
+        subjects=cast(Any, PublicSubjects()),
         events=cast(Any, events),
         settings=TokenSettings(),
     )
@@ -148,8 +149,13 @@ async def test_revoking_a_refresh_token_ends_its_whole_grant() -> None:
 async def test_revoking_an_access_token_denies_it_alone() -> None:
     tokens = FakeTokens(access={"at": ACCESS})
     row = make_refresh_token()
-    await revoke({"token": "at", "token_type_hint": "access_token"}, tokens, row)
+    _, events = await revoke({"token": "at", "token_type_hint": "access_token"}, tokens, row)
     assert tokens.revoked == {"a1"} and row.revoked_at is None
+    # Audited like any revocation, with whose token it was.
+    [event] = events.published
+    assert (event.name, event.reason, event.user_id, event.client, event.token_type) == (
+        "token_revoked", "client_request", "user-1", "web", "access_token",
+    )  # fmt: skip
 
 
 # -- RP-initiated logout -------------------------------------------------------------------------------
