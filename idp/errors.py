@@ -168,6 +168,11 @@ class ServiceUnavailable(IdPError):
     error = "temporarily_unavailable"
     status_code = 503
     default_description = "The service is temporarily unavailable."
+    # RFC 9110 §10.2.3: when to try again (a dependency outage is usually seconds long).
+    RETRY_AFTER = 5
+
+    def __init__(self, description: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(description, headers={"Retry-After": str(self.RETRY_AFTER), **(headers or {})})
 
 
 _STATUS_TO_ERROR: dict[int, type[IdPError]] = {

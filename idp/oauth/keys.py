@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from idp.config import KeySettings, TokenSettings
 from idp.events import EventBus, SigningKeysPurged, SigningKeysRotated
 from idp.security.encryption import Encryptor
 from idp.security.tokens import random_token
-from idp.storage.db import Database
+from idp.storage.db import Database, DatabaseUnavailable
 from idp.storage.kv import KeyValueStore
 from idp.storage.models import SigningKey, utcnow
 from idp.storage.repositories import SigningKeyRepository
@@ -31,6 +32,9 @@ JoseKey = RSAKey | ECKey | OKPKey
 
 # Clock skew allowed for in-flight tokens when deciding how long a retired key stays published.
 _PUBLISH_GRACE = timedelta(minutes=5)
+# Seconds before a reload that failed (the database unreachable) is tried again.
+_RETRY_RELOAD = 5
+log = logging.getLogger("idp.keys")
 _BOOTSTRAP_LOCK = "lock:signing-keys"
 
 
@@ -156,8 +160,16 @@ class KeyManager:
             self._loaded_at = time.monotonic()
 
     async def refresh_if_stale(self) -> None:
-        if time.monotonic() - self._loaded_at >= self._settings.reload_interval:
+        """Reload the key set when it is older than ``reload_interval``. While the database is
+        unreachable the last known set stays in use (JWKS, discovery and token checks keep
+        working) and the reload is tried again a few seconds later."""
+        if time.monotonic() - self._loaded_at < self._settings.reload_interval:
+            return
+        try:
             await self.reload()
+        except DatabaseUnavailable:
+            log.warning("signing keys not reloaded: database unavailable; serving the last known set")
+            self._loaded_at = time.monotonic() - self._settings.reload_interval + _RETRY_RELOAD
 
     # -- queries -------------------------------------------------------------------------------
 

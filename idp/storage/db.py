@@ -7,6 +7,7 @@ chosen by the URL alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from idp.storage.urls import redact_url
@@ -26,6 +28,16 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (OSError, SQLAlchemyError)
 
 class DatabaseUnavailable(Exception):
     """The database can't be reached; the message is safe to show (no password, no SQL)."""
+
+
+def _lost_connection(exc: BaseException, dialect: str) -> bool:
+    """A failure of the connection rather than of the statement (a constraint, a bad query).
+    SQLite reports bad statements as OperationalError too: there only a lock held too long is."""
+    if isinstance(exc, OSError | PoolTimeout | InterfaceError):
+        return True
+    if isinstance(exc, OperationalError):
+        return dialect != "sqlite" or "database is locked" in str(exc.orig)
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -78,13 +90,18 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A unit of work: commits on success, rolls back on any exception."""
+        """A unit of work: commits on success, rolls back on any exception. A database that can't
+        be reached (refused, dropped or timed-out connections) raises DatabaseUnavailable, which
+        the web layer answers with 503 and Retry-After rather than a 500."""
         async with self._sessionmaker() as session:
             try:
                 yield session
                 await session.commit()
-            except BaseException:
-                await session.rollback()
+            except BaseException as exc:
+                with contextlib.suppress(*DATABASE_ERRORS):  # a dead connection can't roll back either
+                    await session.rollback()
+                if _lost_connection(exc, self.engine.dialect.name):
+                    raise DatabaseUnavailable(f"cannot reach {self.display_url} ({describe_error(exc)})") from None
                 raise
 
     async def ping(self, within: float = 3.0) -> None:
