@@ -638,3 +638,21 @@ async def test_a_closed_listener_receives_nothing_more(store: KeyValueStore) -> 
     assert await asyncio.wait_for(pending, 5) == "one"
     await listener.aclose()
     await store.publish("quiet", "two")  # no error, no listener
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="needs Redis (IDP_TEST_REDIS_URL)")
+async def test_a_connection_redis_dropped_costs_no_request_an_error() -> None:
+    """Redis closing our pooled connections (as a restart does) is retried on a new one."""
+    kv = RedisStore(REDIS_URL, unique_prefix())
+    admin = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        await kv.set("k", "v")
+        mine = await kv._redis.client_id()
+        assert await admin.client_kill_filter(_id=mine) == 1  # the pooled connection is gone
+        assert await kv.get("k") == "v"
+        await kv.set("k", "w")
+        assert await kv.get("k") == "w"
+    finally:
+        await kv.delete_prefix("")
+        await kv.close()
+        await admin.aclose()

@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from idp.storage.kv.base import KeyValueError, KeyValueStore, KeyValueUnavailable, _ttl_ms
 from idp.storage.urls import redact_url, url_secrets
@@ -58,11 +60,19 @@ class RedisStore(KeyValueStore):
         self.prefix = prefix
         self._display_url = redact_url(url)
         self._secrets = url_secrets(url)
+        # A pooled connection that Redis dropped (a restart, a timeout on its side) fails once and
+        # is retried on a new one, and idle ones are checked before use: a Redis restart costs
+        # no request an error. A retried command may have reached Redis the first time: the
+        # operations here then err on the safe side (a counter counts twice, a set-if-absent
+        # reports the key present).
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
             decode_responses=True,
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_timeout,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+            retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError],
         )
         self._url, self._connect_timeout = url, socket_timeout
 
