@@ -27,7 +27,8 @@ from tests.e2e.browser import chromium, new_page, require_chromium
 from tests.e2e.server import IDP, free_port, production_env, run_idp, running
 from tests.oauth_helpers import pkce_pair
 
-pytestmark = pytest.mark.server
+# Its own server on the embedded defaults, whatever the suite's backend: CI runs it once (stage 1).
+pytestmark = [pytest.mark.server, pytest.mark.embedded]
 
 EMAIL = "ada.lovelace@example.com"
 PASSWORD = "orchid-lantern-velvet-5150"

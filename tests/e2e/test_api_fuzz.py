@@ -33,7 +33,8 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.e2e.server import IDP, free_port, production_env, run_idp, running
 
-pytestmark = pytest.mark.server
+# Its own server on the embedded defaults, whatever the suite's backend: CI runs it once (stage 1).
+pytestmark = [pytest.mark.server, pytest.mark.embedded]
 
 EMAIL = "fuzz@example.com"
 PASSWORD = "velvet-harbor-quill-27"

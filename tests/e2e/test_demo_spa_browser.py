@@ -37,7 +37,8 @@ from tests.e2e.spa_browser import (
     stored_tokens,
 )
 
-pytestmark = pytest.mark.server
+# Its own server on the embedded defaults, whatever the suite's backend: CI runs it once (stage 1).
+pytestmark = [pytest.mark.server, pytest.mark.embedded]
 
 JOURNEY_EMAIL, JOURNEY_PASSWORD = "marie.curie@example.com", "polonium-harbor-velvet-1898"
 

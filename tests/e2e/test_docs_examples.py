@@ -16,7 +16,8 @@ import pytest
 
 from tests.e2e.server import IDP, free_port, production_env, run_idp, running
 
-pytestmark = pytest.mark.server
+# Its own server on the embedded defaults, whatever the suite's backend: CI runs it once (stage 1).
+pytestmark = [pytest.mark.server, pytest.mark.embedded]
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 BLOCK = re.compile(r"^```sh\n(.*?)^```", re.S | re.M)

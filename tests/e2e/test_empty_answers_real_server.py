@@ -17,7 +17,8 @@ import pytest
 
 from tests.e2e.server import IDP, free_port, production_env, run_idp, running
 
-pytestmark = pytest.mark.server
+# Its own server on the embedded defaults, whatever the suite's backend: CI runs it once (stage 1).
+pytestmark = [pytest.mark.server, pytest.mark.embedded]
 SPA_ORIGIN = "http://127.0.0.1:9"
 
 

@@ -13,7 +13,8 @@ from playwright.async_api import expect
 from tests.e2e.browser import TIMEOUT_MS, chromium, new_page, require_chromium
 from tests.e2e.server import IDP, free_port, production_env, run_idp, running
 
-pytestmark = pytest.mark.server
+# Its own server on the embedded defaults, whatever the suite's backend: CI runs it once (stage 1).
+pytestmark = [pytest.mark.server, pytest.mark.embedded]
 
 GOOD = "copper-walrus-violin-tundra"
 

@@ -17,7 +17,8 @@ import pytest
 from idp.security.request_limits import MAX_HEADER_BYTES, MAX_HEADER_FIELDS, MAX_TARGET_BYTES
 from tests.e2e.server import IDP, free_port, production_env, run_idp, running
 
-pytestmark = pytest.mark.server
+# Its own server on the embedded defaults, whatever the suite's backend: CI runs it once (stage 1).
+pytestmark = [pytest.mark.server, pytest.mark.embedded]
 
 
 @pytest.fixture(scope="module")
