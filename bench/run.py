@@ -677,6 +677,7 @@ def main() -> None:
         "--scenarios", nargs="+", choices=[s.name for s in SCENARIOS], default=[s.name for s in SCENARIOS]
     )
     parser.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
+    parser.add_argument("--keep-logs", type=Path, help="copy the servers' logs into this directory")
     args = parser.parse_args()
     for tool in ("wrk", "node", "npm", "timeout"):
         if not shutil.which(tool):
@@ -728,6 +729,10 @@ def main() -> None:
         args.output.write_text(report(args, results, low, info, started_at))
         print(f"wrote {args.output}")
     finally:
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in workdir.glob("*.log"):
+                shutil.copy(log, args.keep_logs / log.name)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
