@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -57,7 +58,37 @@ def _engine_options(url: str) -> dict[str, Any]:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         # One writer at a time: wait for the lock rather than fail at once.
         return {"connect_args": {"timeout": 15}}
-    return {"pool_size": 10, "max_overflow": 20, "pool_pre_ping": True, "pool_recycle": 1800}
+    # No pool_pre_ping: a liveness round trip before every checkout was half of a token request's
+    # round trips. Connections idle long enough to have been dropped are checked instead
+    # (_check_idle_connections).
+    return {"pool_size": 10, "max_overflow": 20, "pool_recycle": 1800}
+
+
+# A pooled connection unused for longer than this is pinged before it is handed out: a server
+# restart or an idle timeout may have closed it. One in steady use is not (it just worked).
+IDLE_PING_AFTER = 10.0
+
+
+def _check_idle_connections(engine: AsyncEngine) -> None:
+    """SQLAlchemy's "pessimistic, custom" disconnect handling: a connection idle for more than
+    IDLE_PING_AFTER seconds is pinged at checkout, and one that fails is replaced (the pool
+    retries with a new connection)."""
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since <= IDLE_PING_AFTER:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception:
+            alive = False
+        if not alive:
+            raise DisconnectionError("a pooled connection idle for a while was closed by the server")
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -78,6 +109,8 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **_engine_options(url))
         if self.engine.dialect.name == "sqlite":
             _configure_sqlite(self.engine)
+        else:
+            _check_idle_connections(self.engine)
         self._sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @property
