@@ -19,11 +19,12 @@ from idp.config import Settings
 from idp.error_responses import install_error_handlers
 from idp.errors import InvalidRequest, from_http_status
 from idp.events import EventContext, set_context
+from idp.health import LOOP_LAG
 from idp.health import blueprint as health
 from idp.http import EXTENSION, IdPApp
 from idp.oauth.routes import blueprint as oauth
 from idp.oauth.routes import pages as oauth_pages
-from idp.observability import accept_request_id, request_id_var
+from idp.observability import LoopLagProbe, accept_request_id, request_id_var
 from idp.runtime import StartupError, open_runtime
 from idp.security import inputs, request_limits
 from idp.security.headers import apply_security_headers, new_nonce
@@ -64,9 +65,14 @@ def build_app(settings: Settings) -> IdPApp:
             raise
         if settings.notifications.enabled:
             await rt.live.start()  # this node hears every node's notifications
+        if settings.server.loop_lag_probe:
+            probe = app.extensions[LOOP_LAG] = LoopLagProbe()
+            probe.start()
 
     @app.after_serving
     async def _stop() -> None:
+        if (probe := app.extensions.pop(LOOP_LAG, None)) is not None:
+            await probe.stop()
         running = app.extensions.pop(EXTENSION, None)
         if running is not None:
             await running.close()

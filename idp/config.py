@@ -60,6 +60,9 @@ class ServerSettings(_Section):
     # Addresses of reverse proxies whose X-Forwarded-For/-Proto headers are trusted (RFC 9700 §4.13:
     # never trust forwarding headers from anyone else).
     forwarded_allow_ips: list[str] = Field(default_factory=list)
+    # Debugging and benchmarks only: measure how long the event loop stalls (a step that blocks
+    # it delays every request of the worker), read and reset at /debug/loop-lag from loopback.
+    loop_lag_probe: bool = False
 
 
 class LogSettings(_Section):

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
-from quart import Blueprint, Response, jsonify
+from quart import Blueprint, Response, current_app, jsonify, request
 
+from idp.errors import NotFound
 from idp.http import runtime
+from idp.security.hosts import is_loopback_host
 from idp.storage.db import DatabaseUnavailable
 from idp.storage.kv import KeyValueUnavailable
 
 blueprint = Blueprint("health", __name__)
+# app.extensions key of the running LoopLagProbe ([server] loop_lag_probe).
+LOOP_LAG = "idp.loop_lag"
 
 _CHECK_TIMEOUT = 2.0
 
@@ -50,3 +54,15 @@ async def readyz() -> tuple[Response, int]:
     response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"
     return response, 503 if failed else 200
+
+
+@blueprint.get("/debug/loop-lag")
+async def loop_lag() -> Response:
+    """The longest event-loop stall of this worker since the last read ([server] loop_lag_probe;
+    loopback callers only). 404 when the probe is off or the caller is not local."""
+    probe = current_app.extensions.get(LOOP_LAG)
+    if probe is None or not is_loopback_host(request.remote_addr or ""):
+        raise NotFound()
+    response = jsonify(probe.read_and_reset())
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -8,10 +8,13 @@ any handler sees them: passwords, tokens, codes, secrets, cookies and JWTs never
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
 import sys
+import time
 import traceback
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -201,3 +204,47 @@ def accept_request_id(header_value: str | None) -> str | None:
     if header_value and _REQUEST_ID.fullmatch(header_value):
         return header_value
     return None
+
+
+class LoopLagProbe:
+    """How long the event loop stalls: a task asks to wake every ``interval`` seconds and records
+    how late it wakes (a stall delays every request of the worker by as much). Debugging and
+    benchmarks only (``[server] loop_lag_probe``)."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.max_stall = 0.0
+        self.samples = 0
+        self.since = time.time()
+
+    async def _run(self) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(self.interval)
+            stall = time.perf_counter() - started - self.interval
+            self.samples += 1
+            self.max_stall = max(self.max_stall, stall)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def read_and_reset(self) -> dict[str, float | int]:
+        """The longest stall since the last read (this worker's), then start over."""
+        report = {
+            "max_stall_ms": round(self.max_stall * 1000, 3),
+            "samples": self.samples,
+            "seconds": round(time.time() - self.since, 3),
+        }
+        self._reset()
+        return report
