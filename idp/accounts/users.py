@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from email_validator import EmailNotValidError, validate_email
@@ -89,7 +90,7 @@ def _password_error(exc: PasswordRejected, field: str = "password") -> AccountEr
     return error
 
 
-def check_new_password(
+async def check_new_password(
     policy: PasswordPolicy,
     password: str,
     *,
@@ -101,7 +102,10 @@ def check_new_password(
     """A password chosen at registration, reset or change: the policy's verdict, plus one thing the
     policy can't see: a password that arrived as invalid UTF-8 was decoded lossily (U+FFFD), and
     hashing that would let other byte strings match it (ASVS 6.2.8: verified exactly as received).
-    Raises AccountError(``field``, …) with the policy's ``rule`` attached."""
+    Raises AccountError(``field``, …) with the policy's ``rule`` attached.
+
+    The policy runs in a worker thread: its strength estimate (zxcvbn) takes up to ~65 ms for a
+    long password, which on the event loop would stall every other request (issue 14)."""
     if REPLACEMENT_CHARACTER in password:
         error = AccountError(
             field,
@@ -111,7 +115,7 @@ def check_new_password(
         error.rule = "invalid"  # type: ignore[attr-defined]
         raise error
     try:
-        policy.check(password, email=email, name=name, has_second_factor=has_second_factor)
+        await asyncio.to_thread(policy.check, password, email=email, name=name, has_second_factor=has_second_factor)
     except PasswordRejected as exc:
         raise _password_error(exc, field) from None
 

@@ -54,7 +54,7 @@ async def judge_password(
             email, name = owner.email, owner.name
             second_factor = await has_second_factor(ctx.db, owner.id)
     try:
-        check_new_password(ctx.policy, password, email=email, name=name, has_second_factor=second_factor)
+        await check_new_password(ctx.policy, password, email=email, name=name, has_second_factor=second_factor)
     except AccountError as exc:
         return PasswordVerdict(False, getattr(exc, "rule", None), exc.message)
     return PasswordVerdict(True)
@@ -100,7 +100,9 @@ async def reset_password(ctx: AccountContext, token: str | None, new_password: s
         raise AccountError("token", "This reset link is invalid, expired or already used. Ask for a new one.")
     # NIST SP 800-63B §3.1.1.2: a password that is one of two factors may be shorter.
     second_factor = await has_second_factor(ctx.db, user.id)
-    check_new_password(ctx.policy, new_password, email=user.email, name=user.name, has_second_factor=second_factor)
+    await check_new_password(
+        ctx.policy, new_password, email=user.email, name=user.name, has_second_factor=second_factor
+    )
     if await links.consume(ctx.db, links.RESET_PASSWORD, token) is None:
         raise AccountError("token", "This reset link is invalid, expired or already used. Ask for a new one.")
     new_hash = await ctx.hasher.hash(new_password)
@@ -155,7 +157,7 @@ async def change_password(
     if new_password == current_password:
         raise AccountError("new_password", "The new password must differ from the current one.")
     second_factor = await has_second_factor(ctx.db, user.id)
-    check_new_password(
+    await check_new_password(
         ctx.policy,
         new_password,
         email=user.email,

@@ -87,7 +87,7 @@ async def register(
     """
     address = check_mailable_email(email)
     clean_name = check_name(name)
-    check_new_password(ctx.policy, password, email=address, name=clean_name)
+    await check_new_password(ctx.policy, password, email=address, name=clean_name)
     user = new_user_row(address, clean_name, await ctx.hasher.hash(password))
     token, link = links.new_link(
         purpose=links.VERIFY_EMAIL,
