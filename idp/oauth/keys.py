@@ -9,6 +9,7 @@ so a rotation on one node reaches all of them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -29,6 +30,21 @@ from idp.storage.models import SigningKey, utcnow
 from idp.storage.repositories import SigningKeyRepository
 
 JoseKey = RSAKey | ECKey | OKPKey
+
+
+@dataclass(frozen=True)
+class ConstantDocument:
+    """A JSON document that changes rarely (JWKS, discovery): encoded once, with a strong ETag
+    (RFC 9110 §8.8.3) so clients can revalidate it with If-None-Match."""
+
+    body: bytes
+    etag: str
+
+    @classmethod
+    def of(cls, document: Any) -> ConstantDocument:
+        body = json.dumps(document, separators=(",", ":")).encode()
+        return cls(body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+
 
 # Clock skew allowed for in-flight tokens when deciding how long a retired key stays published.
 _PUBLISH_GRACE = timedelta(minutes=5)
@@ -94,6 +110,7 @@ class KeyManager:
         self._events = events
         self._clock = clock
         self._keys: dict[str, LoadedKey] = {}
+        self._jwks_cache: tuple[tuple[str, ...], ConstantDocument] | None = None
         # Keys this instance just generated: loading them from their JWK again would repeat
         # the RSA consistency check (~50 ms per key) for nothing.
         self._generated: dict[str, JoseKey] = {}
@@ -214,6 +231,15 @@ class KeyManager:
     def jwks(self) -> dict[str, Any]:
         """The public JWK Set (RFC 7517 §5): public members only, each with kid, use and alg."""
         return {"keys": [dict(key.public_jwk) for key in self.published()]}
+
+    def jwks_document(self) -> ConstantDocument:
+        """The JWK Set encoded once per change of the published keys (its bytes and ETag)."""
+        published = self.published()
+        kids = tuple(key.kid for key in published)
+        if self._jwks_cache is None or self._jwks_cache[0] != kids:
+            body = {"keys": [dict(key.public_jwk) for key in published]}
+            self._jwks_cache = (kids, ConstantDocument.of(body))
+        return self._jwks_cache[1]
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from quart import Blueprint, Response, g, jsonify, render_template, request
+from quart import Blueprint, Response, current_app, g, jsonify, render_template, request
 
 from idp import cors
 from idp.errors import InvalidRequest, UnsupportedMediaType
@@ -35,6 +35,7 @@ from idp.oauth.discovery import provider_metadata
 from idp.oauth.grants import token_response
 from idp.oauth.interaction_policy import AuthorizationState
 from idp.oauth.interactions import Interaction, ParkedError
+from idp.oauth.keys import ConstantDocument
 from idp.oauth.params import single_header, single_value, single_values
 from idp.oauth.resource import BearerProtector, StoredParties
 from idp.oauth.scopes import describe_scope
@@ -62,6 +63,8 @@ pages = Blueprint("oauth_pages", __name__)
 # RPs re-fetch the JWKS on an unknown kid; keep caches shorter than a rotation's overlap.
 JWKS_MAX_AGE = 300
 METADATA_MAX_AGE = 3600
+# app.extensions key of the encoded discovery document.
+_METADATA = "idp.discovery_document"
 # Endpoints a browser app calls directly; only they answer cross-origin (RFC 9700 §2.6).
 CORS_ENDPOINTS = frozenset({"oauth.token", "oauth.userinfo", "oauth.revoke", "oauth.introspect"})
 
@@ -103,21 +106,37 @@ async def _page(template: str, **context: Any) -> Response:
 # Discovery and keys
 
 
-@blueprint.get("/.well-known/openid-configuration")
-async def openid_configuration() -> Response:
+def _constant(document: ConstantDocument, content_type: str, max_age: int) -> Response:
+    """A pre-encoded document, or 304 when the client holds this version (If-None-Match)."""
+    if request.if_none_match.contains(document.etag.strip('"')):
+        response = Response(status=304)
+    else:
+        response = Response(document.body, content_type=content_type)
+    response.headers["ETag"] = document.etag
+    response.headers["Cache-Control"] = f"public, max-age={max_age}"
+    # Discovery and JWKS may be read cross-origin by browser apps (RFC 9700 §2.6).
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+def _metadata() -> ConstantDocument:
+    """The discovery document: its inputs are fixed for the life of the process."""
     rt = runtime()
-    response = jsonify(
-        provider_metadata(
+    cached: ConstantDocument | None = current_app.extensions.get(_METADATA)
+    if cached is None:
+        metadata = provider_metadata(
             rt.settings.issuer,
             rt.keys.algorithms,
             pairwise=rt.subjects.pairwise_available,
             registration=rt.settings.accounts.registration_enabled,
         )
-    )
-    response.headers["Cache-Control"] = f"public, max-age={METADATA_MAX_AGE}"
-    # Discovery and JWKS may be read cross-origin by browser apps (RFC 9700 §2.6).
-    response.headers["Access-Control-Allow-Origin"] = "*"
-    return response
+        cached = current_app.extensions[_METADATA] = ConstantDocument.of(metadata)
+    return cached
+
+
+@blueprint.get("/.well-known/openid-configuration")
+async def openid_configuration() -> Response:
+    return _constant(_metadata(), "application/json", METADATA_MAX_AGE)
 
 
 @blueprint.get("/.well-known/oauth-authorization-server")
@@ -128,11 +147,7 @@ async def oauth_authorization_server() -> Response:
 
 @blueprint.get("/jwks")
 async def jwks() -> Response:
-    response = jsonify(runtime().keys.jwks())
-    response.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE}"
-    response.headers["Access-Control-Allow-Origin"] = "*"
-    response.content_type = "application/jwk-set+json"
-    return response
+    return _constant(runtime().keys.jwks_document(), "application/jwk-set+json", JWKS_MAX_AGE)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -154,3 +154,26 @@ async def test_subjects_scopes_claims_and_logout(client: Any, runtime: Any) -> N
     assert data["request_parameter_supported"] is False
     assert data["request_uri_parameter_supported"] is False
     assert data["claims_parameter_supported"] is False
+
+
+async def test_discovery_and_jwks_carry_an_etag_and_answer_304_to_a_client_that_has_them(
+    client: Any, runtime: Any
+) -> None:
+    """RFC 9110 §13.1.2: a relying party revalidating its cached copy gets 304 and no body; a new
+    key set (rotation) is a new ETag, so the cached copy is not kept by mistake."""
+    for path in ("/.well-known/openid-configuration", "/jwks"):
+        first = await client.get(path)
+        etag = first.headers["ETag"]
+        assert first.status_code == 200 and etag.startswith('"') and etag.endswith('"')
+        assert first.headers["Access-Control-Allow-Origin"] == "*" and "max-age=" in first.headers["Cache-Control"]
+        again = await client.get(path, headers={"If-None-Match": etag})
+        assert again.status_code == 304 and await again.get_data() == b""
+        assert again.headers["ETag"] == etag
+        other = await client.get(path, headers={"If-None-Match": '"something-else"'})
+        assert other.status_code == 200 and await other.get_json() == await first.get_json()
+    before = await client.get("/jwks")
+    await runtime.keys.rotate(["ES256"])
+    after = await client.get("/jwks", headers={"If-None-Match": before.headers["ETag"]})
+    assert after.status_code == 200 and after.headers["ETag"] != before.headers["ETag"]
+    kids = {key["kid"] for key in (await after.get_json())["keys"]}
+    assert kids > {key["kid"] for key in (await before.get_json())["keys"]}  # old keys stay published
