@@ -12,7 +12,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from quart import Blueprint, Response, current_app, g, jsonify, render_template, request
+from quart import Blueprint, Response, g, jsonify, render_template, request
 
 from idp import cors
 from idp.errors import InvalidRequest, UnsupportedMediaType
@@ -63,8 +63,6 @@ pages = Blueprint("oauth_pages", __name__)
 # RPs re-fetch the JWKS on an unknown kid; keep caches shorter than a rotation's overlap.
 JWKS_MAX_AGE = 300
 METADATA_MAX_AGE = 3600
-# app.extensions key of the encoded discovery document.
-_METADATA = "idp.discovery_document"
 # Endpoints a browser app calls directly; only they answer cross-origin (RFC 9700 §2.6).
 CORS_ENDPOINTS = frozenset({"oauth.token", "oauth.userinfo", "oauth.revoke", "oauth.introspect"})
 
@@ -119,24 +117,16 @@ def _constant(document: ConstantDocument, content_type: str, max_age: int) -> Re
     return response
 
 
-def _metadata() -> ConstantDocument:
-    """The discovery document: its inputs are fixed for the life of the process."""
-    rt = runtime()
-    cached: ConstantDocument | None = current_app.extensions.get(_METADATA)
-    if cached is None:
-        metadata = provider_metadata(
-            rt.settings.issuer,
-            rt.keys.algorithms,
-            pairwise=rt.subjects.pairwise_available,
-            registration=rt.settings.accounts.registration_enabled,
-        )
-        cached = current_app.extensions[_METADATA] = ConstantDocument.of(metadata)
-    return cached
-
-
 @blueprint.get("/.well-known/openid-configuration")
 async def openid_configuration() -> Response:
-    return _constant(_metadata(), "application/json", METADATA_MAX_AGE)
+    rt = runtime()
+    metadata = provider_metadata(
+        rt.settings.issuer,
+        rt.keys.algorithms,
+        pairwise=rt.subjects.pairwise_available,
+        registration=rt.settings.accounts.registration_enabled,
+    )
+    return _constant(ConstantDocument.of(metadata), "application/json", METADATA_MAX_AGE)
 
 
 @blueprint.get("/.well-known/oauth-authorization-server")
