@@ -7,6 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# One shape for an activity entry, the account API's and the admin API's alike.
+from idp.accounts.api_models import ActivityItem
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -65,17 +68,6 @@ class SessionOut(_Model):
     amr: list[str]
     acr: str | None
     current: bool = False
-
-
-class ActivityItem(_Model):
-    id: int
-    event: str
-    outcome: str
-    occurred_at: str | None
-    ip: str | None
-    user_agent: str | None
-    client_id: str | None
-    details: dict[str, Any]
 
 
 class UserDetail(UserSummary):

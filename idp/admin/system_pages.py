@@ -19,7 +19,7 @@ from idp.accounts.users import AccountError
 from idp.accounts.web import page
 from idp.admin import audit as admin_audit
 from idp.admin.keys import describe_keys
-from idp.admin.web import admin_page, admin_pages, confirm_page, confirmed
+from idp.admin.web import Confirmation, admin_page, admin_pages, confirm_then
 from idp.errors import NotFound
 from idp.http import runtime
 from idp.oauth.clients import (
@@ -215,29 +215,22 @@ async def client_edit(client_id: str) -> Response:
 @admin_pages.route("/clients/<client_id>/rotate-secret", methods=["GET", "POST"])
 async def client_rotate_secret(client_id: str) -> Response:
     client = await _client(client_id)
-    back = url_for("admin.client_page", client_id=client.id)
 
-    async def ask(error: str | None = None, status: int = 200) -> Response:
-        return await confirm_page(
+    async def rotate() -> Response:
+        rt = runtime()
+        secret = await rotate_client_secret(rt.db, rt.events, client.id)
+        return await _secret_page(describe_client(client), secret, created=False)
+
+    return await confirm_then(
+        Confirmation(
             title="Rotate this client's secret?",
             text=f"{client.name}: the current secret stops working at once; the new one is shown once.",
             button="Rotate the secret",
-            back=back,
+            back=url_for("admin.client_page", client_id=client.id),
             danger=True,
-            error=error,
-            status=status,
-        )
-
-    if request.method == "GET":
-        return await ask()
-    if (refusal := await confirmed(needs_fresh=False)) is not None:
-        return await ask(refusal, 403)
-    rt = runtime()
-    try:
-        secret = await rotate_client_secret(rt.db, rt.events, client.id)
-    except ClientValidationError as exc:
-        return await ask(exc.message, 409)
-    return await _secret_page(describe_client(client), secret, created=False)
+        ),
+        rotate,
+    )
 
 
 def _toggle_view(disabled: bool) -> Any:
@@ -250,21 +243,21 @@ def _toggle_view(disabled: bool) -> Any:
 
     async def view(client_id: str) -> Response:
         client = await _client(client_id)
-        back = url_for("admin.client_page", client_id=client.id)
-        if request.method == "GET" or (refusal := await confirmed(needs_fresh=False)) is not None:
-            return await confirm_page(
-                title=f"{verb} this client?",
-                text=f"{client.name}: {explanation}",
-                button=verb,
-                back=back,
-                danger=disabled,
-                error=None if request.method == "GET" else refusal,
-                status=200 if request.method == "GET" else 403,
-            )
-        rt = runtime()
-        changed = await set_client_disabled(rt.db, rt.events, client.id, disabled)
-        notice = ("disabled" if disabled else "enabled") if changed else "unchanged"
-        return see_other(url_for("admin.client_page", client_id=client.id, notice=notice))
+
+        async def toggle() -> Response:
+            rt = runtime()
+            changed = await set_client_disabled(rt.db, rt.events, client.id, disabled)
+            notice = ("disabled" if disabled else "enabled") if changed else "unchanged"
+            return see_other(url_for("admin.client_page", client_id=client.id, notice=notice))
+
+        confirmation = Confirmation(
+            title=f"{verb} this client?",
+            text=f"{client.name}: {explanation}",
+            button=verb,
+            back=url_for("admin.client_page", client_id=client.id),
+            danger=disabled,
+        )
+        return await confirm_then(confirmation, toggle)
 
     view.__name__ = "client_disable" if disabled else "client_enable"
     return view
@@ -282,8 +275,13 @@ for _disabled in (True, False):
 async def client_delete(client_id: str) -> Response:
     client = await _client(client_id)
 
-    async def ask(error: str | None = None, status: int = 200) -> Response:
-        return await confirm_page(
+    async def delete() -> Response:
+        rt = runtime()
+        await delete_client(rt.grants, rt.db, rt.events, client.id)
+        return see_other(url_for("admin.clients_page", deleted="1"))
+
+    return await confirm_then(
+        Confirmation(
             title="Delete this client?",
             text=f"{client.name}: every token it holds is revoked, and its registration, codes, refresh "
             "tokens and consents are deleted. Its users stay.",
@@ -291,17 +289,9 @@ async def client_delete(client_id: str) -> Response:
             back=url_for("admin.client_page", client_id=client.id),
             needs_fresh=True,
             danger=True,
-            error=error,
-            status=status,
-        )
-
-    if request.method == "GET":
-        return await ask()
-    if (refusal := await confirmed(needs_fresh=True)) is not None:
-        return await ask(refusal, 403)
-    rt = runtime()
-    await delete_client(rt.grants, rt.db, rt.events, client.id)
-    return see_other(url_for("admin.clients_page", deleted="1"))
+        ),
+        delete,
+    )
 
 
 # -- signing keys ----------------------------------------------------------------------------------
@@ -321,8 +311,12 @@ async def keys_page() -> Response:
 async def keys_rotate() -> Response:
     rt = runtime()
 
-    async def ask(error: str | None = None, status: int = 200) -> Response:
-        return await confirm_page(
+    async def rotate() -> Response:
+        await rt.keys.rotate()
+        return see_other(url_for("admin.keys_page", notice="rotated"))
+
+    return await confirm_then(
+        Confirmation(
             title="Rotate the signing keys?",
             text=f"A new key per algorithm ({', '.join(rt.settings.keys.algorithms)}) signs from now on; "
             "the current ones stay published until every token they signed has expired.",
@@ -330,31 +324,26 @@ async def keys_rotate() -> Response:
             back=url_for("admin.keys_page"),
             needs_fresh=True,
             danger=True,
-            error=error,
-            status=status,
-        )
-
-    if request.method == "GET":
-        return await ask()
-    if (refusal := await confirmed(needs_fresh=True)) is not None:
-        return await ask(refusal, 403)
-    await rt.keys.rotate()
-    return see_other(url_for("admin.keys_page", notice="rotated"))
+        ),
+        rotate,
+    )
 
 
 @admin_pages.route("/keys/purge", methods=["GET", "POST"])
 async def keys_purge() -> Response:
-    if request.method == "GET" or (refusal := await confirmed(needs_fresh=False)) is not None:
-        return await confirm_page(
+    async def purge() -> Response:
+        removed = await runtime().keys.purge_expired()
+        return see_other(url_for("admin.keys_page", notice="purged" if removed else "none-purged"))
+
+    return await confirm_then(
+        Confirmation(
             title="Delete expired keys?",
             text="Retired keys whose publication window has ended are deleted; nothing they signed is still valid.",
             button="Delete expired keys",
             back=url_for("admin.keys_page"),
-            error=None if request.method == "GET" else refusal,
-            status=200 if request.method == "GET" else 403,
-        )
-    removed = await runtime().keys.purge_expired()
-    return see_other(url_for("admin.keys_page", notice="purged" if removed else "none-purged"))
+        ),
+        purge,
+    )
 
 
 # -- audit log -------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from idp.accounts.web import load_user
 from idp.admin import users as admin_users
 from idp.admin.chart import hourly_chart
 from idp.admin.dashboard import dashboard
-from idp.admin.web import admin_page, admin_pages, administrator, confirm_page, confirmed
+from idp.admin.web import Confirmation, admin_page, admin_pages, administrator, confirm_then
 from idp.errors import NotFound
 from idp.http import runtime
 from idp.storage.models import User
@@ -238,27 +238,19 @@ def _action_view(action: UserAction) -> Callable[[str], Awaitable[Response]]:
         user = await _account(user_id)
         back = url_for("admin.user_page", user_id=user.id)
 
-        async def ask(error: str | None = None, status: int = 200) -> Response:
-            return await confirm_page(
-                title=action.question,
-                text=f"{user.email}: {action.explanation}",
-                button=action.label,
-                back=back,
-                needs_fresh=action.needs_fresh,
-                danger=action.danger,
-                error=error,
-                status=status,
-            )
-
-        if request.method == "GET":
-            return await ask()
-        if (refusal := await confirmed(needs_fresh=action.needs_fresh)) is not None:
-            return await ask(refusal, 403)
-        try:
+        async def act() -> Response:
             changed = await action.run(user)
-        except AccountError as exc:
-            return await ask(exc.message, 409)
-        return see_other(f"{back}?notice={action.slug if changed else 'unchanged'}")
+            return see_other(f"{back}?notice={action.slug if changed else 'unchanged'}")
+
+        confirmation = Confirmation(
+            title=action.question,
+            text=f"{user.email}: {action.explanation}",
+            button=action.label,
+            back=back,
+            needs_fresh=action.needs_fresh,
+            danger=action.danger,
+        )
+        return await confirm_then(confirmation, act)
 
     view.__name__ = f"user_{action.slug.replace('-', '_')}"
     return view
@@ -276,27 +268,33 @@ for _action in USER_ACTIONS:
 async def user_end_session(user_id: str, sid: str) -> Response:
     user = await _account(user_id)
     back = url_for("admin.user_page", user_id=user.id)
-    if request.method == "GET":
-        return await confirm_page(
+
+    async def end() -> Response:
+        ended = await account_status.end_sessions(runtime().accounts, user.id, sid[:64])
+        return see_other(f"{back}?notice={'end-session' if ended else 'unchanged'}")
+
+    return await confirm_then(
+        Confirmation(
             title="End this session?",
             text=f"{user.email}: that browser is signed out at its next request, and its applications are told.",
             button="End the session",
             back=back,
-        )
-    if (refusal := await confirmed(needs_fresh=False)) is not None:
-        return await confirm_page(
-            title="End this session?", text=user.email, button="End the session", back=back, error=refusal, status=403
-        )
-    ended = await account_status.end_sessions(runtime().accounts, user.id, sid[:64])
-    return see_other(f"{back}?notice={'end-session' if ended else 'unchanged'}")
+        ),
+        end,
+    )
 
 
 @admin_pages.route("/users/<user_id>/delete", methods=["GET", "POST"])
 async def user_delete(user_id: str) -> Response:
     user = await _account(user_id)
 
-    async def ask(error: str | None = None, status: int = 200) -> Response:
-        return await confirm_page(
+    async def delete() -> Response:
+        rt = runtime()
+        await admin_users.delete_user(rt.accounts, user, actor_id=administrator().id, delete_blob=rt.delete_picture)
+        return see_other(url_for("admin.users_page", deleted="1"))
+
+    return await confirm_then(
+        Confirmation(
             title="Delete this account?",
             text=f"{user.email}: the account and everything it holds are deleted for good (sessions "
             "ended, tokens revoked, consents, factors, picture and activity removed), as when its owner "
@@ -305,17 +303,6 @@ async def user_delete(user_id: str) -> Response:
             back=url_for("admin.user_page", user_id=user.id),
             needs_fresh=True,
             danger=True,
-            error=error,
-            status=status,
-        )
-
-    if request.method == "GET":
-        return await ask()
-    if (refusal := await confirmed(needs_fresh=True)) is not None:
-        return await ask(refusal, 403)
-    rt = runtime()
-    try:
-        await admin_users.delete_user(rt.accounts, user, actor_id=administrator().id, delete_blob=rt.delete_picture)
-    except AccountError as exc:
-        return await ask(exc.message, 409)
-    return see_other(url_for("admin.users_page", deleted="1"))
+        ),
+        delete,
+    )

@@ -13,6 +13,8 @@ does it, so nothing changes by following a link, and the pages work without Java
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from quart import Blueprint, Response, g, render_template, request
@@ -24,6 +26,7 @@ from idp.accounts.web import load_user, page, reauthenticate
 from idp.errors import Forbidden
 from idp.events import set_actor
 from idp.http import runtime
+from idp.oauth.clients import ClientValidationError
 from idp.storage.models import User
 from idp.web import csrf_token, current_session, require_csrf, see_other
 
@@ -75,40 +78,42 @@ def fresh(session: BrowserSession) -> bool:
     return time.time() - session.auth_time <= runtime().settings.admin.fresh_auth_max_age
 
 
-async def confirm_page(
-    *,
-    title: str,
-    text: str,
-    button: str,
-    back: str,
-    needs_fresh: bool = False,
-    danger: bool = False,
-    error: str | None = None,
-    status: int = 200,
-) -> Response:
-    """The confirmation of an action: what it does, and a form that posts to this same URL. A
-    destructive action without a fresh sign-in also asks for the password (or a new sign-in)."""
-    ask_password = needs_fresh and not fresh(admin_session())
+@dataclass(frozen=True)
+class Confirmation:
+    """What an action's confirmation page says, and whether the action is destructive enough to
+    need a fresh sign-in."""
+
+    title: str
+    text: str
+    button: str
+    back: str
+    needs_fresh: bool = False
+    danger: bool = False
+
+
+async def _confirm_page(confirmation: Confirmation, *, error: str | None = None, status: int = 200) -> Response:
+    """The form that posts to this same URL. A destructive action without a fresh sign-in also
+    asks for the password (or a new sign-in)."""
     html = await render_template(
         "admin/confirm.html",
-        title=title,
-        text=text,
-        button=button,
-        back=back,
+        title=confirmation.title,
+        text=confirmation.text,
+        button=confirmation.button,
+        back=confirmation.back,
         action=request.path,
-        danger=danger,
+        danger=confirmation.danger,
         error=error,
         csrf_token=csrf_token(),
-        ask_password=ask_password,
+        ask_password=confirmation.needs_fresh and not fresh(admin_session()),
         has_password=administrator().password_hash is not None,
         sign_in_again=sign_in_url(request.path),
     )
     return page(html, status)
 
 
-async def confirmed(*, needs_fresh: bool) -> str | None:
-    """After require_csrf: None when the action may go ahead; otherwise why not (shown on the
-    confirmation page again). The password counts as a sign-in attempt (too many: 429)."""
+async def _refusal(needs_fresh: bool) -> str | None:
+    """After require_csrf: None when the action may go ahead; otherwise why not. The password
+    counts as a sign-in attempt (too many: 429)."""
     await require_csrf()
     if not needs_fresh or fresh(admin_session()):
         return None
@@ -120,6 +125,21 @@ async def confirmed(*, needs_fresh: bool) -> str | None:
     except AccountError as exc:
         return exc.message
     return None
+
+
+async def confirm_then(confirmation: Confirmation, act: Callable[[], Awaitable[Response]]) -> Response:
+    """Every admin action: GET shows the confirmation; POST checks the CSRF token and, for a
+    destructive action, a fresh sign-in (403 and the page again otherwise), then does ``act``.
+    A refusal of the domain (the last administrator, a client without a secret) is the page
+    again with the reason (409)."""
+    if request.method == "GET":
+        return await _confirm_page(confirmation)
+    if (refusal := await _refusal(confirmation.needs_fresh)) is not None:
+        return await _confirm_page(confirmation, error=refusal, status=403)
+    try:
+        return await act()
+    except (AccountError, ClientValidationError) as exc:
+        return await _confirm_page(confirmation, error=exc.message, status=409)
 
 
 async def admin_page(template: str, **context: object) -> Response:
