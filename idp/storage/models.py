@@ -297,3 +297,39 @@ class OneTimeToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
+
+
+class RevokedAccessToken(Base):
+    """An access token revoked before its expiry; the key-value denylist is rebuilt from these."""
+
+    __tablename__ = "revoked_access_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    revoked_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The token's own expiry: the row is purged after it.
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class RevokedGrant(Base):
+    """A revoked grant (refresh-token family): every access token carrying its id is refused."""
+
+    __tablename__ = "revoked_grants"
+
+    grant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    revoked_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the last access token the grant could have issued expires: the row is purged after it.
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class SessionClient(Base):
+    """A relying party that joined a browser session: who gets a back-channel logout when it ends."""
+
+    __tablename__ = "session_clients"
+
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("oauth_clients.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The session's absolute end: the row is purged after it.
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    ended_at: Mapped[datetime | None]
