@@ -94,6 +94,16 @@ async def test_values_round_trip_unchanged(store: KeyValueStore) -> None:
         assert await store.get("k") == value
 
 
+async def test_get_many_answers_each_key_in_order(store: KeyValueStore) -> None:
+    await store.set("a", "1")
+    await store.set("b", "2")
+    await store.set("gone", "x", ttl=0.05)
+    await store.add_to_set("a_set", "m")
+    await asyncio.sleep(0.1)
+    assert await store.get_many("b", "missing", "a", "gone", "a_set", "b") == ["2", None, "1", None, None, "2"]
+    assert await store.get_many() == []
+
+
 async def test_keys_are_namespaced_with_prefix(store: KeyValueStore) -> None:
     await store.set("k", "v")
     if isinstance(store, MemoryStore):

@@ -44,6 +44,11 @@ class KeyValueStore(abc.ABC):
         """The value of ``key``, or None when it is missing or expired."""
 
     @abc.abstractmethod
+    async def get_many(self, *keys: str) -> list[str | None]:
+        """The values of ``keys`` in order, in one round trip (Redis MGET): None for a key that is
+        missing, expired or not a string (MGET answers nil for other types rather than an error)."""
+
+    @abc.abstractmethod
     async def set(self, key: str, value: str, ttl: float | None = None) -> None:
         """Store ``value``, replacing any previous value, type and expiry of ``key``."""
 

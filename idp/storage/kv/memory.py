@@ -103,6 +103,10 @@ class MemoryStore(KeyValueStore):
         entry = self._typed(self._k(key), str)
         return None if entry is None else str(entry.value)
 
+    async def get_many(self, *keys: str) -> list[str | None]:
+        entries = [self._live(self._k(key)) for key in keys]
+        return [entry.value if entry is not None and isinstance(entry.value, str) else None for entry in entries]
+
     async def set(self, key: str, value: str, ttl: float | None = None) -> None:
         self._data[self._k(key)] = _Entry(value, self._deadline(ttl))
         self._wrote()

@@ -103,6 +103,13 @@ class RedisStore(KeyValueStore):
             value = await self._redis.get(self._k(key))
         return _text(value)
 
+    async def get_many(self, *keys: str) -> list[str | None]:
+        if not keys:
+            return []
+        async with self._guard():
+            values = await self._redis.mget([self._k(key) for key in keys])
+        return [_text(value) for value in values]
+
     async def set(self, key: str, value: str, ttl: float | None = None) -> None:
         px = None if ttl is None else _ttl_ms(ttl)
         async with self._guard():
