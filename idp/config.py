@@ -410,6 +410,27 @@ class LockoutSettings(_Section):
         return self
 
 
+class MetricsSettings(_Section):
+    # Prometheus metrics at /metrics on the main listener (idp.metrics; docs/deployment.md).
+    enabled: bool = True
+    # The token a scraper presents (Authorization: Bearer …), at least 32 characters. Without one,
+    # /metrics answers only loopback callers that came through no proxy; outside dev mode a server
+    # listening beyond loopback (server.host) must set one, or switch metrics off.
+    bearer_token: SecretStr | None = None
+
+    @field_validator("bearer_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("bearer_token")
+    @classmethod
+    def _token_strength(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters of random data")
+        return value
+
+
 class Settings(_Section):
     # The issuer identifier (OIDC Discovery §3): an https URL without query or fragment; http is
     # accepted only for loopback hosts or in dev mode.
@@ -442,6 +463,7 @@ class Settings(_Section):
     webauthn: WebAuthnSettings = Field(default_factory=WebAuthnSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     lockout: LockoutSettings = Field(default_factory=LockoutSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @field_validator("issuer")
     @classmethod
@@ -502,6 +524,12 @@ class Settings(_Section):
             raise ValueError("secrets.cookie_secret: required outside dev mode (generate: idp secrets generate)")
         if self.secrets.key_encryption_key is None:
             raise ValueError("secrets.key_encryption_key: required outside dev mode (generate: idp secrets generate)")
+        if self.metrics.enabled and self.metrics.bearer_token is None and not is_loopback_host(self.server.host):
+            raise ValueError(
+                f"metrics.bearer_token: required outside dev mode when server.host ({self.server.host}) listens "
+                "beyond loopback (a proxy on this host would make every caller look local); set one, or "
+                "metrics.enabled = false"
+            )
         return self
 
     @property
@@ -607,15 +635,66 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: is a directory") from None
 
 
+# Settings that may be read from a file named by IDP_<NAME>_FILE (Docker and systemd credentials,
+# Kubernetes secrets): every SecretStr setting, and the URLs that carry a password.
+FILE_SUFFIX = "_FILE"
+_URLS_WITH_PASSWORDS = frozenset({("database_url",), ("redis_url",)})
+
+
+def file_settings(model: type[BaseModel] = Settings, prefix: tuple[str, ...] = ()) -> frozenset[tuple[str, ...]]:
+    """Key paths of the secret settings (SecretStr, alone or in a list), and the two URLs."""
+    found: set[tuple[str, ...]] = set(_URLS_WITH_PASSWORDS) if not prefix else set()
+    for key, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, _Section):
+            found |= file_settings(annotation, (*prefix, key))
+        elif "SecretStr" in str(annotation):
+            found.add((*prefix, key))
+    return frozenset(found)
+
+
+def _read_secret_file(name: str, path: str) -> str:
+    """The content of a ``*_FILE`` setting, trailing newline removed. Errors name the variable and
+    the path, never the content."""
+    try:
+        content = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: file {path} not found") from None
+    except PermissionError:
+        raise ConfigError(f"{name}: file {path} not readable (permission denied)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{name}: {path} is a directory, not a file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}: file {path} is not valid UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{name}: file {path} not readable ({exc.strerror or type(exc).__name__})") from None
+    content = content.rstrip("\r\n")
+    if not content:
+        raise ConfigError(f"{name}: file {path} is empty")
+    return content
+
+
 def _environment_values(env: Mapping[str, str]) -> dict[str, Any]:
-    """Turn IDP_A__B=v into {"a": {"b": v}}, tagged with the variable name for error messages."""
+    """Turn IDP_A__B=v into {"a": {"b": v}}, tagged with the variable name for error messages.
+
+    IDP_A__B_FILE=/path gives a secret setting the content of that file instead; setting both
+    IDP_A__B and IDP_A__B_FILE is an error."""
     result: dict[str, Any] = {}
+    secret_paths = file_settings()
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_SEPARATOR)]
         if not all(path):
             raise ConfigError(f"{name}: malformed variable name (use IDP_SECTION__KEY)")
+        if name.endswith(FILE_SUFFIX) and len(path[-1]) > len(FILE_SUFFIX):
+            path[-1] = path[-1][: -len(FILE_SUFFIX)]
+            if tuple(path) not in secret_paths:
+                raise ConfigError(f"{name}: {'.'.join(path)} is not a secret setting that can be read from a file")
+            plain = name[: -len(FILE_SUFFIX)]
+            if plain in env:
+                raise ConfigError(f"{name}: {plain} is set as well; set one of the two")
+            raw = _read_secret_file(name, raw)
         node = result
         for part in path[:-1]:
             child = node.setdefault(part, {})
@@ -727,7 +806,15 @@ def _describe(exc: ValidationError, sources: dict[tuple[str, ...], str]) -> str:
         return message
     key = ".".join(part for part in loc if not part.isdigit())
     shown = ""
-    if "input" in error and not isinstance(error["input"], dict) and error["type"] != "missing" and "secret" not in key:
+    from_file = _origin(loc, sources).endswith(f"{FILE_SUFFIX}]")
+    if (
+        "input" in error
+        and not isinstance(error["input"], dict)
+        and error["type"] != "missing"
+        and "secret" not in key
+        and tuple(key.split(".")) not in file_settings()
+        and not from_file
+    ):
         shown = f" (got {error['input']!r})"
     return f"{key}: {message}{shown}{_origin(loc, sources)}"
 
