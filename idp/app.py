@@ -65,6 +65,7 @@ def build_app(settings: Settings) -> IdPApp:
             raise
         if settings.notifications.enabled:
             await rt.live.start()  # this node hears every node's notifications
+        await rt.client_cache.start()  # clients are cached once this node hears every change
         if settings.server.loop_lag_probe:
             probe = app.extensions[LOOP_LAG] = LoopLagProbe()
             probe.start()

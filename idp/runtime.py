@@ -26,6 +26,12 @@ from idp.events import (
     AccountDeleting,
     AccountDisabled,
     AccountUnlocked,
+    ClientCreated,
+    ClientDeleted,
+    ClientDisabled,
+    ClientEnabled,
+    ClientSecretRotated,
+    ClientUpdated,
     ConsentWithdrawn,
     Event,
     EventBus,
@@ -50,6 +56,7 @@ from idp.storage.blobs import BlobStore, FilesystemBlobStore, S3BlobStore
 from idp.storage.db import Database, DatabaseUnavailable
 from idp.storage.kv import KeyValueStore, KeyValueUnavailable, open_kv_store
 from idp.storage.repositories import ClientRepository, UnitsOfWork, UserRepository
+from idp.storage.repositories.client_cache import ClientCache
 
 
 class StartupError(Exception):
@@ -78,6 +85,11 @@ class Runtime:
     pending_logins: PendingLogins
     # Live notifications: publishes from every process; its subscription runs only while serving.
     live: LiveHub
+    # Registered clients in memory for the protocol endpoints; its subscription (which makes it
+    # usable) runs only while serving.
+    client_cache: ClientCache
+    # Writes the audit trail; batches the high-volume rows (closed after the last request).
+    audit: AuditLogger
 
     async def delete_picture(self, stored: str) -> None:
         """Delete every stored size of a picture (the ``delete_blob`` of account deletion)."""
@@ -99,7 +111,7 @@ class Runtime:
     @property
     def units(self) -> UnitsOfWork:
         """Units of work for the protocol endpoints (one database session a request)."""
-        return UnitsOfWork(self.db)
+        return UnitsOfWork(self.db, self.client_cache)
 
     @property
     def grants(self) -> GrantContext:
@@ -115,6 +127,8 @@ class Runtime:
 
     async def close(self) -> None:
         await self.live.stop()
+        await self.client_cache.stop()
+        await self.audit.close()
         await self.blobs.close()
         await self.accounts.mailer.close()
         await self.backchannel.close()
@@ -144,8 +158,16 @@ def build_blob_store(settings: Settings) -> BlobStore:
     return FilesystemBlobStore(config.directory or Path(settings.data_dir) / "pictures")
 
 
+_CLIENT_CHANGES = (ClientCreated, ClientUpdated, ClientSecretRotated, ClientDisabled, ClientEnabled, ClientDeleted)
+
+
 def _subscribe_protocol_handlers(rt: Runtime) -> None:
     """Protocol consequences of account events (accounts never call into oauth directly)."""
+
+    async def on_client_changed(event: Event, _context: EventContext) -> None:
+        # Published after the change is committed: every node's cached copy goes now.
+        assert isinstance(event, _CLIENT_CHANGES)
+        await rt.client_cache.changed(event.client)
 
     async def on_consent_withdrawn(event: Event, _context: EventContext) -> None:
         assert isinstance(event, ConsentWithdrawn)
@@ -211,6 +233,7 @@ def _subscribe_protocol_handlers(rt: Runtime) -> None:
     rt.events.subscribe(on_session_ended, SessionEnded)
     rt.events.subscribe(on_session_ended_revoke, SessionEnded)
     rt.events.subscribe(on_password_reset_unlock, PasswordResetCompleted)
+    rt.events.subscribe(on_client_changed, *_CLIENT_CHANGES)
 
 
 def check_discovery_document(settings: Settings) -> None:
@@ -254,7 +277,8 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
         live = LiveHub(
             kv, max_per_user=settings.notifications.max_per_user, queue_limit=settings.notifications.queue_limit
         )
-        AuditLogger(db, followers=[live.published] if settings.notifications.enabled else []).subscribe_to(events)
+        audit = AuditLogger(db, followers=[live.published] if settings.notifications.enabled else [])
+        audit.subscribe_to(events)
         keys = KeyManager(db, encryptor, settings.keys, settings.tokens, kv=kv, events=events)
         try:
             await (keys.ensure_active_keys() if ensure_keys else keys.reload())
@@ -316,6 +340,8 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             lockout=lockout,
             pending_logins=PendingLogins(kv, ttl=settings.sessions.interaction_ttl),
             live=live,
+            client_cache=ClientCache(db, kv),
+            audit=audit,
         )
         notifications.subscribe_security_notices(
             runtime.accounts, new_device=settings.sessions.notify_new_device, lockout=settings.lockout.notify

@@ -5,6 +5,9 @@ issues are read and written in one database session (one connection checkout, on
 The audit trail writes each event in a session of its own (idp.audit), so a request opens one
 session plus one per event it published. Before the repositories, a code redemption opened four
 (client, code, the redemption, the audit row) and a replay five.
+
+The client comes from the client cache (idp.storage.repositories.client_cache): read once in a
+session of its own, then from memory, so these tests warm it first.
 """
 
 from __future__ import annotations
@@ -63,7 +66,10 @@ def assert_one_unit_of_work(counts: Counts, *events: str) -> None:
 
 @pytest.fixture
 async def world(runtime: Any) -> World:
-    return await make_world(runtime)
+    made = await make_world(runtime)
+    assert runtime.client_cache.active
+    assert await runtime.client_cache.get(made.web_id) is not None  # cached from here on
+    return made
 
 
 @pytest.fixture
@@ -93,7 +99,7 @@ async def test_a_code_redemption_and_its_replay_are_one_unit_of_work_each(
     assert_one_unit_of_work(counts, "token_revoked")
 
 
-async def test_a_refresh_and_a_client_credentials_grant_are_one_unit_of_work_each(
+async def test_a_refresh_is_one_unit_of_work_and_its_audit_row_is_batched(
     client: Any, runtime: Any, world: World, redeemed: dict[str, Any]
 ) -> None:
     auth = basic(world.web_id, world.web_secret)
@@ -102,13 +108,42 @@ async def test_a_refresh_and_a_client_credentials_grant_are_one_unit_of_work_eac
         response = await client.post(
             "/token", form={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}, headers=auth
         )
-    assert response.status_code == 200
-    assert_one_unit_of_work(counts, "token_issued")
+        assert response.status_code == 200
+        # The rotation is one session; the token_issued row waits for its batch (idp.audit).
+        assert counts.events == ["token_issued"]
+        assert counts.sessions == counts.checkouts == 1, counts
+        await runtime.audit.flush()
+    assert counts.sessions == counts.checkouts == 2, counts
+    assert await audit_rows(runtime, "token_issued", "refresh_token") == 1
 
+
+async def test_a_client_credentials_grant_touches_no_database_on_the_request_path(
+    client: Any, runtime: Any, world: World
+) -> None:
+    auth = basic(world.web_id, world.web_secret)
     with counting(runtime) as counts:
-        response = await client.post("/token", form={"grant_type": "client_credentials"}, headers=auth)
-    assert response.status_code == 200
-    assert_one_unit_of_work(counts, "token_issued")
+        responses = [
+            await client.post("/token", form={"grant_type": "client_credentials"}, headers=auth) for _ in range(3)
+        ]
+        assert [r.status_code for r in responses] == [200, 200, 200]
+        # The client is cached, the grant stores nothing, the audit rows are queued: the unit of
+        # work's session never checks out a connection.
+        assert counts.events == ["token_issued"] * 3
+        assert (counts.sessions, counts.checkouts) == (3, 0), counts
+        await runtime.audit.flush()
+    # One batch for the three rows.
+    assert (counts.sessions, counts.checkouts) == (4, 1), counts
+    assert await audit_rows(runtime, "token_issued", "client_credentials") == 3
+
+
+async def audit_rows(runtime: Any, event_name: str, grant_type: str) -> int:
+    from sqlalchemy import select
+
+    from idp.storage.models import AuditEvent
+
+    async with runtime.db.session() as session:
+        rows = (await session.execute(select(AuditEvent).where(AuditEvent.event == event_name))).scalars().all()
+    return sum(1 for row in rows if row.details.get("grant_type") == grant_type)
 
 
 async def test_introspection_and_revocation_are_one_unit_of_work_each(

@@ -14,16 +14,31 @@ from contextlib import asynccontextmanager
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idp.storage.db import Database
+from idp.storage.models import OAuthClient
+from idp.storage.repositories.client_cache import ClientCache
 from idp.storage.repositories.clients import ClientRepository
 from idp.storage.repositories.codes import AuthorizationCodeRepository
 from idp.storage.repositories.refresh_tokens import RefreshTokenRepository
 from idp.storage.repositories.users import UserRepository
 
 
+class CachedClients:
+    """The unit of work's client look-up answered from a :class:`ClientCache` (its own session on
+    a miss), so a request whose client is cached reads nothing else may touch the database."""
+
+    def __init__(self, cache: ClientCache) -> None:
+        self._cache = cache
+
+    async def get(self, client_id: str) -> OAuthClient | None:
+        return await self._cache.get(client_id)
+
+
 class UnitOfWork:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, clients: ClientCache | None = None) -> None:
         self._session = session
-        self.clients = ClientRepository(session)
+        self.clients: ClientRepository | CachedClients = (
+            ClientRepository(session) if clients is None else CachedClients(clients)
+        )
         self.users = UserRepository(session)
         self.codes = AuthorizationCodeRepository(session)
         self.refresh_tokens = RefreshTokenRepository(session)
@@ -33,12 +48,14 @@ class UnitOfWork:
 
 
 class UnitsOfWork:
-    """Opens units of work on ``db``: commits on success, rolls back on any exception."""
+    """Opens units of work on ``db``: commits on success, rolls back on any exception. A session
+    that runs no statement takes no connection (SQLAlchemy checks one out on first use)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clients: ClientCache | None = None) -> None:
         self._db = db
+        self._clients = clients
 
     @asynccontextmanager
     async def __call__(self) -> AsyncIterator[UnitOfWork]:
         async with self._db.session() as session:
-            yield UnitOfWork(session)
+            yield UnitOfWork(session, self._clients)
