@@ -22,6 +22,7 @@ from idp.events import EventContext, set_context
 from idp.health import LOOP_LAG
 from idp.health import blueprint as health
 from idp.http import EXTENSION, IdPApp
+from idp.metrics import install as install_metrics
 from idp.oauth.routes import blueprint as oauth
 from idp.oauth.routes import pages as oauth_pages
 from idp.observability import LoopLagProbe, accept_request_id, request_id_var
@@ -82,6 +83,7 @@ def build_app(settings: Settings) -> IdPApp:
     install_error_handlers(app)
     _register_blueprints(app)
     openapi.install(app)
+    install_metrics(app, settings.metrics)  # after the request hooks: it reads their g.started
     return app
 
 

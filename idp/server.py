@@ -8,7 +8,12 @@ while the head arrives and answers 414 or 431 without dispatching the request.
 
 from __future__ import annotations
 
+import atexit
 import http
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -102,10 +107,38 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+# prometheus-client reads this when it is first imported (by each worker): its multiprocess mode.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_metrics_directory(environ: dict[str, str] | os._Environ[str] = os.environ) -> Path:
+    """Give the workers about to start one directory for prometheus-client's multiprocess mode.
+
+    Each worker writes its counters to memory-mapped files named by its pid, and a scrape
+    answered by any worker adds up all of them, so the numbers do not depend on which worker the
+    scraper reached. An operator's own PROMETHEUS_MULTIPROC_DIR is emptied first (files of an
+    earlier run would be counted again); otherwise a fresh private directory is made and removed
+    at exit. Never data_dir: nodes may share it, and two containers both have a pid 1."""
+    given = environ.get(METRICS_DIR_ENV)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="idp-metrics-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        environ[METRICS_DIR_ENV] = str(directory)
+    return directory
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """How idp runs under uvicorn: uvloop + httptools (about twice Hypercorn's throughput here,
     see bench/README.md) with the request-head limits, sans-io websockets, and our own access log
-    (no query strings)."""
+    (no query strings). With metrics on, the workers' metrics directory is prepared here, in the
+    process that starts them, whatever their number (one, or --workers overriding the setting)."""
+    if settings.metrics.enabled:
+        prepare_metrics_directory()
     return {
         "loop": "uvloop",
         "http": LimitedHttpToolsProtocol,
