@@ -40,6 +40,7 @@ from idp.events import (
     SessionEnded,
 )
 from idp.mail import EmailRenderer, build_mailer
+from idp.oauth.denylist import Denylist
 from idp.oauth.discovery import check_provider_metadata, provider_metadata
 from idp.oauth.grants import GrantContext, revoke_session_grants, revoke_user_client_grants
 from idp.oauth.interactions import InteractionStore
@@ -286,7 +287,7 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             raise StartupError(f"secrets.key_encryption_key: cannot decrypt the stored signing keys ({exc})") from None
         tokens = TokenService(
             keys,
-            kv,
+            Denylist(kv, db),
             settings.issuer,
             access_token_ttl=settings.tokens.access_token_ttl,
             id_token_ttl=settings.tokens.id_token_ttl,
@@ -296,6 +297,7 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
         sessions = SessionStore(
             kv,
             events,
+            db=db,
             idle_ttl=settings.sessions.idle_ttl,
             absolute_ttl=settings.sessions.absolute_ttl,
             max_per_user=settings.sessions.max_per_user,

@@ -7,10 +7,10 @@ side effect as well as the answer. Models are transient ORM objects: never added
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from idp.accounts.sessions.store import BrowserSession
@@ -150,8 +150,8 @@ def make_refresh_token(**fields: Any) -> RefreshToken:
 
 
 class FakeTokens:
-    """Verifies the tokens it was given (by value), issues numbered tokens, and keeps the access
-    tokens of each grant and the revoked ones as TokenService does in the key-value store."""
+    """Verifies the tokens it was given (by value), issues numbered tokens (with their grant), and
+    keeps the revoked access tokens and grants as TokenService's denylist caches them."""
 
     def __init__(
         self,
@@ -165,8 +165,8 @@ class FakeTokens:
         self.issued: list[IssuedToken] = []
         self.access_token_ttl = 600
         self.issuer = "https://idp.example"
-        self.grant_tokens: dict[str, set[str]] = {}
         self.revoked: set[str] = set()
+        self.revoked_grants: set[str] = set()
         self.id_tokens_issued: list[dict[str, Any]] = []
         self.refresh_issued: list[dict[str, Any]] = []
 
@@ -190,9 +190,19 @@ class FakeTokens:
             raise TokenInvalid("unknown")
         return dict(self.id_tokens[token])
 
-    def issue_access_token(self, *, subject: str, client_id: str, scope: str, **_: Any) -> IssuedToken:
+    def issue_access_token(
+        self, *, subject: str, client_id: str, scope: str, grant_id: str | None = None, **_: Any
+    ) -> IssuedToken:
         jti = f"at-{len(self.issued) + 1}"
-        claims = {"sub": subject, "client_id": client_id, "scope": scope, "jti": jti, "exp": 2_000_000_000}
+        claims: dict[str, Any] = {
+            "sub": subject,
+            "client_id": client_id,
+            "scope": scope,
+            "jti": jti,
+            "exp": 2_000_000_000,
+        }
+        if grant_id is not None:
+            claims["gid"] = grant_id
         issued = IssuedToken(value=f"token-{jti}", jti=jti, claims=claims)
         self.issued.append(issued)
         return issued
@@ -207,19 +217,17 @@ class FakeTokens:
         self.refresh[value] = {"jti": jti, **claims}
         return value
 
-    async def remember_grant_token(self, grant_id: str, token: IssuedToken) -> None:
-        self.grant_tokens.setdefault(grant_id, set()).add(token.jti)
+    def access_token_end(self, exp: int) -> datetime:
+        return datetime.fromtimestamp(exp + 60, UTC)
 
-    async def grant_has_access_tokens(self, grant_id: str) -> bool:
-        return bool(self.grant_tokens.get(grant_id))
+    def grant_revocation_end(self) -> datetime:
+        return utcnow() + timedelta(seconds=self.access_token_ttl + 60)
 
-    async def revoke_grant_access_tokens(self, grant_id: str) -> int:
-        jtis = self.grant_tokens.pop(grant_id, set())
-        self.revoked |= jtis
-        return len(jtis)
-
-    async def revoke_access_token(self, jti: str, exp: int) -> None:
+    async def deny_access_token(self, jti: str, expires_at: datetime) -> None:
         self.revoked.add(jti)
+
+    async def deny_grant(self, grant_id: str, until: datetime) -> None:
+        self.revoked_grants.add(grant_id)
 
 
 class PublicSubjects:
@@ -242,7 +250,9 @@ class FakeSessions:
     async def by_sid(self, sid: str) -> BrowserSession | None:
         return self.live.get(sid)
 
-    async def add_client(self, session: BrowserSession, client_id: str) -> None:
+    async def add_client(self, session: BrowserSession, client_id: str, *, within: Any = None) -> None:
+        if within is not None:
+            await within.join(session.sid, session.user_id, client_id, now=utcnow(), expires_at=utcnow())
         self.clients.setdefault(session.sid, []).append(client_id)
 
 
@@ -394,6 +404,40 @@ class MemoryRefreshTokens(_Rows):
         }
 
 
+class MemoryRevocations:
+    """idp.oauth.store.Revocations in memory: the record the denylist is rebuilt from."""
+
+    def __init__(self, undo: list[Callable[[], None]]) -> None:
+        self._undo = undo
+        self.access_tokens: dict[str, datetime] = {}
+        self.grants: dict[str, datetime] = {}
+
+    async def revoke_access_token(self, jti: str, expires_at: datetime, now: datetime) -> None:
+        if jti not in self.access_tokens:
+            self.access_tokens[jti] = expires_at
+            self._undo.append(lambda: self.access_tokens.pop(jti) and None)
+
+    async def revoke_grants(self, grant_ids: Collection[str], expires_at: datetime, now: datetime) -> None:
+        before = dict(self.grants)
+        self.grants.update(dict.fromkeys(grant_ids, expires_at))
+        self._undo.append(lambda: (self.grants.clear(), self.grants.update(before)) and None)
+
+    async def revoked_grants_among(self, grant_ids: Collection[str], now: datetime) -> set[str]:
+        return {grant for grant in grant_ids if grant in self.grants and self.grants[grant] > now}
+
+
+class MemorySessionClients:
+    """idp.oauth.store.SessionClients in memory: (sid, client id) -> user id."""
+
+    def __init__(self, undo: list[Callable[[], None]]) -> None:
+        self._undo = undo
+        self.rows: dict[tuple[str, str], str] = {}
+
+    async def join(self, sid: str, user_id: str, client_id: str, *, now: datetime, expires_at: datetime) -> None:
+        self.rows[(sid, client_id)] = user_id
+        self._undo.append(lambda: self.rows.pop((sid, client_id)) and None)
+
+
 class MemoryUnitOfWork:
     """The repositories of idp.oauth.store over rows in memory."""
 
@@ -407,6 +451,8 @@ class MemoryUnitOfWork:
         self.users = MemoryUsers(self.undo, of(User), "id")
         self.codes = MemoryCodes(self.undo, of(AuthorizationCode), "code_digest")
         self.refresh_tokens = MemoryRefreshTokens(self.undo, of(RefreshToken), "jti")
+        self.revocations = MemoryRevocations(self.undo)
+        self.session_clients = MemorySessionClients(self.undo)
         self.commits = 0
 
     async def commit(self) -> None:

@@ -87,20 +87,25 @@ async def revoke_grants(
     reason: str,
     within: UnitOfWork | None = None,
 ) -> None:
-    """Revoke each (grant id, client id): its refresh tokens in one committed unit of work, then
-    its access tokens, then one TokenRevoked event a grant."""
+    """Revoke each (grant id, client id): its refresh tokens and the record of its revocation in
+    one committed unit of work, then the key-value cache of it (its access tokens carry the grant
+    id, so they are refused), then one TokenRevoked event a grant. The record comes first: a
+    revocation the database did not take fails (DatabaseUnavailable) rather than half-happens."""
     now = utcnow()
+    until = ctx.tokens.grant_revocation_end()
+    grant_ids = {grant_id for grant_id, _ in grants}
     if within is None:
         async with ctx.units() as uow:
-            for grant_id, _ in grants:
+            for grant_id in grant_ids:
                 await uow.refresh_tokens.revoke_family(grant_id, now)
+            await uow.revocations.revoke_grants(grant_ids, until, now)
     else:
-        for grant_id, _ in grants:
+        for grant_id in grant_ids:
             await within.refresh_tokens.revoke_family(grant_id, now)
+        await within.revocations.revoke_grants(grant_ids, until, now)
         await within.commit()
-    # Grants store their access tokens' ids before committing, so this sees every one of them.
     for grant_id, client_id in grants:
-        await ctx.tokens.revoke_grant_access_tokens(grant_id)
+        await ctx.tokens.deny_grant(grant_id, until)
         revoked = TokenRevoked(client=client_id, user_id=user_id, reason=reason, token_type="grant")  # noqa: S106
         await ctx.events.publish(revoked)
 
@@ -141,9 +146,15 @@ async def issue_tokens(
     refresh_scope = refresh_scope or scope
     subject = ctx.subjects.subject_for(client, user.id)
     access = ctx.tokens.issue_access_token(
-        subject=subject, client_id=client.id, scope=scope, auth_time=auth_time, acr=acr, amr=amr, sid=sid
+        subject=subject,
+        client_id=client.id,
+        scope=scope,
+        auth_time=auth_time,
+        acr=acr,
+        amr=amr,
+        sid=sid,
+        grant_id=grant_id,
     )
-    await ctx.tokens.remember_grant_token(grant_id, access)
     response: dict[str, Any] = {
         "access_token": access.value,
         "token_type": "Bearer",
@@ -256,7 +267,7 @@ class AuthorizationCodeGrant(Grant):
             raise _inactive_user()
         if session is not None:
             # The session learns the client got tokens (back-channel logout notifies it).
-            await self.ctx.sessions.add_client(session, self.client.id)
+            await self.ctx.sessions.add_client(session, self.client.id, within=self.uow.session_clients)
         return await issue_tokens(
             self.ctx,
             self.uow,
@@ -469,11 +480,11 @@ async def revoke_session_grants(ctx: GrantContext, user_id: str, sid: str, *, ke
     access tokens (ASVS 7.4.1, 7.4.3). With ``keep_offline``, grants whose refresh tokens carry
     offline_access are kept (OIDC Core §11: meant to outlive the sign-in); a grant that never
     yielded a refresh token keeps nothing offline, so its access tokens go whatever its scope.
-    Grants revoked before (their refresh tokens revoked, or their access tokens already gone) are
-    not revoked again. Returns how many grants were revoked."""
+    Grants revoked before (their refresh tokens revoked, or the grant itself) are not revoked
+    again. Returns how many grants were revoked."""
     async with ctx.units() as uow:
         families = await uow.refresh_tokens.issued_in_session(user_id, sid)
-        # Code-only grants index their access tokens under the grant_id of the code that started them.
+        # Code-only grants: their access tokens carry the grant_id of the code that started them.
         redeemed = await uow.codes.redeemed_in_session(user_id, sid)
         with_refresh_tokens = {row.family_id for row in families}
         grants = {
@@ -481,8 +492,8 @@ async def revoke_session_grants(ctx: GrantContext, user_id: str, sid: str, *, ke
             for row in families
             if not row.revoked and not (keep_offline and OFFLINE_ACCESS in row.scope.split())
         }
-        for grant, owner in redeemed:
-            if grant not in with_refresh_tokens and await ctx.tokens.grant_has_access_tokens(grant):
-                grants.add((grant, owner))
+        code_only = {(grant, owner) for grant, owner in redeemed if grant not in with_refresh_tokens}
+        revoked_before = await uow.revocations.revoked_grants_among({grant for grant, _ in code_only}, utcnow())
+        grants |= {(grant, owner) for grant, owner in code_only if grant not in revoked_before}
         await revoke_grants(ctx, grants, user_id=user_id, reason=reason, within=uow)
     return len(grants)

@@ -122,14 +122,39 @@ def hint_confirms(request: LogoutRequest, session: BrowserSession, subjects: Sub
     return claims.get("sid") == session.sid or hint_user == session.user_id
 
 
-async def log_out(session: BrowserSession, request: LogoutRequest, *, sessions: SessionStore, events: EventBus) -> None:
+async def log_out(
+    session: BrowserSession | None,
+    request: LogoutRequest,
+    *,
+    sessions: SessionStore,
+    events: EventBus,
+    subjects: SubjectResolver,
+) -> None:
     """End the browser's session; its end sends back-channel logout to the session's clients (a
-    SessionEnded subscriber)."""
-    await sessions.end(session, reason="logout")
+    SessionEnded subscriber).
+
+    Without a session in this browser, an id_token_hint naming a session (its ``sid``) that the
+    key-value store lost still ends it from the database's record of its clients, when the hint's
+    client is one of them and its ``sub`` the session's user: back-channel logout goes to every
+    client of it (Back-Channel Logout 1.0 §2.7), and its grants are revoked as configured."""
+    if session is not None:
+        await sessions.end(session, reason="logout")
+        user_id, sid = session.user_id, session.sid
+    else:
+        claims = request.hint_claims
+        hint_sid = claims.get("sid") if claims is not None else None
+        if claims is None or request.client is None or not isinstance(hint_sid, str):
+            return
+        hint_user = subjects.user_id_for(request.client, str(claims.get("sub")))
+        if hint_user is None:
+            return
+        user_id, sid = hint_user, hint_sid
+        if not await sessions.end_lost(sid, user_id=user_id, client_id=request.client.id, reason="logout"):
+            return
     await events.publish(
         LoggedOut(
-            user_id=session.user_id,
-            sid=session.sid,
+            user_id=user_id,
+            sid=sid,
             initiated_by=request.initiated_by,
             client=request.client.id if request.client else None,
         )

@@ -2,8 +2,10 @@
 
 Revoking a refresh token ends its whole grant: the refresh-token family and every access token
 issued from it (RFC 7009 §2.1 "SHOULD also invalidate"). An access token is put on the
-deny-list until it would have expired anyway. An invalid or unknown token needs no error
-(§2.2): the answer is the same 200 as for a revoked one.
+deny-list until it would have expired anyway: recorded in the database in the request's unit of
+work and committed before the key-value store caches it, so a revocation the database could not
+take answers 503 (DatabaseUnavailable) and is never reported done. An invalid or unknown token
+needs no error (§2.2): the answer is the same 200 as for a revoked one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from idp.oauth import errors
 from idp.oauth.grants import GrantContext, revoke_grant
 from idp.oauth.params import single_value
 from idp.oauth.store import Authenticate, UnitOfWork
-from idp.storage.models import OAuthClient
+from idp.storage.models import OAuthClient, utcnow
 
 __all__ = ("TOKEN_TYPE_HINTS", "revocation_request", "revoke_token")
 
@@ -58,7 +60,13 @@ async def revoke_token(
             within=uow,
         )
     else:
-        await grants.tokens.revoke_access_token(jti, int(claims.get("exp", 0)))
+        exp = claims.get("exp")
+        if not isinstance(exp, int) or isinstance(exp, bool):
+            return  # §2.2: not one of our access tokens (ours always carry exp)
+        until = grants.tokens.access_token_end(exp)
+        await uow.revocations.revoke_access_token(jti, until, utcnow())
+        await uow.commit()
+        await grants.tokens.deny_access_token(jti, until)
         # Audited like every revocation: whose token it was (a machine client's own has no user).
         subject = claims.get("sub")
         user_id = grants.subjects.user_id_for(client, subject) if isinstance(subject, str) else None

@@ -383,8 +383,7 @@ async def end_session() -> Response:
                 fields=logout_request.confirmation_fields(),
                 client=logout_request.client,
             )
-    if session is not None:
-        await logout.log_out(session, logout_request, sessions=rt.sessions, events=rt.events)
+    await logout.log_out(session, logout_request, sessions=rt.sessions, events=rt.events, subjects=rt.subjects)
     location = logout_request.redirect_location()
     response = see_other(location) if location else await _page("oauth/logged_out.html", client=logout_request.client)
     clear_cookie(response, SESSION_COOKIE)

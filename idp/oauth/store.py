@@ -7,7 +7,7 @@ the code or refresh token, the user and what the grant issues, in one database s
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
@@ -21,6 +21,8 @@ __all__ = (
     "Codes",
     "OpenUnitOfWork",
     "RefreshTokens",
+    "Revocations",
+    "SessionClients",
     "SessionFamily",
     "UnitOfWork",
     "Users",
@@ -65,6 +67,22 @@ class RefreshTokens(Protocol):
     async def live_families_of_client(self, client_id: str) -> set[tuple[str, str | None]]: ...
 
 
+class Revocations(Protocol):
+    """The record of revoked access tokens and grants (idp.oauth.denylist caches it)."""
+
+    async def revoke_access_token(self, jti: str, expires_at: datetime, now: datetime) -> None: ...
+
+    async def revoke_grants(self, grant_ids: Collection[str], expires_at: datetime, now: datetime) -> None: ...
+
+    async def revoked_grants_among(self, grant_ids: Collection[str], now: datetime) -> set[str]: ...
+
+
+class SessionClients(Protocol):
+    """The record of the clients that joined each browser session (back-channel logout)."""
+
+    async def join(self, sid: str, user_id: str, client_id: str, *, now: datetime, expires_at: datetime) -> None: ...
+
+
 class UnitOfWork(Protocol):
     @property
     def clients(self) -> Clients: ...
@@ -77,6 +95,12 @@ class UnitOfWork(Protocol):
 
     @property
     def refresh_tokens(self) -> RefreshTokens: ...
+
+    @property
+    def revocations(self) -> Revocations: ...
+
+    @property
+    def session_clients(self) -> SessionClients: ...
 
     async def commit(self) -> None: ...
 

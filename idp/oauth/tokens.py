@@ -1,7 +1,8 @@
 """Issuing and verifying the JWTs this server signs.
 
 - Access tokens: RFC 9068 (`typ: at+jwt`), audience the IdP's own APIs, short-lived, with a `jti`
-  that a denylist in the key-value store can revoke before expiry (every instance sees it).
+  and the id of their grant that the denylist (idp.oauth.denylist: recorded in SQL, cached in the
+  key-value store, so every instance sees it) can revoke before expiry.
 - ID tokens: OIDC Core §2, signed with the client's chosen algorithm.
 - Refresh tokens: signed JWTs with their own `typ` and the IdP as audience; the `jti` is tracked
   in the database (rotation, reuse detection, revocation). Clients treat them as opaque.
@@ -19,15 +20,16 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwt import JWTClaimsRegistry
 
+from idp.oauth.denylist import GRANT_CLAIM, Denylist
 from idp.oauth.keys import KeyManager, canonical_alg
 from idp.security.tokens import TokenInvalid, random_token
-from idp.storage.kv import KeyValueStore
 
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 - a JWT type, not a secret
 REFRESH_TOKEN_TYP = "rt+jwt"  # noqa: S105 - a JWT type, not a secret
@@ -36,8 +38,6 @@ LOGOUT_TOKEN_TYP = "logout+jwt"  # noqa: S105 - a JWT type, not a secret
 BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 LEEWAY = 60
 __all__ = ["TokenInvalid", "TokenService"]
-_REVOKED_PREFIX = "revoked_jti:"
-_GRANT_TOKENS_PREFIX = "grant_access_tokens:"
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class TokenService:
     def __init__(
         self,
         keys: KeyManager,
-        kv: KeyValueStore,
+        denylist: Denylist,
         issuer: str,
         *,
         access_token_ttl: int,
@@ -94,7 +94,7 @@ class TokenService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = keys
-        self._kv = kv
+        self.denylist = denylist
         self.issuer = issuer
         self.access_token_ttl = access_token_ttl
         self.id_token_ttl = id_token_ttl
@@ -126,7 +126,10 @@ class TokenService:
         acr: str | None = None,
         amr: Sequence[str] | None = None,
         sid: str | None = None,
+        grant_id: str | None = None,
     ) -> IssuedToken:
+        """``grant_id``: the grant (refresh-token family) the token comes from, which revoking the
+        grant refuses; None for a grant of the client's own (client_credentials)."""
         now = self.now()
         jti = random_token(16)
         claims: dict[str, Any] = {
@@ -140,6 +143,8 @@ class TokenService:
             "scope": scope,
         }
         claims.update(_authentication_claims(auth_time, acr, amr, sid))
+        if grant_id is not None:
+            claims[GRANT_CLAIM] = grant_id
         return IssuedToken(self.sign(claims, typ=ACCESS_TOKEN_TYP), jti, claims)
 
     def issue_id_token(
@@ -261,36 +266,32 @@ class TokenService:
 
     async def verify_access_token(self, token: str) -> dict[str, Any]:
         claims = self.verify(token, typ=ACCESS_TOKEN_TYP, audience=self.access_token_audience)
-        jti = claims.get("jti")
-        if not isinstance(jti, str) or await self._kv.exists(_REVOKED_PREFIX + jti):
+        jti, grant_id = claims.get("jti"), claims.get(GRANT_CLAIM)
+        if not isinstance(jti, str) or (grant_id is not None and not isinstance(grant_id, str)):
+            raise TokenInvalid("revoked")
+        if await self.denylist.is_revoked(jti, grant_id):
             raise TokenInvalid("revoked")
         return claims
 
-    # -- revocation of access tokens ----------------------------------------------------------
+    # -- revocation (recorded by the caller's unit of work, then cached: idp.oauth.denylist) ---
 
-    async def remember_grant_token(self, grant_id: str, token: IssuedToken) -> None:
-        """Index the access token under its grant so revoking the grant can revoke it (RFC 7009 §2.1)."""
-        await self._kv.add_to_set(
-            _GRANT_TOKENS_PREFIX + grant_id, f"{token.jti}:{token.expires_at}", ttl=self.access_token_ttl + LEEWAY
-        )
+    def access_token_end(self, exp: int) -> datetime:
+        """When an access token expiring at ``exp`` is refused anyway (verification's leeway)."""
+        return datetime.fromtimestamp(exp + LEEWAY, UTC)
 
-    async def revoke_access_token(self, jti: str, expires_at: int) -> None:
-        # Kept only until the token would have expired anyway.
-        ttl = max(1, expires_at - self.now() + LEEWAY)
-        await self._kv.set(_REVOKED_PREFIX + jti, "1", ttl=ttl)
+    def grant_revocation_end(self) -> datetime:
+        """When the last access token a grant revoked now could have issued is refused anyway."""
+        return datetime.fromtimestamp(self.now() + self.access_token_ttl + LEEWAY, UTC)
 
-    async def grant_has_access_tokens(self, grant_id: str) -> bool:
-        """Whether the grant has indexed access tokens that may still be live (revoking the grant
-        forgets its index; otherwise the index expires with the last token it holds)."""
-        return await self._kv.exists(_GRANT_TOKENS_PREFIX + grant_id)
+    async def deny_access_token(self, jti: str, expires_at: datetime) -> None:
+        await self.denylist.deny_access_token(jti, expires_at)
 
-    async def revoke_grant_access_tokens(self, grant_id: str) -> int:
-        members = await self._kv.set_members(_GRANT_TOKENS_PREFIX + grant_id)
-        for member in members:
-            jti, _, exp = member.rpartition(":")
-            await self.revoke_access_token(jti, int(exp))
-        await self._kv.delete(_GRANT_TOKENS_PREFIX + grant_id)
-        return len(members)
+    async def deny_grant(self, grant_id: str, until: datetime) -> None:
+        await self.denylist.deny_grant(grant_id, until)
+
+    async def revoke_access_token(self, jti: str, exp: int) -> None:
+        """Revoke one access token outside any unit of work: recorded, then cached."""
+        await self.denylist.revoke_access_token(jti, self.access_token_end(exp))
 
     def peek_claims(self, token: str) -> dict[str, Any] | None:
         """Claims of a token we signed, without time checks (for hints and revocation)."""

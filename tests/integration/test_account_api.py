@@ -465,7 +465,7 @@ async def test_expired_token_is_invalid(client: Any, runtime: Any) -> None:
     ttl = runtime.settings.tokens.access_token_ttl
     stale = TokenService(
         runtime.keys,
-        runtime.kv,
+        runtime.tokens.denylist,
         runtime.settings.issuer,
         access_token_ttl=ttl,
         id_token_ttl=runtime.settings.tokens.id_token_ttl,

@@ -204,6 +204,7 @@ async def test_deletion_purges_everything_of_the_user_and_nothing_else(app: Any,
         "mfa_credentials": 1,
         "recovery_codes": 3,
         "one_time_tokens": 1,
+        "session_clients": 2,  # her session, joined by both clients (back-channel logout)
         "users": 1,
     }
     assert alice_before == expected_alice
@@ -213,6 +214,7 @@ async def test_deletion_purges_everything_of_the_user_and_nothing_else(app: Any,
         "refresh_tokens": 1,
         "consents": 1,
         "recovery_codes": 2,
+        "session_clients": 1,
     }
 
     as_http_request(ALICE_IP, ALICE_UA)

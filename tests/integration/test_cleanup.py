@@ -9,7 +9,15 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from idp.cli import cli
-from idp.storage.models import AuthorizationCode, KnownDevice, RefreshToken, utcnow
+from idp.storage.models import (
+    AuthorizationCode,
+    KnownDevice,
+    RefreshToken,
+    RevokedAccessToken,
+    RevokedGrant,
+    SessionClient,
+    utcnow,
+)
 from tests.oauth_helpers import code_flow, make_world
 
 
@@ -40,6 +48,14 @@ async def test_cleanup_deletes_expired_rows_and_keeps_live_ones(client, runtime,
                 )
             )
 
+    # Revocations and session records: one past its end, one in force, of each kind.
+    now = utcnow()
+    async with runtime.db.session() as session:
+        for name, end in (("old", now - timedelta(seconds=1)), ("live", now + timedelta(minutes=5))):
+            session.add(RevokedAccessToken(jti=f"jti-{name}", expires_at=end))
+            session.add(RevokedGrant(grant_id=f"grant-{name}", expires_at=end))
+            session.add(SessionClient(sid=f"sid-{name}", user_id=world.user_id, client_id=world.web_id, expires_at=end))
+
     import asyncio
 
     result = await asyncio.to_thread(CliRunner().invoke, cli, ["db", "cleanup", "--json"], env=cli_env)
@@ -48,6 +64,9 @@ async def test_cleanup_deletes_expired_rows_and_keeps_live_ones(client, runtime,
         "authorization_codes": 1,
         "refresh_tokens": 1,
         "known_devices": 1,
+        "revoked_access_tokens": 1,
+        "revoked_grants": 1,
+        "session_clients": 1,
         "signing_keys": 0,
     }
     assert await _counts(runtime) == (1, 1)
@@ -55,3 +74,7 @@ async def test_cleanup_deletes_expired_rows_and_keeps_live_ones(client, runtime,
         kept = set((await session.execute(select(KnownDevice.device_digest))).scalars())
     assert "a" * 64 in kept and "b" * 64 not in kept
     assert len(kept) == 2  # with the test browser's own, seen just now
+    async with runtime.db.session() as session:
+        assert set((await session.execute(select(RevokedAccessToken.jti))).scalars()) == {"jti-live"}
+        assert set((await session.execute(select(RevokedGrant.grant_id))).scalars()) == {"grant-live"}
+        assert "sid-old" not in set((await session.execute(select(SessionClient.sid))).scalars())

@@ -139,7 +139,7 @@ async def test_expired_id_token_hint_is_accepted(client: Any, runtime: Any) -> N
     ttl = runtime.settings.tokens.id_token_ttl
     past = TokenService(
         runtime.keys,
-        runtime.kv,
+        runtime.tokens.denylist,
         runtime.settings.issuer,
         access_token_ttl=runtime.settings.tokens.access_token_ttl,
         id_token_ttl=ttl,

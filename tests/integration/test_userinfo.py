@@ -180,7 +180,7 @@ async def test_token_in_header_and_body_is_invalid_request(client: Any, runtime:
 def _token_service(runtime: Any, clock_offset: float) -> TokenService:
     return TokenService(
         runtime.keys,
-        runtime.kv,
+        runtime.tokens.denylist,
         runtime.settings.issuer,
         access_token_ttl=runtime.settings.tokens.access_token_ttl,
         id_token_ttl=runtime.settings.tokens.id_token_ttl,

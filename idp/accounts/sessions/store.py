@@ -8,6 +8,10 @@ relying parties that got tokens in the session keep a logout channel to it.
 
 Every session ended before its time publishes :class:`~idp.events.SessionEnded`: back-channel
 logout and token revocation subscribe to it, so no caller has to remember them.
+
+The clients that joined a session are also recorded in the database (one row when a client joins,
+marked when the session ends), so a session the key-value store lost (a Redis restart without
+persistence) still ends with a back-channel logout to each of them (:meth:`SessionStore.end_lost`).
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from idp.events import EventBus, SessionEnded
 from idp.security.tokens import random_token, sha256_digest
 from idp.storage.db import Database
 from idp.storage.kv import KeyValueStore
-from idp.storage.repositories import ClientRepository
+from idp.storage.repositories import ClientRepository, SessionClientRepository
 
 _SESSION = "session:"
 _USER_SESSIONS = "user_sessions:"
@@ -37,6 +41,13 @@ _LOCK_TTL = 5.0
 _LOCK_WAIT = 2.0
 
 LimitPolicy = Literal["end_oldest", "refuse"]
+
+
+class SessionClientRecords(Protocol):
+    """Where a client joining a session is recorded (the SQL repository, in the caller's unit of
+    work: idp.storage.repositories.SessionClientRepository)."""
+
+    async def join(self, sid: str, user_id: str, client_id: str, *, now: datetime, expires_at: datetime) -> None: ...
 
 
 @dataclass
@@ -86,9 +97,12 @@ class SessionStore:
         max_per_user: int = 0,
         limit_policy: LimitPolicy = "end_oldest",
         clock: Callable[[], float] = time.time,
+        db: Database | None = None,
     ) -> None:
         self._kv = kv
         self._events = events
+        # Where the clients of each session are recorded; None keeps them in the key-value store only.
+        self._db = db
         self.idle_ttl = idle_ttl
         self.absolute_ttl = absolute_ttl
         self.max_per_user = max_per_user  # 0: no limit
@@ -195,6 +209,9 @@ class SessionStore:
             }
         )
         await self._save(renewed, now)
+        if self._db is not None and renewed.clients:
+            async with self._db.session() as db_session:
+                await SessionClientRepository(db_session).extend(renewed.sid, self._end_of(renewed))
         return cookie_value, renewed
 
     async def rotate(self, session: BrowserSession) -> tuple[str, BrowserSession] | None:
@@ -286,10 +303,31 @@ class SessionStore:
                 found.append(session)
         return sorted(found, key=lambda item: (item.last_seen, item.created_at), reverse=True)
 
-    async def add_client(self, session: BrowserSession, client_id: str) -> None:
+    def _end_of(self, session: BrowserSession) -> datetime:
+        return datetime.fromtimestamp(session.created_at + self.absolute_ttl, UTC)
+
+    async def add_client(
+        self, session: BrowserSession, client_id: str, *, within: SessionClientRecords | None = None
+    ) -> None:
+        """``client_id`` received tokens within ``session``: it gets a back-channel logout when the
+        session ends. Recorded in the database first (once per client and session; ``within``:
+        the caller's unit of work, committed with the tokens), so the record outlives the
+        key-value store."""
         if client_id not in session.clients:
+            if within is not None:
+                await within.join(
+                    session.sid, session.user_id, client_id, now=self._utcnow(), expires_at=self._end_of(session)
+                )
+            elif self._db is not None:
+                async with self._db.session() as db_session:
+                    await SessionClientRepository(db_session).join(
+                        session.sid, session.user_id, client_id, now=self._utcnow(), expires_at=self._end_of(session)
+                    )
             session.clients.append(client_id)
             await self._save(session, self._now(), existing=True)
+
+    def _utcnow(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
 
     # -- the end ---------------------------------------------------------------------------------
 
@@ -305,10 +343,37 @@ class SessionStore:
         """End the session now; publishes SessionEnded (once, for whichever caller removed it)."""
         if not await self._discard(session):
             return False
+        clients = list(session.clients)
+        if self._db is not None:
+            clients += [client for client in await self._end_recorded(session.sid) if client not in clients]
         if self._events is not None:
             await self._events.publish(
-                SessionEnded(user_id=session.user_id, sid=session.sid, reason=reason, clients=tuple(session.clients))
+                SessionEnded(user_id=session.user_id, sid=session.sid, reason=reason, clients=tuple(clients))
             )
+        return True
+
+    async def _end_recorded(self, sid: str) -> Sequence[str]:
+        assert self._db is not None
+        async with self._db.session() as db_session:
+            return await SessionClientRepository(db_session).end(sid, self._utcnow())
+
+    async def end_lost(self, sid: str, *, user_id: str, client_id: str, reason: str) -> bool:
+        """End the session ``sid`` that the key-value store no longer holds (lost with it) from the
+        database's record of its clients, when ``client_id`` (say, the audience of a logout
+        request's id_token_hint) is one of them: SessionEnded goes to every client recorded.
+        False when there is no such session (ended already, expired, or another user's)."""
+        if self._db is None or await self.by_sid(sid) is not None:
+            return False  # a live session ends from its own browser (its cookie), not from here
+        async with self._db.session() as db_session:
+            repo = SessionClientRepository(db_session)
+            rows = await repo.live_clients(sid, self._utcnow())
+            if not any(row.client_id == client_id and row.user_id == user_id for row in rows):
+                return False
+            clients = await repo.end(sid, self._utcnow())
+        if not clients:
+            return False  # another request ended it a moment ago
+        if self._events is not None:
+            await self._events.publish(SessionEnded(user_id=user_id, sid=sid, reason=reason, clients=tuple(clients)))
         return True
 
     async def end_by_sid(self, user_id: str, sid: str, *, reason: str) -> bool:

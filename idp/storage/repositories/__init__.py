@@ -21,6 +21,7 @@ from idp.storage.repositories.mfa import MfaRepository, RecoveryCodeRepository
 from idp.storage.repositories.passkeys import PasskeyRepository
 from idp.storage.repositories.purge import AccountPurge
 from idp.storage.repositories.refresh_tokens import RefreshTokenRepository, SessionFamily
+from idp.storage.repositories.revocations import RevocationRepository, SessionClientRepository
 from idp.storage.repositories.unit_of_work import UnitOfWork, UnitsOfWork
 from idp.storage.repositories.users import UserRepository
 
@@ -44,6 +45,8 @@ __all__ = [
     "RecoveryCodeRepository",
     "RefreshTokenRepository",
     "Remembered",
+    "RevocationRepository",
+    "SessionClientRepository",
     "SessionFamily",
     "SigningKeyRepository",
     "UnitOfWork",

@@ -8,6 +8,7 @@ from sqlalchemy import delete, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idp.storage.models import AuthorizationCode, KnownDevice, RefreshToken
+from idp.storage.repositories.revocations import RevocationRepository, SessionClientRepository
 
 
 class MaintenanceRepository:
@@ -36,8 +37,12 @@ class MaintenanceRepository:
         devices = await self.session.execute(
             delete(KnownDevice).where(KnownDevice.last_seen_at < now - device_lifetime)
         )
+        # Revocations outlive the tokens they concern by nothing: an expired token is refused anyway.
+        revocations = await RevocationRepository(self.session).delete_expired(now)
         return {
             "authorization_codes": int(getattr(codes, "rowcount", 0) or 0),
             "refresh_tokens": int(getattr(refresh, "rowcount", 0) or 0),
             "known_devices": int(getattr(devices, "rowcount", 0) or 0),
+            **revocations,
+            "session_clients": await SessionClientRepository(self.session).delete_expired(now),
         }

@@ -19,6 +19,7 @@ from idp.storage.repositories.client_cache import ClientCache
 from idp.storage.repositories.clients import ClientRepository
 from idp.storage.repositories.codes import AuthorizationCodeRepository
 from idp.storage.repositories.refresh_tokens import RefreshTokenRepository
+from idp.storage.repositories.revocations import RevocationRepository, SessionClientRepository
 from idp.storage.repositories.users import UserRepository
 
 
@@ -42,6 +43,8 @@ class UnitOfWork:
         self.users = UserRepository(session)
         self.codes = AuthorizationCodeRepository(session)
         self.refresh_tokens = RefreshTokenRepository(session)
+        self.revocations = RevocationRepository(session)
+        self.session_clients = SessionClientRepository(session)
 
     async def commit(self) -> None:
         await self._session.commit()

@@ -138,19 +138,23 @@ async def test_another_clients_token_is_refused() -> None:
 
 async def test_revoking_a_refresh_token_ends_its_whole_grant() -> None:
     tokens = FakeTokens(refresh={"rt": REFRESH})
-    tokens.grant_tokens["grant-1"] = {"a1"}
     presented, rotated = make_refresh_token(used_at=utcnow()), make_refresh_token(jti="jti-2", parent_jti="jti-1")
-    _, events = await revoke({"token": "rt"}, tokens, presented, rotated)
+    units, events = await revoke({"token": "rt"}, tokens, presented, rotated)
     assert presented.revoked_at is not None and rotated.revoked_at is not None
-    assert tokens.revoked == {"a1"}
+    # The grant's revocation is recorded (its access tokens carry its id), then cached.
+    assert set(units.store.revocations.grants) == {"grant-1"} and tokens.revoked_grants == {"grant-1"}
     assert [(event.name, event.reason) for event in events.published] == [("token_revoked", "client_request")]
 
 
 async def test_revoking_an_access_token_denies_it_alone() -> None:
     tokens = FakeTokens(access={"at": ACCESS})
     row = make_refresh_token()
-    _, events = await revoke({"token": "at", "token_type_hint": "access_token"}, tokens, row)
+    units, events = await revoke({"token": "at", "token_type_hint": "access_token"}, tokens, row)
     assert tokens.revoked == {"a1"} and row.revoked_at is None
+    # Recorded until the token would be refused anyway (its exp plus the leeway), then cached.
+    assert units.store.revocations.access_tokens["a1"].timestamp() == 2_000_000_060
+    # Committed before the key-value store heard of it (then the unit of work's end commits again).
+    assert units.store.commits == 2 and units.store.revocations.grants == {}
     # Audited like any revocation, with whose token it was.
     [event] = events.published
     assert (event.name, event.reason, event.user_id, event.client, event.token_type) == (
