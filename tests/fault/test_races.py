@@ -464,3 +464,54 @@ async def test_one_passkey_ceremony_consumed_by_20_concurrent_requests_is_taken_
         )
         assert not unexpected(results, PasskeyError), unexpected(results, PasskeyError)
         assert sum(isinstance(result, relying_party.Ceremony) for result in results) == 1
+
+
+# -- the same read-then-insert elsewhere: the known-device record ------------------------------
+
+
+async def test_20_concurrent_sign_ins_from_one_new_browser_record_the_device_once(
+    app: Any, runtime: Any, world: World
+) -> None:
+    """A browser with a device cookie (here: one another account used) signs in to an account it
+    never used, 20 times at once (a double-clicked button, a restored set of tabs): every sign-in
+    succeeds and the known-devices table gets one row (its key is (user, device)), not an
+    IntegrityError and a 500."""
+    from idp.accounts.sessions.devices import DEVICE_COOKIE
+    from idp.storage.models import KnownDevice
+
+    for round_ in range(ROUNDS):
+        device = f"shared-browser-device-cookie-{round_:02d}"
+        browsers = [app.test_client() for _ in range(CONCURRENCY)]
+        for browser in browsers:
+            browser.set_cookie("localhost", DEVICE_COOKIE, device)
+        results = await race(CONCURRENCY, lambda index: login(browsers[index], world.email))
+        assert not unexpected(results), unexpected(results)
+        assert [response.status_code for response in results] == [303] * CONCURRENCY
+        assert (
+            await count_rows(
+                runtime.db,
+                KnownDevice,
+                KnownDevice.user_id == world.user_id,
+                KnownDevice.device_digest == sha256_digest(device),
+            )
+            == 1
+        )
+
+
+async def test_20_concurrent_records_of_one_new_device_make_one_row(runtime: Any, world: World) -> None:
+    """The same, below the per-user session lock that staggers the sign-ins above: 20 calls of
+    devices.remember at once for a device the account doesn't know. One row; exactly one call
+    learns the device is new (one "new device" notice, not twenty), none raises."""
+    from idp.accounts.sessions import devices
+    from idp.storage.models import KnownDevice
+
+    for round_ in range(ROUNDS):
+        device = f"another-shared-browser-device-{round_:02d}"
+        results = await race(
+            CONCURRENCY,
+            lambda _, device=device: devices.remember(runtime.db, world.user_id, device, label="Firefox", ip=None),
+        )
+        assert not unexpected(results), unexpected(results)
+        assert sum(not seen.known for seen in results if isinstance(seen, devices.DeviceSeen)) == 1
+        rows = await fetch_rows(runtime.db, KnownDevice, KnownDevice.user_id == world.user_id)
+        assert [row.device_digest for row in rows].count(sha256_digest(device)) == 1

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idp.storage.models import KnownDevice, User
@@ -38,24 +39,33 @@ class DeviceRepository:
     async def remember(
         self, user_id: str, device_digest: str, *, label: str, ip: str | None, now: datetime
     ) -> Remembered:
-        """Record a sign-in from the device: a new row, or the known one's label, time and IP."""
-        row = await self.session.get(KnownDevice, (user_id, device_digest))
-        known = row is not None
-        first = not known and not await self._count(user_id)
-        if row is None:
-            self.session.add(
-                KnownDevice(
-                    user_id=user_id,
-                    device_digest=device_digest,
-                    label=label,
-                    first_seen_at=now,
-                    last_seen_at=now,
-                    last_ip=ip,
-                )
+        """Record a sign-in from the device: a new row, or the known one's label, time and IP.
+
+        The primary key (user, device) decides concurrent sign-ins from one browser, within one
+        INSERT … ON CONFLICT DO NOTHING: exactly one of them finds the device new, none fails (a
+        look-up then an insert let two of them insert, an IntegrityError and a 500)."""
+        first = not await self._count(user_id)
+        insert = postgresql.insert if self.session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        added = await self.session.execute(
+            insert(KnownDevice)
+            .values(
+                user_id=user_id,
+                device_digest=device_digest,
+                label=label,
+                first_seen_at=now,
+                last_seen_at=now,
+                last_ip=ip,
             )
-        else:
-            row.label, row.last_seen_at, row.last_ip = label, now, ip
-        return Remembered(known=known, first=first)
+            .on_conflict_do_nothing(index_elements=["user_id", "device_digest"])
+        )
+        if getattr(added, "rowcount", 0) == 1:
+            return Remembered(known=False, first=first)
+        await self.session.execute(
+            update(KnownDevice)
+            .where(KnownDevice.user_id == user_id, KnownDevice.device_digest == device_digest)
+            .values(label=label, last_seen_at=now, last_ip=ip)
+        )
+        return Remembered(known=True, first=False)
 
     async def forget_least_recent(self, user_id: str, *, keep: int) -> None:
         """Forget the user's least recently seen devices beyond the ``keep`` most recent."""
