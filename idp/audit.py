@@ -151,10 +151,7 @@ class AuditLogger:
 
     async def _insert(self, batch: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         async with self._db.session() as session:
-            entries = [AuditEvent(**fields) for fields in batch]
-            session.add_all(entries)
-            await session.flush()
-            return [_row(entry) for entry in entries]
+            return [_row(entry) for entry in await AuditRepository(session).append_many(batch)]
 
     async def _tell_followers(self, rows: Sequence[Mapping[str, Any]]) -> None:
         for row in rows:

@@ -113,9 +113,16 @@ class LoginGuard:
     async def failed(self, account: str, ip: str) -> list[Engaged]:
         """Count a failed attempt; the locks this failure switched on."""
         spec = self.spec
-        pair = self._pair(account, ip)
+        pair, account_key, ip_key = self._pair(account, ip), self._account(account), self._ip(ip)
         engaged: list[Engaged] = []
-        pair_failures = await self._kv.hit_window(pair + "fail", spec.window)
+        # The three failure counts in one round trip, each kept only up to its threshold.
+        pair_failures, account_failures, ip_failures = await self._kv.hit_windows(
+            [
+                (pair + "fail", spec.window, max(spec.lock_after, spec.delay_after)),
+                (account_key + "fail", spec.window, spec.account_lock_after),
+                (ip_key + "fail", spec.window, spec.ip_failures),
+            ]
+        )
         if pair_failures >= spec.lock_after:
             if not await self._remaining(pair + "lock"):
                 await self._set_deadline(pair + "lock", spec.lock_duration)
@@ -123,13 +130,11 @@ class LoginGuard:
         elif pair_failures >= spec.delay_after:
             delay = min(spec.max_delay, 2 ** (pair_failures - spec.delay_after))
             await self._set_deadline(pair + "delay", delay)
-        account_key = self._account(account)
-        if await self._kv.hit_window(account_key + "fail", spec.window) >= spec.account_lock_after:
+        if account_failures >= spec.account_lock_after:
             if not await self._remaining(account_key + "lock"):
                 await self._set_deadline(account_key + "lock", spec.lock_duration)
                 engaged.append(Engaged("account", spec.lock_duration))
-        ip_key = self._ip(ip)
-        if await self._kv.hit_window(ip_key + "fail", spec.window) >= spec.ip_failures:
+        if ip_failures >= spec.ip_failures:
             if not await self._remaining(ip_key + "lock"):
                 await self._set_deadline(ip_key + "lock", spec.window)
                 engaged.append(Engaged("ip", spec.window))

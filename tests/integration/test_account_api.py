@@ -487,8 +487,11 @@ async def test_token_of_a_disabled_or_deleted_user_or_client_is_invalid(client: 
             await session.execute(update(User).where(User.id == world.user_id).values(disabled=True))
         elif what == "user-deleted":
             await session.delete(await session.get(User, world.user_id))
-        else:
-            await session.execute(update(OAuthClient).where(OAuthClient.id == world.web_id).values(disabled=True))
+    if what == "client-disabled":
+        # The way every door disables a client (admin API and pages, CLI): cached copies go too.
+        from idp.oauth.clients import set_client_disabled
+
+        assert await set_client_disabled(runtime.db, runtime.events, world.web_id, True)
     response = await client.get("/api/account/profile", headers=bearer(token))
     assert_invalid_token(response, await response.get_json())
 

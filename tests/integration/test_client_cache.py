@@ -1,7 +1,11 @@
 """Clients are cached in memory for the protocol endpoints (idp.storage.repositories.client_cache),
 and a cached client is never a stale security decision: a disabled client or a rotated secret is
 refused at once on the node that changed it and within a second on every other node sharing the
-key-value store; a node that can't hear changes doesn't use its cache."""
+key-value store; a node that can't hear changes doesn't use its cache. With the in-process store
+(the embedded default) the cache is not used at all: another process (the command line) could
+change a client unheard.
+
+The tests of the cache's own behaviour need Redis (IDP_TEST_REDIS_URL; CI's second stage)."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from tests.conftest import TEST_REDIS_URL
 from tests.oauth_helpers import basic, make_world
 
 CC = {"grant_type": "client_credentials"}
+needs_redis = pytest.mark.skipif(not TEST_REDIS_URL, reason="the cache is used with Redis only (IDP_TEST_REDIS_URL)")
 
 
 async def token_status(client: Any, client_id: str, secret: str) -> int:
@@ -42,6 +47,7 @@ async def test_a_rotated_secret_replaces_the_cached_one_at_once(client: Any, run
     assert await token_status(client, world.web_id, new_secret) == 200
 
 
+@needs_redis
 async def test_a_node_that_cannot_hear_changes_reads_every_client_from_the_database(client: Any, runtime: Any) -> None:
     world = await make_world(runtime)
     assert await token_status(client, world.web_id, world.web_secret) == 200
@@ -55,6 +61,7 @@ async def test_a_node_that_cannot_hear_changes_reads_every_client_from_the_datab
     assert runtime.client_cache.active
 
 
+@needs_redis
 async def test_cached_entries_expire_and_unknown_ids_are_not_kept(runtime: Any) -> None:
     world = await make_world(runtime)
     cache = runtime.client_cache
@@ -71,6 +78,7 @@ async def test_cached_entries_expire_and_unknown_ids_are_not_kept(runtime: Any) 
     assert set(cache._entries) == {world.web_id}
 
 
+@needs_redis
 async def test_the_cache_holds_at_most_max_entries(runtime: Any) -> None:
     world = await make_world(runtime)
     cache = runtime.client_cache
@@ -78,6 +86,19 @@ async def test_the_cache_holds_at_most_max_entries(runtime: Any) -> None:
     await cache.get(world.web_id)
     await cache.get(world.spa_id)
     assert list(cache._entries) == [world.spa_id]
+
+
+async def test_with_the_in_process_store_the_cache_is_not_used(client: Any, runtime: Any) -> None:
+    if TEST_REDIS_URL:
+        pytest.skip("the in-process store's behaviour")
+    world = await make_world(runtime)
+    assert not runtime.client_cache.active
+    assert await token_status(client, world.web_id, world.web_secret) == 200
+    # A change another process made (the command line writes the table, and can't tell us).
+    async with runtime.db.session() as session:
+        await ClientRepository(session).set_disabled(world.web_id, True)
+    assert await token_status(client, world.web_id, world.web_secret) == 401
+    assert runtime.client_cache._entries == {}
 
 
 # -- two nodes sharing Redis ---------------------------------------------------------------------

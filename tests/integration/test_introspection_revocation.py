@@ -403,11 +403,11 @@ async def test_tokens_of_a_disabled_user_are_inactive(client: Any, runtime: Any)
 
 
 async def test_userinfo_refuses_tokens_of_a_disabled_client(client: Any, runtime: Any) -> None:
-    from idp.storage.models import OAuthClient
+    from idp.oauth.clients import set_client_disabled
 
     world = await make_world(runtime)
     tokens = await code_flow(client, world)
     assert await userinfo_status(client, tokens["access_token"]) == 200
-    async with runtime.db.session() as session:
-        (await session.get(OAuthClient, world.web_id)).disabled = True
+    # Disabled the way every door does it (admin API and pages, CLI): the cached client goes too.
+    assert await set_client_disabled(runtime.db, runtime.events, world.web_id, True)
     assert await userinfo_status(client, tokens["access_token"]) == 401

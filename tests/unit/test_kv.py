@@ -321,6 +321,28 @@ async def test_hit_window_slides(store: KeyValueStore) -> None:
     assert await store.hit_window("rl", 0.6) == 2
 
 
+async def test_hit_window_keeps_only_the_newest_cap_hits(store: KeyValueStore) -> None:
+    """However fast a key is hit, it holds at most ``cap`` hits (an attacker at thousands of
+    requests a second can't grow one key without bound), and the count saturates at ``cap``."""
+    counts = [await store.hit_window("capped", 60, cap=3) for _ in range(200)]
+    assert counts[:3] == [1, 2, 3] and set(counts[3:]) == {3}
+    if isinstance(store, RedisStore):
+        assert await store._redis.zcard(store._k("capped")) == 3
+    else:
+        assert len(store._data[store._k("capped")].value) == 3  # type: ignore[attr-defined]
+
+
+async def test_hit_windows_counts_every_window_in_one_call(store: KeyValueStore) -> None:
+    assert await store.hit_windows([("a", 60, 10), ("b", 30, 10)]) == [1, 1]
+    assert await store.hit_windows([("a", 60, 10), ("b", 30, 10), ("c", 60, 1)]) == [2, 2, 1]
+    assert await store.hit_windows([]) == []
+    with pytest.raises(ValueError, match="cap must be a positive integer"):
+        await store.hit_windows([("a", 60, 10), ("d", 60, 0)])
+    # Refused before anything was counted.
+    assert await store.hit_windows([("a", 60, 10)]) == [3]
+    assert await store.exists("d") is False
+
+
 async def test_hit_window_key_expires_when_idle(store: KeyValueStore) -> None:
     assert await store.hit_window("rl", 0.15) == 1
     await asyncio.sleep(0.3)

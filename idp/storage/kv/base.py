@@ -6,7 +6,7 @@ import abc
 import asyncio
 import builtins
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 
 class KeyValueError(Exception):
@@ -15,6 +15,16 @@ class KeyValueError(Exception):
 
 class KeyValueUnavailable(KeyValueError):
     """The backend cannot be reached; callers may fail closed or degrade, but must not crash oddly."""
+
+
+# The most hits a sliding window keeps when its caller names no threshold.
+DEFAULT_WINDOW_CAP = 10_000
+
+
+def _check_cap(cap: int) -> int:
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise ValueError(f"cap must be a positive integer, got {cap!r}")
+    return cap
 
 
 def _ttl_ms(ttl: float) -> int:
@@ -100,12 +110,19 @@ class KeyValueStore(abc.ABC):
         extended by every hit.
         """
 
-    @abc.abstractmethod
-    async def hit_window(self, key: str, window: float) -> int:
-        """Record one hit now; return the hits within the last ``window`` seconds, this one included.
+    async def hit_window(self, key: str, window: float, *, cap: int = DEFAULT_WINDOW_CAP) -> int:
+        """Record one hit now; return the hits within the last ``window`` seconds, this one
+        included, counted up to ``cap``: only the newest ``cap`` hits are kept, so a key stays small
+        however fast it is hit (callers compare the count with a threshold no larger than ``cap``).
 
         A sliding window does not allow the 2x burst a fixed window allows at its boundary.
         """
+        (count,) = await self.hit_windows([(key, window, cap)])
+        return count
+
+    @abc.abstractmethod
+    async def hit_windows(self, counters: Sequence[tuple[str, float, int]]) -> list[int]:
+        """:meth:`hit_window` for each ``(key, window, cap)``, in one round trip; the counts in order."""
 
     @abc.abstractmethod
     async def add_to_set(self, key: str, *members: str, ttl: float | None = None) -> int:

@@ -6,11 +6,11 @@ import asyncio
 import builtins
 import collections
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, cast
 
-from idp.storage.kv.base import KeyValueError, KeyValueStore, _ttl_ms
+from idp.storage.kv.base import KeyValueError, KeyValueStore, _check_cap, _ttl_ms
 
 _Value = str | set[str] | collections.deque[float]
 # Messages a listener may have waiting before further ones are dropped for it.
@@ -190,22 +190,27 @@ class MemoryStore(KeyValueStore):
 
     # -- sliding window --------------------------------------------------------------------------
 
-    async def hit_window(self, key: str, window: float) -> int:
-        window_ms = _ttl_ms(window)
-        full = self._k(key)
+    async def hit_windows(self, counters: Sequence[tuple[str, float, int]]) -> list[int]:
+        checked = [(key, window, _ttl_ms(window), _check_cap(cap)) for key, window, cap in counters]
         now = self._clock()
-        entry = self._typed(full, collections.deque)
-        if entry is None:
-            entry = _Entry(collections.deque())
-            self._data[full] = entry
-        hits = cast("collections.deque[float]", entry.value)  # _typed checked the type
-        cutoff = now - window
-        while hits and hits[0] <= cutoff:
-            hits.popleft()
-        hits.append(now)
-        entry.expires_at = now + window_ms / 1000
+        counts = []
+        for key, window, window_ms, cap in checked:
+            full = self._k(key)
+            entry = self._typed(full, collections.deque)
+            if entry is None:
+                entry = _Entry(collections.deque())
+                self._data[full] = entry
+            hits = cast("collections.deque[float]", entry.value)  # _typed checked the type
+            cutoff = now - window
+            while hits and hits[0] <= cutoff:
+                hits.popleft()
+            hits.append(now)
+            while len(hits) > cap:  # only the newest `cap` are kept
+                hits.popleft()
+            entry.expires_at = now + window_ms / 1000
+            counts.append(len(hits))
         self._wrote()
-        return len(hits)
+        return counts
 
     # -- sets ------------------------------------------------------------------------------------
 

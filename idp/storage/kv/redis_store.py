@@ -8,7 +8,7 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
@@ -16,7 +16,7 @@ import redis.exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from idp.storage.kv.base import KeyValueError, KeyValueStore, KeyValueUnavailable, _ttl_ms
+from idp.storage.kv.base import KeyValueError, KeyValueStore, KeyValueUnavailable, _check_cap, _ttl_ms
 from idp.storage.urls import redact_url, url_secrets
 
 _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -35,6 +35,27 @@ if redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1]) 
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+
+
+# Sliding windows: a sorted set of hit times per key, trimmed to the window and to its newest
+# `cap` members. One script for every window of a request (one round trip, atomic). KEYS[i] has
+# window ARGV[3i-2] (seconds), ARGV[3i-1] (ms, the expiry) and cap ARGV[3i]; ARGV[last] is "now"
+# and a unique suffix comes from the member counter so equal times stay distinct members.
+_HIT_WINDOWS = """
+local n = #KEYS
+local now = tonumber(ARGV[3 * n + 1])
+local tag = ARGV[3 * n + 2]
+local out = {}
+for i, key in ipairs(KEYS) do
+  local window, window_ms, cap = tonumber(ARGV[3 * i - 2]), ARGV[3 * i - 1], tonumber(ARGV[3 * i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  redis.call('ZADD', key, now, ARGV[3 * n + 1] .. ':' .. tag .. ':' .. i)
+  redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
+  out[i] = redis.call('ZCARD', key)
+  redis.call('PEXPIRE', key, window_ms)
+end
+return out
 """
 
 
@@ -75,6 +96,7 @@ class RedisStore(KeyValueStore):
             retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError],
         )
         self._url, self._connect_timeout = url, socket_timeout
+        self._hit_windows = self._redis.register_script(_HIT_WINDOWS)
 
     @property
     def backend_name(self) -> str:
@@ -176,21 +198,17 @@ class RedisStore(KeyValueStore):
 
     # -- sliding window --------------------------------------------------------------------------
 
-    async def hit_window(self, key: str, window: float) -> int:
-        window_ms = _ttl_ms(window)
-        full = self._k(key)
-        # Wall clock, not monotonic: the timestamps are compared across instances (keep NTP on).
-        now = time.time()
-        member = f"{now:.6f}:{uuid.uuid4().hex}"
-        # MULTI does not stop at a failed command: if the key already holds another type, the
-        # call raises WRONGTYPE but the PEXPIRE still lands on that key (same for add_to_set).
-        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.zremrangebyscore(full, "-inf", now - window)
-            pipe.zadd(full, {member: now})
-            pipe.zcard(full)
-            pipe.pexpire(full, window_ms)
-            _removed, _added, count, _expiry_set = await pipe.execute()
-        return int(count)
+    async def hit_windows(self, counters: Sequence[tuple[str, float, int]]) -> list[int]:
+        if not counters:
+            return []
+        args: list[str | int | float] = []
+        for _key, window, cap in counters:
+            args += [repr(float(window)), _ttl_ms(window), _check_cap(cap)]
+        # Wall clock, not monotonic: the times are compared across instances (keep NTP on).
+        args += [f"{time.time():.6f}", uuid.uuid4().hex]
+        async with self._guard():
+            counts = await self._hit_windows(keys=[self._k(key) for key, _window, _cap in counters], args=args)
+        return [int(count) for count in counts]
 
     # -- sets ------------------------------------------------------------------------------------
 

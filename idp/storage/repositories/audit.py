@@ -55,6 +55,13 @@ class AuditRepository:
         await self.session.flush()
         return entry
 
+    async def append_many(self, rows: Sequence[dict[str, Any]]) -> list[AuditEvent]:
+        """Insert a batch (one statement where the driver allows); the entries carry their ids."""
+        entries = [AuditEvent(**fields) for fields in rows]
+        self.session.add_all(entries)
+        await self.session.flush()
+        return entries
+
     async def for_subject(self, subject_id: str, limit: int = 50) -> Sequence[AuditEvent]:
         result = await self.session.execute(
             select(AuditEvent)

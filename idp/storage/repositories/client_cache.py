@@ -10,8 +10,9 @@ A cached client is never a stale security decision for long:
   within milliseconds;
 - while this process is not subscribed to that channel (starting, or the store went away) the
   cache is bypassed: every lookup reads the database, as before the cache existed;
-- an entry is also re-read after ``max_age`` seconds, which bounds staleness where no message
-  can arrive (a command-line change with the in-process store, which no other process shares).
+- with the in-process key-value store (the embedded default) no other process can announce a
+  change (an ``idp clients disable`` run beside the server), so there the cache is never used;
+- an entry is also re-read after ``max_age`` seconds, a bound should an announcement be lost.
 
 Unknown client ids are not cached: anyone can send random ids, and they must not fill memory.
 """
@@ -103,7 +104,11 @@ class ClientCache:
     # -- the subscription (serving processes) ----------------------------------------------------
 
     async def start(self) -> None:
-        """Subscribe; return once subscribed (the cache is used from then on)."""
+        """Subscribe; return once subscribed (the cache is used from then on). Only where the
+        key-value store is shared between processes: the in-process one can't tell of changes
+        that another process (the command line) makes."""
+        if self._kv.backend_name == "memory":
+            return
         ready = asyncio.Event()
         self._task = asyncio.create_task(self._listen(ready))
         with contextlib.suppress(TimeoutError):
