@@ -6,7 +6,9 @@ reported done. The key-value store is the fast path: verifying an access token r
 grant and a "loaded" marker in one round trip (MGET). When the marker is missing, the store is new
 or lost its data (a Redis restart without persistence, a new embedded process): that request asks
 the database directly, and one request (one per deployment, under a key-value lock) reloads every
-revocation still in force, which are few: each lives at most an access-token lifetime.
+revocation still in force, which are few: each lives at most an access-token lifetime. The marker
+expires after RELOAD_EVERY seconds, so a cached revocation lost any other way (evicted, the last
+second before a crash under `appendfsync everysec`, an old snapshot restored) is back within it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from idp.storage.db import Database
 from idp.storage.kv import KeyValueStore
 from idp.storage.repositories import RevocationRepository
 
-__all__ = ("GRANT_CLAIM", "Denylist")
+__all__ = ("GRANT_CLAIM", "RELOAD_EVERY", "Denylist")
 
 log = logging.getLogger("idp.denylist")
 
@@ -36,6 +38,7 @@ _REVOKED_GRANT = "revoked_grant:"
 _LOADED = "revocations_loaded"
 _RELOAD_LOCK = "revocations_reload_lock"
 _RELOAD_LOCK_TTL = 30.0
+RELOAD_EVERY = 60.0
 
 
 class Denylist:
@@ -110,7 +113,7 @@ class Denylist:
                 # Lost again while reloading (the lock went with it): leave the marker unset.
                 if await self._kv.get(_RELOAD_LOCK) != holder:
                     return False
-                await self._kv.set(_LOADED, "1")
+                await self._kv.set(_LOADED, "1", ttl=RELOAD_EVERY)
                 self.reloads += 1
                 log.info("denylist reloaded from the database", extra={"tokens": len(tokens), "grants": len(grants)})
                 return True
