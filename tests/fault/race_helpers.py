@@ -10,13 +10,20 @@ them concurrently. Exceptions are returned, not raised: a race test classifies e
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlencode, urlsplit
 
+import httpx
 from sqlalchemy import func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from idp.storage.db import Database
+from tests.e2e.server import run_idp
+from tests.oauth_helpers import pkce_pair
 
 T = TypeVar("T")
 
@@ -53,3 +60,88 @@ async def count_rows(db: Database, model: Any, *where: ColumnElement[bool]) -> i
 async def fetch_rows(db: Database, model: Any, *where: ColumnElement[bool]) -> list[Any]:
     async with db.session() as session:
         return list((await session.execute(select(model).where(*where))).scalars())
+
+
+# -- a real server ------------------------------------------------------------------------------
+
+NODE_EMAIL = "racer@example.com"
+NODE_PASSWORD = "copper-meadow-lantern-4471"
+NODE_REDIRECT = "https://rp.example/cb"
+
+
+@dataclass(frozen=True)
+class Node:
+    """A running `idp serve` (two worker processes when Redis is there to share their state)."""
+
+    url: str
+    client_id: str
+    client_secret: str
+    workers: int
+
+
+def node_env(cli_env: dict[str, str], port: int, redis_url: str) -> dict[str, str]:
+    """``cli_env`` (the test's database, secrets, key prefix) for a server on ``port``; every rate
+    limit the races would hit raised out of the way."""
+    env = {
+        **cli_env,
+        "IDP_ISSUER": f"http://127.0.0.1:{port}",
+        "IDP_SERVER__PORT": str(port),
+        "IDP_REDIS_URL": redis_url,
+        "IDP_SERVER__WORKERS": "2" if redis_url else "1",
+    }
+    for limit in ("login_per_ip", "login_per_account", "token_per_ip", "token_per_client"):
+        env[f"IDP_RATE_LIMITS__{limit.upper()}__REQUESTS"] = "100000"
+        env[f"IDP_RATE_LIMITS__{limit.upper()}__WINDOW"] = "60"
+    return env
+
+
+def seed_node(env: dict[str, str]) -> tuple[str, str]:
+    """One user and one first-party confidential client (no consent screen); the client's
+    (id, secret)."""
+    run_idp(env, "users", "create", "--email", NODE_EMAIL, "--password-stdin", "--verified", stdin=NODE_PASSWORD + "\n")
+    created = json.loads(
+        run_idp(
+            env,
+            "clients",
+            "create",
+            "--name",
+            "Race RP",
+            "--confidential",
+            "--first-party",
+            "--redirect-uri",
+            NODE_REDIRECT,
+            "--grant",
+            "authorization_code",
+            "--grant",
+            "refresh_token",
+            "--json",
+        )
+    )
+    return str(created["client_id"]), str(created["client_secret"])
+
+
+def node_code(browser: httpx.Client, node: Node) -> tuple[str, str]:
+    """A fresh authorization code (and its PKCE verifier) from the signed-in ``browser``."""
+    verifier, challenge = pkce_pair()
+    query = {
+        "response_type": "code",
+        "client_id": node.client_id,
+        "redirect_uri": NODE_REDIRECT,
+        "scope": "openid offline_access",
+        "state": "s",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    response = browser.get(f"{node.url}/authorize?{urlencode(query)}")
+    assert response.status_code == 303, response.text
+    location = response.headers["Location"]
+    assert location.startswith(NODE_REDIRECT + "?"), location
+    return parse_qs(urlsplit(location).query)["code"][0], verifier
+
+
+def node_sign_in(browser: httpx.Client, node: Node) -> None:
+    page = browser.get(f"{node.url}/login", params={"return_to": "/account"})
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert token is not None, page.text
+    form = {"email": NODE_EMAIL, "password": NODE_PASSWORD, "csrf_token": token.group(1), "return_to": "/account"}
+    assert browser.post(f"{node.url}/login", data=form).status_code == 303

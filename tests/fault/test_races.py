@@ -10,9 +10,12 @@ worker processes (real parallelism) hit by an httpx client with many connections
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pyotp
 import pytest
 from sqlalchemy import select
@@ -25,8 +28,23 @@ from idp.accounts.security import mfa, relying_party
 from idp.accounts.security.relying_party import PasskeyError
 from idp.accounts.users import AccountError
 from idp.security.tokens import sha256_digest
+from idp.storage.db import Database
 from idp.storage.models import AuthorizationCode, Consent, MfaCredential, OneTimeToken, RecoveryCode, RefreshToken, User
-from tests.fault.race_helpers import CONCURRENCY, ROUNDS, count_rows, fetch_rows, race, unexpected
+from tests.e2e.server import IDP, free_port, running
+from tests.fault.race_helpers import (
+    CONCURRENCY,
+    NODE_REDIRECT,
+    ROUNDS,
+    Node,
+    count_rows,
+    fetch_rows,
+    node_code,
+    node_env,
+    node_sign_in,
+    race,
+    seed_node,
+    unexpected,
+)
 from tests.mfa_helpers import Clock, enable_totp
 from tests.oauth_helpers import (
     PASSWORD,
@@ -515,3 +533,89 @@ async def test_20_concurrent_records_of_one_new_device_make_one_row(runtime: Any
         assert sum(not seen.known for seen in results if isinstance(seen, devices.DeviceSeen)) == 1
         rows = await fetch_rows(runtime.db, KnownDevice, KnownDevice.user_id == world.user_id)
         assert [row.device_digest for row in rows].count(sha256_digest(device)) == 1
+
+
+# -- the same through a real server: two worker processes, many connections --------------------
+
+
+@pytest.fixture
+def node(cli_env: dict[str, str]) -> Iterator[Node]:
+    port = free_port()
+    env = node_env(cli_env, port, os.environ.get("IDP_TEST_REDIS_URL", ""))
+    client_id, client_secret = seed_node(env)
+    with running([IDP, "serve"], env, port) as server:
+        yield Node(f"http://127.0.0.1:{port}", client_id, client_secret, int(env["IDP_SERVER__WORKERS"]))
+    output = server.output()
+    assert "Traceback" not in output and "unhandled exception" not in output, output
+
+
+async def _race_token_requests(http: httpx.AsyncClient, node: Node, form: dict[str, str]) -> list[httpx.Response]:
+    results = await race(
+        CONCURRENCY, lambda _: http.post(f"{node.url}/token", data=form, auth=(node.client_id, node.client_secret))
+    )
+    assert not unexpected(results), unexpected(results)
+    return [result for result in results if isinstance(result, httpx.Response)]
+
+
+def _one_winner(responses: list[httpx.Response]) -> dict[str, Any]:
+    """Exactly one 200; every other answer invalid_grant (RFC 6749 §5.2)."""
+    assert sorted(response.status_code for response in responses) == [200] + [400] * (CONCURRENCY - 1)
+    assert {response.json()["error"] for response in responses if response.status_code == 400} == {"invalid_grant"}
+    [won] = [response.json() for response in responses if response.status_code == 200]
+    return dict(won)
+
+
+async def test_real_server_spends_each_code_and_refresh_token_once_under_20_parallel_requests(
+    node: Node, database_url: str
+) -> None:
+    """The code and refresh-token races against `idp serve` with two worker processes (real
+    parallelism; one worker when there is no Redis to share), 20 connections at once."""
+    db = Database(database_url)
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    auth = (node.client_id, node.client_secret)
+    try:
+        with httpx.Client(timeout=10) as browser:
+            node_sign_in(browser, node)
+            async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+                for _ in range(ROUNDS):
+                    code, verifier = node_code(browser, node)
+                    form = {
+                        "grant_type": "authorization_code",
+                        "code": code,
+                        "redirect_uri": NODE_REDIRECT,
+                        "code_verifier": verifier,
+                    }
+                    tokens = _one_winner(await _race_token_requests(http, node, form))
+                    [row] = await fetch_rows(
+                        db, AuthorizationCode, AuthorizationCode.code_digest == sha256_digest(code)
+                    )
+                    family = await fetch_rows(db, RefreshToken, RefreshToken.family_id == row.grant_id)
+                    # One refresh token issued, revoked by the replays (RFC 9700 §4.2.4) with its access token.
+                    assert len(family) == 1 and family[0].revoked_at is not None
+                    introspected = await http.post(
+                        f"{node.url}/introspect", data={"token": tokens["access_token"]}, auth=auth
+                    )
+                    assert introspected.json() == {"active": False}
+
+                for _ in range(ROUNDS):
+                    # A grant nobody replayed: its refresh token, presented 20 times at once.
+                    code, verifier = node_code(browser, node)
+                    form = {
+                        "grant_type": "authorization_code",
+                        "code": code,
+                        "redirect_uri": NODE_REDIRECT,
+                        "code_verifier": verifier,
+                    }
+                    first = (await http.post(f"{node.url}/token", data=form, auth=auth)).json()
+                    refresh_form = {"grant_type": "refresh_token", "refresh_token": first["refresh_token"]}
+                    rotated = _one_winner(await _race_token_requests(http, node, refresh_form))
+                    [parent] = await fetch_rows(
+                        db, RefreshToken, RefreshToken.token_digest == sha256_digest(first["refresh_token"])
+                    )
+                    family = await fetch_rows(db, RefreshToken, RefreshToken.family_id == parent.family_id)
+                    assert len(family) == 2 and all(row.revoked_at is not None for row in family)
+                    assert [row.token_digest for row in family if row.parent_jti == parent.jti] == [
+                        sha256_digest(rotated["refresh_token"])
+                    ]
+    finally:
+        await db.close()
