@@ -338,6 +338,29 @@ class WebAuthnSettings(_Section):
     @field_validator("origins")
     @classmethod
     def _origin_shape(cls, value: list[str]) -> list[str]:
+class OutboxSettings(_Section):
+    # The durable outbox (idp.outbox, docs/outbox.md): mail and back-channel logout tokens are
+    # written in the transaction that causes them and delivered by a worker on every node.
+    # Seconds between looks for due messages (a commit that enqueues wakes this node at once).
+    poll_interval: Annotated[float, Field(ge=0.1, le=300)] = 5.0
+    # Seconds before the first retry; doubled per attempt (with full jitter) up to max_delay.
+    base_delay: Annotated[float, Field(ge=0.01, le=3600)] = 30.0
+    max_delay: Annotated[float, Field(ge=0.01, le=86400)] = 3600.0
+    # Attempts before a message is dead-lettered (`idp outbox list`, `idp outbox retry --dead`).
+    # The defaults retry for about a day.
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 20
+    # Seconds a node holds a message it claimed; one that died holding it is retried after.
+    lease: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    # Messages claimed at once, and delivered concurrently, by one node.
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 50
+
+    @model_validator(mode="after")
+    def _delays_in_order(self) -> OutboxSettings:
+        if self.max_delay < self.base_delay:
+            raise ValueError("max_delay must be at least base_delay")
+        return self
+
+
         for origin in value:
             parts = urlsplit(origin)
             if parts.scheme not in ("https", "http") or not parts.hostname or parts.path or parts.query:
@@ -477,6 +500,7 @@ class Settings(_Section):
 
     @field_validator("database_url")
     @classmethod
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     def _database_url_shape(cls, value: str) -> str:
         scheme = value.split("://", 1)[0]
         if scheme not in ("sqlite+aiosqlite", "postgresql+asyncpg"):

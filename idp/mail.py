@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
@@ -76,6 +77,21 @@ class OutgoingEmail:
         _single_address(self.to, "To")
         if "\r" in self.subject or "\n" in self.subject:
             raise ValueError("Subject: must not contain CR or LF")
+
+    def to_payload(self) -> dict[str, str | None]:
+        """The message as the outbox keeps it (sealed at rest: it holds the address and links)."""
+        return {"to": self.to, "subject": self.subject, "text": self.text, "html": self.html, "template": self.template}
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> OutgoingEmail:
+        """The message ``to_payload`` kept; TypeError or ValueError (its checks) when it is not one."""
+        to, subject, text = payload["to"], payload["subject"], payload["text"]
+        html, template = payload.get("html"), payload.get("template")
+        if not all(isinstance(value, str) for value in (to, subject, text)) or not all(
+            value is None or isinstance(value, str) for value in (html, template)
+        ):
+            raise TypeError("not a queued message")
+        return cls(to=to, subject=subject, text=text, html=html, template=template)
 
     @property
     def recipient(self) -> str:

@@ -49,7 +49,7 @@ class Recorder:
 async def install_notifier(runtime: Any, recorder: Recorder) -> None:
     await runtime.backchannel.close()
     runtime.backchannel = BackchannelNotifier(
-        runtime.db, runtime.tokens, transport=httpx.MockTransport(recorder), backoff=0.01
+        runtime.db, runtime.tokens, runtime.outbox, transport=httpx.MockTransport(recorder)
     )
 
 
@@ -107,3 +107,12 @@ async def verify_logout_token(client: Any, token: str) -> tuple[dict[str, Any], 
     algs = [key["alg"] for key in jwks["keys"]]
     decoded = jwt.decode(token, keys, algorithms=algs)
     return dict(decoded.header), dict(decoded.claims)
+
+
+async def outbox_statuses(runtime: Any) -> dict[tuple[str, str], int]:
+    """How many outbox rows there are of each (kind, status)."""
+    from idp.storage.repositories.outbox import OutboxRepository
+
+    async with runtime.db.session() as session:
+        counts = await OutboxRepository(session).counts()
+    return {(row.kind, row.status): row.count for row in counts}

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from idp.http import EXTENSION
 from tests.oauth_helpers import query_of
 from tests.smtp import ReceivedMessage, SmtpServer
 
@@ -75,10 +76,12 @@ async def body(response: Any) -> str:
 
 
 async def settle(app: Any) -> None:
-    """Wait for what the app does after answering: the registration, resend and forgot-password
-    forms send their mail (and the latter two do all their work) once the response is out."""
+    """Wait for what the app does after answering: the outbox's worker resolves the resend and
+    forgot-password requests and sends every queued mail (one attempt each: a failed one waits for
+    its backoff, as in production)."""
     while app.background_tasks:
         await asyncio.gather(*list(app.background_tasks))
+    await app.extensions[EXTENSION].outbox.drain()
 
 
 async def take_new_device_notice(server: SmtpServer, to: str, timeout: float = 5.0) -> None:  # noqa: ASYNC109

@@ -108,7 +108,10 @@ async def audit(runtime: Any, user_id: str, event: str) -> list[AuditEvent]:
         return list((await session.execute(query)).scalars())
 
 
-def outbox_subjects(runtime: Any) -> list[str]:
+async def outbox_subjects(runtime: Any) -> list[str]:
+    """The subjects of the mail sent so far (to the .eml directory), once the outbox has sent
+    everything queued."""
+    await runtime.outbox.drain()
     directory = Path(runtime.settings.data_dir) / "outbox"
     if not directory.exists():
         return []

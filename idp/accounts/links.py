@@ -13,6 +13,7 @@ from idp.security.tokens import random_token, sha256_digest
 from idp.storage.db import Database
 from idp.storage.models import OneTimeToken, utcnow
 from idp.storage.repositories import LinkRepository
+from idp.storage.repositories.outbox import DbSession
 
 VERIFY_EMAIL = "verify_email"
 RESET_PASSWORD = "reset_password"  # noqa: S105 - a purpose name, not a secret
@@ -54,12 +55,18 @@ async def issue(
     email: str | None = None,
     return_to: str | None = None,
     browser_binding: str | None = None,
+    session: DbSession | None = None,
 ) -> str:
+    """A new link's token; its row is written in ``session`` when given (so the link and the mail
+    that carries it commit together, see AccountContext.send), else in a transaction of its own."""
     token, row = new_link(
         purpose=purpose, user_id=user_id, ttl=ttl, email=email, return_to=return_to, browser_binding=browser_binding
     )
-    async with db.session() as session:
+    if session is not None:
         await LinkRepository(session).issue(row)
+        return token
+    async with db.session() as own:
+        await LinkRepository(own).issue(row)
     return token
 
 

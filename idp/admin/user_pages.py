@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from quart import Response, request, url_for
 
 from idp.accounts import account_status
-from idp.accounts.recovery.passwords import request_password_reset
+from idp.accounts.recovery.passwords import send_password_reset
 from idp.accounts.users import AccountError
 from idp.accounts.web import load_user
 from idp.admin import users as admin_users
@@ -137,9 +137,8 @@ async def _enable(user: User) -> bool:
 
 
 async def _send_reset(user: User) -> bool:
-    # The same mail as "forgot password" (a disabled account gets none, as there).
-    await request_password_reset(runtime().accounts, user.email)
-    return not user.disabled
+    # The same mail as "forgot password" (a disabled account gets none, as there), queued now.
+    return await send_password_reset(runtime().accounts, user.email)
 
 
 async def _reset_mfa(user: User) -> bool:

@@ -6,14 +6,14 @@ hint, client or post-logout redirect URI is an error page, never a redirect (RP-
 §3). A valid ``id_token_hint`` of this browser's session proves the user wants out
 (``hint_confirms``); otherwise the user confirms first (ASVS 10.6.2). ``log_out`` ends the session.
 
-Back-channel: delivery runs in background tasks with retries so the user's logout never waits on
-a relying party; failures are logged as warnings (there is no audit event for them yet), never
-raised to the user.
+Back-channel: each logout token is an outbox row written before the logout answers (idp.outbox),
+delivered by the outbox's worker with retries over hours, so the user's logout never waits on a
+relying party and a down receiver or a killed node loses nothing; a token given up on is logged as
+a warning and stays as a dead letter (`idp outbox list`), never raised to the user.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ from idp.oauth.authorize import with_query
 from idp.oauth.params import single_value
 from idp.oauth.subjects import SubjectResolver
 from idp.oauth.tokens import TokenInvalid, TokenService
+from idp.outbox import DeliveryFailed, Outbox
 from idp.storage.db import Database
 from idp.storage.models import OAuthClient
 from idp.storage.repositories import ClientRepository
@@ -166,72 +167,94 @@ async def log_out(
 
 log = logging.getLogger("idp.backchannel")
 
+BACKCHANNEL_LOGOUT = "backchannel_logout"  # the outbox kind of one logout token for one client
+# A stored token is sent again while this much of its lifetime (TokenService: 120 s) is left;
+# an older one is replaced by a fresh token (the relying party refuses an expired one, §2.6).
+_REUSE_FOR = 60
+
 
 class BackchannelNotifier:
+    """Back-channel logout through the outbox: ``notify`` queues one logout token per client in
+    one transaction, before the logout answers; the outbox delivers it (``deliver``, its channel)
+    with retries over hours, on exactly one node, surviving restarts."""
+
     def __init__(
         self,
         db: Database,
         tokens: TokenService,
+        outbox: Outbox,
         *,
-        attempts: int = 3,
-        backoff: float = 0.5,
         timeout: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._db = db
         self._tokens = tokens
-        self._attempts = attempts
-        self._backoff = backoff
+        self._outbox = outbox
         self._http = httpx.AsyncClient(timeout=timeout, follow_redirects=False, transport=transport)
-        self._tasks: set[asyncio.Task[bool]] = set()
 
     async def notify(self, client_ids: Iterable[str], *, subject_for: dict[str, str], sid: str | None) -> int:
-        """Schedule a logout token for each client with a back-channel endpoint; returns how many."""
+        """Queue a logout token for each client with a back-channel endpoint; returns how many."""
+        scheduled = 0
         async with self._db.session() as session:
             repo = ClientRepository(session)
-            clients = [client for cid in dict.fromkeys(client_ids) if (client := await repo.get(cid)) is not None]
-        scheduled = 0
-        for client in clients:
-            if not client.backchannel_logout_uri or client.disabled:
-                continue
-            token = self._tokens.issue_logout_token(
-                client_id=client.id,
-                subject=subject_for.get(client.id),
-                sid=sid,
-                alg=client.id_token_signed_response_alg,
-            )
-            task = asyncio.create_task(self._deliver(client, token))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            scheduled += 1
+            for client_id in dict.fromkeys(client_ids):
+                client = await repo.get(client_id)
+                if client is None or not client.backchannel_logout_uri or client.disabled:
+                    continue
+                subject = subject_for.get(client.id)
+                payload = {
+                    "client_id": client.id,
+                    "subject": subject,
+                    "sid": sid,
+                    "logout_token": self._mint(client, subject, sid),
+                    "minted_at": self._tokens.now(),
+                }
+                await self._outbox.enqueue(session, BACKCHANNEL_LOGOUT, payload)
+                scheduled += 1
         return scheduled
 
-    async def _deliver(self, client: OAuthClient, logout_token: str) -> bool:
-        uri = client.backchannel_logout_uri or ""
-        for attempt in range(1, self._attempts + 1):
-            try:
-                response = await self._http.post(uri, data={"logout_token": logout_token})
-                # OIDC Back-Channel Logout §2.8: 200 (or 204) means the RP logged the session out.
-                if response.status_code in (200, 204):
-                    log.info("back-channel logout delivered", extra={"client_id": client.id, "attempt": attempt})
-                    return True
-                reason = f"HTTP {response.status_code}"
-                if 400 <= response.status_code < 500:
-                    break  # the RP rejected the token: retrying won't help
-            except httpx.HTTPError as exc:
-                reason = type(exc).__name__
-            if attempt < self._attempts:
-                await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
-        log.warning("back-channel logout failed", extra={"client_id": client.id, "reason": reason, "attempts": attempt})
-        return False
+    def _mint(self, client: OAuthClient, subject: str | None, sid: str | None) -> str:
+        return self._tokens.issue_logout_token(
+            client_id=client.id, subject=subject, sid=sid, alg=client.id_token_signed_response_alg
+        )
+
+    async def deliver(self, payload: Mapping[str, Any], attempt: int) -> None:
+        """The outbox channel: POST the token to the client's current endpoint (Back-Channel
+        Logout 1.0 §2.5); raises DeliveryFailed unless it answered 200 or 204 (§2.8)."""
+        client_id = str(payload.get("client_id"))
+        async with self._db.session() as session:
+            client = await ClientRepository(session).get(client_id)
+        if client is None or client.disabled or not client.backchannel_logout_uri:
+            raise DeliveryFailed("client gone or without a back-channel endpoint", permanent=True)
+        token = payload.get("logout_token")
+        minted_at = payload.get("minted_at")
+        if not isinstance(token, str) or not isinstance(minted_at, int) or self._tokens.now() - minted_at > _REUSE_FOR:
+            subject, sid = payload.get("subject"), payload.get("sid")
+            token = self._mint(
+                client, subject if isinstance(subject, str) else None, sid if isinstance(sid, str) else None
+            )
+        try:
+            response = await self._http.post(client.backchannel_logout_uri, data={"logout_token": token})
+        except httpx.HTTPError as exc:
+            raise DeliveryFailed(type(exc).__name__) from None
+        # §2.8: 200 (or 204) means the RP logged the session out; another 4xx is a refusal that
+        # retrying won't change, except 429 (too many requests: later may work); 5xx is retried.
+        if response.status_code in (200, 204):
+            log.info("back-channel logout delivered", extra={"client_id": client.id, "attempt": attempt})
+            return
+        status = response.status_code
+        raise DeliveryFailed(f"HTTP {status}", permanent=400 <= status < 500 and status != 429)
+
+    def gave_up(self, payload: Mapping[str, Any], reason: str, attempts: int) -> None:
+        log.warning(
+            "back-channel logout failed",
+            extra={"client_id": payload.get("client_id"), "reason": reason, "attempts": attempts},
+        )
 
     async def drain(self, within: float = 10.0) -> None:
-        """Wait for deliveries in flight (tests, shutdown)."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=within)
+        """Deliver every queued logout token and wait, retrying failures at once instead of after
+        their backoff, until each is delivered or dead-lettered (tests)."""
+        await self._outbox.drain(within, retries=True, kinds=(BACKCHANNEL_LOGOUT,))
 
     async def close(self) -> None:
-        await self.drain(within=5.0)
-        for task in list(self._tasks):
-            task.cancel()
         await self._http.aclose()

@@ -333,3 +333,30 @@ class SessionClient(Base):
     # The session's absolute end: the row is purged after it.
     expires_at: Mapped[datetime] = mapped_column(index=True)
     ended_at: Mapped[datetime | None]
+
+
+class OutboxMessage(Base):
+    """A message to send (a mail, a back-channel logout token) or a request to resolve (a password
+    reset asked for an address), written in the transaction of the change that causes it and
+    delivered by idp.outbox's worker: what a user is told has happened is durable first."""
+
+    __tablename__ = "outbox"
+    # The worker's query: pending rows by when they are due.
+    __table_args__ = (Index("ix_outbox_status_available_at", "status", "available_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(32))  # "mail" | "backchannel_logout" | "password_reset_request" | ...
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | dead
+    # AES-GCM ciphertext of the JSON payload, bound to the row id (it holds links and addresses);
+    # emptied once delivered.
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The next attempt; while a node holds the message, the end of its lease.
+    available_at: Mapped[datetime] = mapped_column(default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # An exception type or an HTTP status: never an address, a link or a body.
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    locked_by: Mapped[str | None] = mapped_column(String(64))
+    locked_until: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    dead_at: Mapped[datetime | None]

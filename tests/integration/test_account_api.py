@@ -94,8 +94,13 @@ async def events_named(runtime: Any, user_id: str, name: str) -> list[AuditEvent
     return [row for row in await audit_rows(runtime, user_id) if row.event == name]
 
 
-def outbox(runtime: Any) -> list[email.message.EmailMessage]:
-    directory = Path(runtime.accounts.mailer.directory)
+async def outbox(runtime: Any) -> list[email.message.EmailMessage]:
+    """The mail sent so far (to the .eml directory), once the outbox has sent everything queued."""
+    await runtime.outbox.drain()
+    return sent_mail(Path(runtime.accounts.mailer.directory))
+
+
+def sent_mail(directory: Path) -> list[email.message.EmailMessage]:
     messages = []
     for path in sorted(directory.glob("*.eml")) if directory.exists() else []:
         message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
@@ -521,7 +526,7 @@ async def test_third_party_clients_are_refused(client: Any, runtime: Any) -> Non
         response = await client.open(path, method=method, json=body, headers=bearer(token))
         assert_error(response, await response.get_json(), 403, "forbidden")
     assert await user_row(runtime, world.user_id) == before
-    assert outbox(runtime) == []
+    assert (await outbox(runtime)) == []
 
 
 # -- scopes --------------------------------------------------------------------------------------------
@@ -551,7 +556,7 @@ async def test_email_change_needs_the_email_scope(client: Any, runtime: Any) -> 
     token = await token_for(client, world, "openid profile")
     response = await client.post("/api/account/email", json={"email": "new@example.org"}, headers=bearer(token))
     assert_insufficient_scope(response, await response.get_json(), "openid email")
-    assert outbox(runtime) == []
+    assert (await outbox(runtime)) == []
     assert await profile.pending_email(runtime.db, world.user_id) is None
 
 
@@ -642,7 +647,7 @@ async def test_email_change_mails_a_link_to_the_new_address_and_changes_nothing_
     assert response.status_code == 202
     assert body == {"status": "verification_sent"}
     assert response.headers["Cache-Control"] == "no-store"
-    [message] = outbox(runtime)
+    [message] = await outbox(runtime)
     assert message["To"] == "Alice.New@example.org"  # the domain normalised by email-validator
     assert message["Subject"] == "Confirm your new email address"
     link = link_token(message)
@@ -679,7 +684,7 @@ async def test_email_change_mails_a_link_to_the_new_address_and_changes_nothing_
     assert await profile.confirm_email_change(runtime.accounts, link) is None
     assert await profile.peek_email_change(runtime.accounts, link) is None
     # Confirmation tells the old address (ASVS 6.3.7), once.
-    messages = outbox(runtime)
+    messages = await outbox(runtime)
     assert len(messages) == 2
     assert messages[1]["To"] == "alice@example.com"
     assert messages[1]["Subject"] == "The email address of your account was changed"
@@ -696,7 +701,7 @@ async def test_an_address_of_another_account_gets_the_same_answer_and_nobody_is_
     response, body = await request_change(client, token, "BOB@example.com")
     assert response.status_code == 202
     assert body == {"status": "verification_sent"}
-    assert outbox(runtime) == []  # neither the other owner nor anyone else
+    assert (await outbox(runtime)) == []  # neither the other owner nor anyone else
     # The caller's visible state is what a free address gives: a pending change, a recorded request.
     profile_body = await (await client.get("/api/account/profile", headers=bearer(token))).get_json()
     assert profile_body["pending_email"] == "BOB@example.com"
@@ -711,7 +716,7 @@ async def test_confirmation_rechecks_that_the_address_is_still_free(client: Any,
     token = await token_for(client, world)
     response, _ = await request_change(client, token, "carol@example.net")
     assert response.status_code == 202
-    link = link_token(outbox(runtime)[0])
+    link = link_token((await outbox(runtime))[0])
     # Someone registers the address before the link is used.
     await add_user(runtime, "Carol@Example.net")
     before = await user_row(runtime, world.user_id)
@@ -732,7 +737,7 @@ async def test_confirmation_cancels_links_sent_to_the_old_address(client: Any, r
         runtime.db, purpose=links.RESET_PASSWORD, user_id=world.user_id, ttl=1800, email="alice@example.com"
     )
     await request_change(client, token, "alice@example.net")
-    assert await profile.confirm_email_change(runtime.accounts, link_token(outbox(runtime)[0])) == world.user_id
+    assert await profile.confirm_email_change(runtime.accounts, link_token((await outbox(runtime))[0])) == world.user_id
     assert await links.peek(runtime.db, links.RESET_PASSWORD, reset) is None
 
 
@@ -741,7 +746,7 @@ async def test_only_the_newest_link_works(client: Any, runtime: Any) -> None:
     token = await token_for(client, world)
     await request_change(client, token, "first@example.net")
     await request_change(client, token, "second@example.net")
-    first, second = (link_token(message) for message in outbox(runtime))
+    first, second = (link_token(message) for message in (await outbox(runtime)))
     assert await profile.confirm_email_change(runtime.accounts, first) is None
     assert await profile.confirm_email_change(runtime.accounts, second) == world.user_id
     assert (await user_row(runtime, world.user_id))["email"] == "second@example.net"
@@ -758,7 +763,7 @@ async def test_confirmation_for_a_disabled_account_does_nothing(client: Any, run
     await request_change(client, token, "dave@example.net")
     async with runtime.db.session() as session:
         await session.execute(update(User).where(User.id == world.user_id).values(disabled=True))
-    assert await profile.confirm_email_change(runtime.accounts, link_token(outbox(runtime)[0])) is None
+    assert await profile.confirm_email_change(runtime.accounts, link_token((await outbox(runtime))[0])) is None
     assert (await user_row(runtime, world.user_id))["email"] == "alice@example.com"
 
 
@@ -779,7 +784,7 @@ async def test_email_change_input_errors(client: Any, runtime: Any, body: dict[s
     token = await token_for(client, world)
     response = await client.post("/api/account/email", json=body, headers=bearer(token))
     assert_error(response, await response.get_json(), 400, "invalid_request", field)
-    assert outbox(runtime) == []
+    assert (await outbox(runtime)) == []
     assert await profile.pending_email(runtime.db, world.user_id) is None
     assert await events_named(runtime, world.user_id, "email_change_requested") == []
 
@@ -789,7 +794,7 @@ async def test_email_change_needs_json(client: Any, runtime: Any) -> None:
     token = await token_for(client, world)
     response = await client.post("/api/account/email", form={"email": "new@example.org"}, headers=bearer(token))
     assert_error(response, await response.get_json(), 415, "unsupported_media_type")
-    assert outbox(runtime) == []
+    assert (await outbox(runtime)) == []
 
 
 async def test_email_change_needs_a_recent_sign_in(client: Any, runtime: Any) -> None:
@@ -810,7 +815,7 @@ async def test_email_change_needs_a_recent_sign_in(client: Any, runtime: Any) ->
     )
     response, body = await request_change(client, no_auth_time.value, "new@example.org")
     assert (response.status_code, body["error"]) == (401, "insufficient_user_authentication")
-    assert outbox(runtime) == []
+    assert (await outbox(runtime)) == []
     # Control: a sign-in within the window.
     recent = runtime.tokens.issue_access_token(
         subject=world.user_id, client_id=world.web_id, scope="openid email", auth_time=int(time.time()) - 600

@@ -113,7 +113,7 @@ async def set_up(app: Any, client: Any, runtime: Any) -> Scene:
 
     await runtime.backchannel.close()
     runtime.backchannel = BackchannelNotifier(
-        runtime.db, runtime.tokens, transport=httpx.MockTransport(recorder), backoff=0.01
+        runtime.db, runtime.tokens, runtime.outbox, transport=httpx.MockTransport(recorder)
     )
     mailer = FakeMailer()
     runtime.accounts.mailer = mailer
@@ -294,7 +294,7 @@ async def test_back_channel_logout_uses_the_pairwise_sub(app: Any, client: Any, 
 
     await runtime.backchannel.close()
     runtime.backchannel = BackchannelNotifier(
-        runtime.db, runtime.tokens, transport=httpx.MockTransport(recorder), backoff=0.01
+        runtime.db, runtime.tokens, runtime.outbox, transport=httpx.MockTransport(recorder)
     )
     world = await make_world(runtime)
     async with runtime.db.session() as session:
@@ -376,6 +376,7 @@ async def test_audit_trail_keeps_events_but_no_personal_data(app: Any, client: A
 async def test_the_user_is_told_by_email(app: Any, client: Any, runtime: Any) -> None:
     scene = await set_up(app, client, runtime)
     await delete_account(runtime.accounts, scene.alice.user_id, password=PASSWORD)
+    await runtime.outbox.drain()
     assert [(message.template, message.to) for message in scene.mailer.sent] == [("account_deleted", ALICE)]
     assert "deleted" in scene.mailer.sent[0].subject
 
@@ -407,6 +408,7 @@ async def test_wrong_password_changes_nothing(app: Any, client: Any, runtime: An
         assert alice is not None and not alice.disabled
     assert (await client.get("/account")).status_code == 200
     assert await userinfo_status(client, scene.alice_web["access_token"]) == 200
+    await runtime.outbox.drain()
     assert scene.mailer.sent == []
     await runtime.backchannel.drain()
     assert scene.deliveries == []
@@ -460,6 +462,7 @@ async def test_admin_deletion_needs_no_password_and_records_the_admin(runtime: A
     failed = next(row for row in rows if row.event == "login_failed")
     assert (failed.ip, failed.user_agent) == (None, None)
     # An unverified address isn't known to be the owner's: no mail to it.
+    await runtime.outbox.drain()
     assert mailer.sent == []
     assert (await user_rows(runtime, admin_id))["users"] == 1
 
@@ -495,5 +498,6 @@ async def test_a_failing_picture_store_does_not_undo_the_deletion(
         await session.execute(update(User).where(User.id == user_id).values(picture="9f2c41.webp"))
     await delete_account(runtime.accounts, user_id, password=PASSWORD, delete_blob=broken)
     assert (await user_rows(runtime, user_id))["users"] == 0
+    await runtime.outbox.drain()
     assert [message.template for message in mailer.sent] == ["account_deleted"]
     assert any(record.getMessage() == "could not delete the picture of a deleted account" for record in caplog.records)

@@ -30,6 +30,7 @@ async def test_email_change_link_confirms_only_on_post(client, runtime) -> None:
     mailer = CollectingMailer()
     runtime.accounts.mailer = mailer
     await profile.request_email_change(runtime.accounts, world.user_id, "alice.new@example.com")
+    await runtime.outbox.drain()
     link = re.search(r"https?://\S+/account/email/confirm\?token=[\w-]+", mailer.sent[-1].text).group(0)
     path = link.split("127.0.0.1:8000", 1)[1]
 
@@ -155,8 +156,10 @@ async def test_old_address_is_told_of_an_email_change(client, runtime) -> None:
     mailer = CollectingMailer()
     runtime.accounts.mailer = mailer
     await profile.request_email_change(runtime.accounts, world.user_id, "alice.moved@example.com")
+    await runtime.outbox.drain()
     token = re.search(r"token=([\w-]+)", mailer.sent[-1].text).group(1)
     assert await profile.confirm_email_change(runtime.accounts, token) == world.user_id
+    await runtime.outbox.drain()
     notice = mailer.sent[-1]
     assert notice.to == world.email
     assert "alice.moved@example.com" in notice.text and "/forgot-password" in notice.text

@@ -221,7 +221,7 @@ async def unprotected(app: Any, runtime: Any, victim: Victim, only: set[str] | N
         if endpoint in EXEMPT or (only is not None and endpoint not in only):
             continue
         path = fill(rule, victim.url_values)
-        before, outbox = await snapshot(runtime), outbox_subjects(runtime)
+        before, outbox = await snapshot(runtime), (await outbox_subjects(runtime))
         for label, token in forged_tokens.items():
             response = await forge(victim, method, path, token, header=endpoint in HEADER_TOKEN, endpoint=endpoint)
             body = await text(response)
@@ -231,7 +231,7 @@ async def unprotected(app: Any, runtime: Any, victim: Victim, only: set[str] | N
             problems.append(f"{method} {rule} ({endpoint}): a refused request changed the database")
         if not await still_signed_in(victim):
             problems.append(f"{method} {rule} ({endpoint}): the victim's session did not survive")
-        if outbox_subjects(runtime) != outbox:
+        if (await outbox_subjects(runtime)) != outbox:
             problems.append(f"{method} {rule} ({endpoint}): mail went out")
     return problems
 

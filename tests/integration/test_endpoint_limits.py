@@ -92,7 +92,7 @@ async def test_password_reset_requests_per_address_and_ip(app: Any, runtime: Any
     over = await form_post(client, "/forgot-password", "/forgot-password", "192.0.2.1", email="c@example.com")
     await assert_limited(over, "password reset requests")
     await _settle(app)
-    assert outbox_subjects(runtime) == ["Reset your password"]
+    assert (await outbox_subjects(runtime)) == ["Reset your password"]
 
 
 @pytest.mark.parametrize("settings_overrides", [limits(verification_resend_per_account=1)], indirect=True)

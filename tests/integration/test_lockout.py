@@ -98,7 +98,7 @@ async def test_delay_grows_then_one_ip_is_locked_out_of_the_account(
     assert (await attempt(attacker, world.email, "wrong-guess-123456", ATTACKER)).status_code == 401
     await assert_refused(await attempt(attacker, world.email, PASSWORD, ATTACKER), 2, "Wait 2 seconds")
     clock.advance(2)
-    assert outbox_subjects(runtime) == []
+    assert (await outbox_subjects(runtime)) == []
 
     # The fourth failure locks this IP out of this account for lock_duration, and the owner is told.
     assert (await attempt(attacker, world.email, "wrong-guess-123456", ATTACKER)).status_code == 401
@@ -108,7 +108,7 @@ async def test_delay_grows_then_one_ip_is_locked_out_of_the_account(
     assert cookie_value(attacker, SESSION_COOKIE) is None
     [locked_event] = await audit(runtime, world.user_id, "account_locked")
     assert locked_event.details["scope"] == "account_ip" and locked_event.outcome == "failure"
-    assert outbox_subjects(runtime) == [LOCK_NOTICE]
+    assert (await outbox_subjects(runtime)) == [LOCK_NOTICE]
     refusals = [e for e in await audit(runtime, world.user_id, "login_failed") if e.details["reason"] == "locked"]
     assert len(refusals) == 3
 
@@ -165,7 +165,7 @@ async def test_locks_do_not_reveal_whether_an_account_exists(
     assert real.headers["Retry-After"] == unknown.headers["Retry-After"]
     assert login_error(await text(real)) == login_error(await text(unknown))
     # Only the real owner is mailed.
-    assert outbox_subjects(runtime) == [LOCK_NOTICE]
+    assert (await outbox_subjects(runtime)) == [LOCK_NOTICE]
 
 
 async def test_credential_stuffing_from_one_ip_is_throttled(app: Any, world: World, clock: Clock) -> None:
@@ -216,7 +216,7 @@ async def test_notices_can_be_switched_off(app: Any, runtime: Any, world: World,
         await attempt(app.test_client(), world.email, "wrong-guess-123456", ATTACKER)
         clock.advance(5)
     assert len(await audit(runtime, world.user_id, "account_locked")) == 1  # audited all the same
-    assert outbox_subjects(runtime) == []
+    assert (await outbox_subjects(runtime)) == []
 
 
 # -- plain rate limits on sign-in --------------------------------------------------------------------

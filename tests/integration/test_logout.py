@@ -34,6 +34,7 @@ from tests.backchannel_helpers import (
     bcl_client,
     bcl_setup,
     install_notifier,
+    outbox_statuses,
     session_cookie,
     verify_logout_token,
 )
@@ -508,9 +509,12 @@ async def test_backchannel_does_not_retry_a_client_error(
     assert failures[0].attempts == 1
 
 
-async def test_backchannel_gives_up_after_three_transport_errors(
+async def test_backchannel_gives_up_after_the_last_attempt(
     client: Any, runtime: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Retried (here without the backoff, by drain) until [outbox] max_attempts, then kept as a
+    dead letter (idp.outbox; tests/integration/test_outbox.py covers the schedule)."""
+    runtime.outbox.retry = replace(runtime.outbox.retry, max_attempts=3)
     recorder = Recorder([httpx.ConnectError("refused")] * 5)
     world, client_id, tokens, cookie = await bcl_setup(client, runtime, recorder)
     with caplog.at_level(logging.WARNING, logger="idp.backchannel"):
@@ -527,6 +531,7 @@ async def test_backchannel_gives_up_after_three_transport_errors(
     assert failures[0].client_id == client_id
     assert failures[0].reason == "ConnectError"
     assert failures[0].attempts == 3
+    assert await outbox_statuses(runtime) == {("backchannel_logout", "dead"): 1}
     assert len(await logged_out_events(runtime)) == 1
     await assert_prompt_none_needs_login(client, world)
 

@@ -189,7 +189,7 @@ async def test_recovery_code_signs_in_once_and_is_notified(
     assert len(used) == 1
     [event] = await audit(runtime, world.user_id, "recovery_code_used")
     assert (event.details["remaining"], event.details["factor"]) == (9, "recovery_code")
-    assert "A security setting of your account changed" in outbox_subjects(runtime)
+    assert "A security setting of your account changed" in (await outbox_subjects(runtime))
 
     other = app.test_client()
     await login(other, world.email)

@@ -100,7 +100,7 @@ async def test_turn_totp_on_regenerate_codes_and_turn_it_off(client: Any, app: A
     recorded = await events(runtime, world.user_id)
     for name in ("mfa_enabled", "recovery_codes_regenerated", "mfa_disabled"):
         assert name in recorded
-    assert outbox_subjects(runtime).count("A security setting of your account changed") >= 3
+    assert (await outbox_subjects(runtime)).count("A security setting of your account changed") >= 3
 
 
 async def test_security_forms_need_csrf(client: Any, runtime: Any) -> None:

@@ -110,7 +110,7 @@ async def test_add_a_passkey_on_the_security_page(client: Any, runtime: Any, wor
     async with runtime.db.session() as session:
         events = [e.event for e in (await session.execute(select(AuditEvent))).scalars()]
     assert "passkey_registered" in events and "mfa_enabled" in events
-    assert "A security setting of your account changed" in outbox_subjects(runtime)
+    assert "A security setting of your account changed" in (await outbox_subjects(runtime))
 
 
 async def test_adding_a_passkey_needs_the_password_and_csrf(client: Any, runtime: Any, world: World) -> None:

@@ -263,6 +263,7 @@ async def test_email_change_form_mails_a_link_and_shows_the_pending_address(clie
     assert response.headers["Location"] == "/account/profile?notice=email"
     rows = await email_tokens(runtime, world.user_id)
     assert [(row.email, row.used_at) for row in rows] == [("alice.new@example.com", None)]
+    await runtime.outbox.drain()
     assert [(message.template, message.to) for message in mailer.sent] == [
         ("email_change_verify", "alice.new@example.com")
     ]
@@ -284,6 +285,7 @@ async def test_email_change_to_a_taken_address_answers_the_same_and_mails_nobody
     assert response.status_code == 303
     assert response.headers["Location"] == "/account/profile?notice=email"
     assert [row.email for row in await email_tokens(runtime, world.user_id)] == ["bob@example.com"]
+    await runtime.outbox.drain()
     assert mailer.sent == []
     assert len(await events_named(runtime, world.user_id, "email_change_requested")) == 1
 
@@ -308,6 +310,7 @@ async def test_email_change_with_a_bad_address_is_a_400(client: Any, runtime: An
     assert error_fields(html) == ["email"]
     assert message in html
     assert await email_tokens(runtime, world.user_id) == []
+    await runtime.outbox.drain()
     assert runtime.accounts.mailer.sent == []
     assert await events_named(runtime, world.user_id, "email_change_requested") == []
 
@@ -317,6 +320,7 @@ async def test_email_change_without_csrf_token_is_refused(client: Any, runtime: 
     response = await client.post("/account/email", form={"email": "alice.new@example.com"})
     assert response.status_code == 403
     assert await email_tokens(runtime, world.user_id) == []
+    await runtime.outbox.drain()
     assert runtime.accounts.mailer.sent == []
 
 
@@ -328,6 +332,7 @@ async def test_email_change_needs_a_recent_sign_in(client: Any, runtime: Any) ->
     assert stale.status_code == 303
     assert stale.headers["Location"] == "/login?return_to=/account/profile"
     assert await email_tokens(runtime, world.user_id) == []
+    await runtime.outbox.drain()
     assert runtime.accounts.mailer.sent == []
     assert await events_named(runtime, world.user_id, "email_change_requested") == []
 
@@ -340,6 +345,7 @@ async def test_email_change_needs_a_recent_sign_in(client: Any, runtime: Any) ->
     assert fresh.status_code == 303
     assert fresh.headers["Location"] == "/account/profile?notice=email"
     assert len(await email_tokens(runtime, world.user_id)) == 1
+    await runtime.outbox.drain()
     assert len(runtime.accounts.mailer.sent) == 1
 
 

@@ -132,7 +132,7 @@ async def test_guessing_the_current_password_on_the_password_page_locks_like_sig
 
     [locked] = await audit(runtime, world.user_id, "account_locked")
     assert (locked.details["scope"], locked.details["duration"]) == ("account_ip", spec.lock_duration)
-    assert outbox_subjects(runtime) == [LOCK_NOTICE]
+    assert (await outbox_subjects(runtime)) == [LOCK_NOTICE]
     reasons = await failure_reasons(runtime, world.user_id)
     assert (reasons.count("invalid_credentials"), reasons.count("locked")) == (spec.lock_after, 41 - spec.lock_after)
 
@@ -178,7 +178,7 @@ async def test_guessing_the_password_through_the_account_api_is_limited(
     assert await rows(runtime, RecoveryCode, world.user_id) == []
     [locked] = await audit(runtime, world.user_id, "account_locked")
     assert locked.details["scope"] == "account_ip"
-    assert LOCK_NOTICE in outbox_subjects(runtime)
+    assert LOCK_NOTICE in (await outbox_subjects(runtime))
     reasons = await failure_reasons(runtime, world.user_id)
     assert reasons.count("invalid_credentials") == spec.lock_after
     assert reasons.count("rate_limited") == 2 and reasons.count("locked") == 30 - spec.lock_after - 1
@@ -315,7 +315,7 @@ async def test_every_password_recheck_counts_as_a_sign_in_attempt(
     assert (reasons.count("invalid_credentials"), reasons.count("locked")) == (LOCKOUT["lock_after"], 1)
     [locked] = await audit(runtime, scene.world.user_id, "account_locked")
     assert locked.details["scope"] == "account_ip"
-    assert LOCK_NOTICE in outbox_subjects(runtime)
+    assert LOCK_NOTICE in (await outbox_subjects(runtime))
     blocked = await sign_in(app.test_client(), scene.world.email, PASSWORD, HOME)
     assert blocked.status_code == 429 and "signing in is blocked" in await text(blocked)
     assert (await sign_in(app.test_client(), scene.world.email, PASSWORD, "192.0.2.99")).status_code == 303

@@ -281,16 +281,16 @@ async def test_sessions_api(app: Any, client: Any, runtime: Any, world: World) -
 
 async def test_a_new_browser_is_announced_by_mail(app: Any, runtime: Any, world: World) -> None:
     laptop = await signed_in_browser(app, world, user_agent=FIREFOX)
-    assert outbox_subjects(runtime) == []  # the account's first browser: nothing to compare with
+    assert (await outbox_subjects(runtime)) == []  # the account's first browser: nothing to compare with
     page = await laptop.get("/account/sessions")
     await laptop.post("/account/sessions/" + (await runtime.sessions.load(laptop.cookie)).sid + "/end", {
         "csrf_token": csrf_from(await text(page)),
     })  # fmt: skip
     assert (await laptop.sign_in(world.email)).status_code == 303  # the same browser again: known
-    assert outbox_subjects(runtime) == []
+    assert (await outbox_subjects(runtime)) == []
 
     await signed_in_browser(app, world, user_agent=SAFARI_IPHONE, ip="198.51.100.99")
-    assert outbox_subjects(runtime) == [NEW_SIGN_IN]
+    assert (await outbox_subjects(runtime)) == [NEW_SIGN_IN]
     [event] = await audit(runtime, world.user_id, "new_device_sign_in")
     assert event.details["device"] == "Safari 17 on iOS" and event.ip == "198.51.100.99"
     async with runtime.db.session() as session:
@@ -305,7 +305,7 @@ async def test_a_new_browser_is_announced_by_mail(app: Any, runtime: Any, world:
 async def test_the_new_browser_notice_can_be_switched_off(app: Any, runtime: Any, world: World) -> None:
     await signed_in_browser(app, world)
     await signed_in_browser(app, world)
-    assert outbox_subjects(runtime) == []
+    assert (await outbox_subjects(runtime)) == []
     assert len(await audit(runtime, world.user_id, "new_device_sign_in")) == 1
 
 

@@ -219,12 +219,19 @@ async def request_email_change(
         if user.email_normalized == normalized:
             raise AccountError("email", "is already the address of this account")
         owner = await users.get_by_email_normalized(normalized)
-    token = await links.issue(
-        ctx.db, purpose=links.CHANGE_EMAIL, user_id=user_id, ttl=ctx.settings.verification_ttl, email=address
-    )
+    async with ctx.db.session() as session:  # the link and its mail commit together
+        token = await links.issue(
+            ctx.db,
+            purpose=links.CHANGE_EMAIL,
+            user_id=user_id,
+            ttl=ctx.settings.verification_ttl,
+            email=address,
+            session=session,
+        )
+        if owner is None:
+            link = ctx.link(EMAIL_CHANGE_PATH, token=token)
+            await ctx.send("email_change_verify", address, session=session, link=link, new_email=address)
     await ctx.events.publish(EmailChangeRequested(user_id=user_id, client=client_id))
-    if owner is None:
-        await ctx.send("email_change_verify", address, link=ctx.link(EMAIL_CHANGE_PATH, token=token), new_email=address)
 
 
 async def peek_email_change(ctx: AccountContext, token: str | None) -> str | None:
@@ -258,18 +265,20 @@ async def confirm_email_change(ctx: AccountContext, token: str | None) -> str | 
                 return None  # registered or changed to by someone else since the link was sent
             await users.set_verified_email(user, address, normalized)
             await LinkRepository(session).cancel_unused(user.id, (links.VERIFY_EMAIL, links.RESET_PASSWORD))
+            # ASVS 6.3.7: the old address hears of the change (it can no longer receive a reset
+            # link); queued with the change itself.
+            await ctx.send(
+                "email_changed",
+                old_address,
+                session=session,
+                new_email=address,
+                time=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+                reset_link=ctx.link("/forgot-password"),
+            )
     except AlreadyTaken:
         # The unique index on email_normalized settles a race with a concurrent registration.
         return None
     await ctx.events.publish(EmailChanged(user_id=row.user_id))
-    # ASVS 6.3.7: the old address hears of the change (it can no longer receive a reset link).
-    await ctx.send(
-        "email_changed",
-        old_address,
-        new_email=address,
-        time=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
-        reset_link=ctx.link("/forgot-password"),
-    )
     return row.user_id
 
 

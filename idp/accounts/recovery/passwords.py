@@ -10,14 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from idp.accounts import links
-from idp.accounts.context import AccountContext
+from idp.accounts.context import AccountContext, context_from, context_payload
 from idp.accounts.security.mfa import has_second_factor
 from idp.accounts.sessions.store import BrowserSession
 from idp.accounts.signin.password import reauthenticate
 from idp.accounts.users import AccountError, check_email, check_new_password, normalize_email
 from idp.events import PasswordChanged, PasswordResetCompleted, PasswordResetRequested
+from idp.outbox import AfterCommit, Payload
 from idp.storage.models import utcnow
 from idp.storage.repositories import UserRepository
+from idp.storage.repositories.outbox import DbSession
 
 # -- judging a candidate, as the forms do while the user types --------------------------------
 
@@ -63,26 +65,68 @@ async def judge_password(
 # -- password reset -------------------------------------------------------------------------
 
 
+RESET_REQUEST = "password_reset_request"  # the outbox kind of a reset asked for an address
+
+
 async def request_password_reset(ctx: AccountContext, email: str) -> None:
-    """Mail a reset link if the address has an active account; the caller always shows the same page."""
+    """Record a request for a reset link, durably, before the caller answers: the same work for
+    every address (ASVS 6.3.8). The outbox's worker resolves it (``ResetRequests``): a link and its
+    mail if the address has an active account. Raises DatabaseUnavailable when it can't be
+    recorded, so the caller says so (503) instead of "check your email"."""
     try:
         address = check_email(email)
     except AccountError:
-        return
+        return  # no address could have an account: nothing to record (the answer is the same)
+    await ctx.outbox.send(RESET_REQUEST, {"email": address, "context": context_payload()})
+
+
+async def send_password_reset(ctx: AccountContext, email: str) -> bool:
+    """A reset link and its mail now, in one transaction, for a caller who may know whether the
+    address has an account (an administrator); returns whether one was queued."""
     async with ctx.db.session() as session:
+        announce = await ResetRequests(ctx).resolve(session, {"email": email, "context": context_payload()})
+    if announce is None:
+        return False
+    await announce()
+    return True
+
+
+class ResetRequests:
+    """The outbox resolver of reset requests: in one transaction (which also marks the request
+    done) the account is looked up, and for an active one the link is issued and its mail queued."""
+
+    def __init__(self, ctx: AccountContext) -> None:
+        self._ctx = ctx
+
+    async def resolve(self, session: DbSession, payload: Payload) -> AfterCommit | None:
+        ctx = self._ctx
+        address = payload.get("email")
+        if not isinstance(address, str):
+            return None
         user = await UserRepository(session).get_by_email_normalized(normalize_email(address))
-    if user is None or user.disabled:
-        return
-    token = await links.issue(
-        ctx.db, purpose=links.RESET_PASSWORD, user_id=user.id, ttl=ctx.settings.reset_ttl, email=user.email
-    )
-    await ctx.events.publish(PasswordResetRequested(user_id=user.id))
-    await ctx.send(
-        "password_reset",
-        user.email,
-        link=ctx.link("/reset-password", token=token),
-        minutes=max(1, ctx.settings.reset_ttl // 60),
-    )
+        if user is None or user.disabled:
+            return None
+        token = await links.issue(
+            ctx.db,
+            purpose=links.RESET_PASSWORD,
+            user_id=user.id,
+            ttl=ctx.settings.reset_ttl,
+            email=user.email,
+            session=session,
+        )
+        await ctx.send(
+            "password_reset",
+            user.email,
+            session=session,
+            link=ctx.link("/reset-password", token=token),
+            minutes=max(1, ctx.settings.reset_ttl // 60),
+        )
+        user_id, context = user.id, context_from(payload)
+
+        async def announce() -> None:
+            await ctx.events.publish(PasswordResetRequested(user_id=user_id), context)
+
+        return announce
 
 
 async def reset_password(ctx: AccountContext, token: str | None, new_password: str, *, ip: str | None) -> str:
@@ -113,17 +157,22 @@ async def reset_password(ctx: AccountContext, token: str | None, new_password: s
         fresh.password_hash = new_hash
         fresh.password_changed_at = utcnow()
         fresh.email_verified = True  # following the emailed link proved control of the mailbox
-        email = fresh.email
+        await _mail_password_changed(ctx, session, fresh.email, ip)
     ended = await ctx.sessions.end_all_for_user(row.user_id, reason="password_reset")
     await ctx.events.publish(PasswordResetCompleted(user_id=row.user_id, sessions_ended=len(ended)))
+    return row.user_id
+
+
+async def _mail_password_changed(ctx: AccountContext, session: DbSession, email: str, ip: str | None) -> None:
+    """The notice of a new password, queued with the change itself (ASVS 6.3.7)."""
     await ctx.send(
         "password_changed",
         email,
+        session=session,
         time=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
         ip=ip or "unknown",
         reset_link=ctx.link("/forgot-password"),
     )
-    return row.user_id
 
 
 # -- password change ------------------------------------------------------------------------
@@ -171,14 +220,8 @@ async def change_password(
         if fresh is not None:
             fresh.password_hash = new_hash
             fresh.password_changed_at = utcnow()
+            await _mail_password_changed(ctx, db_session, fresh.email, ip)
     kept = keep.digest if keep is not None and keep.user_id == user_id else None
     ended = await ctx.sessions.end_all_for_user(user_id, keep=kept, reason="password_changed")
     await ctx.events.publish(PasswordChanged(user_id=user_id, sessions_ended=len(ended)))
-    await ctx.send(
-        "password_changed",
-        user.email,
-        time=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
-        ip=ip or "unknown",
-        reset_link=ctx.link("/forgot-password"),
-    )
     return len(ended)

@@ -5,10 +5,9 @@ accounts (idp.accounts.registration.signup), and the mail goes out after the ans
 
 from __future__ import annotations
 
-from quart import Response, current_app, render_template, request, url_for
+from quart import Response, render_template, request, url_for
 
 from idp.accounts import links
-from idp.accounts.context import deferred_mail, in_background
 from idp.accounts.registration import signup
 from idp.accounts.signin.eligibility import can_sign_in
 from idp.accounts.users import AccountError
@@ -93,21 +92,18 @@ async def register_submit() -> Response:
         errors["name"] = "The name may be at most 200 characters."
     if not errors:
         try:
-            # Mail goes out after the answer: only a fresh address gets a verification link and
-            # only a taken one a notice, and the SMTP time must not tell them apart (ASVS 6.3.8).
-            with deferred_mail() as outbox:
-                await signup.register(
-                    runtime().accounts,
-                    email=email,
-                    password=password,
-                    name=name or None,
-                    return_to=return_to or None,
-                    browser_binding=csrf_binding(),
-                )
+            # The mail is queued in the outbox with the account (or the notice to a taken
+            # address's owner) and sent after the answer, so SMTP time can't tell them apart (ASVS 6.3.8).
+            await signup.register(
+                runtime().accounts,
+                email=email,
+                password=password,
+                name=name or None,
+                return_to=return_to or None,
+                browser_binding=csrf_binding(),
+            )
         except AccountError as exc:
             errors[exc.field] = exc.message
-        else:
-            current_app.add_background_task(in_background, runtime().accounts.deliver(*outbox))
     if errors:
         return await _register_page(
             return_to=return_to, email=echo(email, 320), name=echo(name, 200), errors=errors, status=400
@@ -208,15 +204,13 @@ async def resend_verification() -> Response:
         },
         "requests for a confirmation link",
     )
-    # After the answer: a link is made and mailed only for an unverified account (ASVS 6.3.8).
-    current_app.add_background_task(
-        in_background,
-        signup.resend_verification(
-            runtime().accounts,
-            form.get("email") or "",
-            return_to=_return_to(form.get("return_to")) or None,
-            browser_binding=csrf_binding(),
-        ),
+    # Only the request is recorded now (the same for every address, ASVS 6.3.8); the outbox's
+    # worker makes and mails a link for an unverified account.
+    await signup.resend_verification(
+        runtime().accounts,
+        form.get("email") or "",
+        return_to=_return_to(form.get("return_to")) or None,
+        browser_binding=csrf_binding(),
     )
     return await message(
         "Check your email",

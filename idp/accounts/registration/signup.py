@@ -22,8 +22,10 @@ from idp.accounts.users import (
     normalize_email,
 )
 from idp.events import EmailVerified, RegistrationAttempted, UserCreated
+from idp.outbox import AfterCommit, Payload
 from idp.security.tokens import sha256_digest
 from idp.storage.repositories import LinkRepository, UserRepository
+from idp.storage.repositories.outbox import DbSession
 
 MAX_NAME_LENGTH = 200
 
@@ -82,8 +84,8 @@ async def register(
     Both outcomes cost the same (ASVS 6.3.8, timing): the password is judged and hashed once, and
     the database decides whether the address is free, within the one transaction that would create
     the account and its link; a taken address then costs a look-up of its owner where a free one
-    costs the link's row, and each publishes one event and renders one mail (sent after the answer
-    when the caller defers mail, as the registration form does).
+    costs the link's row, and each publishes one event and queues one mail in that same transaction
+    (the outbox sends it after the answer).
     """
     address = check_mailable_email(email)
     clean_name = check_name(name)
@@ -102,68 +104,82 @@ async def register(
         created = await users.add_unless_taken(user)
         if created:
             await LinkRepository(session).add(link)
+            await _mail_verification(ctx, session, token, user.email, user.name)
             existing = None
         else:
             existing = await users.get_by_email_normalized(user.email_normalized)
+            if existing is not None:  # None: the account went away meanwhile; nobody to tell
+                # Same answer as a fresh registration; the owner learns of the attempt (ASVS 6.3.8).
+                await ctx.send(
+                    "already_registered",
+                    existing.email,
+                    session=session,
+                    login_link=ctx.link("/login"),
+                    reset_link=ctx.link("/forgot-password"),
+                )
     if created:
         await ctx.events.publish(UserCreated(user_id=user.id, admin=False, verified=False))
-        await _mail_verification(ctx, token, user.email, user.name)
-    elif existing is not None:  # None: the account went away meanwhile; nobody to tell
-        # Same answer as a fresh registration; the owner learns of the attempt (ASVS 6.3.8).
+    elif existing is not None:
         await ctx.events.publish(RegistrationAttempted(user_id=existing.id))
-        await ctx.send(
-            "already_registered",
-            existing.email,
-            login_link=ctx.link("/login"),
-            reset_link=ctx.link("/forgot-password"),
-        )
 
 
-async def send_verification(
-    ctx: AccountContext,
-    user_id: str,
-    email: str,
-    name: str | None,
-    *,
-    return_to: str | None,
-    browser_binding: str | None,
-) -> None:
-    token = await links.issue(
-        ctx.db,
-        purpose=links.VERIFY_EMAIL,
-        user_id=user_id,
-        ttl=ctx.settings.verification_ttl,
-        email=email,
-        return_to=return_to,
-        browser_binding=browser_binding,
-    )
-    await _mail_verification(ctx, token, email, name)
-
-
-async def _mail_verification(ctx: AccountContext, token: str, email: str, name: str | None) -> None:
+async def _mail_verification(ctx: AccountContext, session: DbSession, token: str, email: str, name: str | None) -> None:
     await ctx.send(
         "verify_email",
         email,
+        session=session,
         name=name or "",
         link=ctx.link("/verify-email", token=token),
         hours=max(1, ctx.settings.verification_ttl // 3600),
     )
 
 
+RESEND_REQUEST = "verification_resend_request"  # the outbox kind of a new link asked for an address
+
+
 async def resend_verification(
     ctx: AccountContext, email: str, *, return_to: str | None, browser_binding: str | None
 ) -> None:
-    """Silently does nothing unless the address belongs to an unverified account."""
+    """Record a request for a new verification link, durably, before the caller answers: the same
+    work for every address (ASVS 6.3.8). The outbox's worker resolves it (``ResendRequests``): a
+    link and its mail only for an unverified, enabled account. Raises DatabaseUnavailable when it
+    can't be recorded."""
     try:
         address = check_email(email)
     except AccountError:
         return
-    async with ctx.db.session() as session:
+    await ctx.outbox.send(
+        RESEND_REQUEST, {"email": address, "return_to": return_to, "browser_binding": browser_binding}
+    )
+
+
+class ResendRequests:
+    """The outbox resolver of resend requests: the look-up, the link and its mail in one
+    transaction (which also marks the request done)."""
+
+    def __init__(self, ctx: AccountContext) -> None:
+        self._ctx = ctx
+
+    async def resolve(self, session: DbSession, payload: Payload) -> AfterCommit | None:
+        ctx = self._ctx
+        address, return_to, binding = (payload.get(name) for name in ("email", "return_to", "browser_binding"))
+        if not isinstance(address, str):
+            return None
         user = await UserRepository(session).get_by_email_normalized(normalize_email(address))
-    if user is not None and not user.email_verified and not user.disabled:
-        await send_verification(
-            ctx, user.id, user.email, user.name, return_to=return_to, browser_binding=browser_binding
+        if user is None or user.email_verified or user.disabled:
+            return None
+        token = await links.issue(
+            ctx.db,
+            purpose=links.VERIFY_EMAIL,
+            user_id=user.id,
+            ttl=ctx.settings.verification_ttl,
+            email=user.email,
+            return_to=return_to if isinstance(return_to, str) else None,
+            browser_binding=binding if isinstance(binding, str) else None,
+            session=session,
         )
+        await _mail_verification(ctx, session, token, user.email, user.name)
+        return None
 
 
 @dataclass(frozen=True)
