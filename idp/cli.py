@@ -1291,6 +1291,12 @@ def main() -> None:
 
     for position, argument in enumerate(sys.argv[1:], start=1):
         if (problem := unusable_character(argument)) is not None:
+# The outbox commands (idp.outbox_cli: like the commands here, they load no database code until run).
+from idp.outbox_cli import outbox_commands  # noqa: E402
+
+cli.add_command(outbox_commands)
+
+
             fail(f"argument {position} contains {problem}, which is not allowed")
     cli(prog_name="idp")
 

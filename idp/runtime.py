@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from idp.accounts import notifications
-from idp.accounts.context import AccountContext
+from idp.accounts.context import MAIL, AccountContext
 from idp.accounts.live.hub import LiveHub
 from idp.accounts.password_policy import PasswordPolicy
 from idp.accounts.profile import pictures
+from idp.accounts.recovery.passwords import RESET_REQUEST, ResetRequests
+from idp.accounts.registration.signup import RESEND_REQUEST, ResendRequests
 from idp.accounts.security.enrolment import Enrolment
 from idp.accounts.security.mfa import totp_issuer_name
 from idp.accounts.security.relying_party import RelyingParty
@@ -45,9 +47,10 @@ from idp.oauth.discovery import check_provider_metadata, provider_metadata
 from idp.oauth.grants import GrantContext, revoke_session_grants, revoke_user_client_grants
 from idp.oauth.interactions import InteractionStore
 from idp.oauth.keys import KeyManager
-from idp.oauth.logout import BackchannelNotifier
+from idp.oauth.logout import BACKCHANNEL_LOGOUT, BackchannelNotifier
 from idp.oauth.subjects import SubjectResolver
 from idp.oauth.tokens import TokenService
+from idp.outbox import Outbox, Payload
 from idp.security.encryption import DecryptionError, Encryptor
 from idp.security.lockout import LoginGuard
 from idp.security.passwords import PasswordHasher
@@ -86,6 +89,8 @@ class Runtime:
     pending_logins: PendingLogins
     # Live notifications: publishes from every process; its subscription runs only while serving.
     live: LiveHub
+    # Outgoing messages (mail, back-channel logout); its worker runs only while serving.
+    outbox: Outbox
     # Registered clients in memory for the protocol endpoints; its subscription (which makes it
     # usable) runs only while serving.
     client_cache: ClientCache
@@ -127,6 +132,7 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        await self.outbox.close()  # first: its last deliveries need the database and the mailer
         await self.live.stop()
         await self.client_cache.stop()
         await self.audit.close()
@@ -238,6 +244,28 @@ def _subscribe_protocol_handlers(rt: Runtime) -> None:
 
 
 def check_discovery_document(settings: Settings) -> None:
+class _BackchannelChannel:
+    """The outbox channel of logout tokens: whichever notifier the runtime holds at delivery."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    async def deliver(self, payload: Payload, attempt: int) -> None:
+        await self._rt.backchannel.deliver(payload, attempt)
+
+    def gave_up(self, payload: Payload, reason: str, attempts: int) -> None:
+        self._rt.backchannel.gave_up(payload, reason, attempts)
+
+
+def _register_outbox_handlers(rt: Runtime) -> None:
+    """What the outbox delivers, kind by kind (idp.outbox): mail, logout tokens, and the requests
+    resolved in a transaction of their own (a reset or a new verification link for an address)."""
+    rt.outbox.register(MAIL, rt.accounts)
+    rt.outbox.register(BACKCHANNEL_LOGOUT, _BackchannelChannel(rt))
+    rt.outbox.register_resolver(RESET_REQUEST, ResetRequests(rt.accounts))
+    rt.outbox.register_resolver(RESEND_REQUEST, ResendRequests(rt.accounts))
+
+
     """The discovery document these settings publish is valid (before anything is connected)."""
     metadata = provider_metadata(
         settings.issuer,
@@ -310,6 +338,7 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             raise StartupError(str(exc)) from None
         limits = RateLimiter(kv, dict(settings.rate_limits))
         lockout = LoginGuard(kv, settings.lockout)
+        outbox = Outbox(db, encryptor, settings.outbox)
         runtime = Runtime(
             settings=settings,
             db=db,
@@ -322,7 +351,7 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             sessions=sessions,
             interactions=InteractionStore(kv, settings.sessions.interaction_ttl),
             subjects=SubjectResolver(pairwise.get_secret_value() if pairwise else None),
-            backchannel=BackchannelNotifier(db, tokens),
+            backchannel=BackchannelNotifier(db, tokens, outbox),
             cors=CorsPolicy(db),
             accounts=AccountContext(
                 db=db,
@@ -337,12 +366,14 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
                 limits=limits,
                 lockout=lockout,
             ),
+                outbox=outbox,
             blobs=build_blob_store(settings),
             limits=limits,
             lockout=lockout,
             pending_logins=PendingLogins(kv, ttl=settings.sessions.interaction_ttl),
             live=live,
             client_cache=ClientCache(db, kv),
+            outbox=outbox,
             audit=audit,
         )
         notifications.subscribe_security_notices(
@@ -350,6 +381,7 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
         )
         _subscribe_protocol_handlers(runtime)
         return runtime
+        _register_outbox_handlers(runtime)
     except BaseException:
         await kv.close()
         await db.close()
