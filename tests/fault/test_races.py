@@ -425,6 +425,30 @@ async def test_20_concurrent_sign_ins_of_one_user_leave_at_most_the_limit_of_liv
             assert len(signed_in) == CONCURRENCY and len(live) == _LIMIT
 
 
+@pytest.mark.parametrize("policy", ["end_oldest", "refuse"])
+async def test_the_session_limit_holds_when_the_sign_in_lock_is_not_to_be_had(
+    app: Any, runtime: Any, world: World, policy: str
+) -> None:
+    """Another node took the user's sign-in lock and is slow (or died holding it, until its TTL):
+    the 20 sign-ins here wait _LOCK_WAIT for it and then go ahead without it, all at once. The
+    limit must still hold: at most the limit live, with "refuse" no more successes than that."""
+    from idp.accounts.sessions import store
+
+    runtime.sessions.max_per_user = _LIMIT
+    runtime.sessions.limit_policy = policy
+    assert await runtime.kv.set_if_absent(store._USER_LOCK + world.user_id, "another-node", ttl=30)
+    browsers = [app.test_client() for _ in range(CONCURRENCY)]
+    results = await race(CONCURRENCY, lambda index: login(browsers[index], world.email))
+    assert not unexpected(results), unexpected(results)
+    assert all(response.status_code < 500 for response in results), [r.status_code for r in results]
+    signed_in = [response for response in results if response.status_code == 303]
+    live = await runtime.sessions.list_for_user(world.user_id)
+    assert len(live) <= _LIMIT, len(live)
+    assert 1 <= len(signed_in) <= (_LIMIT if policy == "refuse" else CONCURRENCY)
+    if policy == "end_oldest":
+        assert len(signed_in) == CONCURRENCY and len(live) == _LIMIT
+
+
 # -- 7. links and passkey challenges ------------------------------------------------------------
 
 

@@ -168,9 +168,13 @@ class SessionStore:
             auth_id=random_token(12),
             started=self._clock(),
         )
-        async with self._user_lock(user_id):
+        async with self._user_lock(user_id) as lock:
             await self._make_room(user_id)
+            # Which session is oldest is the order they were stored in (see _settle_without_lock).
+            session.started = self._clock()
             await self._save(session, now)
+            if not lock.held:
+                await self._settle_without_lock(session)
         return cookie_value, session
 
     async def reauthenticate(
@@ -237,6 +241,26 @@ class SessionStore:
         for oldest in sorted(live, key=lambda item: (item.created_at, item.started))[:excess]:
             await self.end(oldest, reason="session_limit")
 
+    async def _settle_without_lock(self, session: BrowserSession) -> None:
+        """The limit for a sign-in that went ahead without the lock: the others waiting with it
+        went ahead at the same moment, and each found room in _make_room. Each looks again now its
+        own session is stored. A session missing from a look was stored after it, so is newer than
+        every session that look kept: the last look sees them all, and the limit holds once every
+        one has looked (the oldest end; with "refuse" the newest beyond the limit are refused)."""
+        if self.max_per_user <= 0:
+            return
+        live = sorted(await self.list_for_user(session.user_id), key=lambda item: (item.started, item.created_at))
+        beyond = live[self.max_per_user :]
+        if not beyond:
+            return
+        if self.limit_policy == "refuse":
+            if any(item.digest == session.digest for item in beyond):
+                await self._discard(session)
+                raise TooManySessions(self.max_per_user)
+            return
+        for oldest in live[: len(live) - self.max_per_user]:
+            await self.end(oldest, reason="session_limit")
+
     class _Lock:
         def __init__(self, store: SessionStore, user_id: str) -> None:
             self.store = store
@@ -244,15 +268,17 @@ class SessionStore:
             self.token = random_token(8)
             self.held = False
 
-        async def __aenter__(self) -> None:
+        async def __aenter__(self) -> SessionStore._Lock:
             # Serialises sign-ins of one user across instances while the limit is applied; after
-            # _LOCK_WAIT the sign-in goes ahead anyway (the limit may then be exceeded by one).
+            # _LOCK_WAIT the sign-in goes ahead anyway (a node holding the lock may be slow or gone
+            # until its TTL), and then settles the limit after the fact (_settle_without_lock).
             deadline = time.monotonic() + _LOCK_WAIT
             while not (held := await self.store._kv.set_if_absent(self.key, self.token, ttl=_LOCK_TTL)):
                 if time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(0.02)
             self.held = held
+            return self
 
         async def __aexit__(self, *exc: object) -> None:
             if self.held and await self.store._kv.get(self.key) == self.token:
