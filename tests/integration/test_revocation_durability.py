@@ -220,3 +220,21 @@ async def test_a_session_ended_normally_is_marked_ended_with_every_recorded_clie
     async with runtime.db.session() as db_session:
         rows = (await db_session.execute(select(SessionClient).where(SessionClient.sid == sid))).scalars()
         assert {row.client_id for row in rows if row.ended_at is not None} == {world.web_id, world.spa_id}
+
+
+async def test_a_session_ends_for_its_clients_even_with_the_database_down(
+    client: Any, runtime: Any, ended: list[SessionEnded]
+) -> None:
+    world = await first_party_world(runtime)
+    tokens = await code_flow(client, world, scope="openid profile")
+    session = await runtime.sessions.by_sid(runtime.tokens.peek_claims(tokens["id_token"])["sid"])
+    dead = create_async_engine(UNREACHABLE)
+    working = runtime.db._sessionmaker
+    runtime.db._sessionmaker = async_sessionmaker(dead, expire_on_commit=False)
+    try:
+        assert await runtime.sessions.end(session, reason="ended_by_user")
+    finally:
+        runtime.db._sessionmaker = working
+        await dead.dispose()
+    [event] = ended
+    assert event.clients == (world.web_id,)  # from the key-value copy of the session

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -26,9 +27,11 @@ from typing import Any, Literal, Protocol
 
 from idp.events import EventBus, SessionEnded
 from idp.security.tokens import random_token, sha256_digest
-from idp.storage.db import Database
+from idp.storage.db import Database, DatabaseUnavailable
 from idp.storage.kv import KeyValueStore
 from idp.storage.repositories import ClientRepository, SessionClientRepository
+
+log = logging.getLogger("idp.sessions")
 
 _SESSION = "session:"
 _USER_SESSIONS = "user_sessions:"
@@ -379,9 +382,16 @@ class SessionStore:
         return True
 
     async def _end_recorded(self, sid: str) -> Sequence[str]:
+        """Mark the record ended; its clients. With the database down the session still ends (its
+        key-value copy names its clients): the record stays open, so a later logout naming the sid
+        may send its logout tokens once more, for a session the relying party already ended."""
         assert self._db is not None
-        async with self._db.session() as db_session:
-            return await SessionClientRepository(db_session).end(sid, self._utcnow())
+        try:
+            async with self._db.session() as db_session:
+                return await SessionClientRepository(db_session).end(sid, self._utcnow())
+        except DatabaseUnavailable:
+            log.warning("session end not recorded: the database is unavailable")
+            return []
 
     async def end_lost(self, sid: str, *, user_id: str, client_id: str, reason: str) -> bool:
         """End the session ``sid`` that the key-value store no longer holds (lost with it) from the
