@@ -397,6 +397,18 @@ async def test_one_recovery_code_and_one_totp_code_used_20_times_at_once_work_on
         assert verified.count(True) == 1, verified
 
 
+async def test_20_concurrent_removals_of_one_totp_disable_it_once(runtime: Any, world: World, clock: Clock) -> None:
+    """disable_totp decides under the user's lock (UserRepository.lock) whether a confirmed TOTP
+    was there: exactly one of 20 concurrent removals reports it (one MfaDisabled: one audit row,
+    one notice), and afterwards no factor and no recovery code is left."""
+    await enable_totp(runtime, world.user_id, clock)
+    results = await race(CONCURRENCY, lambda _: mfa.disable_totp(runtime.db, runtime.events, world.user_id))
+    assert not unexpected(results), unexpected(results)
+    assert results.count(True) == 1, results
+    assert await count_rows(runtime.db, MfaCredential, MfaCredential.user_id == world.user_id) == 0
+    assert await count_rows(runtime.db, RecoveryCode, RecoveryCode.user_id == world.user_id) == 0
+
+
 # -- 6. the session limit -----------------------------------------------------------------------
 
 _LIMIT = 3

@@ -52,9 +52,18 @@ class UserRepository:
         return getattr(result, "rowcount", 0) == 1
 
     async def lock(self, user_id: str) -> bool:
-        """Hold the account's row until the transaction ends (PostgreSQL's row lock; SQLite has one
-        writer anyway), so changes to one user's credentials are decided one at a time. False when
-        the account doesn't exist (any more)."""
+        """Hold the account's row until the transaction ends, so changes to one user's credentials
+        are decided one at a time. False when the account doesn't exist (any more).
+
+        PostgreSQL: the row lock (SELECT … FOR UPDATE). SQLite has no row locks and renders no FOR
+        UPDATE, and its driver begins the transaction only at the first write, so the reads that
+        follow a SELECT here would see the database as it was before a concurrent change commits:
+        an UPDATE that changes nothing takes the database's one write lock now instead."""
+        if self.session.get_bind().dialect.name == "sqlite":
+            result = await self.session.execute(
+                update(User).where(User.id == user_id).values(id=User.id, updated_at=User.updated_at)
+            )
+            return getattr(result, "rowcount", 0) == 1
         query = select(User.id).where(User.id == user_id).with_for_update()
         return (await self.session.execute(query)).scalar_one_or_none() is not None
 
