@@ -268,7 +268,7 @@ class TokenService:
         claims = self.verify(token, typ=ACCESS_TOKEN_TYP, audience=self.access_token_audience)
         jti, grant_id = claims.get("jti"), claims.get(GRANT_CLAIM)
         if not isinstance(jti, str) or (grant_id is not None and not isinstance(grant_id, str)):
-            raise TokenInvalid("revoked")
+            raise TokenInvalid("malformed jti or grant")
         if await self.denylist.is_revoked(jti, grant_id):
             raise TokenInvalid("revoked")
         return claims
@@ -280,8 +280,9 @@ class TokenService:
         return datetime.fromtimestamp(exp + LEEWAY, UTC)
 
     def grant_revocation_end(self) -> datetime:
-        """When the last access token a grant revoked now could have issued is refused anyway."""
-        return datetime.fromtimestamp(self.now() + self.access_token_ttl + LEEWAY, UTC)
+        """When the last access token a grant revoked now could have issued is refused anyway: one
+        more leeway for a token a request in flight issues while the revocation waits on its rows."""
+        return datetime.fromtimestamp(self.now() + self.access_token_ttl + 2 * LEEWAY, UTC)
 
     async def deny_access_token(self, jti: str, expires_at: datetime) -> None:
         await self.denylist.deny_access_token(jti, expires_at)
