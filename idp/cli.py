@@ -1219,24 +1219,31 @@ def keys_list(state: CliState, as_json: bool) -> None:
     type=click.Choice(["RS256", "ES256", "Ed25519"]),
     help="Rotate only these algorithms (default: all configured).",
 )
+@click.option(
+    "--now",
+    "immediately",
+    is_flag=True,
+    help="Sign with the new key at once (a compromised key), instead of after keys.publish_ahead.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def keys_rotate(state: CliState, algorithms: tuple[str, ...], as_json: bool) -> None:
-    """Add a new active key; the old one stays published until its tokens expire."""
+def keys_rotate(state: CliState, algorithms: tuple[str, ...], immediately: bool, as_json: bool) -> None:
+    """Add a new key, published at once and signing after keys.publish_ahead (or --now); the old
+    one signs until then and stays published until its tokens expire."""
     settings = state.settings()
     unknown = [alg for alg in algorithms if alg not in settings.keys.algorithms]
     if unknown:
         fail(f"--alg: {', '.join(unknown)} is not in keys.algorithms")
 
     async def action(rt: Any) -> dict[str, Any]:
-        created = await rt.keys.rotate(list(algorithms) or None)
+        created = await rt.keys.rotate(list(algorithms) or None, immediately=immediately)
         return {"created": created, "keys": await _all_keys(rt)}
 
     result = run_with_runtime(settings, action)
     emit(
         result,
         as_json,
-        lambda: "new active keys: " + ", ".join(result["created"]) + "\n" + _keys_text(result["keys"]),
+        lambda: "new keys: " + ", ".join(result["created"]) + "\n" + _keys_text(result["keys"]),
     )
 
 

@@ -143,6 +143,20 @@ class KeySettings(_Section):
     # How often each instance re-reads the key set from the database, so a rotation made on one
     # node (or by `idp keys rotate`) reaches every node.
     reload_interval: Annotated[int, Field(ge=1, le=3600)] = 60
+    # A rotated-in key is published this many seconds before it signs, so relying parties that
+    # cached the JWKS (we advertise max-age 300) have it before they meet it; the old key signs
+    # until then. `idp keys rotate --now` (a compromised key) hands over at once.
+    publish_ahead: Annotated[int, Field(ge=0, le=604800)] = 900
+    # Rotate every key automatically when its newest one is this many seconds old (0: never;
+    # `idp keys rotate` rotates by hand). At least an hour.
+    rotate_every: Annotated[int, Field(ge=0, le=31536000)] = 0
+
+    @field_validator("rotate_every")
+    @classmethod
+    def _rotation_not_too_often(cls, value: int) -> int:
+        if 0 < value < 3600:
+            raise ValueError("must be 0 (never) or at least 3600 seconds")
+        return value
 
     @field_validator("algorithms")
     @classmethod

@@ -135,6 +135,7 @@ class Runtime:
         await self.outbox.close()  # first: its last deliveries need the database and the mailer
         await self.live.stop()
         await self.client_cache.stop()
+        await self.keys.stop()
         await self.audit.close()
         await self.blobs.close()
         await self.accounts.mailer.close()

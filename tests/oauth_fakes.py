@@ -181,6 +181,12 @@ class FakeTokens:
             raise TokenInvalid("unknown")
         return dict(self.refresh[token])
 
+    async def verify_current(
+        self, token: str, *, typ: str | None, audience: str | None, check_expiry: bool = True
+    ) -> dict[str, Any]:
+        """The fakes know every key: nothing to reload."""
+        return self.verify(token, typ=typ, audience=audience, check_expiry=check_expiry)
+
     def peek_claims(self, token: str) -> dict[str, Any] | None:
         known = {**self.refresh, **self.access, **self.id_tokens}
         return dict(known[token]) if token in known else None

@@ -240,7 +240,10 @@ class ClientChanged(_Model):
 class KeyOut(_Model):
     kid: str
     alg: str
-    status: str = Field(description="active, retiring (published until its tokens expire) or expired.")
+    status: str = Field(
+        description="active (signing), next (published; signs once the active key hands over), "
+        "retiring (published until its tokens expire) or expired."
+    )
     created_at: str
     retired_at: str | None
     publish_until: str | None

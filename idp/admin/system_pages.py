@@ -318,8 +318,10 @@ async def keys_rotate() -> Response:
     return await confirm_then(
         Confirmation(
             title="Rotate the signing keys?",
-            text=f"A new key per algorithm ({', '.join(rt.settings.keys.algorithms)}) signs from now on; "
-            "the current ones stay published until every token they signed has expired.",
+            text=f"A new key per algorithm ({', '.join(rt.settings.keys.algorithms)}) is published now and "
+            f"signs in {rt.settings.keys.publish_ahead // 60} minutes, once relying parties have fetched it; "
+            "the current ones sign until then and stay published until every token they signed has expired. "
+            "For a compromised key, use idp keys rotate --now.",
             button="Rotate the keys",
             back=url_for("admin.keys_page"),
             needs_fresh=True,

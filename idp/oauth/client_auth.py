@@ -192,22 +192,15 @@ async def authenticate_request(
     """Client authentication at the token (RFC 6749 §2.3), introspection (RFC 7662 §2.1) and
     revocation (RFC 7009 §2.1) endpoints, with their rate limits (ASVS 6.3.1, 15.2.2)."""
     what = CLIENT_AUTH_ENDPOINTS[endpoint]
-    per_ip = f"{endpoint} {ip}"
-    try:
-        credentials = parse_client_credentials(authorization_header, form)
-        client = await authenticate_client(clients, kv, credentials, issuer=issuer, endpoint_url=f"{issuer}{endpoint}")
-    except Exception:
-        # Every failure (a malformed request, unknown client, wrong secret…) counts against the
-        # address only: secret guessing is limited, but client ids
-        # are public, so failures counted per client would let anyone lock a client out. Over
-        # the limit, the answer is the 429, whatever the credentials were.
-        await enforce_limits({"token_per_ip": per_ip}, what)
-        raise
-    # Both counters in one round trip; only an authenticated client spends its own budget. (An
-    # assertion refused with 429 here is spent: its jti was recorded while authenticating, so a
-    # replayed one can't use the budget.) Authenticating first costs a digest comparison, or an
-    # assertion check, for a request that turns out to be over the limit.
-    await enforce_limits({"token_per_ip": per_ip, "token_per_client": f"{endpoint} {client.id}"}, what)
+    # Before authentication only the address is counted: secret guessing is limited, but client
+    # ids are public, so failures counted per client would let anyone lock a client out. Counted
+    # first, so an address over its limit costs no client look-up (random ids are never cached).
+    await enforce_limits({"token_per_ip": f"{endpoint} {ip}"}, what)
+    credentials = parse_client_credentials(authorization_header, form)
+    client = await authenticate_client(clients, kv, credentials, issuer=issuer, endpoint_url=f"{issuer}{endpoint}")
+    # Only an authenticated client spends its own budget. (An assertion refused with 429 here is
+    # spent: its jti was recorded while authenticating, so a replayed one can't use the budget.)
+    await enforce_limits({"token_per_client": f"{endpoint} {client.id}"}, what)
     return client
 
 

@@ -370,7 +370,7 @@ class RefreshTokenGrant(Grant):
 
     async def find_token(self, token: str) -> RefreshToken:
         try:
-            claims = self.ctx.tokens.verify(
+            claims = await self.ctx.tokens.verify_current(
                 token, typ=REFRESH_TOKEN_TYP, audience=self.ctx.tokens.issuer, check_expiry=False
             )
         except TokenInvalid:

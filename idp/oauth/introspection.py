@@ -59,7 +59,7 @@ async def _refresh_token(
     tokens: TokenService, find_refresh_token: RefreshTokenFinder, token: str, client: OAuthClient
 ) -> dict[str, Any] | None:
     try:
-        claims = tokens.verify(token, typ=REFRESH_TOKEN_TYP, audience=tokens.issuer)
+        claims = await tokens.verify_current(token, typ=REFRESH_TOKEN_TYP, audience=tokens.issuer)
     except TokenInvalid:
         return None
     row = await find_refresh_token(str(claims.get("jti")))

@@ -9,6 +9,7 @@ so a rotation on one node reaches all of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ from idp.events import EventBus, SigningKeysPurged, SigningKeysRotated
 from idp.security.encryption import Encryptor
 from idp.security.tokens import random_token
 from idp.storage.db import Database, DatabaseUnavailable
-from idp.storage.kv import KeyValueStore
+from idp.storage.kv import KeyValueError, KeyValueStore
 from idp.storage.models import SigningKey, utcnow
 from idp.storage.repositories import SigningKeyRepository
 
@@ -52,6 +53,12 @@ _PUBLISH_GRACE = timedelta(minutes=5)
 _RETRY_RELOAD = 5
 log = logging.getLogger("idp.keys")
 _BOOTSTRAP_LOCK = "lock:signing-keys"
+# Every node hears of a rotation (or purge) at once on this channel and reloads; the periodic
+# reload (keys.reload_interval) is the fallback for a node that missed it.
+KEYS_CHANNEL = "signing_keys_changed"
+# A token signed with a key this node doesn't know makes it reload the key set at most this often
+# (a rotation on another node whose announcement was missed; or garbage kids from anyone).
+_UNKNOWN_KID_RELOAD_EVERY = 5.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,9 @@ class LoadedKey:
     public_jwk: dict[str, Any]
     created_at: datetime
     publish_until: datetime | None
+    # For a rotated-out key: when it stopped (or stops) signing. It signs until then, so the key
+    # that replaces it is published a while before it signs.
+    retired_at: datetime | None = None
 
 
 def canonical_alg(alg: str) -> str:
@@ -116,6 +126,9 @@ class KeyManager:
         self._generated: dict[str, JoseKey] = {}
         self._loaded_at = 0.0
         self._reload_lock = asyncio.Lock()
+        self._unknown_kid_reload_at = float("-inf")
+        self._listener: asyncio.Task[None] | None = None
+        self._scheduler: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -135,20 +148,57 @@ class KeyManager:
         await self.reload()
         return created
 
-    async def rotate(self, algorithms: Sequence[str] | None = None) -> list[str]:
-        """Add a new active key per algorithm; the old ones stay published until their tokens expire."""
+    async def rotate(self, algorithms: Sequence[str] | None = None, *, immediately: bool = False) -> list[str]:
+        """Add a new key per algorithm. It is published at once but signs only after
+        ``keys.publish_ahead`` seconds, longer than relying parties may cache the JWKS: until then
+        the old key goes on signing, then stays published until its tokens expire.
+        ``immediately`` (a compromised key) hands over now."""
         algs = list(dict.fromkeys(canonical_alg(alg) for alg in algorithms or self._settings.algorithms))
-        now = self._clock()
-        publish_until = now + self.max_token_lifetime + _PUBLISH_GRACE
-        created: list[str] = []
         async with self._bootstrap_lock():
+            created, old = await self._rotate_locked(algs, immediately=immediately)
+        await self._changed()
+        if self._events is not None:
+            await self._events.publish(SigningKeysRotated(new_kids=tuple(created), retired_kids=tuple(old)))
+        return created
+
+    async def _rotate_locked(self, algs: Sequence[str], *, immediately: bool) -> tuple[list[str], list[str]]:
+        now = self._clock()
+        hand_over = now if immediately else now + timedelta(seconds=self._settings.publish_ahead)
+        created: list[str] = []
+        async with self._db.session() as session:
+            repo = SigningKeyRepository(session)
+            old = [key.kid for key in await repo.active() if key.alg in algs]
+            await repo.retire(old, hand_over, hand_over + self.max_token_lifetime + _PUBLISH_GRACE)
+            if immediately:
+                # Keys still signing from an earlier rotation stop now too.
+                await repo.end_signing(algs, now)
+            for alg in algs:
+                created.append(await self._add_key(repo, alg))
+        return created, old
+
+    async def rotate_if_due(self) -> list[str]:
+        """The scheduled rotation (``keys.rotate_every``): rotate each algorithm whose newest key
+        is older than that, once across all nodes (the check runs under the cross-node lock)."""
+        every = self._settings.rotate_every
+        if not every:
+            return []
+        async with self._bootstrap_lock():
+            now = self._clock()
             async with self._db.session() as session:
-                repo = SigningKeyRepository(session)
-                old = [key.kid for key in await repo.active() if key.alg in algs]
-                await repo.retire(old, now, publish_until)
-                for alg in algs:
-                    created.append(await self._add_key(repo, alg))
-        await self.reload()
+                active = await SigningKeyRepository(session).active()
+            newest: dict[str, datetime] = {}
+            for key in active:
+                newest[key.alg] = max(newest.get(key.alg, key.created_at), key.created_at)
+            due = [
+                alg
+                for alg in self._settings.algorithms
+                if alg in newest and now - newest[alg] >= timedelta(seconds=every)
+            ]
+            if not due:
+                return []
+            created, old = await self._rotate_locked(due, immediately=False)
+        log.info("signing keys rotated on schedule", extra={"algorithms": due})
+        await self._changed()
         if self._events is not None:
             await self._events.publish(SigningKeysRotated(new_kids=tuple(created), retired_kids=tuple(old)))
         return created
@@ -157,7 +207,7 @@ class KeyManager:
         """Delete retired keys whose publication window has closed (`idp keys purge`)."""
         async with self._db.session() as session:
             removed = await SigningKeyRepository(session).delete_expired(self._clock())
-        await self.reload()
+        await self._changed()
         if removed and self._events is not None:
             await self._events.publish(SigningKeysPurged(removed=removed))
         return removed
@@ -169,7 +219,7 @@ class KeyManager:
             keys: dict[str, LoadedKey] = {}
             for row in rows:
                 cached = self._keys.get(row.kid)
-                if cached is not None and cached.status == row.status:
+                if cached is not None and (cached.status, cached.retired_at) == (row.status, row.retired_at):
                     keys[row.kid] = cached
                     continue
                 keys[row.kid] = self._load(row)
@@ -187,6 +237,74 @@ class KeyManager:
         except DatabaseUnavailable:
             log.warning("signing keys not reloaded: database unavailable; serving the last known set")
             self._loaded_at = time.monotonic() - self._settings.reload_interval + _RETRY_RELOAD
+
+    async def reload_for_unknown_kid(self) -> bool:
+        """A token names a key this node doesn't have: reload once, at most every few seconds
+        (a rotation whose announcement this node missed). True when it reloaded."""
+        now = time.monotonic()
+        if now - self._unknown_kid_reload_at < _UNKNOWN_KID_RELOAD_EVERY:
+            return False
+        self._unknown_kid_reload_at = now
+        try:
+            await self.reload()
+        except DatabaseUnavailable:
+            return False
+        return True
+
+    # -- every node hears of a change ------------------------------------------------------------
+
+    async def _changed(self) -> None:
+        """The key set changed (committed): reload here, and tell every other node to."""
+        await self.reload()
+        if self._kv is not None:
+            try:
+                await self._kv.publish(KEYS_CHANNEL, "changed")
+            except KeyValueError as exc:
+                log.warning("could not announce a key change", extra={"error": type(exc).__name__})
+
+    async def start(self) -> None:
+        """Serving nodes: reload whenever any node announces a change; rotate on schedule."""
+        if self._kv is not None:
+            ready = asyncio.Event()
+            self._listener = asyncio.create_task(self._listen(self._kv, ready))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ready.wait(), 5)
+        if self._settings.rotate_every:
+            self._scheduler = asyncio.create_task(self._rotate_on_schedule())
+
+    async def _listen(self, kv: KeyValueStore, ready: asyncio.Event) -> None:
+        delay = 0.5
+        while True:
+            try:
+                async for _message in kv.listen(KEYS_CHANNEL, ready):
+                    delay = 0.5
+                    try:
+                        await self.reload()
+                    except DatabaseUnavailable:
+                        log.warning("signing keys not reloaded: database unavailable; serving the last known set")
+            except KeyValueError as exc:
+                log.warning("key change announcements interrupted", extra={"error": type(exc).__name__})
+            # Whatever was announced meanwhile is caught by the periodic reload, or by the first
+            # token with an unknown kid.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _rotate_on_schedule(self) -> None:
+        check_every = min(3600.0, max(1.0, self._settings.rotate_every / 10))
+        while True:
+            await asyncio.sleep(check_every)
+            try:
+                await self.rotate_if_due()
+            except (DatabaseUnavailable, KeyValueError, TimeoutError) as exc:
+                log.warning("scheduled key rotation postponed", extra={"error": type(exc).__name__})
+
+    async def stop(self) -> None:
+        for task in (self._listener, self._scheduler):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._listener = self._scheduler = None
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -244,6 +362,16 @@ class KeyManager:
     # -- internals -----------------------------------------------------------------------------
 
     def _active_for(self, alg: str) -> LoadedKey | None:
+        """The key that signs for ``alg`` now: a rotated-out key until its hand-over time (the
+        oldest first, when rotations overlap), else the newest active key."""
+        now = self._clock()
+        handing_over = [
+            key
+            for key in self._keys.values()
+            if key.alg == alg and key.status == "retired" and key.retired_at is not None and key.retired_at > now
+        ]
+        if handing_over:
+            return min(handing_over, key=lambda key: (key.retired_at or now, key.created_at))
         candidates = [key for key in self._keys.values() if key.status == "active" and key.alg == alg]
         return max(candidates, key=lambda key: key.created_at) if candidates else None
 
@@ -278,6 +406,7 @@ class KeyManager:
             public_jwk=dict(row.public_jwk),
             created_at=row.created_at,
             publish_until=row.publish_until,
+            retired_at=row.retired_at,
         )
 
     def _bootstrap_lock(self) -> _KvLock:

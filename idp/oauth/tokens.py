@@ -40,6 +40,10 @@ LEEWAY = 60
 __all__ = ["TokenInvalid", "TokenService"]
 
 
+class UnknownKey(TokenInvalid):
+    """The token names a key id this node doesn't (yet) know."""
+
+
 @dataclass(frozen=True)
 class IssuedToken:
     value: str
@@ -231,9 +235,11 @@ class TokenService:
         except (JoseError, ValueError, UnicodeError) as exc:
             raise TokenInvalid(f"malformed token ({type(exc).__name__})") from None
         kid = header.get("kid")
-        key = self._keys.verification_key(kid) if isinstance(kid, str) else None
-        if key is None:
+        if not isinstance(kid, str):
             raise TokenInvalid("unknown or missing kid")
+        key = self._keys.verification_key(kid)
+        if key is None:
+            raise UnknownKey("unknown or missing kid")
         if canonical_alg(str(header.get("alg"))) != key.alg:
             raise TokenInvalid("alg does not match the key")
         if typ is not None and not _typ_matches(header.get("typ"), typ):
@@ -259,13 +265,25 @@ class TokenService:
             raise TokenInvalid(f"claims invalid ({exc.error}: {exc.description})") from None
         return claims
 
+    async def verify_current(
+        self, token: str, *, typ: str | None, audience: str | None, check_expiry: bool = True
+    ) -> dict[str, Any]:
+        """:meth:`verify`, after one (rate-limited) reload of the key set when the token names a
+        key this node doesn't know: one rotated in on another node whose announcement it missed."""
+        try:
+            return self.verify(token, typ=typ, audience=audience, check_expiry=check_expiry)
+        except UnknownKey:
+            if not await self._keys.reload_for_unknown_kid():
+                raise
+        return self.verify(token, typ=typ, audience=audience, check_expiry=check_expiry)
+
     def verify_id_token_hint(self, token: str) -> dict[str, Any]:
         """An ID token this server issued, to any client, expired or not: what an id_token_hint
         must be (OIDC Core §3.1.2.1; RP-Initiated Logout §2). Raises TokenInvalid."""
         return self.verify(token, typ=ID_TOKEN_TYP, audience=None, check_expiry=False)
 
     async def verify_access_token(self, token: str) -> dict[str, Any]:
-        claims = self.verify(token, typ=ACCESS_TOKEN_TYP, audience=self.access_token_audience)
+        claims = await self.verify_current(token, typ=ACCESS_TOKEN_TYP, audience=self.access_token_audience)
         jti, grant_id = claims.get("jti"), claims.get(GRANT_CLAIM)
         if not isinstance(jti, str) or (grant_id is not None and not isinstance(grant_id, str)):
             raise TokenInvalid("malformed jti or grant")

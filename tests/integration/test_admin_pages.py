@@ -430,7 +430,18 @@ async def test_keys_are_listed_rotated_and_purged(app: Any, runtime: Any, admin:
     rotated = await confirm(admin.browser, "/admin/keys/rotate")
     assert rotated.status_code == 303 and rotated.headers["Location"].endswith("?notice=rotated")
     after = await text(await admin.browser.get("/admin/keys"))
-    assert after.count('data-status="retiring"') == len(runtime.settings.keys.algorithms)
+    # The new keys are published first; the current ones sign on until they hand over.
+    algorithms = len(runtime.settings.keys.algorithms)
+    assert after.count('data-status="next"') == algorithms
+    assert after.count('data-status="active"') == algorithms and "active until" in after
+    # Once the hand-over time has passed, the old ones are retiring (still published).
+    async with runtime.db.session() as session:
+        await session.execute(
+            update(SigningKey).where(SigningKey.status == "retired").values(retired_at=datetime.now(UTC))
+        )
+    after = await text(await admin.browser.get("/admin/keys"))
+    assert after.count('data-status="retiring"') == algorithms
+    assert after.count('data-status="active"') == algorithms
     assert "retiring until" in after
     [row] = await audit_rows(runtime, "signing_keys_rotated")
     assert row.actor_id == admin.user_id and row.details["via"] == "admin_page"

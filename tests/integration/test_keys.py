@@ -370,7 +370,9 @@ async def test_jwks_endpoint_publishes_public_keys_only(client, runtime) -> None
 
 
 async def test_rotation_keeps_old_keys_published_until_their_tokens_expire(client, runtime) -> None:
-    clock = FakeClock(datetime.now(UTC).replace(microsecond=250000))
+    # Rotated "3 minutes from the start" on this node's clock, which is in the serving node's past:
+    # an immediate hand-over there has happened by the time it reloads.
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=250000) - timedelta(minutes=10))
     node = manager(runtime, clock)
     await node.reload()
     before_rows = {row.kid: row for row in await key_rows(runtime)}
@@ -379,7 +381,7 @@ async def test_rotation_keeps_old_keys_published_until_their_tokens_expire(clien
     old_tokens = {alg: sign(key) for alg, key in old.items()}
 
     rotated_at = clock.advance(timedelta(minutes=3))
-    new_kids = await node.rotate()
+    new_kids = await node.rotate(immediately=True)
 
     # Storage: three new active keys, the three old ones retired with the publication window.
     assert len(new_kids) == 3
@@ -456,7 +458,7 @@ async def test_retired_key_window_is_longest_token_lifetime_plus_grace(runtime) 
         assert node.max_token_lifetime == window
         old_kid = node.signing_key("ES256").kid
         rotated_at = clock.advance(timedelta(hours=1, microseconds=7))
-        [new_kid] = await node.rotate(["ES256"])
+        [new_kid] = await node.rotate(["ES256"], immediately=True)
         rows = {row.kid: row for row in await key_rows(runtime)}
         assert rows[old_kid].status == "retired"
         assert rows[old_kid].retired_at == rotated_at
@@ -470,7 +472,7 @@ async def test_retired_key_disappears_after_its_window_and_is_purged(runtime) ->
     await node.reload()
     old = node.signing_key("ES256")
     old_token = sign(old)
-    [new_kid] = await node.rotate(["ES256"])
+    [new_kid] = await node.rotate(["ES256"], immediately=True)
     publish_until = clock.now + DEFAULT_WINDOW
     assert {row.kid: row.publish_until for row in await key_rows(runtime)}[old.kid] == publish_until
 
@@ -516,7 +518,7 @@ async def test_rotating_one_algorithm_leaves_the_others_unchanged(runtime) -> No
     before = snapshot(await key_rows(runtime))
     old = {alg: node.signing_key(alg).kid for alg in ALGS}
 
-    [new_kid] = await node.rotate(["ES256"])
+    [new_kid] = await node.rotate(["ES256"], immediately=True)
 
     after = snapshot(await key_rows(runtime))
     assert len(after) == 4
@@ -533,7 +535,7 @@ async def test_rotation_with_the_old_eddsa_name_rotates_the_ed25519_key(runtime)
     node = manager(runtime)
     await node.reload()
     old = node.signing_key("Ed25519").kid
-    [new_kid] = await node.rotate(["EdDSA"])
+    [new_kid] = await node.rotate(["EdDSA"], immediately=True)
     rows = {row.kid: row for row in await key_rows(runtime)}
     assert len(rows) == 4
     assert (rows[old].alg, rows[old].status) == ("Ed25519", "retired")
@@ -549,7 +551,7 @@ async def test_failed_rotation_changes_nothing(runtime) -> None:
     await node.reload()
     before = snapshot(await key_rows(runtime))
     with pytest.raises(ValueError, match="PS256"):
-        await node.rotate(["ES256", "PS256"])
+        await node.rotate(["ES256", "PS256"], immediately=True)
     assert snapshot(await key_rows(runtime)) == before
     await node.reload()
     assert {alg: node.signing_key(alg).kid for alg in ALGS} == {row[0]: kid for kid, row in before.items()}
@@ -579,7 +581,7 @@ async def test_second_node_sees_a_rotation_after_reload(runtime) -> None:
     await second.reload()
     old = second.signing_key("ES256").kid
 
-    [new_kid] = await first.rotate(["ES256"])
+    [new_kid] = await first.rotate(["ES256"], immediately=True)
     # Until it re-reads the database, the other node still has the old view.
     assert second.signing_key("ES256").kid == old
     assert second.verification_key(new_kid) is None
@@ -603,7 +605,7 @@ async def test_nodes_pick_up_a_rotation_once_the_reload_interval_has_passed(clie
     loaded_at = time.monotonic()
     old = runtime.keys.signing_key("ES256").kid
 
-    [new_kid] = await manager(runtime).rotate(["ES256"])  # on another node
+    [new_kid] = await manager(runtime).rotate(["ES256"], immediately=True)  # on another node
 
     # Within the interval both still serve what they loaded.
     await watcher.refresh_if_stale()

@@ -49,6 +49,14 @@ class SigningKeyRepository:
                 .values(status="retired", retired_at=now, publish_until=publish_until)
             )
 
+    async def end_signing(self, algs: Sequence[str], now: datetime) -> None:
+        """Rotated-out keys of ``algs`` that still sign (their hand-over is ahead) stop now."""
+        await self.session.execute(
+            update(SigningKey)
+            .where(SigningKey.alg.in_(algs), SigningKey.status == "retired", SigningKey.retired_at > now)
+            .values(retired_at=now)
+        )
+
     async def delete_expired(self, now: datetime) -> int:
         result = await self.session.execute(
             delete(SigningKey).where(SigningKey.status == "retired", SigningKey.publish_until <= now)
