@@ -409,6 +409,47 @@ async def test_20_concurrent_removals_of_one_totp_disable_it_once(runtime: Any, 
     assert await count_rows(runtime.db, RecoveryCode, RecoveryCode.user_id == world.user_id) == 0
 
 
+async def test_20_passkeys_registered_at_once_enable_the_factor_once(runtime: Any, world: World) -> None:
+    """register_passkey decides "the user's first passkey" under the user's lock: of 20
+    registrations finishing at once for an account without one, every one is stored and exactly
+    one publishes MfaEnabled (one audit row, one notice), on SQLite as on PostgreSQL."""
+    from idp.accounts.security import passkeys
+    from idp.events import MfaEnabled
+    from tests.webauthn_soft import SoftAuthenticator
+
+    enabled: list[MfaEnabled] = []
+
+    async def hear(event: Any, *_: Any) -> None:
+        enabled.append(event)
+
+    runtime.events.subscribe(hear, MfaEnabled)
+    origin = "http://localhost:8000"
+    rp = relying_party.RelyingParty(id="localhost", name="idp", origins=(origin,))
+    ceremonies = []
+    for _ in range(CONCURRENCY):
+        ceremony, options = await passkeys.registration_options(
+            runtime.db, runtime.kv, rp, user_id=world.user_id, user_name=world.email, display_name="A", binding="b"
+        )
+        ceremonies.append((ceremony, SoftAuthenticator().create(options, origin=origin)))
+    results = await race(
+        CONCURRENCY,
+        lambda index: passkeys.register_passkey(
+            runtime.db,
+            runtime.kv,
+            runtime.events,
+            rp,
+            user_id=world.user_id,
+            ceremony_id=ceremonies[index][0],
+            binding="b",
+            credential=ceremonies[index][1],
+            name=f"Key {index}",
+        ),
+    )
+    assert not unexpected(results), unexpected(results)
+    assert await count_rows(runtime.db, MfaCredential, MfaCredential.user_id == world.user_id) == CONCURRENCY
+    assert len(enabled) == 1, enabled
+
+
 # -- 6. the session limit -----------------------------------------------------------------------
 
 _LIMIT = 3
