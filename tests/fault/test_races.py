@@ -696,3 +696,52 @@ async def test_real_server_spends_each_code_and_refresh_token_once_under_20_para
                     ]
     finally:
         await db.close()
+
+
+async def test_one_client_assertion_presented_by_20_concurrent_requests_authenticates_once(
+    app: Any, runtime: Any
+) -> None:
+    """RFC 7523 §3 item 7, OIDC Core §9: a private_key_jwt assertion's jti is single use (the
+    replay record is one SET NX in the key-value store): one 200, 19 invalid_client (401)."""
+    import time
+    import uuid
+
+    from joserfc import jwt
+    from joserfc.jwk import ECKey
+
+    from idp.oauth.client_auth import ASSERTION_TYPE
+    from idp.oauth.clients import ClientSpec
+    from tests.oauth_helpers import add_client
+
+    key = ECKey.generate_key("P-256", parameters={"kid": "race-key", "use": "sig"})
+    client_id, _ = await add_client(
+        runtime,
+        ClientSpec(
+            name="Key client",
+            client_type="confidential",
+            redirect_uris=[WEB_REDIRECT],
+            grant_types=["client_credentials"],
+            token_endpoint_auth_method="private_key_jwt",
+            jwks={"keys": [key.as_dict(private=False)]},
+        ),
+    )
+    for _ in range(ROUNDS):
+        now = int(time.time())
+        claims = {
+            "iss": client_id,
+            "sub": client_id,
+            "aud": runtime.settings.issuer + "/token",
+            "iat": now,
+            "exp": now + 120,
+            "jti": uuid.uuid4().hex,
+        }
+        assertion = jwt.encode({"alg": "ES256", "kid": "race-key"}, claims, key, algorithms=["ES256"])
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": assertion,
+        }
+        results = await race(CONCURRENCY, lambda _, form=form: app.test_client().post("/token", form=form))
+        assert not unexpected(results), unexpected(results)
+        assert sorted(response.status_code for response in results) == [200] + [401] * (CONCURRENCY - 1)
+        assert {await _error(response) for response in results if response.status_code == 401} == {"invalid_client"}
