@@ -1291,6 +1291,12 @@ def config_check(state: CliState, as_json: bool) -> None:
     )
 
 
+# The outbox commands (idp.outbox_cli: like the commands here, they load no database code until run).
+from idp.outbox_cli import outbox_commands  # noqa: E402
+
+cli.add_command(outbox_commands)
+
+
 def main() -> None:
     # Undecodable bytes in argv arrive as lone surrogates (PEP 383), and a NUL can't be stored:
     # refuse them here, naming the argument, rather than fail inside a query.
@@ -1298,12 +1304,6 @@ def main() -> None:
 
     for position, argument in enumerate(sys.argv[1:], start=1):
         if (problem := unusable_character(argument)) is not None:
-# The outbox commands (idp.outbox_cli: like the commands here, they load no database code until run).
-from idp.outbox_cli import outbox_commands  # noqa: E402
-
-cli.add_command(outbox_commands)
-
-
             fail(f"argument {position} contains {problem}, which is not allowed")
     cli(prog_name="idp")
 

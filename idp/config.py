@@ -338,20 +338,6 @@ class NotificationSettings(_Section):
     queue_limit: Annotated[int, Field(ge=10, le=10000)] = 100
 
 
-class WebAuthnSettings(_Section):
-    # Relying-party id (WebAuthn §5.1.2): the issuer's host or a registrable suffix of it; passkeys
-    # are bound to it for ever, so choose it once. Empty: the issuer's host name.
-    rp_id: str = ""
-    # The name authenticators show when a passkey is created.
-    rp_name: Annotated[str, Field(min_length=1, max_length=64)] = "idp"
-    # Origins accepted in WebAuthn responses (scheme://host[:port]); empty: the issuer's origin.
-    origins: list[str] = Field(default_factory=list)
-    # Seconds a registration or sign-in ceremony (its challenge) stays valid.
-    challenge_ttl: Annotated[int, Field(ge=30, le=600)] = 300
-
-    @field_validator("origins")
-    @classmethod
-    def _origin_shape(cls, value: list[str]) -> list[str]:
 class OutboxSettings(_Section):
     # The durable outbox (idp.outbox, docs/outbox.md): mail and back-channel logout tokens are
     # written in the transaction that causes them and delivered by a worker on every node.
@@ -375,6 +361,20 @@ class OutboxSettings(_Section):
         return self
 
 
+class WebAuthnSettings(_Section):
+    # Relying-party id (WebAuthn §5.1.2): the issuer's host or a registrable suffix of it; passkeys
+    # are bound to it for ever, so choose it once. Empty: the issuer's host name.
+    rp_id: str = ""
+    # The name authenticators show when a passkey is created.
+    rp_name: Annotated[str, Field(min_length=1, max_length=64)] = "idp"
+    # Origins accepted in WebAuthn responses (scheme://host[:port]); empty: the issuer's origin.
+    origins: list[str] = Field(default_factory=list)
+    # Seconds a registration or sign-in ceremony (its challenge) stays valid.
+    challenge_ttl: Annotated[int, Field(ge=30, le=600)] = 300
+
+    @field_validator("origins")
+    @classmethod
+    def _origin_shape(cls, value: list[str]) -> list[str]:
         for origin in value:
             parts = urlsplit(origin)
             if parts.scheme not in ("https", "http") or not parts.hostname or parts.path or parts.query:
@@ -500,6 +500,7 @@ class Settings(_Section):
     webauthn: WebAuthnSettings = Field(default_factory=WebAuthnSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     lockout: LockoutSettings = Field(default_factory=LockoutSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @field_validator("issuer")
@@ -514,7 +515,6 @@ class Settings(_Section):
 
     @field_validator("database_url")
     @classmethod
-    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     def _database_url_shape(cls, value: str) -> str:
         scheme = value.split("://", 1)[0]
         if scheme not in ("sqlite+aiosqlite", "postgresql+asyncpg"):

@@ -244,7 +244,6 @@ def _subscribe_protocol_handlers(rt: Runtime) -> None:
     rt.events.subscribe(on_client_changed, *_CLIENT_CHANGES)
 
 
-def check_discovery_document(settings: Settings) -> None:
 class _BackchannelChannel:
     """The outbox channel of logout tokens: whichever notifier the runtime holds at delivery."""
 
@@ -267,6 +266,7 @@ def _register_outbox_handlers(rt: Runtime) -> None:
     rt.outbox.register_resolver(RESEND_REQUEST, ResendRequests(rt.accounts))
 
 
+def check_discovery_document(settings: Settings) -> None:
     """The discovery document these settings publish is valid (before anything is connected)."""
     metadata = provider_metadata(
         settings.issuer,
@@ -338,8 +338,8 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
         except ValueError as exc:
             raise StartupError(str(exc)) from None
         limits = RateLimiter(kv, dict(settings.rate_limits))
-        lockout = LoginGuard(kv, settings.lockout)
         outbox = Outbox(db, encryptor, settings.outbox)
+        lockout = LoginGuard(kv, settings.lockout)
         runtime = Runtime(
             settings=settings,
             db=db,
@@ -366,23 +366,23 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
                 issuer=settings.issuer,
                 limits=limits,
                 lockout=lockout,
-            ),
                 outbox=outbox,
+            ),
             blobs=build_blob_store(settings),
             limits=limits,
             lockout=lockout,
             pending_logins=PendingLogins(kv, ttl=settings.sessions.interaction_ttl),
             live=live,
-            client_cache=ClientCache(db, kv),
             outbox=outbox,
+            client_cache=ClientCache(db, kv),
             audit=audit,
         )
         notifications.subscribe_security_notices(
             runtime.accounts, new_device=settings.sessions.notify_new_device, lockout=settings.lockout.notify
         )
         _subscribe_protocol_handlers(runtime)
-        return runtime
         _register_outbox_handlers(runtime)
+        return runtime
     except BaseException:
         await kv.close()
         await db.close()
