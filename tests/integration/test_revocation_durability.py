@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from idp.events import Event, EventContext, SessionEnded
 from idp.oauth.denylist import RELOAD_EVERY, Denylist
 from idp.storage.models import OAuthClient, RevokedAccessToken, RevokedGrant, SessionClient
+from idp.storage.repositories import RevocationRepository
 from tests.oauth_helpers import basic, code_flow, make_world
 
 UNREACHABLE = "postgresql+asyncpg://postgres@127.0.0.1:1/nothing"  # nothing listens on port 1
@@ -126,7 +127,23 @@ async def test_revocation_with_the_database_down_answers_503_and_records_nothing
     assert await statuses(client, world, tokens["access_token"]) == (200, True, 200)
 
 
-async def test_the_store_is_reloaded_once_for_many_concurrent_requests(client: Any, runtime: Any) -> None:
+@pytest.fixture
+def reads_of_everything(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each time the whole denylist is read from the database (what a reload does)."""
+    reads: list[int] = []
+    read = RevocationRepository.live
+
+    async def counted(self: RevocationRepository, now: Any) -> Any:
+        reads.append(1)
+        return await read(self, now)
+
+    monkeypatch.setattr(RevocationRepository, "live", counted)
+    return reads
+
+
+async def test_the_store_is_reloaded_once_for_many_concurrent_requests(
+    client: Any, runtime: Any, reads_of_everything: list[int]
+) -> None:
     world = await first_party_world(runtime)
     revoked = [(await code_flow(client, world))["access_token"] for _ in range(3)]
     for token in revoked:
@@ -137,16 +154,16 @@ async def test_the_store_is_reloaded_once_for_many_concurrent_requests(client: A
     answers = await asyncio.gather(*(client.get("/userinfo", headers=bearer[index % 3]) for index in range(30)))
     # Every request was refused, whether it came before, during or after the reload.
     assert [answer.status_code for answer in answers] == [401] * 30
-    assert runtime.tokens.denylist.reloads == 1
+    assert runtime.tokens.denylist.reloads == 1 and len(reads_of_everything) == 1
     assert await runtime.kv.count_prefix("revoked_jti:") == 3
 
 
-async def test_two_nodes_reload_the_shared_store_once(runtime: Any) -> None:
+async def test_two_nodes_reload_the_shared_store_once(runtime: Any, reads_of_everything: list[int]) -> None:
     other_node = Denylist(runtime.kv, runtime.db)
     await runtime.tokens.revoke_access_token("jti-1", 2_000_000_000)
     await empty_the_store(runtime)
     results = await asyncio.gather(runtime.tokens.denylist.reload(), other_node.reload(), other_node.reload())
-    assert sorted(results) == [False, False, True]
+    assert sorted(results) == [False, False, True] and len(reads_of_everything) == 1
     assert await runtime.kv.get("revoked_jti:jti-1") == "1"
     assert await runtime.tokens.denylist.is_revoked("jti-1", None) is True
 
