@@ -120,6 +120,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int 
     from idp.config import workers_without_shared_state
     from idp.observability import configure_logging
     from idp.server import uvicorn_options
+    from idp.workers import Workers, reserve, reuse_port_available
 
     if workers is not None and (problem := workers_without_shared_state(workers, settings.redis_url)):
         fail(f"--workers: {problem}")
@@ -128,13 +129,25 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int 
     run_with_runtime(settings, lambda rt: asyncio.sleep(0))
     bind_host = host or settings.server.host
     bind_port = settings.server.port if port is None else port
+    count = workers or settings.server.workers
+    if count > 1 and reuse_port_available():
+        # One listening socket per worker (idp.workers): the kernel spreads the connections.
+        try:
+            reservation = reserve(bind_host, bind_port)
+        except OSError as exc:
+            fail(f"server.port: cannot listen on {bind_host}:{bind_port} ({exc.strerror or type(exc).__name__})")
+        bind_port = reservation.getsockname()[1]
+        click.echo(f"idp: serving {settings.issuer} on http://{bind_host}:{bind_port} ({count} workers)", err=True)
+        code = Workers(count, bind_host, bind_port, uvicorn_options(settings)).run()
+        reservation.close()
+        raise SystemExit(code)
     click.echo(f"idp: serving {settings.issuer} on http://{bind_host}:{bind_port}", err=True)
     uvicorn.run(
         "idp.asgi:create",
         factory=True,
         host=bind_host,
         port=bind_port,
-        workers=workers or settings.server.workers,
+        workers=count,
         **uvicorn_options(settings),
     )
 

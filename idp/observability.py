@@ -141,6 +141,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            # Which worker process (server.workers > 1): each has a listening socket of its own.
+            "pid": record.process,
         }
         for key, value in vars(record).items():
             if key not in _RESERVED_ATTRS and value is not None:
