@@ -82,9 +82,7 @@ class Workers:
         self.exit_code = 0
 
     def _start_one(self) -> BaseProcess:
-        process = self._context.Process(
-            target=_worker, args=(self._options, self._host, self._port), name="idp-worker"
-        )
+        process = self._context.Process(target=_worker, args=(self._options, self._host, self._port), name="idp-worker")
         process.start()
         return process
 
