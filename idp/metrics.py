@@ -59,7 +59,9 @@ from idp.events import (
     TokenIssued,
     TokenRevoked,
 )
+from idp.outbox.operations import OutboxStats, outbox_stats
 from idp.security.hosts import is_loopback_host
+from idp.storage.db import Database
 
 log = logging.getLogger("idp.metrics")
 
@@ -338,6 +340,47 @@ def signing_key_ages(app: Quart) -> GaugeSource:
     return ages
 
 
+class OutboxGauges:
+    """The outbox's depth, oldest pending age and dead letters (idp.outbox.operations), read with
+    one grouped query per scrape however many of its gauges ask."""
+
+    def __init__(self, db: Database, max_age: float = 1.0) -> None:
+        self._db = db
+        self._max_age = max_age
+        self._read_at = -math.inf
+        self._stats: OutboxStats | None = None
+        self._lock = asyncio.Lock()
+
+    async def stats(self) -> OutboxStats:
+        async with self._lock:
+            if self._stats is None or time.monotonic() - self._read_at > self._max_age:
+                self._stats = await outbox_stats(self._db)
+                self._read_at = time.monotonic()
+            return self._stats
+
+    async def depth(self) -> dict[str, float]:
+        return {kind: by_status.get("pending", 0) for kind, by_status in (await self.stats()).counts.items()}
+
+    async def dead_letters(self) -> dict[str, float]:
+        return {kind: by_status.get("dead", 0) for kind, by_status in (await self.stats()).counts.items()}
+
+    async def oldest_age(self) -> float:
+        return (await self.stats()).oldest_pending_age or 0.0
+
+    def register(self, metrics: Metrics) -> None:
+        for name, documentation, source, label in (
+            ("idp_outbox_depth", "Messages waiting for delivery, by kind.", self.depth, "kind"),
+            (
+                "idp_outbox_dead_letters",
+                "Messages given up on after the last retry, by kind.",
+                self.dead_letters,
+                "kind",
+            ),
+            ("idp_outbox_oldest_age_seconds", "Age of the oldest message waiting (0: none).", self.oldest_age, None),
+        ):
+            metrics.register_gauge_source(name, documentation, source, label=label)
+
+
 def install(app: Quart, settings: MetricsSettings) -> None:
     """Count every answered request, subscribe to the event bus once the runtime is up, serve
     /metrics, and let the worker's files go at the end (multiprocess mode)."""
@@ -357,6 +400,7 @@ def install(app: Quart, settings: MetricsSettings) -> None:
                 signing_key_ages(app),
                 label="alg",
             )
+            OutboxGauges(app.extensions["idp"].db).register(metrics)
 
     @app.after_serving
     async def _release() -> None:

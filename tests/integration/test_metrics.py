@@ -90,6 +90,18 @@ async def test_tokens_sign_ins_and_revocations_come_from_the_event_bus(client: A
     assert value(found, "idp_metrics_source_up", source="idp_signing_key_age_seconds") == 1
 
 
+async def test_the_outbox_is_reported_from_its_table(client: Any, runtime: Any) -> None:
+    from idp.outbox.operations import outbox_stats
+
+    stats = await outbox_stats(runtime.db)
+    found = await scrape(client)
+    for gauge in ("idp_outbox_depth", "idp_outbox_dead_letters", "idp_outbox_oldest_age_seconds"):
+        assert value(found, "idp_metrics_source_up", source=gauge) == 1, gauge
+    assert ("idp_outbox_oldest_age_seconds", ()) in found
+    for kind, by_status in stats.counts.items():
+        assert value(found, "idp_outbox_depth", kind=kind) == by_status["pending"]
+
+
 async def test_rate_limit_hits_and_gauge_sources(settings_overrides: dict[str, Any]) -> None:
     limits = {"token_per_ip": {"requests": 1, "window": 60}}
     app = create_app(load_settings(environ={}, overrides={**settings_overrides, "rate_limits": limits}))
@@ -112,18 +124,20 @@ async def check_gauge_sources(app: Any, client: Any) -> None:
     async def broken() -> float:
         raise RuntimeError("database away")
 
-    metrics.register_gauge_source("idp_outbox_depth", "Messages waiting.", depth, label="kind")
-    metrics.register_gauge_source("idp_outbox_oldest_age_seconds", "Oldest waiting.", broken)
+    metrics.register_gauge_source("idp_test_depth", "Messages waiting.", depth, label="kind")
+    metrics.register_gauge_source("idp_test_oldest_age_seconds", "Oldest waiting.", broken)
+    with pytest.raises(ValueError, match="has a source already"):
+        metrics.register_gauge_source("idp_test_depth", "twice", depth, label="kind")
     with pytest.raises(ValueError, match="idp_\\*"):
         metrics.register_gauge_source("outbox", "no prefix", depth)
     found = await scrape(client)
     assert value(found, "idp_rate_limited_total", route="/token") == 2
     assert value(found, "idp_http_requests_total", method="POST", route="/token", status="429") == 2
-    assert value(found, "idp_outbox_depth", kind="mail") == 3
-    assert value(found, "idp_metrics_source_up", source="idp_outbox_depth") == 1
+    assert value(found, "idp_test_depth", kind="mail") == 3
+    assert value(found, "idp_metrics_source_up", source="idp_test_depth") == 1
     # a failing source leaves its gauge out and says so; the scrape still answers
-    assert ("idp_outbox_oldest_age_seconds", ()) not in found
-    assert value(found, "idp_metrics_source_up", source="idp_outbox_oldest_age_seconds") == 0
+    assert ("idp_test_oldest_age_seconds", ()) not in found
+    assert value(found, "idp_metrics_source_up", source="idp_test_oldest_age_seconds") == 0
 
 
 async def test_without_a_token_only_unproxied_loopback_callers_are_answered(client: Any) -> None:
@@ -208,7 +222,8 @@ def test_counts_add_up_across_two_workers(cli_env: dict[str, str], shared_redis_
 
     with running([IDP, "serve"], env, port) as server:
         assert not (metrics_dir / "counter_999999.db").exists(), "stale files are removed at start"
-        healthy_before = _healthz_count(base)  # running() polled /healthz until it answered
+        time.sleep(1.5)  # both workers have written the tally of running()'s /healthz polls
+        healthy_before = _healthz_count(base)
         with ThreadPoolExecutor(max_workers=16) as pool:
             assert set(pool.map(probe, range(sent))) == {200}
         writers = {path.name for path in metrics_dir.glob("counter_*.db")}
