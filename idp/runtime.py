@@ -136,6 +136,7 @@ class Runtime:
         await self.live.stop()
         await self.client_cache.stop()
         await self.keys.stop()
+        await self.tokens.denylist.stop()
         await self.audit.close()
         await self.blobs.close()
         await self.accounts.mailer.close()

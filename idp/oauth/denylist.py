@@ -9,19 +9,24 @@ the database directly, and one request (one per deployment, under a key-value lo
 revocation still in force, which are few: each lives at most an access-token lifetime. The marker
 expires after RELOAD_EVERY seconds, so a cached revocation lost any other way (evicted, the last
 second before a crash under `appendfsync everysec`, an old snapshot restored) is back within it.
+
+On serving nodes :meth:`Denylist.keep_loaded` re-syncs the store from the database in the
+background before the marker expires (one node at a time), so in steady state no request waits for
+a reload or asks the database: only a store that really lost its data costs that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from idp.security.tokens import random_token
-from idp.storage.db import Database
-from idp.storage.kv import KeyValueStore
+from idp.storage.db import DATABASE_ERRORS, Database, DatabaseUnavailable
+from idp.storage.kv import KeyValueError, KeyValueStore
 from idp.storage.repositories import RevocationRepository
 
 __all__ = ("GRANT_CLAIM", "RELOAD_EVERY", "Denylist")
@@ -49,6 +54,7 @@ class Denylist:
         self._reloading = asyncio.Lock()
         # How many times this process reloaded the key-value store from the database.
         self.reloads = 0
+        self._keeper: asyncio.Task[None] | None = None
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -91,10 +97,10 @@ class Denylist:
         await self.reload()
         return revoked
 
-    async def reload(self) -> bool:
+    async def reload(self, *, resync: bool = False) -> bool:
         """Put every revocation still in force back into the key-value store, then the marker; at
         once by one request of one process (others meanwhile ask the database). True when this
-        call reloaded."""
+        call reloaded. ``resync`` reloads even while the marker is there (and renews it)."""
         if self._reloading.locked():
             return False
         async with self._reloading:
@@ -102,7 +108,7 @@ class Denylist:
             if not await self._kv.set_if_absent(_RELOAD_LOCK, holder, ttl=_RELOAD_LOCK_TTL):
                 return False  # another process is reloading
             try:
-                if await self._kv.get(_LOADED) is not None:
+                if not resync and await self._kv.get(_LOADED) is not None:
                     return False
                 async with self._db.session() as session:
                     tokens, grants = await RevocationRepository(session).live(self._now())
@@ -119,3 +125,27 @@ class Denylist:
                 return True
             finally:
                 await self._kv.delete_if_equal(_RELOAD_LOCK, holder)
+
+    # -- serving nodes: keep the marker from expiring in steady state --------------------------
+
+    async def keep_loaded(self, check_every: float = RELOAD_EVERY / 6) -> None:
+        """Re-sync before the marker expires: whichever node first sees less than half of its
+        lifetime left reloads (the others find it renewed)."""
+        while True:
+            await asyncio.sleep(check_every)
+            try:
+                left = await self._kv.ttl(_LOADED)
+                if left is None or left < RELOAD_EVERY / 2:
+                    await self.reload(resync=True)
+            except (KeyValueError, *DATABASE_ERRORS, DatabaseUnavailable) as exc:  # requests fall back
+                log.warning("denylist not re-synced", extra={"error": type(exc).__name__})
+
+    def start(self) -> None:
+        self._keeper = asyncio.create_task(self.keep_loaded())
+
+    async def stop(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+            self._keeper = None

@@ -255,3 +255,24 @@ async def test_a_session_ends_for_its_clients_even_with_the_database_down(
         await dead.dispose()
     [event] = ended
     assert event.clients == (world.web_id,)  # from the key-value copy of the session
+
+
+async def test_serving_nodes_resync_the_store_before_the_marker_expires(runtime: Any) -> None:
+    """In steady state no request meets a missing marker: a node re-syncs from the database when
+    less than half of the marker's lifetime is left, putting back what the store lost meanwhile."""
+    await runtime.tokens.revoke_access_token("jti-kept", 2_000_000_000)
+    assert await runtime.tokens.denylist.reload(resync=True)
+    await runtime.kv.delete("revoked_jti:jti-kept")  # lost some other way (evicted)
+    await runtime.kv.set("revocations_loaded", "1", ttl=RELOAD_EVERY / 2 - 1)
+    before = runtime.tokens.denylist.reloads
+    keeper = asyncio.create_task(runtime.tokens.denylist.keep_loaded(check_every=0.02))
+    try:
+        for _ in range(200):
+            if runtime.tokens.denylist.reloads > before:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        keeper.cancel()
+    assert runtime.tokens.denylist.reloads == before + 1
+    assert await runtime.kv.get("revoked_jti:jti-kept") == "1"
+    assert (await runtime.kv.ttl("revocations_loaded") or 0) > RELOAD_EVERY / 2
