@@ -244,3 +244,18 @@ def _healthz_count(base: str) -> float:
         response = http.get(f"{base}/metrics")
     assert response.status_code == 200, response.text
     return value(samples(response.text), "idp_http_requests_total", method="GET", route="/healthz", status="200")
+
+
+async def test_an_account_lock_is_counted(settings_overrides: dict[str, Any]) -> None:
+    lockout = {"delay_after": 2, "lock_after": 2, "max_delay": 1, "lock_duration": 600}
+    app = create_app(load_settings(environ={}, overrides={**settings_overrides, "lockout": lockout}))
+    async with app.test_app():
+        client = app.test_client()
+        world = await make_world(app.extensions["idp"])
+        statuses = [(await login(client, world.email, password=f"wrong-password-{n}")).status_code for n in range(4)]
+        assert statuses[:2] == [401, 401] and statuses[-1] != 401, statuses
+        found = await scrape(client)
+    assert value(found, "idp_account_locks_total", scope="account_ip") == 1, found
+    assert value(found, "idp_sign_ins_total", outcome="invalid_credentials", factor="password") == 2
+    # the attempts after the lock, counted by their reason
+    assert value(found, "idp_sign_ins_total", outcome="locked", factor="password") == 2
