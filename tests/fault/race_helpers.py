@@ -21,6 +21,7 @@ import httpx
 from sqlalchemy import func, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from idp.config import generate_secrets
 from idp.storage.db import Database
 from tests.e2e.server import run_idp
 from tests.oauth_helpers import pkce_pair
@@ -67,6 +68,7 @@ async def fetch_rows(db: Database, model: Any, *where: ColumnElement[bool]) -> l
 NODE_EMAIL = "racer@example.com"
 NODE_PASSWORD = "copper-meadow-lantern-4471"
 NODE_REDIRECT = "https://rp.example/cb"
+NODE_SESSION_LIMIT = 3
 
 
 @dataclass(frozen=True)
@@ -77,19 +79,30 @@ class Node:
     client_id: str
     client_secret: str
     workers: int
+    database_url: str
 
 
-def node_env(cli_env: dict[str, str], port: int, redis_url: str) -> dict[str, str]:
-    """``cli_env`` (the test's database, secrets, key prefix) for a server on ``port``; every rate
-    limit the races would hit raised out of the way."""
+def node_env(database_url: str, data_dir: str, port: int, redis_url: str, redis_prefix: str) -> dict[str, str]:
+    """IDP_* settings of a production-mode server on ``port`` with its own database, data
+    directory, secrets and key prefix; every rate limit the races would hit raised out of the way."""
+    secrets = generate_secrets()
     env = {
-        **cli_env,
         "IDP_ISSUER": f"http://127.0.0.1:{port}",
+        "IDP_DATABASE_URL": database_url,
+        "IDP_DATA_DIR": data_dir,
         "IDP_SERVER__PORT": str(port),
         "IDP_REDIS_URL": redis_url,
+        "IDP_REDIS_KEY_PREFIX": redis_prefix,
         "IDP_SERVER__WORKERS": "2" if redis_url else "1",
+        "IDP_SESSIONS__MAX_PER_USER": str(NODE_SESSION_LIMIT),
+        "IDP_SECRETS__COOKIE_SECRET": secrets["cookie_secret"],
+        "IDP_SECRETS__KEY_ENCRYPTION_KEY": secrets["key_encryption_key"],
+        "IDP_SECRETS__PAIRWISE_SECRET": secrets["pairwise_secret"],
+        # Cheap hashing, as in the rest of the suite: the races are about the database.
+        "IDP_PASSWORD_HASH__TIME_COST": "1",
+        "IDP_PASSWORD_HASH__MEMORY_COST_KIB": "7168",
     }
-    for limit in ("login_per_ip", "login_per_account", "token_per_ip", "token_per_client"):
+    for limit in ("login_per_ip", "login_per_account", "registration_per_ip", "token_per_ip", "token_per_client"):
         env[f"IDP_RATE_LIMITS__{limit.upper()}__REQUESTS"] = "100000"
         env[f"IDP_RATE_LIMITS__{limit.upper()}__WINDOW"] = "60"
     return env
@@ -137,6 +150,19 @@ def node_code(browser: httpx.Client, node: Node) -> tuple[str, str]:
     location = response.headers["Location"]
     assert location.startswith(NODE_REDIRECT + "?"), location
     return parse_qs(urlsplit(location).query)["code"][0], verifier
+
+
+def csrf_of(html: str) -> str:
+    token = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert token is not None, html
+    return token.group(1)
+
+
+async def node_form_post(http: httpx.AsyncClient, node: Node, path: str, form: dict[str, str]) -> httpx.Response:
+    """GET the form page then POST it with its CSRF token, as a browser does (``http`` is that
+    browser: its own cookies)."""
+    page = await http.get(f"{node.url}{path}")
+    return await http.post(f"{node.url}{path}", data={**form, "csrf_token": csrf_of(page.text)})
 
 
 def node_sign_in(browser: httpx.Client, node: Node) -> None:

@@ -10,8 +10,10 @@ worker processes (real parallelism) hit by an httpx client with many connections
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,18 +30,23 @@ from idp.accounts.security import mfa, relying_party
 from idp.accounts.security.relying_party import PasskeyError
 from idp.accounts.users import AccountError
 from idp.security.tokens import sha256_digest
+from idp.storage import migrate
 from idp.storage.db import Database
 from idp.storage.models import AuthorizationCode, Consent, MfaCredential, OneTimeToken, RecoveryCode, RefreshToken, User
 from tests.e2e.server import IDP, free_port, running
 from tests.fault.race_helpers import (
     CONCURRENCY,
+    NODE_EMAIL,
+    NODE_PASSWORD,
     NODE_REDIRECT,
+    NODE_SESSION_LIMIT,
     ROUNDS,
     Node,
     count_rows,
     fetch_rows,
     node_code,
     node_env,
+    node_form_post,
     node_sign_in,
     race,
     seed_node,
@@ -615,15 +622,37 @@ async def test_20_concurrent_records_of_one_new_device_make_one_row(runtime: Any
 # -- the same through a real server: two worker processes, many connections --------------------
 
 
-@pytest.fixture
-def node(cli_env: dict[str, str]) -> Iterator[Node]:
+@pytest.fixture(scope="module")
+def node(database_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """One server for the module's real-server tests (starting one costs seconds): its own
+    database, data directory and Redis key prefix, removed afterwards."""
+    database_url = database_factory.create()
+    migrate.upgrade(database_url)
+    redis_url = os.environ.get("IDP_TEST_REDIS_URL", "")
+    prefix = f"idp-test-races-{uuid.uuid4().hex[:8]}:"
     port = free_port()
-    env = node_env(cli_env, port, os.environ.get("IDP_TEST_REDIS_URL", ""))
+    env = node_env(database_url, str(tmp_path_factory.mktemp("node")), port, redis_url, prefix)
     client_id, client_secret = seed_node(env)
-    with running([IDP, "serve"], env, port) as server:
-        yield Node(f"http://127.0.0.1:{port}", client_id, client_secret, int(env["IDP_SERVER__WORKERS"]))
-    output = server.output()
-    assert "Traceback" not in output and "unhandled exception" not in output, output
+    try:
+        with running([IDP, "serve"], env, port) as server:
+            yield Node(
+                f"http://127.0.0.1:{port}", client_id, client_secret, int(env["IDP_SERVER__WORKERS"]), database_url
+            )
+        output = server.output()
+        assert "Traceback" not in output and "unhandled exception" not in output, output
+    finally:
+        if redis_url:
+            asyncio.run(_forget_keys(redis_url, prefix))
+
+
+async def _forget_keys(redis_url: str, prefix: str) -> None:
+    from idp.storage.kv import RedisStore
+
+    store = RedisStore(redis_url, prefix=prefix)
+    try:
+        await store.delete_prefix("")
+    finally:
+        await store.close()
 
 
 async def _race_token_requests(http: httpx.AsyncClient, node: Node, form: dict[str, str]) -> list[httpx.Response]:
@@ -642,12 +671,10 @@ def _one_winner(responses: list[httpx.Response]) -> dict[str, Any]:
     return dict(won)
 
 
-async def test_real_server_spends_each_code_and_refresh_token_once_under_20_parallel_requests(
-    node: Node, database_url: str
-) -> None:
+async def test_real_server_spends_each_code_and_refresh_token_once_under_20_parallel_requests(node: Node) -> None:
     """The code and refresh-token races against `idp serve` with two worker processes (real
     parallelism; one worker when there is no Redis to share), 20 connections at once."""
-    db = Database(database_url)
+    db = Database(node.database_url)
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
     auth = (node.client_id, node.client_secret)
     try:
@@ -704,7 +731,6 @@ async def test_one_client_assertion_presented_by_20_concurrent_requests_authenti
     """RFC 7523 §3 item 7, OIDC Core §9: a private_key_jwt assertion's jti is single use (the
     replay record is one SET NX in the key-value store): one 200, 19 invalid_client (401)."""
     import time
-    import uuid
 
     from joserfc import jwt
     from joserfc.jwk import ECKey
@@ -745,3 +771,48 @@ async def test_one_client_assertion_presented_by_20_concurrent_requests_authenti
         assert not unexpected(results), unexpected(results)
         assert sorted(response.status_code for response in results) == [200] + [401] * (CONCURRENCY - 1)
         assert {await _error(response) for response in results if response.status_code == 401} == {"invalid_client"}
+
+
+async def test_real_server_keeps_one_account_per_address_and_the_session_limit_under_20_parallel_browsers(
+    node: Node,
+) -> None:
+    """Registration and the session limit through `idp serve` (two workers sharing Redis): 20
+    browsers registering one address at once make one account and all read the same answer; 20
+    browsers signing in at once to one account leave at most [sessions] max_per_user live."""
+    db = Database(node.database_url)
+    address = "parallel@example.com"
+    try:
+        browsers = [httpx.AsyncClient(timeout=30) for _ in range(CONCURRENCY)]
+        try:
+            registered = await race(
+                CONCURRENCY,
+                lambda index: node_form_post(
+                    browsers[index],
+                    node,
+                    "/register",
+                    {"email": address.upper() if index % 2 else address, "password": PASSWORD, "name": "P"},
+                ),
+            )
+            assert not unexpected(registered), unexpected(registered)
+            responses = [result for result in registered if isinstance(result, httpx.Response)]
+            assert [response.status_code for response in responses] == [200] * CONCURRENCY
+            assert len({_VOLATILE.sub("", response.text) for response in responses}) == 1
+            assert await count_rows(db, User, User.email_normalized == address) == 1
+
+            signed_in = await race(
+                CONCURRENCY,
+                lambda index: node_form_post(
+                    browsers[index], node, "/login", {"email": NODE_EMAIL, "password": NODE_PASSWORD, "return_to": "/"}
+                ),
+            )
+            assert not unexpected(signed_in), unexpected(signed_in)
+            codes = [result.status_code for result in signed_in if isinstance(result, httpx.Response)]
+            assert codes == [303] * CONCURRENCY, codes
+            # Each browser asks whether it is still signed in: at most the limit are.
+            pages = await asyncio.gather(*(browser.get(f"{node.url}/account") for browser in browsers))
+            live = [page for page in pages if page.status_code == 200]
+            assert 1 <= len(live) <= NODE_SESSION_LIMIT, [page.status_code for page in pages]
+        finally:
+            await asyncio.gather(*(browser.aclose() for browser in browsers))
+    finally:
+        await db.close()
