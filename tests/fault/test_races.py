@@ -550,6 +550,26 @@ async def test_one_email_verification_link_used_by_20_concurrent_requests_verifi
         assert row.used_at is not None
 
 
+async def test_20_links_issued_at_once_leave_only_one_usable(runtime: Any, world: World) -> None:
+    """Only the newest emailed link works (LinkRepository.issue cancels the older unused ones):
+    20 reset requests at once (a user pressing the button repeatedly, two tabs) must leave one
+    usable link, not one per request that happened to overlap."""
+    for _ in range(ROUNDS):
+        tokens = await race(
+            CONCURRENCY,
+            lambda _: links.issue(runtime.db, purpose=links.RESET_PASSWORD, user_id=world.user_id, ttl=600),
+        )
+        assert not unexpected(tokens), unexpected(tokens)
+        usable = await count_rows(
+            runtime.db,
+            OneTimeToken,
+            OneTimeToken.user_id == world.user_id,
+            OneTimeToken.purpose == links.RESET_PASSWORD,
+            OneTimeToken.used_at.is_(None),
+        )
+        assert usable == 1, usable
+
+
 async def test_one_passkey_ceremony_consumed_by_20_concurrent_requests_is_taken_once(runtime: Any) -> None:
     """A WebAuthn challenge works once (ASVS 6.7.2 / W3C WebAuthn §13.4.3): ``kv.pop`` is atomic
     on Redis (GETDEL) and in-process."""

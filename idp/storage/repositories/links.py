@@ -12,6 +12,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idp.storage.models import OneTimeToken
+from idp.storage.repositories.users import UserRepository
 
 
 class LinkRepository:
@@ -20,7 +21,13 @@ class LinkRepository:
 
     async def issue(self, row: OneTimeToken) -> None:
         """Store a new link; the user's unused links of the same purpose stop working (only the
-        newest email works)."""
+        newest email works).
+
+        The user's row is held first, so concurrent requests for a link take turns: each one's
+        DELETE sees the links committed before it. Without it (PostgreSQL, READ COMMITTED) every
+        overlapping request deleted only what was there when they all started, and 19 of 20 links
+        asked for at once stayed usable."""
+        await UserRepository(self.session).lock(row.user_id)
         await self.session.execute(
             delete(OneTimeToken).where(
                 OneTimeToken.user_id == row.user_id,
