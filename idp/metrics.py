@@ -61,6 +61,7 @@ from idp.events import (
 )
 from idp.outbox.operations import OutboxStats, outbox_stats
 from idp.security.hosts import is_loopback_host
+from idp.server import release_metrics_directory
 from idp.storage.db import Database
 
 log = logging.getLogger("idp.metrics")
@@ -199,6 +200,8 @@ class Metrics:
         if self.multiprocess_dir:
             # prometheus-client's clean-up of this worker's live gauges (we keep none; counters stay)
             mark_process_dead(os.getpid(), self.multiprocess_dir)
+        if directory := os.environ.get(MULTIPROCESS_DIR):
+            release_metrics_directory(directory)  # if this process made it (it served alone)
 
     # -- domain events ------------------------------------------------------------------------------
 

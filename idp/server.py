@@ -111,25 +111,65 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+_PRIVATE_PREFIX = "idp-metrics-"
+_OWNER_FILE = "owner.pid"  # in a private directory: the pid of the process that made it
+
+
 def prepare_metrics_directory(environ: dict[str, str] | os._Environ[str] = os.environ) -> Path:
     """Give the workers about to start one directory for prometheus-client's multiprocess mode.
 
     Each worker writes its counters to memory-mapped files named by its pid, and a scrape
     answered by any worker adds up all of them, so the numbers do not depend on which worker the
     scraper reached. An operator's own PROMETHEUS_MULTIPROC_DIR is emptied first (files of an
-    earlier run would be counted again); otherwise a fresh private directory is made and removed
-    at exit. Never data_dir: nodes may share it, and two containers both have a pid 1."""
+    earlier run would be counted again); otherwise a fresh private directory is made under the
+    temporary directory, removed when its maker ends (``release_metrics_directory``), and private
+    ones whose maker died without removing them (SIGKILL) are removed here. Never data_dir: nodes
+    may share it, and two containers both have a pid 1."""
     given = environ.get(METRICS_DIR_ENV)
     if given:
         directory = Path(given)
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob("*.db"):
             stale.unlink()
-    else:
-        directory = Path(tempfile.mkdtemp(prefix="idp-metrics-"))
-        atexit.register(shutil.rmtree, directory, ignore_errors=True)
-        environ[METRICS_DIR_ENV] = str(directory)
+        return directory
+    _remove_abandoned(Path(tempfile.gettempdir()))
+    directory = Path(tempfile.mkdtemp(prefix=_PRIVATE_PREFIX))
+    (directory / _OWNER_FILE).write_text(str(os.getpid()))
+    # A supervisor of several workers exits normally; one process serving alone is ended by
+    # uvicorn with the signal it received (atexit never runs), and releases it when it stops.
+    atexit.register(release_metrics_directory, str(directory))
+    environ[METRICS_DIR_ENV] = str(directory)
     return directory
+
+
+def release_metrics_directory(directory: str) -> None:
+    """Remove a private metrics directory if this process made it (a worker's is its maker's)."""
+    if _owner_of(Path(directory)) == os.getpid():
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _owner_of(directory: Path) -> int | None:
+    try:
+        return int((directory / _OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None  # not one of ours (an operator's, or half made)
+
+
+def _remove_abandoned(parent: Path) -> None:
+    for candidate in parent.glob(_PRIVATE_PREFIX + "*"):
+        owner = _owner_of(candidate)
+        if owner is not None and not _alive(owner):
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -259,3 +261,40 @@ async def test_an_account_lock_is_counted(settings_overrides: dict[str, Any]) ->
     assert value(found, "idp_sign_ins_total", outcome="invalid_credentials", factor="password") == 2
     # the attempts after the lock, counted by their reason
     assert value(found, "idp_sign_ins_total", outcome="locked", factor="password") == 2
+
+
+def test_a_private_metrics_directory_is_removed_by_its_maker_or_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from idp import server
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    environ: dict[str, str] = {}
+    made = server.prepare_metrics_directory(environ)
+    assert environ["PROMETHEUS_MULTIPROC_DIR"] == str(made) and made.parent == tmp_path
+    # a worker (another pid) leaves it alone; its maker removes it
+    (made / "counter_1.db").write_bytes(b"")
+    monkeypatch.setattr(server.os, "getpid", lambda: 4_000_000)
+    server.release_metrics_directory(str(made))
+    assert made.exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    server.release_metrics_directory(str(made))
+    assert not made.exists()
+    # one whose maker was killed is removed at the next start; a live one and an operator's stay
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    abandoned, live, foreign = tmp_path / "idp-metrics-dead", tmp_path / "idp-metrics-live", tmp_path / "idp-metrics-x"
+    for directory, owner in ((abandoned, str(dead.pid)), (live, str(os.getpid())), (foreign, None)):
+        directory.mkdir()
+        if owner is not None:
+            (directory / "owner.pid").write_text(owner)
+    again = server.prepare_metrics_directory({})
+    assert not abandoned.exists() and live.exists() and foreign.exists() and again.exists()
+    server.release_metrics_directory(str(again))
+    # an operator's directory is emptied of earlier files, never removed
+    own = tmp_path / "operator"
+    own.mkdir()
+    (own / "counter_7.db").write_bytes(b"")
+    assert server.prepare_metrics_directory({"PROMETHEUS_MULTIPROC_DIR": str(own)}) == own
+    assert own.exists() and not list(own.glob("*.db"))
