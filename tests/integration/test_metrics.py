@@ -80,7 +80,12 @@ async def test_tokens_sign_ins_and_revocations_come_from_the_event_bus(client: A
     access_token = (await refreshed.get_json())["access_token"]
     revoked = await client.post("/revoke", form={"token": access_token}, headers=basic(world.web_id, world.web_secret))
     assert revoked.status_code == 200
+    machine = await client.post(
+        "/token", form={"grant_type": "client_credentials"}, headers=basic(world.web_id, world.web_secret)
+    )
+    assert machine.status_code == 200, await machine.get_data(as_text=True)
     found = await scrape(client)
+    assert value(found, "idp_tokens_issued_total", grant_type="client_credentials") == 1
     assert value(found, "idp_tokens_issued_total", grant_type="authorization_code") == 1
     assert value(found, "idp_tokens_issued_total", grant_type="refresh_token") == 1
     assert value(found, "idp_sign_ins_total", outcome="success", factor="pwd") == 1
