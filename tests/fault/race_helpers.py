@@ -10,7 +10,6 @@ them concurrently. Exceptions are returned, not raised: a race test classifies e
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,9 +20,12 @@ import httpx
 from sqlalchemy import func, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from idp.config import generate_secrets
+from idp.accounts.users import NewUser, create_user
+from idp.config import PasswordHashSettings, generate_secrets
+from idp.events import EventBus
+from idp.oauth.clients import ClientSpec, create_client
+from idp.security.passwords import PasswordHasher
 from idp.storage.db import Database
-from tests.e2e.server import run_idp
 from tests.oauth_helpers import pkce_pair
 
 T = TypeVar("T")
@@ -108,29 +110,30 @@ def node_env(database_url: str, data_dir: str, port: int, redis_url: str, redis_
     return env
 
 
-def seed_node(env: dict[str, str]) -> tuple[str, str]:
-    """One user and one first-party confidential client (no consent screen); the client's
+async def seed_node(database_url: str) -> tuple[str, str]:
+    """One user and one first-party confidential client (no consent screen), written straight to
+    the node's database (two `idp` commands would cost seconds of start-up); the client's
     (id, secret)."""
-    run_idp(env, "users", "create", "--email", NODE_EMAIL, "--password-stdin", "--verified", stdin=NODE_PASSWORD + "\n")
-    created = json.loads(
-        run_idp(
-            env,
-            "clients",
-            "create",
-            "--name",
-            "Race RP",
-            "--confidential",
-            "--first-party",
-            "--redirect-uri",
-            NODE_REDIRECT,
-            "--grant",
-            "authorization_code",
-            "--grant",
-            "refresh_token",
-            "--json",
+    db = Database(database_url)
+    events = EventBus()
+    try:
+        hasher = PasswordHasher(PasswordHashSettings(time_cost=1, memory_cost_kib=7168, parallelism=1))
+        await create_user(db, hasher, events, NewUser(email=NODE_EMAIL, password=NODE_PASSWORD, email_verified=True))
+        created = await create_client(
+            db,
+            events,
+            ClientSpec(
+                name="Race RP",
+                client_type="confidential",
+                redirect_uris=[NODE_REDIRECT],
+                grant_types=["authorization_code", "refresh_token"],
+                first_party=True,
+            ),
         )
-    )
-    return str(created["client_id"]), str(created["client_secret"])
+    finally:
+        await db.close()
+    assert created.client_secret is not None
+    return created.client.id, created.client_secret
 
 
 def node_code(browser: httpx.Client, node: Node) -> tuple[str, str]:
