@@ -347,8 +347,8 @@ class OutboxSettings(_Section):
     base_delay: Annotated[float, Field(ge=0.01, le=3600)] = 30.0
     max_delay: Annotated[float, Field(ge=0.01, le=86400)] = 3600.0
     # Attempts before a message is dead-lettered (`idp outbox list`, `idp outbox retry --dead`).
-    # The defaults retry for about a day.
-    max_attempts: Annotated[int, Field(ge=1, le=100)] = 20
+    # With the defaults the waits add up to at most a day (on average about half of it).
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 30
     # Seconds a node holds a message it claimed; one that died holding it is retried after.
     lease: Annotated[float, Field(ge=1, le=3600)] = 60.0
     # Messages claimed at once, and delivered concurrently, by one node.

@@ -75,7 +75,7 @@ class Resolver(Protocol):
 class RetryPolicy:
     base_delay: float = 30.0
     max_delay: float = 3600.0
-    max_attempts: int = 20
+    max_attempts: int = 30
 
     @classmethod
     def from_settings(cls, settings: OutboxSettings) -> RetryPolicy:
@@ -85,10 +85,15 @@ class RetryPolicy:
         """The longest wait after failed attempt ``attempt`` (1-based): doubling, capped."""
         return float(min(self.max_delay, self.base_delay * 2 ** min(attempt - 1, 60)))
 
+    def floor(self, attempt: int) -> float:
+        """The shortest wait: a second (or the ceiling, if lower), so a retry is never immediate."""
+        return min(1.0, self.ceiling(attempt))
+
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Full jitter (a uniform wait up to the ceiling): retries from many messages failing at
-        once, e.g. an SMTP outage, spread out instead of arriving together when it ends."""
-        return (rng or _rng).uniform(0.0, self.ceiling(attempt))
+        """Full jitter (a uniform wait up to the ceiling, above the floor): retries of many
+        messages that failed at once, e.g. in an SMTP outage, spread out instead of arriving
+        together when it ends."""
+        return (rng or _rng).uniform(self.floor(attempt), self.ceiling(attempt))
 
 
 _rng = random.SystemRandom()
@@ -118,6 +123,7 @@ class Outbox:
         self._unwatch: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outage_logged = False
+        self._stopping = False
         # What this process queued while no worker ran here (a CLI command): tried before it exits.
         self._mine: set[str] = set()
 
@@ -177,15 +183,25 @@ class Outbox:
         self._unwatch = watch_commits(self._db.engine, self.wake)
         self._task = asyncio.create_task(self._run(), name="idp-outbox")
 
-    async def stop(self) -> None:
+    async def stop(self, within: float = 5.0) -> None:
+        """Stop the worker between batches (a batch cancelled halfway would leave its claims to
+        their leases, and on SQLite a transaction open); cancel it if that takes over ``within``."""
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=within)
+        except TimeoutError:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        finally:
+            self._stopping = False
 
     async def close(self, within: float = 5.0) -> None:
         """Stop the worker, then try once to deliver what this process queued while no worker ran
@@ -202,7 +218,7 @@ class Outbox:
             log.info("outbox left messages for the workers at exit", extra={"error": type(exc).__name__})
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             claimed = 0
             try:
@@ -216,6 +232,8 @@ class Outbox:
                     self._outage_logged = True
             except Exception as exc:  # the worker outlives any one bad batch
                 log.error("outbox worker failed", extra={"error": type(exc).__name__})
+            if self._stopping:
+                return
             if claimed >= self.settings.batch_size:
                 continue  # more are due
             with contextlib.suppress(TimeoutError):
