@@ -152,8 +152,11 @@ def running_smtp_server(
     require_auth: bool = False,
     tls: Literal["starttls", "implicit"] | None = None,
     tls_files: TlsFiles | None = None,
+    port: int = 0,
 ) -> Iterator[SmtpServer]:
-    server = SmtpServer(host="127.0.0.1", port=0)
+    """An SMTP server on loopback, on ``port`` (0: one the OS chooses); stopped on exit, so a test
+    can take a mail server away and bring it back on the same port."""
+    server = SmtpServer(host="127.0.0.1", port=port)
     options: dict[str, Any] = {
         # A fixed name: otherwise aiosmtpd calls socket.getfqdn(), a DNS look-up, per connection.
         "server_hostname": "smtp.test",
@@ -166,7 +169,8 @@ def running_smtp_server(
             options.update(tls_context=tls_files.server_context(), require_starttls=True)
         else:
             options["ssl_context"] = tls_files.server_context()
-    controller = _LoopbackController(_CollectingHandler(server, require_auth), hostname=server.host, port=0, **options)
+    handler = _CollectingHandler(server, require_auth)
+    controller = _LoopbackController(handler, hostname=server.host, port=port, **options)
     controller.start()
     server.port = controller.port
     try:
