@@ -459,6 +459,30 @@ async def test_20_passkeys_registered_at_once_enable_the_factor_once(runtime: An
     assert len(enabled) == 1, enabled
 
 
+async def test_two_administrators_demoting_each_other_at_once_leave_one(runtime: Any) -> None:
+    """UserRepository.change_unless_last_admin: of many concurrent demotions and disablings of the
+    last two administrators, never all succeed; one enabled administrator is always left."""
+    from idp.storage.repositories import UserRepository
+    from idp.storage.repositories.errors import LastAdministrator
+    from tests.oauth_helpers import add_user
+
+    for round_ in range(ROUNDS):
+        admins = [await add_user(runtime, f"admin{round_}-{n}@example.com") for n in range(2)]
+        async with runtime.db.session() as session:
+            for user in await session.execute(select(User)):
+                user[0].is_admin = user[0].id in admins
+
+        async def demote(index: int, admins: list[str] = admins) -> None:
+            change = {"is_admin": False} if index % 4 < 2 else {"disabled": True}
+            async with runtime.db.session() as session:
+                await UserRepository(session).change_unless_last_admin(admins[index % 2], **change)
+
+        results = await race(CONCURRENCY, demote)
+        assert not unexpected(results, LastAdministrator), unexpected(results, LastAdministrator)
+        left = await count_rows(runtime.db, User, User.is_admin.is_(True), User.disabled.is_(False))
+        assert left == 1, left
+
+
 # -- 6. the session limit -----------------------------------------------------------------------
 
 _LIMIT = 3
