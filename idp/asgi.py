@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import sys
 
-from quart import Quart
-
 from idp import create_app
 from idp.config import ConfigError, load_settings
+from idp.constant_routes import ConstantRoutes
 from idp.observability import configure_logging
 
 
-def create() -> Quart:
+def create() -> ConstantRoutes:
+    """The application behind the constant documents' fast path (idp.constant_routes)."""
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(f"idp: error: config: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     configure_logging(settings.log.level, settings.log_format)
-    return create_app(settings)
+    return ConstantRoutes(create_app(settings))

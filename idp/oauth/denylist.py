@@ -44,6 +44,8 @@ _LOADED = "revocations_loaded"
 _RELOAD_LOCK = "revocations_reload_lock"
 _RELOAD_LOCK_TTL = 30.0
 RELOAD_EVERY = 60.0
+# A background re-sync that fails with one of these is tried again at the next check.
+_RESYNC_ERRORS: tuple[type[BaseException], ...] = (KeyValueError, DatabaseUnavailable, *DATABASE_ERRORS)
 
 
 class Denylist:
@@ -137,7 +139,7 @@ class Denylist:
                 left = await self._kv.ttl(_LOADED)
                 if left is None or left < RELOAD_EVERY / 2:
                     await self.reload(resync=True)
-            except (KeyValueError, *DATABASE_ERRORS, DatabaseUnavailable) as exc:  # requests fall back
+            except _RESYNC_ERRORS as exc:  # the store or the database away: requests fall back
                 log.warning("denylist not re-synced", extra={"error": type(exc).__name__})
 
     def start(self) -> None:

@@ -6,6 +6,7 @@ value, and nothing that works is missing.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from authlib.oidc.discovery import OpenIDProviderMetadata
@@ -17,6 +18,7 @@ from idp.oauth.claims import SUPPORTED_CLAIMS
 from idp.oauth.client_auth import ASSERTION_ALGS
 from idp.oauth.clients import AUTH_METHODS
 from idp.oauth.grants import GRANTS
+from idp.oauth.keys import ConstantDocument
 from idp.oauth.scopes import STANDARD_SCOPES
 
 
@@ -73,3 +75,12 @@ def check_provider_metadata(metadata: dict[str, Any]) -> None:
     that would publish an invalid one fails at start-up: for example signing keys without RS256,
     which Discovery §3 says MUST be included. Raises ValueError naming the field."""
     OpenIDProviderMetadata(metadata).validate()
+
+
+@functools.lru_cache(maxsize=16)
+def metadata_document(
+    issuer: str, algorithms: tuple[str, ...], *, pairwise: bool, registration: bool
+) -> ConstantDocument:
+    """The discovery document encoded once per set of inputs (its bytes and ETag)."""
+    metadata = provider_metadata(issuer, list(algorithms), pairwise=pairwise, registration=registration)
+    return ConstantDocument.of(metadata)

@@ -31,7 +31,7 @@ from idp.oauth.authorize import (
     with_query,
 )
 from idp.oauth.client_auth import authenticate_request
-from idp.oauth.discovery import provider_metadata
+from idp.oauth.discovery import metadata_document
 from idp.oauth.grants import token_response
 from idp.oauth.interaction_policy import AuthorizationState
 from idp.oauth.interactions import Interaction, ParkedError
@@ -104,9 +104,18 @@ async def _page(template: str, **context: Any) -> Response:
 # Discovery and keys
 
 
+def discovery_document(rt: Any) -> ConstantDocument:
+    return metadata_document(
+        rt.settings.issuer,
+        tuple(rt.keys.algorithms),
+        pairwise=rt.subjects.pairwise_available,
+        registration=rt.settings.accounts.registration_enabled,
+    )
+
+
 def _constant(document: ConstantDocument, content_type: str, max_age: int) -> Response:
     """A pre-encoded document, or 304 when the client holds this version (If-None-Match)."""
-    if request.if_none_match.contains(document.etag.strip('"')):
+    if request.if_none_match.contains_weak(document.etag.strip('"')):  # RFC 9110 §13.1.2: weak
         response = Response(status=304)
     else:
         response = Response(document.body, content_type=content_type)
@@ -119,14 +128,7 @@ def _constant(document: ConstantDocument, content_type: str, max_age: int) -> Re
 
 @blueprint.get("/.well-known/openid-configuration")
 async def openid_configuration() -> Response:
-    rt = runtime()
-    metadata = provider_metadata(
-        rt.settings.issuer,
-        rt.keys.algorithms,
-        pairwise=rt.subjects.pairwise_available,
-        registration=rt.settings.accounts.registration_enabled,
-    )
-    return _constant(ConstantDocument.of(metadata), "application/json", METADATA_MAX_AGE)
+    return _constant(discovery_document(runtime()), "application/json", METADATA_MAX_AGE)
 
 
 @blueprint.get("/.well-known/oauth-authorization-server")

@@ -1,0 +1,123 @@
+"""The constant documents (JWKS and the two discovery names) answered before the framework.
+
+They are the most requested URLs of an identity provider (every relying party and resource server
+fetches them) and the same bytes for everyone until the keys change: idp.oauth.routes serves them
+through Quart with an ETag, and this ASGI layer answers a plain GET or HEAD of them from the same
+encoded documents without building a request and response object per call (issue 14: Quart's own
+per-request floor was about 4,800 requests a second on one worker, the peer's JWKS 23,500).
+
+Only what is certainly plain is answered here, with the headers Quart would send (the same
+security headers, request id, access log line and request metric; a test holds the two paths
+equal). Anything else — a query string, a head over the limits, an unusable character, any other
+path or method, a node still starting — goes to the application unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from quart import Quart
+from quart.typing import ASGIReceiveCallable, ASGISendCallable
+
+from idp.http import EXTENSION
+from idp.metrics import metrics_of
+from idp.oauth.routes import JWKS_MAX_AGE, METADATA_MAX_AGE, discovery_document
+from idp.observability import accept_request_id, request_id_var
+from idp.security import request_limits
+from idp.security.headers import apply_security_headers
+from idp.security.inputs import first_unusable
+
+access_log = logging.getLogger("idp.access")
+
+# path: (the route's rule, as the request metric names it; content type; max-age)
+ROUTES = {
+    "/jwks": ("/jwks", "application/jwk-set+json", JWKS_MAX_AGE),
+    "/.well-known/openid-configuration": ("/.well-known/openid-configuration", "application/json", METADATA_MAX_AGE),
+    "/.well-known/oauth-authorization-server": (
+        "/.well-known/oauth-authorization-server",
+        "application/json",
+        METADATA_MAX_AGE,
+    ),
+}
+
+
+def _etag_matches(if_none_match: str, etag: str) -> bool:
+    """RFC 9110 §13.1.2: If-None-Match compares weakly (``W/"x"`` matches ``"x"``), or ``*``."""
+    bare = etag.strip('"')
+    for tag in if_none_match.split(","):
+        tag = tag.strip()
+        if tag == "*" or tag.removeprefix("W/").strip('"') == bare:
+            return True
+    return False
+
+
+class ConstantRoutes:
+    """ASGI middleware in front of the Quart application (``idp.asgi.create``)."""
+
+    def __init__(self, app: Quart) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        route = ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
+        runtime = self.app.extensions.get(EXTENSION)
+        if route is None or runtime is None or scope["method"] not in ("GET", "HEAD") or scope["query_string"]:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw_headers]
+        target = len(scope.get("raw_path") or scope["path"].encode())
+        if request_limits.head_refusal(target, raw_headers) is not None or first_unusable(headers) is not None:
+            await self.app(scope, receive, send)  # the application answers it, with its message
+            return
+        await runtime.keys.refresh_if_stale()
+        path = scope["path"]
+        document = runtime.keys.jwks_document() if path == "/jwks" else discovery_document(runtime)
+        rule, content_type, max_age = route
+        fields = {name.lower(): value for name, value in headers}
+        request_id = accept_request_id(fields.get("x-request-id")) or uuid.uuid4().hex
+        request_id_var.set(request_id)
+        not_modified = "if-none-match" in fields and _etag_matches(fields["if-none-match"], document.etag)
+        status = 304 if not_modified else 200
+        out: dict[str, str] = {}
+        if not not_modified:
+            out["Content-Type"] = content_type
+            out["Content-Length"] = str(len(document.body))
+        out["ETag"] = document.etag
+        out["Cache-Control"] = f"public, max-age={max_age}"
+        out["Access-Control-Allow-Origin"] = "*"  # read cross-origin by browser apps (RFC 9700 §2.6)
+        out["X-Request-ID"] = request_id
+        apply_security_headers(out, content_type, https=runtime.settings.issuer_is_https)
+        start: Any = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(name.lower().encode(), value.encode()) for name, value in out.items()],
+        }
+        await send(start)
+        body: Any = {
+            "type": "http.response.body",
+            "body": b"" if not_modified or scope["method"] == "HEAD" else document.body,
+        }
+        await send(body)
+        seconds = time.perf_counter() - started
+        duration_ms = round(seconds * 1000, 2)
+        client = scope.get("client")
+        access_log.info(
+            "%s %s %s %sms",
+            scope["method"],
+            path,
+            status,
+            duration_ms,
+            extra={
+                "method": scope["method"],
+                "path": path,
+                "status": status,
+                "duration_ms": duration_ms,
+                "remote_addr": client[0] if client else None,
+            },
+        )
+        if (metrics := metrics_of(self.app)) is not None:
+            metrics.observe_request(scope["method"], rule, status, seconds)
