@@ -221,7 +221,9 @@ async def unprotected(app: Any, runtime: Any, victim: Victim, only: set[str] | N
         if endpoint in EXEMPT or (only is not None and endpoint not in only):
             continue
         path = fill(rule, victim.url_values)
-        before, outbox = await snapshot(runtime), (await outbox_subjects(runtime))
+        # What was queued before goes out first: only then does a snapshot stay still.
+        outbox = await outbox_subjects(runtime)
+        before = await snapshot(runtime)
         for label, token in forged_tokens.items():
             response = await forge(victim, method, path, token, header=endpoint in HEADER_TOKEN, endpoint=endpoint)
             body = await text(response)

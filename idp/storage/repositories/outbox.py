@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
 
 from idp.storage.models import OutboxMessage
 
@@ -25,26 +26,29 @@ DEAD = "dead"
 # The session type resolvers receive, for modules that may not import SQLAlchemy themselves.
 DbSession = AsyncSession
 
-# Set on a connection that inserted an outbox row; its commit wakes the worker (watch_commits).
+# Set on a session that inserted an outbox row; its commit wakes the worker (watch_commits).
 _ENQUEUED = "idp_outbox_enqueued"
 
 
 def watch_commits(engine: AsyncEngine, on_enqueued: Callable[[], None]) -> Callable[[], None]:
-    """Call ``on_enqueued`` after each commit that inserted an outbox row; returns the unwatch."""
+    """Call ``on_enqueued`` after each commit on ``engine`` that inserted an outbox row; returns
+    the unwatch. After the commit, not at it (the engine's "commit" event comes before the
+    database's COMMIT): a worker woken earlier would not see the row yet."""
+    target = engine.sync_engine
 
-    def _on_commit(connection: Any) -> None:
-        if connection.info.pop(_ENQUEUED, False):
+    def _after_commit(session: Session) -> None:
+        if session.info.pop(_ENQUEUED, False) and session.bind is target:
             on_enqueued()
 
-    def _on_rollback(connection: Any) -> None:
-        connection.info.pop(_ENQUEUED, None)
+    def _after_rollback(session: Session) -> None:
+        session.info.pop(_ENQUEUED, None)
 
-    event.listen(engine.sync_engine, "commit", _on_commit)
-    event.listen(engine.sync_engine, "rollback", _on_rollback)
+    event.listen(Session, "after_commit", _after_commit)
+    event.listen(Session, "after_rollback", _after_rollback)
 
     def unwatch() -> None:
-        event.remove(engine.sync_engine, "commit", _on_commit)
-        event.remove(engine.sync_engine, "rollback", _on_rollback)
+        event.remove(Session, "after_commit", _after_commit)
+        event.remove(Session, "after_rollback", _after_rollback)
 
     return unwatch
 
@@ -72,8 +76,7 @@ class OutboxRepository:
     async def add(self, message: OutboxMessage) -> None:
         self.session.add(message)
         await self.session.flush()
-        connection = await self.session.connection()
-        connection.info[_ENQUEUED] = True
+        self.session.sync_session.info[_ENQUEUED] = True
 
     async def claim(
         self,
