@@ -2,7 +2,9 @@
 
 Two delivery backends behind one interface: ``OutboxMailer`` writes each message as an ``.eml`` file
 (development, and tests that read what was "sent"), ``SmtpMailer`` hands it to an SMTP server.
-A mailer is created once per process (``build_mailer``) and closed at shutdown.
+A mailer is created once per process (``build_mailer``) and closed at shutdown. Nothing calls it
+from a request: messages are queued in the durable outbox (idp.outbox, not to be confused with the
+``.eml`` directory of ``OutboxMailer``) as ``OutgoingEmail.to_payload`` and sent by its worker.
 
 Mail carries credentials (verification and reset links) and personal data (the address), so
 nothing here logs a body, a link, a subject or a full address: log lines name the template and

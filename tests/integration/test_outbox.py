@@ -244,3 +244,29 @@ async def test_stats_count_by_kind_and_state_and_age_the_oldest_pending(runtime:
     assert stats.oldest_pending_age is not None and 29 <= stats.oldest_pending_age <= 31
     [letter] = stats.dead_letters
     assert (letter.kind, letter.attempts, letter.last_error) == ("test", 1, "HTTP 503")
+
+
+async def test_a_queued_mail_is_sent_as_rendered_and_an_unreadable_one_is_dead_at_once(runtime: Any) -> None:
+    from idp.accounts.context import MAIL
+    from idp.mail import OutgoingEmail
+
+    sent: list[OutgoingEmail] = []
+
+    class Mailer:
+        async def send(self, message: OutgoingEmail) -> None:
+            sent.append(message)
+
+        async def close(self) -> None:
+            return None
+
+    runtime.accounts.mailer = Mailer()
+    rendered = runtime.accounts.emails.render("password_changed", to="Ada <ada@example.org>", **NOTICE)
+    assert OutgoingEmail.from_payload(rendered.to_payload()) == rendered
+    await runtime.outbox.send(MAIL, rendered.to_payload())
+    await runtime.outbox.send(MAIL, {"to": "ada@example.org", "subject": ["not", "text"], "text": "x"})
+    await runtime.outbox.drain()
+    assert sent == [rendered]
+    assert sorted((row.status, row.last_error or "") for row in await rows(runtime, MAIL)) == [
+        ("dead", "unreadable message"),
+        ("delivered", ""),
+    ]
