@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from idp.config import Settings
 from idp.outbox.operations import outbox_stats
-from idp.storage.models import OneTimeToken, OutboxMessage, utcnow
+from idp.storage.models import OneTimeToken, OutboxMessage, User, utcnow
 from tests.backchannel_helpers import BYE, Recorder, bcl_setup, outbox_statuses
 from tests.integration.test_cli_user_admin import run_error, run_json, with_runtime
 from tests.oauth_helpers import make_world
@@ -192,3 +192,37 @@ async def test_a_cli_command_delivers_what_it_queued_before_it_exits(runtime: An
     await runtime.outbox.send("test", {"n": "the server's"})  # another process's: left to its workers
     await asyncio.wait_for(cli_outbox.close(), timeout=10)
     assert delivered == ["mine"]
+
+
+async def test_a_new_verification_link_is_asked_for_the_same_way(client: Any, runtime: Any) -> None:
+    """ "Send the link again" records the request (503 when it can't), the worker mails a link to an
+    unverified account only."""
+    await runtime.outbox.stop()
+    waiting = await make_world(runtime, email="waiting@example.org")
+    async with runtime.db.session() as session:
+        await session.execute(update(User).where(User.id == waiting.user_id).values(email_verified=False))
+    active = await make_world(runtime, email="active@example.org")
+    for address in (waiting.email, active.email, "nobody@example.org"):
+        page = await client.get("/verify-email/resend")
+        csrf = (await page.get_data(as_text=True)).split('name="csrf_token" value="')[1].split('"')[0]
+        answer = await client.post("/verify-email/resend", form={"csrf_token": csrf, "email": address})
+        assert answer.status_code == 200 and CHECK_EMAIL in await answer.get_data(as_text=True)
+    assert [row.kind for row in await messages(runtime)] == ["verification_resend_request"] * 3
+    await runtime.outbox.drain()
+    async with runtime.db.session() as session:
+        links = (await session.scalars(select(OneTimeToken).where(OneTimeToken.purpose == "verify_email"))).all()
+    assert [link.user_id for link in links] == [waiting.user_id]
+    assert await outbox_statuses(runtime) == {
+        ("verification_resend_request", "delivered"): 3,
+        ("mail", "delivered"): 1,
+    }
+
+    dead = create_async_engine(UNREACHABLE)
+    working = runtime.db._sessionmaker
+    runtime.db._sessionmaker = async_sessionmaker(dead, expire_on_commit=False)
+    try:
+        answer = await client.post("/verify-email/resend", form={"csrf_token": csrf, "email": waiting.email})
+        assert answer.status_code == 503 and CHECK_EMAIL not in await answer.get_data(as_text=True)
+    finally:
+        runtime.db._sessionmaker = working
+        await dead.dispose()
