@@ -188,10 +188,14 @@ def provider(cli_env: dict[str, str]) -> Iterator[Provider]:
         yield value
 
 
+PUBLISH_AHEAD = 3  # seconds a rotated-in key is published before it signs, in this provider
+
+
 @pytest.fixture
 def fast_reload_provider(cli_env: dict[str, str]) -> Iterator[Provider]:
-    """Re-reads the signing keys from the database every second (instead of every minute)."""
-    with _provider(cli_env, IDP_KEYS__RELOAD_INTERVAL="1") as value:
+    """Re-reads the signing keys from the database every second (instead of every minute), and a
+    rotated-in key signs 3 seconds after it is published (instead of 15 minutes)."""
+    with _provider(cli_env, IDP_KEYS__RELOAD_INTERVAL="1", IDP_KEYS__PUBLISH_AHEAD=str(PUBLISH_AHEAD)) as value:
         yield value
 
 
@@ -542,6 +546,13 @@ async def test_key_rotation_keeps_issued_tokens_valid(fast_reload_provider: Prov
                 break
             await asyncio.sleep(0.1)
         assert {key["kid"] for key in jwks["keys"]} == old_kids | new_kids  # old keys stay published
+
+        # Published first: until keys.publish_ahead has passed, new tokens are still signed with
+        # the old keys, so relying parties holding the old key set meet no unknown kid.
+        early = dict(await rp.refresh_token(discovery["token_endpoint"], refresh_token=token["refresh_token"]))
+        assert kid_of(early["access_token"]) in old_kids and kid_of(early["id_token"]) in old_kids
+        token = {**token, "refresh_token": early["refresh_token"]}
+        await asyncio.sleep(PUBLISH_AHEAD + 0.5)
 
         # Tokens signed before the rotation keep working, everywhere.
         info = await userinfo(http, discovery["userinfo_endpoint"], token["access_token"])

@@ -481,19 +481,20 @@ def test_keys_rotate_all(cli_env: dict[str, str], database_url: str) -> None:
     assert not created & old
     by_kid = {row["kid"]: row for row in result["keys"]}
     assert set(by_kid) == old | created
-    assert {by_kid[kid]["status"] for kid in created} == {"active"}
+    # Published now, signing after keys.publish_ahead: until then the old keys sign on.
+    assert {by_kid[kid]["status"] for kid in created} == {"next"}
     assert {by_kid[kid]["alg"] for kid in created} == CONFIGURED_ALGS
     for kid in old:
-        assert by_kid[kid]["status"] == "retiring"  # still published until its tokens expire
-        assert by_kid[kid]["retired_at"] is not None
+        assert by_kid[kid]["status"] == "active"
+        assert by_kid[kid]["retired_at"] is not None and by_kid[kid]["retired_at"] > by_kid[kid]["created_at"]
         assert by_kid[kid]["publish_until"] is not None
-        assert by_kid[kid]["publish_until"] > by_kid[kid]["retired_at"]
+        assert by_kid[kid]["publish_until"] > by_kid[kid]["retired_at"]  # published until its tokens expire
     assert run_json(cli_env, "keys", "list", "--json") == result["keys"]
 
 
 def test_keys_rotate_one_algorithm(cli_env: dict[str, str], database_url: str) -> None:
     before = {row["kid"]: row for row in run_json(cli_env, "keys", "list", "--json")}
-    result = run_json(cli_env, "keys", "rotate", "--alg", "ES256", "--json")
+    result = run_json(cli_env, "keys", "rotate", "--alg", "ES256", "--now", "--json")  # hands over at once
     assert len(result["created"]) == 1
     after = {row["kid"]: row for row in result["keys"]}
     new = after[result["created"][0]]
@@ -516,7 +517,7 @@ def test_keys_rotate_rejects_an_unconfigured_algorithm(cli_env: dict[str, str], 
 
 def test_keys_rotate_text_output(cli_env: dict[str, str], database_url: str) -> None:
     result = run(cli_env, "keys", "rotate", "--alg", "RS256")
-    assert "new active keys:" in result.stdout
+    assert "new keys:" in result.stdout
     assert "RS256" in result.stdout
 
 
