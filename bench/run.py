@@ -647,7 +647,8 @@ def report(
         "- Production settings on both (idp without dev mode; peer with `NODE_ENV=production`). idp "
         "keeps its production logging (one JSON access-log line per request, to a file) and its rate "
         "limits (raised to 1,000,000 per second, so counted but never refusing) and writes an audit "
-        "row per issued token; the peer logs nothing per request, has no rate limits and no audit trail.",
+        "row per issued token (for `client_credentials`, in batches off the request path); the peer "
+        "logs nothing per request, has no rate limits and no audit trail.",
         "- Storage: the peer runs on its built-in in-memory adapter (it warns that it is not for "
         "production); idp on PostgreSQL + Redis, or on SQLite + its in-process store. A JWT access "
         "token is not stored by either server.",
