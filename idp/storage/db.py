@@ -31,6 +31,13 @@ class DatabaseUnavailable(Exception):
     """The database can't be reached; the message is safe to show (no password, no SQL)."""
 
 
+# PostgreSQL SQLSTATEs of a server that can't take the request now (Appendix A of its manual):
+# class 08 connection exceptions, 57P01-57P03 shutting down or not yet accepting connections (a
+# server starting up or in recovery answers 57P03 "cannot connect now"), 53300 too many
+# connections. Each is an outage to wait out (503), not a fault of the request (500).
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
 def _lost_connection(exc: BaseException, dialect: str) -> bool:
     """A failure of the connection rather than of the statement (a constraint, a bad query).
     SQLite reports bad statements as OperationalError too: there only a lock held too long is."""
@@ -38,7 +45,12 @@ def _lost_connection(exc: BaseException, dialect: str) -> bool:
         return True
     if isinstance(exc, OperationalError):
         return dialect != "sqlite" or "database is locked" in str(exc.orig)
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    if not isinstance(exc, DBAPIError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+        return True
+    return bool(exc.connection_invalidated)
 
 
 def describe_error(exc: BaseException) -> str:

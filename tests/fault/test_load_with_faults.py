@@ -12,10 +12,10 @@ said it would send arrived or is still in the outbox; and no answer was a 5xx ot
 Retry-After. The summary (requests by status, faults and recovery times, lost items) is printed,
 so `pytest -s` shows it.
 
-One defect the run meets (about one request per run, in the milliseconds while PostgreSQL starts):
-a connection refused with SQLSTATE 57P03 is a 500, not a 503. The load test counts those 500s apart
-(found by request id in the server's log) and prints them; the strict xfail test below holds that
-window open and pins the defect, so it fails as soon as the defect is fixed."""
+This run found one defect, now fixed (idp.storage.db): while PostgreSQL is up but not yet
+accepting connections (SQLSTATE 57P03, the milliseconds while it starts) a request was a 500, not
+a 503. The second test holds that window open; every request's X-Request-ID lets a 5xx be found in
+the server's log."""
 
 from __future__ import annotations
 
@@ -144,21 +144,6 @@ def browser_for(node: str) -> httpx.Client:
         request.headers["X-Request-ID"] = uuid.uuid4().hex
 
     return httpx.Client(base_url=node, timeout=10, event_hooks={"request": [tag]})
-
-
-# The defect test_a_database_still_starting_up_answers_503_not_500 pins: while PostgreSQL is up but
-# not yet accepting connections (SQLSTATE 57P03), a new connection fails with a bare DBAPIError
-# that idp.storage.db._lost_connection does not count as a lost connection, so the request is a 500.
-STARTUP_500 = "DBAPIError at sqlalchemy/dialects/postgresql/asyncpg.py:855 in _handle_exception_no_connection"
-
-
-def startup_500s(outcomes: list[Outcome], log: str) -> set[str]:
-    """The request ids of the 500s the server logged as that defect."""
-    ids = set()
-    for line in log.splitlines():
-        if STARTUP_500 in line and '"unhandled exception"' in line:
-            ids.add(str(json.loads(line).get("request_id")))
-    return {o.request_id for o in outcomes if o.status == 500 and o.request_id in ids}
 
 
 def psql(pg: PrivatePostgres, sql: str) -> list[list[str]]:
@@ -460,14 +445,8 @@ def test_mixed_load_with_smtp_redis_and_postgres_faults_loses_nothing(tmp_path: 
         # -- answers ------------------------------------------------------------------------------------
         outcomes = list(ledger.outcomes)
         by_status = Counter("no answer" if o.status is None else str(o.status) for o in outcomes)
-        known = startup_500s(outcomes, server.output())
         bad_5xx = [
-            o
-            for o in outcomes
-            if o.status is not None
-            and o.status >= 500
-            and not (o.status == 503 and o.retry_after)
-            and o.request_id not in known
+            o for o in outcomes if o.status is not None and o.status >= 500 and not (o.status == 503 and o.retry_after)
         ]
         no_answer = [o for o in outcomes if o.status is None]
         recovery: dict[str, float | None] = {}
@@ -510,7 +489,6 @@ def test_mixed_load_with_smtp_redis_and_postgres_faults_loses_nothing(tmp_path: 
             f" {still_queued} still queued, outbox {outbox['counts']}"
         )
         print(f"lost: {lost} (total {sum(lost.values())})")
-        print(f"500s from the known start-up defect (PostgreSQL not yet accepting connections): {len(known)}")
 
         assert all(took is not None for took in recovery.values()), recovery
         assert ledger.registered and ledger.resets and held and ledger.revoked_access and ledger.revoked_refresh
@@ -519,17 +497,6 @@ def test_mixed_load_with_smtp_redis_and_postgres_faults_loses_nothing(tmp_path: 
     assert time.monotonic() - started < DEADLINE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product defect: while PostgreSQL is up but not accepting connections (SQLSTATE 57P03, asyncpg "
-        "CannotConnectNowError: 'the database system is not yet accepting connections' during start-up, "
-        "or a standby without hot_standby), SQLAlchemy raises a bare DBAPIError from "
-        "_handle_exception_no_connection with connection_invalidated False; idp.storage.db._lost_connection "
-        "does not treat it as a lost connection, so Database.session re-raises it and the request is a 500 "
-        "server_error instead of 503 temporarily_unavailable with Retry-After"
-    ),
-)
 def test_a_database_still_starting_up_answers_503_not_500(tmp_path: Path) -> None:
     """The window the load test meets for a few milliseconds while PostgreSQL starts, held open:
     the cluster is started as a standby with hot_standby off, so it refuses every connection with

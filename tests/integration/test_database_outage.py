@@ -71,3 +71,30 @@ async def test_during_an_outage_tokens_fail_softly_and_keys_stay_published(
     finally:
         runtime.db._sessionmaker, runtime.db.engine = working
         await dead.dispose()
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "outage"),
+    [
+        ("57P03", True),  # cannot connect now: starting up, or a standby in recovery
+        ("57P01", True),  # admin shutdown
+        ("08006", True),  # connection failure
+        ("53300", True),  # too many connections
+        ("23505", False),  # a unique violation is the request's fault, not an outage
+        ("42P01", False),  # undefined table: a bug, a 500
+    ],
+)
+def test_a_server_that_cannot_take_connections_now_is_an_outage(sqlstate: str, outage: bool) -> None:
+    """PostgreSQL refusing connections while it starts (57P03) was a 500: SQLAlchemy raises a bare
+    DBAPIError for it, not an OperationalError, and doesn't mark the connection invalidated."""
+    from sqlalchemy.exc import DBAPIError
+
+    from idp.storage.db import _lost_connection
+
+    class Refusal(Exception):
+        def __init__(self, code: str) -> None:
+            super().__init__("the database system is not yet accepting connections")
+            self.sqlstate = self.pgcode = code
+
+    error = DBAPIError(None, None, Refusal(sqlstate))
+    assert _lost_connection(error, "postgresql") is outage
