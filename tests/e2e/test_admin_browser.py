@@ -6,12 +6,14 @@ test-artifacts/admin-disable/ (or $IDP_TEST_ARTIFACTS)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
+from playwright.async_api import expect
 
 from tests.e2e.admin_browser import artifacts, become_mfa_administrator
 from tests.e2e.browser import chromium, new_page, require_chromium
@@ -108,11 +110,12 @@ async def test_an_administrator_disables_a_user_and_their_sessions_and_tokens_en
         await admin.click("#nav-users")
         await admin.fill("#q", "bob.builder")
         await admin.click("#search-submit")
-        assert await admin.locator("#users tbody tr").count() == 1
+        # Waits for the results page (a click starts the navigation; the table may not be there yet).
+        await expect(admin.locator("#users tbody tr")).to_have_count(1)
         await admin.screenshot(path=str(shots / "2-search.png"), full_page=True)
         await admin.click(f"#users a:has-text('{USER}')")
-        assert (await admin.text_content("#user-status") or "").startswith("active")
-        assert await admin.locator("#user-sessions tbody tr").count() == 1
+        await expect(admin.locator("#user-status")).to_have_text(re.compile(r"^\s*active"))
+        await expect(admin.locator("#user-sessions tbody tr")).to_have_count(1)
         await admin.screenshot(path=str(shots / "3-user.png"), full_page=True)
 
         # 3. Disables them, after confirming.
@@ -120,7 +123,7 @@ async def test_an_administrator_disables_a_user_and_their_sessions_and_tokens_en
         assert "Disable this account?" in (await admin.text_content("h1") or "")
         await admin.screenshot(path=str(shots / "4-confirm.png"), full_page=True)
         await admin.click("#confirm-submit")
-        assert "is disabled" in (await admin.text_content("#notice") or "")
+        await expect(admin.locator("#notice")).to_contain_text("is disabled")
         assert (await admin.text_content("#user-status") or "").startswith("disabled")
         assert await admin.locator("#user-sessions").count() == 0
         await admin.screenshot(path=str(shots / "5-disabled.png"), full_page=True)

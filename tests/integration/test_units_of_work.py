@@ -72,6 +72,9 @@ def assert_one_unit_of_work(counts: Counts, *events: str, client_read: int = 0) 
 
 @pytest.fixture
 async def world(runtime: Any) -> World:
+    # The outbox worker looks for mail in sessions of its own (on a poll or a wake-up); stopped,
+    # so only the requests' sessions are counted.
+    await runtime.outbox.stop()
     made = await make_world(runtime)
     assert await runtime.client_cache.get(made.web_id) is not None  # cached from here on (Redis)
     return made
