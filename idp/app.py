@@ -68,6 +68,7 @@ def build_app(settings: Settings) -> IdPApp:
             await rt.live.start()  # this node hears every node's notifications
         rt.outbox.start()  # this node delivers due mail and logout tokens (idp.outbox)
         await rt.client_cache.start()  # clients are cached once this node hears every change
+        await rt.user_cache.start()  # so are accounts
         await rt.keys.start()  # reload at once when any node rotates; rotate on schedule
         rt.tokens.denylist.start()  # re-synced from the database before it would expire
         if settings.server.loop_lag_probe:

@@ -61,6 +61,7 @@ from idp.storage.db import Database, DatabaseUnavailable
 from idp.storage.kv import KeyValueStore, KeyValueUnavailable, open_kv_store
 from idp.storage.repositories import ClientRepository, UnitsOfWork, UserRepository
 from idp.storage.repositories.client_cache import ClientCache
+from idp.storage.repositories.user_cache import UserCache
 
 
 class StartupError(Exception):
@@ -94,6 +95,9 @@ class Runtime:
     # Registered clients in memory for the protocol endpoints; its subscription (which makes it
     # usable) runs only while serving.
     client_cache: ClientCache
+    # Accounts in memory for the resource endpoints' reads (UserInfo, introspection); forgotten on
+    # every node whenever a session commits a change to one. Usable while serving, like clients.
+    user_cache: UserCache
     # Writes the audit trail; batches the high-volume rows (closed after the last request).
     audit: AuditLogger
 
@@ -117,7 +121,7 @@ class Runtime:
     @property
     def units(self) -> UnitsOfWork:
         """Units of work for the protocol endpoints (one database session a request)."""
-        return UnitsOfWork(self.db, self.client_cache)
+        return UnitsOfWork(self.db, self.client_cache, self.user_cache)
 
     @property
     def grants(self) -> GrantContext:
@@ -135,6 +139,7 @@ class Runtime:
         await self.outbox.close()  # first: its last deliveries need the database and the mailer
         await self.live.stop()
         await self.client_cache.stop()
+        await self.user_cache.stop()
         await self.keys.stop()
         await self.tokens.denylist.stop()
         await self.audit.close()
@@ -376,6 +381,7 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             live=live,
             outbox=outbox,
             client_cache=ClientCache(db, kv),
+            user_cache=UserCache(db, kv),
             audit=audit,
         )
         notifications.subscribe_security_notices(

@@ -455,6 +455,7 @@ class MemoryUnitOfWork:
 
         self.clients = MemoryClients(self.undo, of(OAuthClient), "id")
         self.users = MemoryUsers(self.undo, of(User), "id")
+        self.cached_users = self.users
         self.codes = MemoryCodes(self.undo, of(AuthorizationCode), "code_digest")
         self.refresh_tokens = MemoryRefreshTokens(self.undo, of(RefreshToken), "jti")
         self.revocations = MemoryRevocations(self.undo)

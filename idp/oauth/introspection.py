@@ -127,5 +127,5 @@ async def introspection_request(
             client,
             tokens=tokens,
             find_refresh_token=uow.refresh_tokens.get,
-            subject_active=BearerProtector(tokens, subjects, UnitOfWorkParties(uow)).subject_active,
+            subject_active=BearerProtector(tokens, subjects, UnitOfWorkParties(uow, cached=True)).subject_active,
         )

@@ -94,10 +94,13 @@ class TokenParties(Protocol):
 
 
 class StoredParties:
-    """TokenParties from the database: each look-up its own unit of work."""
+    """TokenParties from the database: each look-up its own unit of work. ``cached``: accounts
+    come from memory where they are cached (UserInfo and introspection: only read, never changed
+    by the request)."""
 
-    def __init__(self, units: OpenUnitOfWork) -> None:
+    def __init__(self, units: OpenUnitOfWork, *, cached: bool = False) -> None:
         self._units = units
+        self._cached = cached
 
     async def client(self, client_id: str) -> OAuthClient | None:
         async with self._units() as uow:
@@ -105,34 +108,35 @@ class StoredParties:
 
     async def user(self, user_id: str) -> User | None:
         async with self._units() as uow:
-            return await uow.users.get(user_id)
+            return await UnitOfWorkParties(uow, cached=self._cached).user(user_id)
 
     async def client_and_user(
         self, client_id: str, user_id_for: Callable[[OAuthClient], str | None]
     ) -> tuple[OAuthClient | None, User | None]:
         async with self._units() as uow:
-            return await UnitOfWorkParties(uow).client_and_user(client_id, user_id_for)
+            return await UnitOfWorkParties(uow, cached=self._cached).client_and_user(client_id, user_id_for)
 
 
 class UnitOfWorkParties:
     """TokenParties read in a unit of work the caller holds open (introspection's subject check
-    shares the request's database session)."""
+    shares the request's database session); ``cached`` as for :class:`StoredParties`."""
 
-    def __init__(self, uow: UnitOfWork) -> None:
+    def __init__(self, uow: UnitOfWork, *, cached: bool = False) -> None:
         self._uow = uow
+        self._users = uow.cached_users if cached else uow.users
 
     async def client(self, client_id: str) -> OAuthClient | None:
         return await self._uow.clients.get(client_id)
 
     async def user(self, user_id: str) -> User | None:
-        return await self._uow.users.get(user_id)
+        return await self._users.get(user_id)
 
     async def client_and_user(
         self, client_id: str, user_id_for: Callable[[OAuthClient], str | None]
     ) -> tuple[OAuthClient | None, User | None]:
         client = await self._uow.clients.get(client_id)
         user_id = user_id_for(client) if client is not None else None
-        user = await self._uow.users.get(user_id) if user_id else None
+        user = await self._users.get(user_id) if user_id else None
         return client, user
 
 

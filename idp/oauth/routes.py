@@ -324,7 +324,7 @@ def _client_authentication(form: dict[str, str], endpoint: str) -> Authenticate:
 
 def _protector() -> BearerProtector:
     rt = runtime()
-    return BearerProtector(rt.tokens, rt.subjects, StoredParties(rt.units))
+    return BearerProtector(rt.tokens, rt.subjects, StoredParties(rt.units, cached=True))  # UserInfo only reads
 
 
 @blueprint.post("/token")

@@ -91,6 +91,12 @@ class UnitOfWork(Protocol):
     def users(self) -> Users: ...
 
     @property
+    def cached_users(self) -> Users:
+        """The same accounts for read-only look-ups, answered from memory where they are cached
+        (the resource endpoints' hot path): never an account to change."""
+        ...
+
+    @property
     def codes(self) -> Codes: ...
 
     @property

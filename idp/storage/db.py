@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
 
 from idp.storage.urls import redact_url
 
@@ -123,7 +124,18 @@ class Database:
             _configure_sqlite(self.engine)
         else:
             _check_idle_connections(self.engine)
-        self._sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        # A session class of this database's own, so what listens to its sessions' events
+        # (``idp.storage.repositories.user_cache``) hears this database's alone.
+        self.session_class: type[Session] = type("Session", (Session,), {})
+        self._sessionmaker = async_sessionmaker(
+            self.engine, expire_on_commit=False, sync_session_class=self.session_class
+        )
+        self._settled: list[Callable[[dict[Any, Any]], Awaitable[None]]] = []
+
+    def when_settled(self, hook: Callable[[dict[Any, Any]], Awaitable[None]]) -> None:
+        """Run ``hook(session.info)`` as every unit of work ends, committed or not, once it holds
+        anything in ``info`` (what its session's event listeners noted there)."""
+        self._settled.append(hook)
 
     @property
     def dialect(self) -> str:
@@ -148,6 +160,10 @@ class Database:
                 if _lost_connection(exc, self.engine.dialect.name):
                     raise DatabaseUnavailable(f"cannot reach {self.display_url} ({describe_error(exc)})") from None
                 raise
+            finally:
+                if session.info:
+                    for hook in self._settled:
+                        await hook(session.info)
 
     async def ping(self, within: float = 3.0) -> None:
         try:

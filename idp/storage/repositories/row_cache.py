@@ -1,0 +1,163 @@
+"""Rows kept in memory per process, forgotten on every node the moment one of them changes: the
+cache of the protocol endpoints' hot reads (issue 14), for clients (``client_cache``) and users
+(``user_cache``).
+
+A cached row is never a stale security decision for long:
+
+- every committed change to a row calls :meth:`RowCache.changed`, which forgets it here at once
+  and tells every other process sharing the key-value store on the cache's channel, so every node
+  forgets it within milliseconds;
+- while this process is not subscribed to that channel (starting, or the store went away) the
+  cache is bypassed: every look-up reads the database, as if there were no cache;
+- with the in-process key-value store (the embedded default) no other process can announce a
+  change (the command line run beside the server), so there the cache is never used;
+- an entry is also re-read after ``max_age`` seconds, a bound should an announcement be lost.
+
+Unknown ids are not cached: anyone can send random ids, and they must not fill memory. A cached
+row is detached from the session that read it with every column loaded: callers only read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Generic, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from idp.storage.db import Database
+from idp.storage.kv import KeyValueError, KeyValueStore
+
+ALL = "*"  # the message that forgets every row
+
+T = TypeVar("T")
+Load = Callable[[AsyncSession, str], Awaitable[T | None]]
+
+log = logging.getLogger("idp.storage.cache")
+
+
+class RowCache(Generic[T]):
+    def __init__(
+        self,
+        db: Database,
+        kv: KeyValueStore,
+        *,
+        channel: str,
+        load: Load[T],
+        max_age: float = 5.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._db = db
+        self._kv = kv
+        self.channel = channel
+        self._load = load
+        self._max_age = max_age
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, T]] = OrderedDict()
+        # Bumped by every invalidation: a read that started before one must not store its result.
+        self._generation = 0
+        self._subscribed = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether look-ups may be answered from memory (only while invalidations can arrive)."""
+        return self._subscribed
+
+    async def get(self, key: str) -> T | None:
+        """The row, from memory when it may be, else read in a session of its own; or None."""
+        if self._subscribed:
+            cached = self._entries.get(key)
+            if cached is not None and self._clock() - cached[0] < self._max_age:
+                self._entries.move_to_end(key)
+                return cached[1]
+        generation = self._generation
+        async with self._db.session() as session:
+            row = await self._load(session, key)
+        if row is None:
+            self._entries.pop(key, None)
+        elif self._subscribed and generation == self._generation:
+            self._entries[key] = (self._clock(), row)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        return row
+
+    def forget(self, key: str) -> None:
+        """Forget one row (``ALL``: every row) in this process only."""
+        self._generation += 1
+        if key == ALL:
+            self._entries.clear()
+        else:
+            self._entries.pop(key, None)
+
+    async def changed(self, key: str) -> None:
+        """A row changed (committed): forget it here and on every other node."""
+        await self.changed_many((key,))
+
+    async def changed_many(self, keys: Iterable[str]) -> None:
+        """Rows changed (committed): forget them here and on every other node."""
+        keys = sorted(set(keys))
+        for key in keys:
+            self.forget(key)
+        try:
+            for key in keys:
+                await self._kv.publish(self.channel, key)
+        except KeyValueError as exc:
+            # The other nodes are deaf too, then (their subscription failed the same way), so
+            # they bypass their caches until they hear again.
+            log.warning("could not announce a change", extra={"channel": self.channel, "error": type(exc).__name__})
+
+    # -- the subscription (serving processes) ----------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe; return once subscribed (the cache is used from then on). Only where the
+        key-value store is shared between processes: the in-process one can't tell of changes
+        that another process (the command line) makes."""
+        if self._kv.backend_name == "memory":
+            return
+        ready = asyncio.Event()
+        self._task = asyncio.create_task(self._listen(ready))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready.wait(), 5)
+
+    async def _listen(self, ready: asyncio.Event) -> None:
+        delay = 0.5
+        while True:
+            subscribed = asyncio.Event()
+            flag = asyncio.create_task(self._use_once_subscribed(subscribed, ready))
+            try:
+                async for key in self._kv.listen(self.channel, subscribed):
+                    delay = 0.5
+                    self.forget(key)
+            except KeyValueError as exc:
+                extra = {"channel": self.channel, "error": type(exc).__name__}
+                log.warning("change announcements interrupted", extra=extra)
+            finally:
+                # Deaf from here until subscribed again: whatever changes meanwhile goes unheard.
+                flag.cancel()
+                self._subscribed = False
+                self.forget(ALL)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _use_once_subscribed(self, subscribed: asyncio.Event, ready: asyncio.Event) -> None:
+        await subscribed.wait()
+        self.forget(ALL)  # anything cached before may have changed unheard
+        self._subscribed = True
+        ready.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._subscribed = False
+        self.forget(ALL)
