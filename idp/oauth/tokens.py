@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from joserfc.errors import JoseError
 from joserfc.jwt import JWTClaimsRegistry
 
 from idp.oauth.denylist import GRANT_CLAIM, Denylist
-from idp.oauth.keys import KeyManager, canonical_alg
+from idp.oauth.keys import KeyManager, LoadedKey, canonical_alg
 from idp.security.tokens import TokenInvalid, random_token
 
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 - a JWT type, not a secret
@@ -37,6 +38,8 @@ ID_TOKEN_TYP = "JWT"  # noqa: S105 - a JWT type, not a secret
 LOGOUT_TOKEN_TYP = "logout+jwt"  # noqa: S105 - a JWT type, not a secret
 BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 LEEWAY = 60
+# Verified access tokens remembered per process (TokenService._verified): about 2 KiB each.
+VERIFIED_ACCESS_TOKENS = 4096
 __all__ = ["TokenInvalid", "TokenService"]
 
 
@@ -103,6 +106,10 @@ class TokenService:
         self.access_token_ttl = access_token_ttl
         self.id_token_ttl = id_token_ttl
         self._clock = clock
+        # Access tokens whose signature and claims were verified: the token's exact bytes -> the
+        # key that verified it and its claims. A resource server presents the same token again and
+        # again; only its expiry and its revocation can change, and both are checked every time.
+        self._verified: OrderedDict[str, tuple[LoadedKey, dict[str, Any]]] = OrderedDict()
 
     @property
     def access_token_audience(self) -> str:
@@ -228,6 +235,12 @@ class TokenService:
         check_expiry: bool = True,
     ) -> dict[str, Any]:
         """Verify signature, issuer, type, audience and (optionally) time claims of our own JWT."""
+        return self._verify(token, typ=typ, audience=audience, check_expiry=check_expiry)[1]
+
+    def _verify(
+        self, token: str, *, typ: str | None, audience: str | None, check_expiry: bool
+    ) -> tuple[LoadedKey, dict[str, Any]]:
+        """:meth:`verify`, with the key that verified the token."""
         if not isinstance(token, str) or token.count(".") != 2 or len(token) > 16384:
             raise TokenInvalid("not a compact JWS")
         try:
@@ -263,19 +276,24 @@ class TokenService:
             registry.validate(claims_for_check)
         except JoseError as exc:
             raise TokenInvalid(f"claims invalid ({exc.error}: {exc.description})") from None
-        return claims
+        return key, claims
 
     async def verify_current(
         self, token: str, *, typ: str | None, audience: str | None, check_expiry: bool = True
     ) -> dict[str, Any]:
         """:meth:`verify`, after one (rate-limited) reload of the key set when the token names a
         key this node doesn't know: one rotated in on another node whose announcement it missed."""
+        return (await self._verify_current(token, typ=typ, audience=audience, check_expiry=check_expiry))[1]
+
+    async def _verify_current(
+        self, token: str, *, typ: str | None, audience: str | None, check_expiry: bool = True
+    ) -> tuple[LoadedKey, dict[str, Any]]:
         try:
-            return self.verify(token, typ=typ, audience=audience, check_expiry=check_expiry)
+            return self._verify(token, typ=typ, audience=audience, check_expiry=check_expiry)
         except UnknownKey:
             if not await self._keys.reload_for_unknown_kid():
                 raise
-        return self.verify(token, typ=typ, audience=audience, check_expiry=check_expiry)
+        return self._verify(token, typ=typ, audience=audience, check_expiry=check_expiry)
 
     def verify_id_token_hint(self, token: str) -> dict[str, Any]:
         """An ID token this server issued, to any client, expired or not: what an id_token_hint
@@ -283,13 +301,36 @@ class TokenService:
         return self.verify(token, typ=ID_TOKEN_TYP, audience=None, check_expiry=False)
 
     async def verify_access_token(self, token: str) -> dict[str, Any]:
-        claims = await self.verify_current(token, typ=ACCESS_TOKEN_TYP, audience=self.access_token_audience)
+        claims = self._verified_before(token)
+        if claims is None:
+            key, claims = await self._verify_current(token, typ=ACCESS_TOKEN_TYP, audience=self.access_token_audience)
+            self._remember_verified(token, key, claims)
         jti, grant_id = claims.get("jti"), claims.get(GRANT_CLAIM)
         if not isinstance(jti, str) or (grant_id is not None and not isinstance(grant_id, str)):
             raise TokenInvalid("malformed jti or grant")
         if await self.denylist.is_revoked(jti, grant_id):
             raise TokenInvalid("revoked")
         return claims
+
+    def _verified_before(self, token: str) -> dict[str, Any] | None:
+        """The claims of an access token verified before, while its key is still published with
+        the same material (a retired or reloaded key forgets it) and it has not expired since."""
+        found = self._verified.get(token)
+        if found is None:
+            return None
+        key, claims = found
+        if self._keys.verification_key(key.kid) is not key or claims["exp"] <= self.now() - LEEWAY:
+            del self._verified[token]
+            return None
+        self._verified.move_to_end(token)
+        return dict(claims)
+
+    def _remember_verified(self, token: str, key: LoadedKey, claims: dict[str, Any]) -> None:
+        if not isinstance(claims.get("exp"), int):
+            return
+        self._verified[token] = (key, dict(claims))
+        while len(self._verified) > VERIFIED_ACCESS_TOKENS:
+            self._verified.popitem(last=False)
 
     # -- revocation (recorded by the caller's unit of work, then cached: idp.oauth.denylist) ---
 
