@@ -21,7 +21,6 @@ from typing import Any
 
 from idp.events import Event, EventBus, EventContext, TokenIssued
 from idp.storage.db import DATABASE_ERRORS, Database, DatabaseUnavailable
-from idp.storage.models import AuditEvent
 from idp.storage.repositories import AuditRepository
 
 Follower = Callable[[Mapping[str, Any]], Awaitable[None]]
@@ -54,16 +53,16 @@ def _fields(event: Event, context: EventContext) -> dict[str, Any]:
     }
 
 
-def _row(entry: AuditEvent) -> dict[str, Any]:
+def _row(entry_id: int, fields: Mapping[str, Any]) -> dict[str, Any]:
     """What a follower is handed: the committed row, with its id."""
     return {
-        "id": entry.id,
-        "occurred_at": entry.occurred_at,
-        "event": entry.event,
-        "subject_id": entry.subject_id,
-        "client_id": entry.client_id,
-        "user_agent": entry.user_agent,
-        "details": dict(entry.details or {}),
+        "id": entry_id,
+        "occurred_at": fields["occurred_at"],
+        "event": fields["event"],
+        "subject_id": fields["subject_id"],
+        "client_id": fields["client_id"],
+        "user_agent": fields["user_agent"],
+        "details": dict(fields["details"] or {}),
     }
 
 
@@ -115,7 +114,7 @@ class AuditLogger:
         # a dropped row) or the logger is closing.
         async with self._db.session() as session:
             entry = await AuditRepository(session).append(**fields)
-            row = _row(entry)
+            row = _row(entry.id, fields)
         await self._tell_followers([row])
 
     async def _write_batches(self) -> None:
@@ -151,7 +150,8 @@ class AuditLogger:
 
     async def _insert(self, batch: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         async with self._db.session() as session:
-            return [_row(entry) for entry in await AuditRepository(session).append_many(batch)]
+            ids = await AuditRepository(session).append_many(batch)
+        return [_row(entry_id, fields) for entry_id, fields in zip(ids, batch, strict=True)]
 
     async def _tell_followers(self, rows: Sequence[Mapping[str, Any]]) -> None:
         for row in rows:

@@ -143,3 +143,39 @@ async def test_closing_the_runtime_writes_the_queued_rows(settings: Any) -> None
         assert await count_rows(database, "token_issued") == 5
     finally:
         await database.close()
+
+
+async def test_a_batch_is_written_a_page_at_a_time_and_each_row_keeps_its_own_id(db: Database) -> None:
+    """Plain INSERTs of APPEND_PAGE rows each on PostgreSQL (the event loop runs between them;
+    SQLAlchemy writes SQLite's a row at a time to return the ids in order); the ids a follower
+    hears are the ids of the rows it is told about, in the order they were recorded."""
+    from sqlalchemy import event
+
+    from idp.storage.repositories.audit import APPEND_PAGE
+
+    inserts: list[int] = []
+
+    def on_execute(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO AUDIT_LOG"):
+            inserts.append(len(statement))
+
+    heard: list[Mapping[str, Any]] = []
+
+    async def follower(row: Mapping[str, Any]) -> None:
+        heard.append(row)
+
+    audit = AuditLogger(db, [follower], flush_interval=60, batch_size=500)
+    rows = APPEND_PAGE * 2 + 5
+    for n in range(rows):
+        await audit.record(issued(n), CONTEXT)
+    event.listen(db.engine.sync_engine, "before_cursor_execute", on_execute)
+    try:
+        await audit.close()
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", on_execute)
+    assert len(inserts) == (3 if db.dialect == "postgresql" else rows), len(inserts)
+    assert [row["client_id"] for row in heard] == [f"svc-{n}" for n in range(rows)]
+    async with db.session() as session:
+        result = await session.execute(select(AuditEvent.id, AuditEvent.client_id))
+        stored = {row_id: client for row_id, client in result}
+    assert all(stored[row["id"]] == row["client_id"] for row in heard)

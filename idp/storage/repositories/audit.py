@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idp.storage.models import AuditEvent
+
+APPEND_PAGE = 100  # rows an INSERT of append_many carries
 
 
 @dataclass(frozen=True)
@@ -55,12 +57,18 @@ class AuditRepository:
         await self.session.flush()
         return entry
 
-    async def append_many(self, rows: Sequence[dict[str, Any]]) -> list[AuditEvent]:
-        """Insert a batch (one statement where the driver allows); the entries carry their ids."""
-        entries = [AuditEvent(**fields) for fields in rows]
-        self.session.add_all(entries)
-        await self.session.flush()
-        return entries
+    async def append_many(self, rows: Sequence[dict[str, Any]]) -> list[int]:
+        """Insert a batch of rows (each with the same columns); their ids, in order. Plain INSERTs
+        of ``APPEND_PAGE`` rows each, not ORM objects: about half the CPU, and the event loop runs
+        between the statements (a batch of 500 ORM rows stalled it for tens of milliseconds)."""
+        if not rows:
+            return []
+        statement = (
+            insert(AuditEvent)
+            .returning(AuditEvent.id, sort_by_parameter_order=True)
+            .execution_options(insertmanyvalues_page_size=APPEND_PAGE)
+        )
+        return list((await self.session.execute(statement, list(rows))).scalars())
 
     async def for_subject(self, subject_id: str, limit: int = 50) -> Sequence[AuditEvent]:
         result = await self.session.execute(
