@@ -247,6 +247,12 @@ class PasswordHashSettings(_Section):
     time_cost: Annotated[int, Field(ge=1, le=20)] = 2
     memory_cost_kib: Annotated[int, Field(ge=7168, le=4194304)] = 19456
     parallelism: Annotated[int, Field(ge=1, le=16)] = 1
+    # Hashing threads per worker process (0: one per core). They run at a lower priority than
+    # the event loop, so a burst of sign-ins slows sign-ins, not the token endpoint.
+    threads: Annotated[int, Field(ge=0, le=256)] = 0
+    # Hashes that may wait for a thread; past that a sign-in or password change answers 503 with
+    # Retry-After rather than queueing without bound.
+    queue_limit: Annotated[int, Field(ge=0, le=100000)] = 64
 
 
 class PictureSettings(_Section):

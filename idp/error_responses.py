@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 from idp.errors import IdPError, ServerError, ServiceUnavailable, from_http_status
 from idp.http import current
 from idp.observability import summarize_exception
+from idp.security.passwords import HashPoolBusy
 from idp.storage.db import DatabaseUnavailable
 from idp.storage.kv import KeyValueUnavailable
 
@@ -77,6 +78,9 @@ def install_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
+        if isinstance(error, HashPoolBusy):
+            error_log.warning("password hashing saturated: request refused with 503")
+            return await render_error(ServiceUnavailable("Too many sign-ins at once. Try again in a few seconds."))
         if isinstance(error, DatabaseUnavailable | KeyValueUnavailable):
             error_log.error("dependency unavailable", extra={"error": summarize_exception(error)})
             return await render_error(ServiceUnavailable())

@@ -148,6 +148,7 @@ class Runtime:
         await self.backchannel.close()
         await self.kv.close()
         await self.db.close()
+        self.passwords.close()
 
 
 def build_encryptor(settings: Settings) -> Encryptor:
@@ -328,7 +329,8 @@ async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_
             id_token_ttl=settings.tokens.id_token_ttl,
         )
         pairwise = settings.secrets.pairwise_secret
-        hasher = PasswordHasher(settings.password_hash)
+        hashing = settings.password_hash
+        hasher = PasswordHasher(hashing, threads=hashing.threads or None, queue_limit=hashing.queue_limit)
         sessions = SessionStore(
             kv,
             events,
