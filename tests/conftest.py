@@ -206,6 +206,19 @@ def runtime(app: Any) -> Any:
 
 
 @pytest.fixture
+async def second_node(settings: Settings) -> AsyncIterator[Any]:
+    """Another node on the same database and Redis, as behind a load balancer (Redis is how nodes
+    hear of each other's changes: skipped without it)."""
+    if not TEST_REDIS_URL:
+        pytest.skip("nodes hear of each other's changes through Redis (IDP_TEST_REDIS_URL)")
+    from idp import create_app
+
+    other = create_app(settings)
+    async with other.test_app():
+        yield other
+
+
+@pytest.fixture
 def json_logs() -> Iterator[Any]:
     """Everything logged during the test, as JSON lines through the production handler."""
     import io

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -102,17 +101,6 @@ async def test_with_the_in_process_store_the_cache_is_not_used(client: Any, runt
 
 
 # -- two nodes sharing Redis ---------------------------------------------------------------------
-
-
-@pytest.fixture
-async def second_node(settings: Any) -> AsyncIterator[Any]:
-    if not TEST_REDIS_URL:
-        pytest.skip("two nodes share changes through Redis (IDP_TEST_REDIS_URL)")
-    from idp import create_app
-
-    other = create_app(settings)
-    async with other.test_app():
-        yield other
 
 
 async def refused_within(client: Any, client_id: str, secret: str, seconds: float) -> float:

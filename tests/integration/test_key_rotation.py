@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +14,6 @@ import pytest
 
 from idp.config import KeySettings
 from idp.oauth.tokens import UnknownKey
-from tests.conftest import TEST_REDIS_URL
 from tests.integration.test_cli_user_admin import run_json
 from tests.integration.test_keys import FakeClock, manager
 from tests.oauth_helpers import basic, make_world
@@ -137,17 +135,6 @@ async def test_cli_rotate_publishes_first_and_rotate_now_hands_over_at_once(
 
 
 # -- every node hears of a rotation at once (Redis) ------------------------------------------------
-
-
-@pytest.fixture
-async def second_node(settings: Any) -> AsyncIterator[Any]:
-    if not TEST_REDIS_URL:
-        pytest.skip("nodes hear of a rotation through Redis (IDP_TEST_REDIS_URL)")
-    from idp import create_app
-
-    other = create_app(settings)
-    async with other.test_app():
-        yield other
 
 
 async def test_a_rotation_on_one_node_is_published_and_verified_by_another_within_a_second(

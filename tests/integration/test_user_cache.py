@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -151,17 +150,6 @@ async def test_a_change_made_from_the_command_line_shows_within_a_second(
 
 
 # -- two nodes sharing Redis ---------------------------------------------------------------------
-
-
-@pytest.fixture
-async def second_node(settings: Any) -> AsyncIterator[Any]:
-    if not TEST_REDIS_URL:
-        pytest.skip("two nodes share changes through Redis (IDP_TEST_REDIS_URL)")
-    from idp import create_app
-
-    other = create_app(settings)
-    async with other.test_app():
-        yield other
 
 
 async def within(seconds: float, done: Any) -> float:

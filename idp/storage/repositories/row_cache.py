@@ -24,8 +24,8 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable
+from typing import ClassVar, Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,27 +35,26 @@ from idp.storage.kv import KeyValueError, KeyValueStore
 ALL = "*"  # the message that forgets every row
 
 T = TypeVar("T")
-Load = Callable[[AsyncSession, str], Awaitable[T | None]]
 
 log = logging.getLogger("idp.storage.cache")
 
 
 class RowCache(Generic[T]):
+    """Subclasses name their ``channel`` and how a row is read (``load``)."""
+
+    channel: ClassVar[str]
+
     def __init__(
         self,
         db: Database,
         kv: KeyValueStore,
         *,
-        channel: str,
-        load: Load[T],
         max_age: float = 5.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
         self._kv = kv
-        self.channel = channel
-        self._load = load
         self._max_age = max_age
         self._max_entries = max_entries
         self._clock = clock
@@ -64,6 +63,11 @@ class RowCache(Generic[T]):
         self._generation = 0
         self._subscribed = False
         self._task: asyncio.Task[None] | None = None
+
+    @staticmethod
+    async def load(session: AsyncSession, key: str) -> T | None:
+        """The row ``key`` as the database has it, or None."""
+        raise NotImplementedError
 
     @property
     def active(self) -> bool:
@@ -79,7 +83,7 @@ class RowCache(Generic[T]):
                 return cached[1]
         generation = self._generation
         async with self._db.session() as session:
-            row = await self._load(session, key)
+            row = await self.load(session, key)
         if row is None:
             self._entries.pop(key, None)
         elif self._subscribed and generation == self._generation:

@@ -16,8 +16,6 @@ unit of work that changes an account.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
@@ -39,23 +37,17 @@ _PENDING = "idp.users_changed.pending"
 _COMMITTED = "idp.users_changed.committed"
 
 
-async def _load(session: AsyncSession, user_id: str) -> User | None:
-    return await session.get(User, user_id)
-
-
 class UserCache(RowCache[User]):
-    def __init__(
-        self,
-        db: Database,
-        kv: KeyValueStore,
-        *,
-        max_age: float = 5.0,
-        max_entries: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(db, kv, channel=CHANNEL, load=_load, max_age=max_age, max_entries=max_entries, clock=clock)
+    channel = CHANNEL
+
+    def __init__(self, db: Database, kv: KeyValueStore, **options: Any) -> None:
+        super().__init__(db, kv, **options)
         _track_changes(db.session_class, self)
         db.when_settled(self._announce)
+
+    @staticmethod
+    async def load(session: AsyncSession, user_id: str) -> User | None:
+        return await session.get(User, user_id)
 
     async def _announce(self, info: dict[Any, Any]) -> None:
         info.pop(_PENDING, None)
