@@ -1,6 +1,8 @@
-"""idp side by side with node-oidc-provider 9 (issue 14): wrk, A B A B, results in bench/RESULTS.md.
+"""idp side by side with node-oidc-provider 9 (issue 14): wrk and a Python load generator, A B A B,
+results in bench/RESULTS.md.
 
-    .venv/bin/python bench/run.py [--duration 10] [--rounds 2] [--scenarios cc_es256 jwks ...]
+    .venv/bin/python bench/run.py [--duration 10] [--rounds 2] [--scenarios cc_es256 refresh ...]
+    .venv/bin/python bench/run.py --soak 600        # mixed load on idp PostgreSQL + Redis, RSS sampled
 
 Installs the peer from bench/peer/package-lock.json (`npm ci`) when needed, then per signing
 algorithm starts three servers on 127.0.0.1:
@@ -11,12 +13,16 @@ algorithm starts three servers on 127.0.0.1:
 - idp embedded: `idp serve`, production settings on the defaults (SQLite file, in-process store,
   1 worker).
 
-Each has one confidential client (client_secret_basic; client_credentials for scope `api`) and
-one user access token minted by the code flow (idp) or the provider's own models (peer). After a
-warm-up per server, each scenario runs `--rounds` times in the order peer, idp PG, idp embedded
-(A B A B), with the same wrk Lua script (bench/wrk/request.lua, no response() callback), 1 thread
-and 8 connections; the embedded configuration also at 2 connections for its p99 target.
-Everything stops by itself; every child runs under a timeout.
+Each has one confidential client (client_secret_basic; client_credentials for scope `api`,
+authorization_code, refresh_token) and one user access token minted by the code flow (idp) or the
+provider's own models (peer), plus refresh-token families and users when the group's scenarios need
+them. After a warm-up per server, each scenario runs `--rounds` times in the order peer, idp PG,
+idp embedded (A B A B): the fixed requests with wrk (bench/wrk/request.lua, no response() callback,
+1 thread, 8 connections), the chained ones with bench/loadgen.py (bench/flows.py: refresh with
+rotation, authorization-code exchange, password sign-in beside the bare argon2id rate, the token
+endpoint during a sign-in storm). The embedded configuration also runs at 2 connections for its p99
+target. idp's loop-lag probe is read per worker after each scenario, and each serving process's
+resident memory after each group. Everything stops by itself; every child runs under a timeout.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -34,7 +39,6 @@ import secrets
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,9 +47,27 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import parse_qs, urlencode, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
 
+import flows
 import httpx
+import probes
+import report
+from loadgen import Measurement, basic
+from scenarios import (
+    CC,
+    CONNECTIONS,
+    FAMILIES_PER_WORKER,
+    IDP_SERVERS,
+    LABELS,
+    LOW_CONNECTIONS,
+    SCENARIOS,
+    SIGNIN_CLIENTS,
+    SIGNIN_USERS,
+    Scenario,
+    X,
+)
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -53,81 +75,15 @@ PEER = BENCH / "peer"
 LUA = BENCH / "wrk" / "request.lua"
 IDP = str(Path(sys.executable).with_name("idp"))
 ALGS = ("RS256", "ES256", "Ed25519")  # idp's default key set; the first listed signs access tokens
-REDIRECT = "http://127.0.0.1:9/callback"
-PASSWORD = "quarry-lantern-harbor-5521"  # noqa: S105 - the throwaway account of a benchmark
+REDIRECT = flows.REDIRECT
+PASSWORD = "quarry-lantern-harbor-5521"  # noqa: S105 - the throwaway accounts of a benchmark
 POSTGRES = os.environ.get("IDP_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("IDP_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 ACCESS_TOKEN_TTL = 3600  # both servers: tokens minted at start must outlive the run
-CONNECTIONS = 8
-LOW_CONNECTIONS = 2
-SERVERS = ("peer", "idp_pg", "idp_embedded")
-X = "\u00d7"  # the multiplication sign of the ratios
 LOG_PROBLEMS: dict[str, str] = {}  # server and group -> what its log said at warning level or above
-LABELS = {"peer": "node-oidc-provider", "idp_pg": "idp PostgreSQL + Redis", "idp_embedded": "idp embedded"}
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    title: str
-    alg: str  # the server group it runs in (the access-token signing algorithm)
-    method: str
-    path: str
-    body: str = ""
-    auth: str = ""  # "client" (Basic), "user" (Bearer user access token) or ""
-    target: float = 1.0  # issue 14: idp / peer req/s at least this
-    p99_factor: float | None = None  # issue 14: idp p99 at most this times the peer's
-
-
-SCENARIOS = (
-    Scenario(
-        "cc_rs256",
-        "client_credentials, RS256",
-        "RS256",
-        "POST",
-        "/token",
-        "grant_type=client_credentials&scope=api",
-        "client",
-        0.5,
-        2.0,
-    ),
-    Scenario(
-        "cc_es256",
-        "client_credentials, ES256",
-        "ES256",
-        "POST",
-        "/token",
-        "grant_type=client_credentials&scope=api",
-        "client",
-        0.5,
-        2.0,
-    ),
-    Scenario(
-        "cc_ed25519",
-        "client_credentials, Ed25519",
-        "Ed25519",
-        "POST",
-        "/token",
-        "grant_type=client_credentials&scope=api",
-        "client",
-        0.5,
-        2.0,
-    ),
-    Scenario(
-        "introspection",
-        "introspection of a user access token",
-        "RS256",
-        "POST",
-        "/introspect",
-        "token={user}&token_type_hint=access_token",
-        "client",
-        0.5,
-    ),
-    Scenario("userinfo", "userinfo (GET, Bearer)", "RS256", "GET", "/userinfo", "", "user", 0.5),
-    Scenario("jwks", "JWKS", "RS256", "GET", "/jwks", target=1.0),
-    Scenario("discovery", "discovery", "RS256", "GET", "/.well-known/openid-configuration", target=1.0),
-)
-NOT_YET = ("refresh_token grant", "authorization code exchange", "sign-in (login form + authorize)")
+# The soak's mixed load: generator workers per kind (refresh: FAMILIES_PER_WORKER families each).
+SOAK_WORKERS = {"client_credentials": 3, "userinfo": 3, "refresh": 2}
+SOAK_ALG = "ES256"
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -201,12 +157,25 @@ class Server:
     client_id: str
     client_secret: str
     user_token: str
-    pid: int = 0
-    notes: list[str] = field(default_factory=list)
+    pid: int = 0  # the root of its process tree (the `timeout` wrapper)
+    refresh_tokens: list[str] = field(default_factory=list)  # one per token family
+    emails: list[str] = field(default_factory=list)  # idp: the users that sign in
+    workers: int = 1
+    argon2: dict[str, int] = field(default_factory=dict)  # idp: its [password_hash] parameters
+    hash_pool: flows.HashPool | None = None  # idp: the threads it hashes in
+    loads: dict[str, Any] = field(default_factory=dict)  # the generator's state per scenario kind
+
+    @property
+    def port(self) -> int:
+        return int(urlsplit(self.base).port or 80)
+
+    @property
+    def client(self) -> flows.Client:
+        return flows.Client(self.base, self.client_id, self.client_secret)
 
 
 @contextlib.contextmanager
-def peer(alg: str, workdir: Path, limit: int) -> Iterator[Server]:
+def peer(alg: str, workdir: Path, limit: int, families: int = 0) -> Iterator[Server]:
     port = free_port()
     secret = secrets.token_urlsafe(32)
     env = {**os.environ, "NODE_ENV": "production"}
@@ -223,6 +192,8 @@ def peer(alg: str, workdir: Path, limit: int) -> Iterator[Server]:
         secret,
         "--access-token-ttl",
         str(ACCESS_TOKEN_TTL),
+        "--refresh-tokens",
+        str(families),
     ]
     log = workdir / f"peer-{alg}.log"
     with started(command, env, log, limit) as process:
@@ -235,16 +206,23 @@ def peer(alg: str, workdir: Path, limit: int) -> Iterator[Server]:
             time.sleep(0.1)
         if ready is None:
             raise SystemExit(f"peer did not start:\n{log.read_text(errors='replace')[-3000:]}")
-        yield Server("peer", ready["issuer"], "bench", secret, ready["user_access_token"], process.pid)
+        server = Server("peer", ready["issuer"], "bench", secret, ready["user_access_token"], process.pid)
+        server.refresh_tokens = list(ready["refresh_tokens"])
+        yield server
 
 
 # -- idp ------------------------------------------------------------------------------------------
+
+
+def limit_json(requests: int, window: int) -> str:
+    return json.dumps({"requests": requests, "window": window})
 
 
 def idp_env(alg: str, issuer: str, database_url: str, data: Path, redis_url: str, workers: int) -> dict[str, str]:
     from idp.config import generate_secrets
 
     keys = generate_secrets()
+    never = limit_json(1_000_000, 1)
     env = {
         **{key: value for key, value in os.environ.items() if not key.startswith("IDP_")},
         "IDP_ISSUER": issuer,
@@ -252,17 +230,23 @@ def idp_env(alg: str, issuer: str, database_url: str, data: Path, redis_url: str
         "IDP_DATA_DIR": str(data),
         "IDP_SERVER__PORT": str(urlsplit(issuer).port),
         "IDP_SERVER__WORKERS": str(workers),
+        # /debug/loop-lag, read from loopback after each scenario (idp.observability.LoopLagProbe).
+        "IDP_SERVER__LOOP_LAG_PROBE": "true",
         "IDP_SECRETS__COOKIE_SECRET": keys["cookie_secret"],
         "IDP_SECRETS__KEY_ENCRYPTION_KEY": keys["key_encryption_key"],
         "IDP_SECRETS__PAIRWISE_SECRET": keys["pairwise_secret"],
         "IDP_KEYS__ALGORITHMS": json.dumps([alg, *(other for other in ALGS if other != alg)]),
         "IDP_TOKENS__ACCESS_TOKEN_TTL": str(ACCESS_TOKEN_TTL),
         # The limits stay on (their counters are part of every request's work) but high enough
-        # never to answer 429 during a run: 1,000,000 requests per second.
-        "IDP_RATE_LIMITS__TOKEN_PER_IP__REQUESTS": "1000000",
-        "IDP_RATE_LIMITS__TOKEN_PER_IP__WINDOW": "1",
-        "IDP_RATE_LIMITS__TOKEN_PER_CLIENT__REQUESTS": "1000000",
-        "IDP_RATE_LIMITS__TOKEN_PER_CLIENT__WINDOW": "1",
+        # never to answer 429 during a run: 1,000,000 requests per second. The sign-in lockout
+        # counts failures only, and the bench makes none.
+        "IDP_RATE_LIMITS__TOKEN_PER_IP": never,
+        "IDP_RATE_LIMITS__TOKEN_PER_CLIENT": never,
+        "IDP_RATE_LIMITS__LOGIN_PER_IP": never,
+        "IDP_RATE_LIMITS__LOGIN_PER_ACCOUNT": never,
+        # A few users sign in thousands of times: with a session limit each sign-in past the tenth
+        # would end the user's oldest session, which a crowd of distinct users never does.
+        "IDP_SESSIONS__MAX_PER_USER": "0",
     }
     if redis_url:
         env["IDP_REDIS_URL"] = redis_url
@@ -270,96 +254,71 @@ def idp_env(alg: str, issuer: str, database_url: str, data: Path, redis_url: str
     return env
 
 
-def user_access_token(issuer: str, client_id: str, secret: str, email: str) -> str:
-    """The code flow with PKCE through the sign-in form (a first-party client: no consent)."""
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    with httpx.Client(base_url=issuer, timeout=30) as browser:
-        page = browser.get("/login", params={"return_to": "/account"})
-        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-        assert csrf is not None, page.text[:500]
-        form = {"email": email, "password": PASSWORD, "csrf_token": csrf.group(1), "return_to": "/account"}
-        assert browser.post("/login", data=form).status_code == 303
-        query = {
-            "response_type": "code",
-            "client_id": client_id,
-            "redirect_uri": REDIRECT,
-            "scope": "openid profile email",
-            "state": "s",
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-        }
-        answer = browser.get(f"/authorize?{urlencode(query)}")
-        code = parse_qs(urlsplit(answer.headers["Location"]).query)["code"][0]
-        tokens = browser.post(
-            "/token",
-            data={
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": REDIRECT,
-                "code_verifier": verifier,
-            },
-            auth=(client_id, secret),
-        ).json()
-    return str(tokens["access_token"])
+def password_hashing(env: dict[str, str]) -> tuple[dict[str, int], flows.HashPool]:
+    """The argon2id parameters and hashing pool the server will have: its [password_hash]
+    settings, read from its own environment."""
+    from idp.config import load_settings
+
+    hashing = load_settings(environ=env).password_hash
+    params = {
+        "time_cost": hashing.time_cost,
+        "memory_cost": hashing.memory_cost_kib,
+        "parallelism": hashing.parallelism,
+    }
+    return params, flows.hash_pool(hashing.threads, hashing.queue_limit)
+
+
+def create_client(env: dict[str, str]) -> dict[str, str]:
+    scopes = ("api", "openid", "profile", "email", "offline_access")
+    grants = ("client_credentials", "authorization_code", "refresh_token")
+    command = [IDP, "clients", "create", "--name", "Bench", "--confidential", "--first-party"]
+    command += [part for grant in grants for part in ("--grant", grant)]
+    command += [part for scope in scopes for part in ("--scope", scope)]
+    command += ["--redirect-uri", REDIRECT, "--json"]
+    return dict(json.loads(run(command, env=env)))
+
+
+def create_user(env: dict[str, str], email: str) -> None:
+    run(
+        [IDP, "users", "create", "--email", email, "--name", "Bench User", "--password-stdin", "--verified"],
+        env=env,
+        stdin=PASSWORD + "\n",
+    )
 
 
 @contextlib.contextmanager
-def idp_server(name: str, alg: str, workdir: Path, limit: int) -> Iterator[Server]:
+def idp_server(
+    name: str, alg: str, workdir: Path, limit: int, *, families: int = 0, users: int = 0
+) -> Iterator[Server]:
     port = free_port()
     issuer = f"http://127.0.0.1:{port}"
     data = workdir / f"{name}-{alg}"
     data.mkdir()
     database = ""
+    workers = 1
     if name == "idp_pg":
         database = f"bench_{secrets.token_hex(6)}"
         asyncio.run(postgres(f"CREATE DATABASE {database}"))
         database_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}"
-        env = idp_env(alg, issuer, database_url, data, REDIS, os.cpu_count() or 1)
+        workers = os.cpu_count() or 1
+        env = idp_env(alg, issuer, database_url, data, REDIS, workers)
     else:
         env = idp_env(alg, issuer, f"sqlite+aiosqlite:///{data / 'idp.sqlite3'}", data, "", 1)
     try:
         run([IDP, "db", "upgrade"], env=env)
-        client = json.loads(
-            run(
-                [
-                    IDP,
-                    "clients",
-                    "create",
-                    "--name",
-                    "Bench",
-                    "--confidential",
-                    "--first-party",
-                    "--grant",
-                    "client_credentials",
-                    "--grant",
-                    "authorization_code",
-                    "--scope",
-                    "api",
-                    "--scope",
-                    "openid",
-                    "--scope",
-                    "profile",
-                    "--scope",
-                    "email",
-                    "--redirect-uri",
-                    REDIRECT,
-                    "--json",
-                ],
-                env=env,
-            )
-        )
+        client = create_client(env)
         email = "bench@example.com"
-        run(
-            [IDP, "users", "create", "--email", email, "--name", "Bench User", "--password-stdin", "--verified"],
-            env=env,
-            stdin=PASSWORD + "\n",
-        )
+        emails = [f"bench-{number}@example.com" for number in range(1, users + 1)]
+        for address in (email, *emails):
+            create_user(env, address)
         log = workdir / f"{name}-{alg}.log"
         with started([IDP, "serve"], env, log, limit) as process:
             wait_until(f"{issuer}/healthz", log, process)
-            token = user_access_token(issuer, client["client_id"], client["client_secret"], email)
-            yield Server(name, issuer, client["client_id"], client["client_secret"], token, process.pid)
+            server = Server(name, issuer, client["client_id"], client["client_secret"], "", process.pid)
+            server.user_token, server.refresh_tokens = flows.idp_tokens(server.client, email, PASSWORD, families)
+            server.emails, server.workers = emails, workers
+            server.argon2, server.hash_pool = password_hashing(env)
+            yield server
         LOG_PROBLEMS[f"{LABELS[name]}, {alg} group"] = log_problems(log)
     finally:
         if database:
@@ -426,7 +385,7 @@ def request_env(scenario: Scenario, server: Server) -> dict[str, str]:
     body = scenario.body.replace("{user}", server.user_token)
     auth = ""
     if scenario.auth == "client":
-        auth = "Basic " + base64.b64encode(f"{server.client_id}:{server.client_secret}".encode()).decode()
+        auth = basic(server.client_id, server.client_secret)
     elif scenario.auth == "user":
         auth = f"Bearer {server.user_token}"
     return {"BENCH_METHOD": scenario.method, "BENCH_BODY": body, "BENCH_AUTHORIZATION": auth}
@@ -449,15 +408,6 @@ def check(scenario: Scenario, server: Server) -> None:
         ok = answer.json().get("active") is True
     if not ok:
         raise SystemExit(f"{server.name} {scenario.name}: {answer.status_code} {answer.text[:500]}")
-
-
-@dataclass
-class Measurement:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    requests: int
 
 
 def to_ms(value: str) -> float:
@@ -501,17 +451,7 @@ def wrk(scenario: Scenario, server: Server, duration: int, connections: int) -> 
     return Measurement(float(rps.group(1)), to_ms(p50.group(1)), to_ms(p99.group(1)), errors, int(total.group(1)))
 
 
-# -- the report -----------------------------------------------------------------------------------
-
-
-def summary(runs: list[Measurement]) -> dict[str, float]:
-    return {
-        "rps": statistics.mean(m.rps for m in runs),
-        "p50": statistics.mean(m.p50_ms for m in runs),
-        "p99": max(m.p99_ms for m in runs),  # the worst round
-        "errors": sum(m.errors for m in runs),
-        "requests": sum(m.requests for m in runs),
-    }
+# -- versions -------------------------------------------------------------------------------------
 
 
 def versions() -> dict[str, str]:
@@ -554,116 +494,207 @@ def versions() -> dict[str, str]:
     }
 
 
-def verdict(ok: bool) -> str:
-    return "**met**" if ok else "**not met**"
+# -- the generator's scenarios --------------------------------------------------------------------
 
 
-def report(
-    args: argparse.Namespace,
-    results: dict[str, dict[str, list[Measurement]]],
-    low: dict[str, list[Measurement]],
-    info: dict[str, str],
-    started_at: datetime,
-) -> str:
-    lines = [
-        "# idp and node-oidc-provider side by side",
-        "",
-        f"Written by `bench/run.py --duration {args.duration} --rounds {args.rounds}` on "
-        f"{started_at:%Y-%m-%d %H:%M} UTC. wrk: 1 thread, {CONNECTIONS} connections, {args.duration} s per run, "
-        f"{args.warmup} s warm-up per server and scenario, then {args.rounds} rounds in the order peer, idp "
-        "PostgreSQL + Redis, idp embedded (A B A B); the same Lua script for every server "
-        "(`bench/wrk/request.lua`, no `response()` callback). req/s and p50 are the mean of the rounds, "
-        "p99 the worst round, errors the sum (non-2xx responses and socket errors). The load generator "
-        "shares the machine's cores with the server under test.",
-        "",
-        "| | |",
-        "|---|---|",
-        *(f"| {key} | {value} |" for key, value in info.items()),
-        "",
-        "## Results",
-        "",
-        "| scenario | server | req/s | idp / peer | p50 ms | p99 ms | errors | requests |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    targets: list[str] = []
-    for scenario in SCENARIOS:
-        if scenario.name not in results:
-            continue
-        rows = {name: summary(runs) for name, runs in results[scenario.name].items()}
-        peer_row = rows["peer"]
-        for name in SERVERS:
-            row = rows[name]
-            ratio = "" if name == "peer" else f"{row['rps'] / peer_row['rps']:.2f}{X}"
-            lines.append(
-                f"| {scenario.title} | {LABELS[name]} | {row['rps']:,.0f} | {ratio} | {row['p50']:.2f} | "
-                f"{row['p99']:.2f} | {row['errors']:.0f} | {row['requests']:,.0f} |"
+def load_of(scenario: Scenario, server: Server) -> flows.RefreshFamilies | flows.CodeExchanges | flows.SignIns:
+    """The generator's state for this scenario on this server, made once (token families go on
+    rotating, browsers stay signed in or keep their device cookies, from round to round)."""
+    kind = "signin" if scenario.kind == "storm" else scenario.kind
+    if kind not in server.loads:
+        if kind == "refresh":
+            server.loads[kind] = flows.RefreshFamilies(server.client, list(server.refresh_tokens))
+        elif kind == "code":
+            jars = (
+                flows.peer_sessions(server.client, CONNECTIONS)
+                if server.name == "peer"
+                else flows.idp_sessions(server.client, CONNECTIONS, "bench@example.com", PASSWORD)
             )
-        for name in ("idp_pg", "idp_embedded"):
-            row = rows[name]
-            ratio = row["rps"] / peer_row["rps"]
-            ok = ratio >= scenario.target
-            text = f"req/s ≥ {scenario.target:.1f}{X} peer ({ratio:.2f}{X})"
-            if scenario.p99_factor is not None:
-                p99_ok = row["p99"] <= scenario.p99_factor * peer_row["p99"]
-                errors_ok = row["errors"] == 0
-                ok = ok and p99_ok and errors_ok
-                text += (
-                    f", zero errors ({row['errors']:.0f}), p99 ≤ {scenario.p99_factor:.0f}{X} peer "
-                    f"({row['p99']:.2f} vs {peer_row['p99']:.2f} ms)"
+            server.loads[kind] = flows.CodeExchanges(server.client, jars)
+        elif kind == "signin":
+            server.loads[kind] = flows.SignIns(server.base, server.emails, PASSWORD)
+        else:
+            raise ValueError(scenario.kind)
+    load = server.loads[kind]
+    assert isinstance(load, flows.RefreshFamilies | flows.CodeExchanges | flows.SignIns)
+    return load
+
+
+def measure(scenario: Scenario, server: Server, duration: int, workers: int) -> Measurement:
+    if scenario.kind in ("wrk", "storm"):
+        return wrk(scenario, server, duration, workers)
+    return flows.measure(load_of(scenario, server), duration, workers)
+
+
+def workers_for(scenario: Scenario) -> int:
+    return SIGNIN_CLIENTS if scenario.kind == "signin" else CONNECTIONS
+
+
+def prepare(scenario: Scenario, server: Server, warmup: int) -> None:
+    """The scenario's first operation must succeed; then the warm-up."""
+    if scenario.kind in ("wrk", "storm"):
+        check(scenario, server)
+    else:
+        try:
+            flows.check(load_of(scenario, server))
+        except flows.LoadError as exc:
+            raise SystemExit(f"{server.name} {scenario.name}: {exc}") from None
+    measure(scenario, server, warmup, workers_for(scenario))
+    if scenario.kind == "storm":  # the browsers' first sign-ins (new devices) before any storm
+        flows.measure(load_of(scenario, server), warmup, SIGNIN_CLIENTS)
+
+
+def loop_lag(server: Server) -> list[tuple[int, float | None]]:
+    """Each worker's longest stall since the last read (which this resets), in pid order; None for
+    a worker no fresh connection reached."""
+    stalls = probes.read_loop_lag(server.base, server.pid, server.port)
+    return [(pid, stalls.get(pid)) for pid in probes.serving_pids(server.pid, server.port)]
+
+
+def show(scenario: Scenario, number: int, key: str, measured: Measurement) -> None:
+    rate = f"{measured.rps:>9,.0f}" if measured.rps >= 100 else f"{measured.rps:>9,.1f}"
+    cpu = f" generator {measured.client_cpu:.2f} cores" if measured.client_cpu is not None else ""
+    print(
+        f"{scenario.name:<14} round {number + 1} {key:<20} {rate}/s p50 {measured.p50_ms:.2f} "
+        f"p99 {measured.p99_ms:.2f} ms errors {measured.errors}{cpu}",
+        flush=True,
+    )
+
+
+def run_rounds(scenario: Scenario, servers: dict[str, Server], args: argparse.Namespace, out: report.Results) -> None:
+    rows: dict[str, list[Measurement]] = out.results.setdefault(scenario.name, {})
+    names = [name for name in scenario.servers if name in servers]
+
+    def record(number: int, key: str, measured: Measurement) -> None:
+        rows.setdefault(key, []).append(measured)
+        show(scenario, number, key, measured)
+
+    for number in range(args.rounds):
+        if scenario.kind == "signin":
+            for name in names:
+                server = servers[name]
+                params, pool = server.argon2, server.hash_pool
+                assert pool is not None
+                out.hash_pool = (
+                    f"argon2id, time_cost {params['time_cost']}, memory {params['memory_cost']} KiB, parallelism "
+                    f"{params['parallelism']} (the servers' [password_hash] settings); hashed in {pool.description}"
                 )
-            targets.append(f"| {scenario.title} | {LABELS[name]} | {text} | {verdict(ok)} |")
-        if scenario.name in low:
-            row_low = summary(low[scenario.name])
-            p99_8 = rows["idp_embedded"]["p99"]
-            targets.append(
-                f"| {scenario.title} | idp embedded | p99 at {CONNECTIONS} connections ≤ 3{X} p99 at "
-                f"{LOW_CONNECTIONS} ({p99_8:.2f} vs {row_low['p99']:.2f} ms; {row_low['rps']:,.0f} req/s, "
-                f"{row_low['errors']:.0f} errors at {LOW_CONNECTIONS}) | {verdict(p99_8 <= 3 * row_low['p99'])} |"
+                out.labels[f"argon2:{name}"] = (
+                    f"bare argon2id verify, {server.workers} process{'es' if server.workers > 1 else ''} "
+                    f"{X} {pool.threads} threads at nice +{pool.niceness} (as {LABELS[name]})"
+                )
+                record(number, f"argon2:{name}", flows.argon2_rate(params, server.workers, pool, args.duration))
+                record(number, name, measure(scenario, server, args.duration, SIGNIN_CLIENTS))
+        elif scenario.kind == "storm":
+            server = servers["idp_pg"]
+            out.labels.update(
+                {
+                    "idp_pg:calm": f"{LABELS['idp_pg']}, alone",
+                    "idp_pg:storm": f"{LABELS['idp_pg']}, while {SIGNIN_CLIENTS} browsers sign in",
+                    "signins:storm": "sign-ins/s during the storm (Python generator)",
+                }
             )
-    lines += [
-        "",
-        "## Issue 14 targets",
-        "",
-        "| scenario | server | target (measured) | |",
-        "|---|---|---|---|",
-        *targets,
-        "",
-        "## idp's logs",
-        "",
-        *([f"- {where}: {what}" for where, what in LOG_PROBLEMS.items()] or ["- No idp server ran."]),
-        "",
-        "## Not yet measured",
-        "",
-        *(f"- {name}" for name in NOT_YET),
-        "",
-        "## What is and isn't equivalent",
-        "",
-        "- Same client (confidential, `client_secret_basic`, `client_credentials` for scope `api`, "
-        "plus `authorization_code` for the user token), same key set (RS256, ES256 and Ed25519 keys, "
-        "generated at start), the algorithm under test signing access tokens (idp: first in "
-        "`[keys] algorithms`; peer: `resourceIndicators` default resource with `accessTokenFormat: 'jwt'` "
-        "and `jwt.sign.alg`), the same paths (the peer's routes are set to idp's), access-token "
-        f"lifetime {ACCESS_TOKEN_TTL} s on both.",
-        "- Production settings on both (idp without dev mode; peer with `NODE_ENV=production`). idp "
-        "keeps its production logging (one JSON access-log line per request, to a file) and its rate "
-        "limits (raised to 1,000,000 per second, so counted but never refusing) and writes an audit "
-        "row per issued token (for `client_credentials`, in batches off the request path); the peer "
-        "logs nothing per request, has no rate limits and no audit trail.",
-        "- Storage: the peer runs on its built-in in-memory adapter (it warns that it is not for "
-        "production); idp on PostgreSQL + Redis, or on SQLite + its in-process store. A JWT access "
-        "token is not stored by either server.",
-        "- User access token (introspection, userinfo): idp's is a JWT (signed with the group's first "
-        "algorithm, RS256) checked against its revocation list and its user row; the peer's is opaque "
-        "(the format node-oidc-provider gives tokens for its own userinfo endpoint, which JWT access "
-        "tokens for a resource may not call), found in its adapter with its grant and the account. "
-        "It is minted through the peer's own Grant and AccessToken models instead of its login "
-        "pages, which the peer would need an interaction implementation for; idp's comes from its "
-        "code flow. The peer cannot introspect its JWT access tokens (it does not store them), so "
-        "both introspect the user token.",
-        "- node-oidc-provider 9 asks for Node.js 22 or later and prints a warning on the Node.js 20 of this machine.",
-        "",
-    ]
-    return "\n".join(lines)
+            record(number, "idp_pg:calm", wrk(scenario, server, args.duration, CONNECTIONS))
+            sign_ins = load_of(scenario, server)
+            assert isinstance(sign_ins, flows.SignIns)
+
+            def tokens(server: Server = server) -> Measurement:
+                return wrk(scenario, server, args.duration, CONNECTIONS)
+
+            stormy, signins = flows.storm(sign_ins, SIGNIN_CLIENTS, tokens)
+            record(number, "idp_pg:storm", stormy)
+            record(number, "signins:storm", signins)
+        else:
+            for name in names:
+                record(number, name, measure(scenario, servers[name], args.duration, CONNECTIONS))
+        if scenario.low and "idp_embedded" in names:
+            measured = measure(scenario, servers["idp_embedded"], args.duration, LOW_CONNECTIONS)
+            out.low.setdefault(scenario.name, []).append(measured)
+            show(scenario, number, f"idp_embedded@{LOW_CONNECTIONS}", measured)
+
+
+def run_group(
+    alg: str,
+    group: list[Scenario],
+    args: argparse.Namespace,
+    workdir: Path,
+    out: report.Results,
+    reference: probes.ReferenceLoop,
+) -> None:
+    per_run = args.duration + 2
+    # An upper bound for the servers' lives: every run of the group, plus start-up and set-up.
+    limit = 300 + len(group) * (4 * args.warmup + 6 * args.rounds * per_run + 60)
+    kinds = {scenario.kind for scenario in group}
+    families = CONNECTIONS * FAMILIES_PER_WORKER if "refresh" in kinds else 0
+    users = SIGNIN_USERS if kinds & {"signin", "storm"} else 0
+    wanted = {name for scenario in group for name in scenario.servers}
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, Server] = {}
+        if "peer" in wanted:
+            servers["peer"] = stack.enter_context(peer(alg, workdir, limit, families))
+        for name in IDP_SERVERS:
+            if name in wanted:
+                servers[name] = stack.enter_context(
+                    idp_server(name, alg, workdir, limit, families=families, users=users)
+                )
+        for scenario in group:
+            taking_part = [servers[name] for name in scenario.servers if name in servers]
+            for server in taking_part:
+                prepare(scenario, server, args.warmup)
+            idp_part = [server for server in taking_part if server.name in IDP_SERVERS]
+            for server in idp_part:
+                loop_lag(server)  # reset: the set-up and the warm-up don't count
+            reference.read()
+            run_rounds(scenario, servers, args, out)
+            out.lag[scenario.name] = {server.name: loop_lag(server) for server in idp_part}
+            out.reference_lag[scenario.name] = reference.read()
+            print(
+                f"{scenario.name:<14} loop stall ms {out.lag[scenario.name]}, "
+                f"a do-nothing loop {out.reference_lag[scenario.name]}",
+                flush=True,
+            )
+        out.memory[f"{alg} group"] = {
+            name: {pid: probes.rss_mib(pid) for pid in probes.serving_pids(server.pid, server.port)}
+            for name, server in servers.items()
+        }
+        print(f"RSS MiB after the {alg} group: {out.memory[f'{alg} group']}", flush=True)
+
+
+# -- the soak -------------------------------------------------------------------------------------
+
+
+def run_soak(args: argparse.Namespace, workdir: Path, reference: probes.ReferenceLoop) -> report.Soak:
+    families = SOAK_WORKERS["refresh"] * FAMILIES_PER_WORKER
+    limit = args.soak + 4 * args.warmup + 300
+    started_at = datetime.now(UTC)
+    with idp_server("idp_pg", SOAK_ALG, workdir, limit, families=families) as server:
+        loads: dict[str, tuple[flows.Requests | flows.RefreshFamilies, int]] = {
+            "client_credentials": (
+                flows.Requests(server.base, "POST", "/token", {"Authorization": server.client.authorization}, CC),
+                SOAK_WORKERS["client_credentials"],
+            ),
+            "userinfo": (
+                flows.Requests(server.base, "GET", "/userinfo", {"Authorization": f"Bearer {server.user_token}"}),
+                SOAK_WORKERS["userinfo"],
+            ),
+            "refresh": (flows.RefreshFamilies(server.client, list(server.refresh_tokens)), SOAK_WORKERS["refresh"]),
+        }
+
+        def sample() -> dict[int, float | None]:
+            return {pid: probes.rss_mib(pid) for pid in probes.serving_pids(server.pid, server.port)}
+
+        flows.soak(loads, args.warmup, args.warmup, sample)  # warm-up: caches filled, pools opened
+        loop_lag(server)
+        reference.read()
+        print(f"soak: {args.soak} s, RSS sampled every {args.soak_interval} s", flush=True)
+        measured, samples = flows.soak(loads, args.soak, args.soak_interval, sample)
+        for name, m in measured.items():
+            print(f"soak {name:<20} {m.rps:>9,.0f}/s p50 {m.p50_ms:.2f} p99 {m.p99_ms:.2f} ms errors {m.errors}")
+        print(f"soak RSS samples: {samples}", flush=True)
+        lag, reference_lag = loop_lag(server), reference.read()
+    return report.Soak(
+        args.soak, args.soak_interval, SOAK_ALG, dict(SOAK_WORKERS), measured, samples, lag, reference_lag, started_at
+    )
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -671,65 +702,61 @@ def report(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per run (default 10)")
     parser.add_argument("--rounds", type=int, default=2, help="A B rounds per scenario (default 2)")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per server and scenario")
     parser.add_argument(
-        "--scenarios", nargs="+", choices=[s.name for s in SCENARIOS], default=[s.name for s in SCENARIOS]
+        "--scenarios",
+        nargs="+",
+        choices=[s.name for s in SCENARIOS],
+        help="a subset (default: all, or none with --soak alone)",
     )
+    parser.add_argument(
+        "--soak",
+        type=int,
+        metavar="SECONDS",
+        help="also (or, without --scenarios, only) a soak: mixed load on idp PostgreSQL + Redis, RSS sampled",
+    )
+    parser.add_argument("--soak-interval", type=int, default=30, help="seconds between RSS samples (default 30)")
     parser.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
     parser.add_argument("--keep-logs", type=Path, help="copy the servers' logs into this directory")
     args = parser.parse_args()
+    if args.soak is not None and not 0 < args.soak <= ACCESS_TOKEN_TTL - 600:
+        parser.error(f"--soak must be between 1 and {ACCESS_TOKEN_TTL - 600} s (the user access token's lifetime)")
+    chosen_names = args.scenarios or ([] if args.soak else [s.name for s in SCENARIOS])
     for tool in ("wrk", "node", "npm", "timeout"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is not installed (wrk: apt-get install wrk; node: Node.js 20+)")
     install_peer()
     started_at = datetime.now(UTC)
     load_at_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    chosen = [s for s in SCENARIOS if s.name in args.scenarios]
-    per_run = args.duration + 1
-    results: dict[str, dict[str, list[Measurement]]] = {}
-    low: dict[str, list[Measurement]] = {}
+    chosen = [s for s in SCENARIOS if s.name in chosen_names]
+    out = report.Results(log_problems=LOG_PROBLEMS)
     workdir = Path(tempfile.mkdtemp(prefix="idp-bench-peer-"))
+    reference = probes.ReferenceLoop()
     try:
         for alg in ALGS:
             group = [s for s in chosen if s.alg == alg]
-            if not group:
-                continue
-            # An upper bound for the servers' lives: every run of the group, plus start-up.
-            limit = 180 + len(group) * (3 * args.warmup + (3 * args.rounds + args.rounds) * per_run)
-            with contextlib.ExitStack() as stack:
-                servers = {
-                    "peer": stack.enter_context(peer(alg, workdir, limit)),
-                    "idp_pg": stack.enter_context(idp_server("idp_pg", alg, workdir, limit)),
-                    "idp_embedded": stack.enter_context(idp_server("idp_embedded", alg, workdir, limit)),
-                }
-                for scenario in group:
-                    for server in servers.values():
-                        check(scenario, server)
-                        wrk(scenario, server, args.warmup, CONNECTIONS)
-                    results[scenario.name] = {name: [] for name in SERVERS}
-                    low[scenario.name] = []
-                    for number in range(args.rounds):
-                        for name in SERVERS:
-                            measured = wrk(scenario, servers[name], args.duration, CONNECTIONS)
-                            results[scenario.name][name].append(measured)
-                            print(
-                                f"{scenario.name:<14} round {number + 1} {name:<13} {measured.rps:>9,.0f} req/s "
-                                f"p50 {measured.p50_ms:.2f} p99 {measured.p99_ms:.2f} ms errors {measured.errors}",
-                                flush=True,
-                            )
-                        measured = wrk(scenario, servers["idp_embedded"], args.duration, LOW_CONNECTIONS)
-                        low[scenario.name].append(measured)
-                        print(
-                            f"{scenario.name:<14} round {number + 1} idp_embedded@{LOW_CONNECTIONS} "
-                            f"{measured.rps:>7,.0f} req/s p99 {measured.p99_ms:.2f} ms",
-                            flush=True,
-                        )
-        info = {"load average at the start (1, 5, 15 min)": load_at_start, **versions()}
-        args.output.write_text(report(args, results, low, info, started_at))
+            if group:
+                run_group(alg, group, args, workdir, out, reference)
+        if args.soak:
+            out.soak = run_soak(args, workdir, reference)
+        command = "bench/run.py " + " ".join(sys.argv[1:])
+        if chosen:
+            info = {"load average at the start (1, 5, 15 min)": load_at_start, **versions()}
+            if out.hash_pool:
+                info["idp's password hashing"] = out.hash_pool
+            text = report.render(out, info, started_at, command, args.duration, args.warmup, args.rounds)
+            args.output.write_text(text)
+        else:
+            assert out.soak is not None
+            existing = (
+                args.output.read_text() if args.output.exists() else "# idp and node-oidc-provider side by side\n\n"
+            )
+            args.output.write_text(report.upsert_section(existing, "## Soak", "\n".join(report.soak_section(out.soak))))
         print(f"wrote {args.output}")
     finally:
+        reference.close()
         if args.keep_logs:
             args.keep_logs.mkdir(parents=True, exist_ok=True)
             for log in workdir.glob("*.log"):
