@@ -753,7 +753,8 @@ def main() -> None:
             existing = (
                 args.output.read_text() if args.output.exists() else "# idp and node-oidc-provider side by side\n\n"
             )
-            args.output.write_text(report.upsert_section(existing, "## Soak", "\n".join(report.soak_section(out.soak))))
+            section = "\n".join(report.soak_section(out.soak)) + "\n"
+            args.output.write_text(report.upsert_section(existing, "## Soak", section))
         print(f"wrote {args.output}")
     finally:
         reference.close()
