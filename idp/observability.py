@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -242,8 +243,9 @@ class LoopLagProbe:
             self._task = None
 
     def read_and_reset(self) -> dict[str, float | int]:
-        """The longest stall since the last read (this worker's), then start over."""
+        """The longest stall since the last read (this worker's: ``pid`` says which), then start over."""
         report = {
+            "pid": os.getpid(),
             "max_stall_ms": round(self.max_stall * 1000, 3),
             "samples": self.samples,
             "seconds": round(time.time() - self.since, 3),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -30,6 +31,7 @@ async def test_a_blocked_loop_is_reported_then_the_count_starts_over(client: Any
     report = await first.get_json()
     assert first.status_code == 200 and first.headers["Cache-Control"] == "no-store"
     assert report["max_stall_ms"] >= 70 and report["samples"] >= 2
+    assert report["pid"] == os.getpid()  # which worker answered (each has its own probe)
     await asyncio.sleep(0.02)
     again = await (await client.get("/debug/loop-lag", scope_base=LOOPBACK)).get_json()
     assert again["max_stall_ms"] < 70  # read and reset
