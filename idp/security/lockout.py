@@ -84,11 +84,13 @@ class LoginGuard:
 
     async def _remaining(self, key: str) -> int:
         """Seconds until the deadline stored at ``key`` (0 when there is none or it passed)."""
-        value = await self._kv.get(key)
-        if value is None:
+        return self._seconds_until(await self._kv.get(key))
+
+    def _seconds_until(self, deadline: str | None) -> int:
+        if deadline is None:
             return 0
         try:
-            return max(0, int(float(value) - self.clock() + 0.999))
+            return max(0, int(float(deadline) - self.clock() + 0.999))
         except ValueError:
             return 0
 
@@ -100,15 +102,14 @@ class LoginGuard:
     async def check(self, account: str, ip: str, *, trusted_device: bool) -> None:
         """Raise :class:`LockedOut` when this attempt may not be made now."""
         pair = self._pair(account, ip)
-        for key, scope in (
-            (self._ip(ip) + "lock", "ip"),
-            (pair + "lock", "account_ip"),
-            (pair + "delay", "delay"),
-        ):
-            if wait := await self._remaining(key):
+        locks = [(self._ip(ip) + "lock", "ip"), (pair + "lock", "account_ip"), (pair + "delay", "delay")]
+        if not trusted_device:
+            locks.append((self._account(account) + "lock", "account"))
+        # Every deadline in one round trip, the first that holds (in this order) answering.
+        deadlines = await self._kv.get_many(*(key for key, _scope in locks))
+        for (_key, scope), deadline in zip(locks, deadlines, strict=True):
+            if wait := self._seconds_until(deadline):
                 raise LockedOut(scope, wait)
-        if not trusted_device and (wait := await self._remaining(self._account(account) + "lock")):
-            raise LockedOut("account", wait)
 
     async def failed(self, account: str, ip: str) -> list[Engaged]:
         """Count a failed attempt; the locks this failure switched on."""

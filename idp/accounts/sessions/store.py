@@ -171,6 +171,9 @@ class SessionStore:
             auth_id=random_token(12),
             started=self._clock(),
         )
+        if self.max_per_user <= 0:  # no limit to apply: nothing to wait for
+            await self._save(session, now)
+            return cookie_value, session
         async with self._user_lock(user_id) as lock:
             await self._make_room(user_id)
             # Which session is oldest is the order they were stored in (see _settle_without_lock).
@@ -193,10 +196,6 @@ class SessionStore:
         """The same user signed in again in this browser (step-up, ``prompt=login``, ``max_age``):
         a new cookie value (ASVS 7.2.4) and a new authentication, the same ``sid`` and clients.
         If the session ended meanwhile (from another device), this is a new session instead."""
-        if not await self._discard(session):
-            return await self.create(
-                session.user_id, amr=amr, acr=acr, ip=ip, user_agent=user_agent, device=device or session.device
-            )
         now = self._now()
         cookie_value = random_token(32)
         renewed = BrowserSession(
@@ -215,7 +214,10 @@ class SessionStore:
                 "started": self._clock(),
             }
         )
-        await self._save(renewed, now)
+        if not await self._renew(session, renewed, now):
+            return await self.create(
+                session.user_id, amr=amr, acr=acr, ip=ip, user_agent=user_agent, device=device or session.device
+            )
         if self._db is not None and renewed.clients:
             async with self._db.session() as db_session:
                 await SessionClientRepository(db_session).extend(renewed.sid, self._end_of(renewed))
@@ -224,13 +226,21 @@ class SessionStore:
     async def rotate(self, session: BrowserSession) -> tuple[str, BrowserSession] | None:
         """A new cookie value for the same session (after a privilege change, ASVS 7.2.4); None when
         the session ended meanwhile (it is not brought back)."""
-        if not await self._discard(session):
-            return None
         now = self._now()
         cookie_value = random_token(32)
         rotated = BrowserSession(**{**asdict(session), "digest": sha256_digest(cookie_value), "last_seen": now})
-        await self._save(rotated, now)
+        if not await self._renew(session, rotated, now):
+            return None
         return cookie_value, rotated
+
+    async def _renew(self, session: BrowserSession, renewed: BrowserSession, now: int) -> bool:
+        """Store ``renewed`` (the same sid under a new cookie value) in place of ``session``; False
+        when that ended meanwhile. The sid's index is overwritten with the new digest by the save."""
+        if not await self._kv.delete(_SESSION + session.digest):
+            return False
+        await self._kv.remove_from_set(_USER_SESSIONS + session.user_id, session.digest)
+        await self._save(renewed, now)
+        return True
 
     async def _make_room(self, user_id: str) -> None:
         if self.max_per_user <= 0:
@@ -284,8 +294,8 @@ class SessionStore:
             return self
 
         async def __aexit__(self, *exc: object) -> None:
-            if self.held and await self.store._kv.get(self.key) == self.token:
-                await self.store._kv.delete(self.key)
+            if self.held:  # unless it expired meanwhile and another sign-in holds it now
+                await self.store._kv.delete_if_equal(self.key, self.token)
 
     def _user_lock(self, user_id: str) -> SessionStore._Lock:
         return SessionStore._Lock(self, user_id)
@@ -322,8 +332,10 @@ class SessionStore:
         """The user's live sessions, most recently active first."""
         now = self._now()
         found: list[BrowserSession] = []
-        for digest in await self._kv.set_members(_USER_SESSIONS + user_id):
-            session = await self._get(digest)
+        digests = sorted(await self._kv.set_members(_USER_SESSIONS + user_id))
+        stored = await self._kv.get_many(*(_SESSION + digest for digest in digests)) if digests else []
+        for digest, raw in zip(digests, stored, strict=True):
+            session = BrowserSession.from_json(raw) if raw else None
             if session is None or session.user_id != user_id:
                 await self._kv.remove_from_set(_USER_SESSIONS + user_id, digest)
             elif self._expired(session, now):
