@@ -4,7 +4,8 @@ Followers (the live notifications) are handed each row once it is committed: wha
 someone has its durable record first.
 
 Security events (sign-ins and their failures, account and admin actions, revocations) are written
-before the use case that published them goes on. The high-volume ones no person acts on — tokens
+before the use case that published them goes on: in its transaction when it publishes within one
+(idp.events.Transaction), else in one of their own. The high-volume ones no person acts on — tokens
 issued by the ``client_credentials`` and ``refresh_token`` grants, hundreds a second under load —
 are written in batches off the request path (issue 14: the inline insert was 14 % of a worker's
 time): a bounded queue, one insert per batch, and nothing dropped — a full queue writes
@@ -19,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from idp.events import Event, EventBus, EventContext, TokenIssued
+from idp.events import Event, EventBus, EventContext, TokenIssued, current_transaction
 from idp.storage.db import DATABASE_ERRORS, Database, DatabaseUnavailable
 from idp.storage.repositories import AuditRepository
 
@@ -111,7 +112,13 @@ class AuditLogger:
                 self._writer = asyncio.create_task(self._write_batches())
             return
         # Everything else, and the high-volume ones when the queue is full (back-pressure, never
-        # a dropped row) or the logger is closing.
+        # a dropped row) or the logger is closing: in the publisher's transaction when it gave one
+        # (the row commits with what it records), else in a transaction of its own.
+        if (transaction := current_transaction()) is not None:
+            entry = await AuditRepository(transaction.session).append(**fields)
+            rows = [_row(entry.id, fields)]
+            transaction.after_commit(lambda: self._tell_followers(rows))
+            return
         async with self._db.session() as session:
             entry = await AuditRepository(session).append(**fields)
             row = _row(entry.id, fields)

@@ -6,19 +6,28 @@ whose ``name`` is stable (it is what the audit log stores and what clients will 
 
 Request context (IP, user agent, request id) is attached by the publisher's caller through
 ``EventContext`` so domain code never touches the HTTP layer.
+
+An event may be published within the caller's database transaction (:class:`Transaction`):
+subscribers that write (the audit row, a queued mail) then write in it, so what they record commits
+with the change the event reports, in one unit of work, or not at all.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from idp.storage.models import utcnow
+
+if TYPE_CHECKING:
+    from idp.storage.db import Database
+    from idp.storage.repositories.outbox import DbSession
 
 log = logging.getLogger("idp.events")
 
@@ -557,6 +566,48 @@ class SigningKeysPurged(Event):
 Handler = Callable[[Event, EventContext], Awaitable[None]]
 
 
+@dataclass
+class Transaction:
+    """A database transaction that events are published in (``EventBus.publish(..., within=)``).
+
+    Subscribers that write do so in its ``session`` (see :func:`current_transaction`); what may
+    only happen once the writes are committed (telling live followers about an audit row) is
+    registered with :meth:`after_commit` and runs after the commit, never after a rollback. A
+    subscriber's failed write fails the transaction: a sign-in is recorded whole or not at all.
+    While it is open, publish events within it: on SQLite, a subscriber writing in a transaction
+    of its own would wait for this one's write lock."""
+
+    session: DbSession
+    _after_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def after_commit(self, action: Callable[[], Awaitable[None]]) -> None:
+        self._after_commit.append(action)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, db: Database) -> AsyncIterator[Transaction]:
+        """A unit of work on ``db`` (committed on success, rolled back on any exception)."""
+        async with db.session() as session:
+            transaction = cls(session)
+            yield transaction
+        for action in transaction._after_commit:
+            try:
+                await action()
+            except Exception as exc:  # committed: what follows must not fail the user's action
+                log.error(
+                    "after-commit action failed",
+                    extra={"action": getattr(action, "__qualname__", "?"), "error": type(exc).__name__},
+                )
+
+
+_transaction: ContextVar[Transaction | None] = ContextVar("idp_event_transaction", default=None)
+
+
+def current_transaction() -> Transaction | None:
+    """The transaction the event being handled was published in, if any (for subscribers)."""
+    return _transaction.get()
+
+
 class EventBus:
     """In-process publish/subscribe. Subscribers run in order; one failing doesn't stop the rest
     and never fails the use case that published (the failure is logged)."""
@@ -571,17 +622,25 @@ class EventBus:
         for event_type in event_types:
             self._handlers[event_type.name].append(handler)
 
-    async def publish(self, event: Event, context: EventContext | None = None) -> None:
+    async def publish(
+        self, event: Event, context: EventContext | None = None, *, within: Transaction | None = None
+    ) -> None:
+        """Run the subscribers of ``event``; ``within``: the caller's transaction, which they
+        write in (an event they publish in turn is outside it unless they say so)."""
         ctx = context or get_context()
-        for handler in [*self._handlers.get(event.name, ()), *self._catch_all]:
-            try:
-                await handler(event, ctx)
-            except Exception as exc:  # a subscriber's failure must not undo the user's action
-                log.error(
-                    "event subscriber failed",
-                    extra={
-                        "event": event.name,
-                        "subscriber": getattr(handler, "__qualname__", "?"),
-                        "error": type(exc).__name__,
-                    },
-                )
+        token = _transaction.set(within)
+        try:
+            for handler in [*self._handlers.get(event.name, ()), *self._catch_all]:
+                try:
+                    await handler(event, ctx)
+                except Exception as exc:  # a subscriber's failure must not undo the user's action
+                    log.error(
+                        "event subscriber failed",
+                        extra={
+                            "event": event.name,
+                            "subscriber": getattr(handler, "__qualname__", "?"),
+                            "error": type(exc).__name__,
+                        },
+                    )
+        finally:
+            _transaction.reset(token)

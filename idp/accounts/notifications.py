@@ -16,9 +16,11 @@ from idp.events import (
     RecoveryCodesRegenerated,
     RecoveryCodeUsed,
     SecondFactorsReset,
+    current_transaction,
 )
 from idp.storage.models import utcnow
 from idp.storage.repositories import UserRepository
+from idp.storage.repositories.outbox import DbSession
 
 _METHOD_NAMES = {"totp": "An authenticator app", "webauthn": "Passkeys"}
 _SUBJECTS = {
@@ -60,27 +62,39 @@ def describe(event: Event) -> str | None:
     return None
 
 
+async def _queue(
+    ctx: AccountContext, session: DbSession, event: Event, context: EventContext, what: str, user_id: str
+) -> None:
+    """The notice to the account's address, queued in ``session``'s transaction."""
+    user = await UserRepository(session).get(user_id)
+    if user is None:
+        return
+    await ctx.send(
+        "security_notice",
+        user.email,
+        session=session,
+        what=what,
+        subject=_SUBJECTS.get(event.name),
+        time=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+        ip=context.ip or "unknown",
+        security_link=ctx.link("/account/security"),
+        reset_link=ctx.link("/forgot-password"),
+    )
+
+
 def subscribe_security_notices(ctx: AccountContext, *, new_device: bool = True, lockout: bool = True) -> None:
     async def notify(event: Event, context: EventContext) -> None:
         what = describe(event)
         user_id = event.subject_id
         if what is None or user_id is None:
             return
-        async with ctx.db.session() as session:
-            user = await UserRepository(session).get(user_id)
-            email = user.email if user is not None else None
-        if email is None:
+        transaction = current_transaction()
+        if transaction is not None:
+            # Queued with the change it tells of; the account is usually loaded in it already.
+            await _queue(ctx, transaction.session, event, context, what, user_id)
             return
-        await ctx.send(
-            "security_notice",
-            email,
-            what=what,
-            subject=_SUBJECTS.get(event.name),
-            time=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
-            ip=context.ip or "unknown",
-            security_link=ctx.link("/account/security"),
-            reset_link=ctx.link("/forgot-password"),
-        )
+        async with ctx.db.session() as session:
+            await _queue(ctx, session, event, context, what, user_id)
 
     ctx.events.subscribe(
         notify,
