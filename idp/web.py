@@ -14,7 +14,8 @@ from quart import Response, g, redirect, request
 from idp.accounts.sessions.devices import DEVICE_COOKIE, DEVICE_COOKIE_MAX_AGE
 from idp.accounts.sessions.store import BrowserSession
 from idp.accounts.signin.authn import Authentication
-from idp.accounts.signin.finish import Browser, resume_session, start_session
+from idp.accounts.signin.finish import Browser, previous_session, resume_session, start_session
+from idp.accounts.signin.password import PasswordChecked
 from idp.errors import Forbidden, TooManyRequests
 from idp.events import set_actor
 from idp.http import runtime, settings
@@ -123,12 +124,22 @@ def _this_browser() -> Browser:
     return Browser(ip=request.remote_addr, user_agent=request.headers.get("User-Agent"), device_token=device_token())
 
 
-async def start_browser_session(user: User, proved: Authentication, response: Response) -> BrowserSession:
+async def start_browser_session(
+    user: User, proved: Authentication, response: Response, *, password: PasswordChecked | None = None
+) -> BrowserSession:
     """Sign this browser in as ``user`` (idp.accounts.signin.finish.start_session: a new session
-    cookie value, the session limit, the device, LoginSucceeded); the cookies are set on ``response``."""
+    cookie value, the session limit, the device, LoginSucceeded; with what the ``password`` check
+    learnt); the cookies are set on ``response``."""
     rt = runtime()
-    previous = await current_session()
-    signed_in = await start_session(rt.accounts, user, proved, previous=previous, browser=_this_browser())
+    if hasattr(g, "idp_session"):
+        previous = g.idp_session
+    else:
+        previous = await previous_session(rt.accounts, read_cookie(SESSION_COOKIE), user)
+        if previous is not None:
+            set_actor(previous.user_id)
+    signed_in = await start_session(
+        rt.accounts, user, proved, previous=previous, browser=_this_browser(), password=password
+    )
     g.idp_session = signed_in.session
     set_cookie(response, DEVICE_COOKIE, signed_in.device_cookie, max_age=DEVICE_COOKIE_MAX_AGE)
     set_cookie(response, SESSION_COOKIE, signed_in.session_cookie, max_age=rt.settings.sessions.absolute_ttl)

@@ -19,7 +19,7 @@ from idp.accounts.profile.profile import field_label
 from idp.accounts.security import mfa, passkeys
 from idp.accounts.signin import authn
 from idp.accounts.signin import password as password_signin
-from idp.accounts.signin.password import PasswordCheckRefused
+from idp.accounts.signin.password import PasswordChecked, PasswordCheckRefused
 from idp.accounts.signin.pending import PENDING_COOKIE
 from idp.accounts.users import AccountError, normalize_email
 from idp.errors import InvalidRequest, PayloadTooLarge, TooManyRequests, UnsupportedMediaType
@@ -231,16 +231,20 @@ async def start_second_step(user_id: str, return_to: str, *, enrol: bool) -> Res
     return response
 
 
-async def continue_sign_in(user: User, return_to: str) -> Response:
-    """The password proved ``user`` (who may sign in): the second factor comes next if the account
-    has one, or its enrolment if policy requires one and there is none yet, and no session exists
-    until then; otherwise this browser is signed in (ASVS 7.2.4: a new session id, the old one ends)."""
+async def continue_sign_in(user: User, return_to: str, *, password: PasswordChecked | None = None) -> Response:
+    """The password proved ``user`` (who may sign in; ``password``: that check, which knows about
+    the second factor and has writes to make): the second factor comes next if the account has one,
+    or its enrolment if policy requires one and there is none yet, and no session exists until then;
+    otherwise this browser is signed in (ASVS 7.2.4: a new session id, the old one ends)."""
     rt = runtime()
-    status = await mfa.factor_status(rt.db, user.id)
-    if status.any or mfa.mfa_required(rt.settings.mfa.required, user):
-        return await start_second_step(user.id, return_to, enrol=not status.any)
+    has_factor = password.second_factor if password is not None else (await mfa.factor_status(rt.db, user.id)).any
+    if has_factor or mfa.mfa_required(rt.settings.mfa.required, user):
+        if password is not None:
+            async with rt.db.session() as db_session:
+                await password_signin.record_sign_in(db_session, password)
+        return await start_second_step(user.id, return_to, enrol=not has_factor)
     response = see_other(return_to)
-    await start_browser_session(user, authn.password_only(), response)
+    await start_browser_session(user, authn.password_only(), response, password=password)
     return response
 
 

@@ -18,6 +18,7 @@ from idp.security.tokens import random_token, sha256_digest
 from idp.storage.db import Database
 from idp.storage.models import utcnow
 from idp.storage.repositories import DeviceRepository
+from idp.storage.repositories.outbox import DbSession
 
 DEVICE_COOKIE = "idp_device"
 # Browsers cap cookie lifetimes at 400 days (RFC 6265bis §5.5).
@@ -62,31 +63,32 @@ class DeviceSeen:
     token: str  # the cookie value to (re)set
 
 
-async def is_known(db: Database, user_id: str, token: str | None) -> bool:
-    if not valid_device_token(token):
-        return False
-    async with db.session() as session:
-        return await DeviceRepository(session).is_known(user_id, sha256_digest(str(token)))
-
-
-async def is_known_to_address(db: Database, email_normalized: str, token: str | None) -> bool:
-    """Whether this browser signed in to the account with this (normalised) address before; as
-    cheap for an address without an account as for one with."""
-    if not token or not email_normalized or len(token) > 100:
-        return False
-    async with db.session() as session:
-        return await DeviceRepository(session).is_known_to_address(email_normalized, sha256_digest(token))
-
-
 async def remember(
     db: Database, user_id: str, token: str | None, *, label: str, ip: str | None, when: datetime | None = None
 ) -> DeviceSeen:
     """Record a sign-in from this browser; whether it was known, and the cookie value to keep."""
-    now = when or utcnow()
-    token = valid_device_token(token) or new_device_token()
     async with db.session() as session:
-        seen = await DeviceRepository(session).remember(user_id, sha256_digest(token), label=label, ip=ip, now=now)
-    if not seen.known:
-        async with db.session() as session:
-            await DeviceRepository(session).forget_least_recent(user_id, keep=MAX_DEVICES_PER_USER)
+        return await remember_in(session, user_id, token, label=label, ip=ip, when=when)
+
+
+async def remember_in(
+    session: DbSession,
+    user_id: str,
+    token: str | None,
+    *,
+    label: str,
+    ip: str | None,
+    when: datetime | None = None,
+    known: bool | None = None,
+) -> DeviceSeen:
+    """:func:`remember` in the caller's unit of work. ``known``: whether the sign-in found the
+    device known already (None: not looked up), which spares a statement either way."""
+    now = when or utcnow()
+    valid = valid_device_token(token)
+    token = valid or new_device_token()
+    repository = DeviceRepository(session)
+    likely_known = valid is not None and known is not False
+    seen = await repository.remember(user_id, sha256_digest(token), label=label, ip=ip, now=now, known=likely_known)
+    if seen.devices > MAX_DEVICES_PER_USER:
+        await repository.forget_least_recent(user_id, keep=MAX_DEVICES_PER_USER)
     return DeviceSeen(known=seen.known, first=seen.first, token=token)

@@ -17,8 +17,9 @@ from idp.accounts.sessions import devices
 from idp.accounts.sessions.store import BrowserSession, TooManySessions
 from idp.accounts.signin.authn import Authentication
 from idp.accounts.signin.eligibility import can_sign_in
+from idp.accounts.signin.password import PasswordChecked, record_sign_in
 from idp.errors import Conflict
-from idp.events import LoginSucceeded, NewDeviceSignIn
+from idp.events import LoginSucceeded, NewDeviceSignIn, Transaction
 from idp.storage.models import User
 from idp.storage.repositories import UserRepository
 
@@ -46,13 +47,23 @@ class SessionLimitReached(Conflict):
 
 
 async def start_session(
-    ctx: AccountContext, user: User, proved: Authentication, *, previous: BrowserSession | None, browser: Browser
+    ctx: AccountContext,
+    user: User,
+    proved: Authentication,
+    *,
+    previous: BrowserSession | None,
+    browser: Browser,
+    password: PasswordChecked | None = None,
 ) -> SignedIn:
     """Sign ``browser`` in as ``user``, with what the sign-in ``proved``, under a new cookie value
     (ASVS 7.2.4). The same user signing in again keeps the session's sid; another user's session
     in this browser (``previous``) ends. The session limit applies (SessionLimitReached when it
     refuses); the browser is remembered as one of the user's devices (a new one is announced);
-    LoginSucceeded is published. The caller has applied can_sign_in."""
+    LoginSucceeded is published. The caller has applied can_sign_in.
+
+    The database writes are one unit of work, after the session is stored: the device, the audit
+    rows (LoginSucceeded, NewDeviceSignIn) and the new device's notice in the outbox, and what the
+    ``password`` check learnt (the sign-in time, an upgraded hash)."""
     if not can_sign_in(user):
         raise ValueError("start_session for an account that may not sign in")
     ip, user_agent, label = browser.ip, browser.user_agent, devices.device_label(browser.user_agent)
@@ -66,16 +77,27 @@ async def start_session(
                 user.id, amr=proved.amr, acr=proved.acr, ip=ip, user_agent=user_agent, device=label
             )
         except TooManySessions as exc:
+            if password is not None:  # the password was right all the same
+                async with ctx.db.session() as db_session:
+                    await record_sign_in(db_session, password)
             raise SessionLimitReached(
                 f"You are signed in on {exc.limit} devices already, the most this site allows. Sign out on one "
                 "of them (or wait until a session there expires), then sign in here again."
             ) from None
         if previous is not None:
             await ctx.sessions.end(previous, reason="signed_in_as_another_user")
-    seen = await devices.remember(ctx.db, user.id, browser.device_token, label=label, ip=ip)
-    await ctx.events.publish(LoginSucceeded(user_id=user.id, sid=session.sid, amr=tuple(session.amr)))
-    if not seen.known and not seen.first:
-        await ctx.events.publish(NewDeviceSignIn(user_id=user.id, device=label))
+    async with Transaction.open(ctx.db) as transaction:
+        db_session = transaction.session
+        if password is not None:
+            user = await record_sign_in(db_session, password)
+        else:
+            user = await UserRepository(db_session).adopt(user)  # the new device's notice reads it
+        known = password.device_known if password is not None else None
+        seen = await devices.remember_in(db_session, user.id, browser.device_token, label=label, ip=ip, known=known)
+        succeeded = LoginSucceeded(user_id=user.id, sid=session.sid, amr=tuple(session.amr))
+        await ctx.events.publish(succeeded, within=transaction)
+        if not seen.known and not seen.first:
+            await ctx.events.publish(NewDeviceSignIn(user_id=user.id, device=label), within=transaction)
     return SignedIn(session=session, session_cookie=cookie_value, device_cookie=seen.token)
 
 
@@ -84,8 +106,20 @@ async def resume_session(ctx: AccountContext, cookie_value: str | None) -> Brows
     account disabled or deleted meanwhile ends here: an administrator's change may have reached only
     the database (e.g. from the CLI while the sessions live in this process's memory)."""
     session = await ctx.sessions.load(cookie_value)
-    if session is None:
-        return None
+    return await _while_allowed(ctx, session) if session is not None else None
+
+
+async def previous_session(ctx: AccountContext, cookie_value: str | None, user: User) -> BrowserSession | None:
+    """The browser's session as a sign-in as ``user`` finds it (:func:`resume_session`), without
+    reading the account again when the session is ``user``'s own: it just proved itself and passed
+    can_sign_in."""
+    session = await ctx.sessions.load(cookie_value)
+    if session is None or session.user_id == user.id:
+        return session
+    return await _while_allowed(ctx, session)
+
+
+async def _while_allowed(ctx: AccountContext, session: BrowserSession) -> BrowserSession | None:
     async with ctx.db.session() as db_session:
         user = await UserRepository(db_session).get(session.user_id)
     if user is None or not can_sign_in(user):

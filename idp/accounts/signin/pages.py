@@ -103,7 +103,7 @@ async def login_submit() -> Response:
     email = (form.get("email") or "").strip()
     password = form.get("password") or ""
     try:
-        user = await sign_in_with_password(
+        checked = await sign_in_with_password(
             rt.accounts.sign_in, email, password, ip=client_ip(), device_token=device_token()
         )
     except LoginFailure as failure:
@@ -112,7 +112,7 @@ async def login_submit() -> Response:
         if failure.retry_after is not None:
             answer.headers["Retry-After"] = str(max(1, failure.retry_after))
         return answer
-    return await continue_sign_in(user, return_to)
+    return await continue_sign_in(checked.user, return_to, password=checked)
 
 
 # -- the pending sign-in (password checked, second factor due) ---------------------------------------

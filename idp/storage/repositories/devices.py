@@ -10,41 +10,32 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from idp.storage.models import KnownDevice, User
+from idp.storage.models import KnownDevice
 
 
 @dataclass(frozen=True)
 class Remembered:
     known: bool  # the user signed in from this device before
     first: bool  # the user's first device ever
+    devices: int  # how many the user has now, when a device was added (else 0: not counted)
 
 
 class DeviceRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def is_known(self, user_id: str, device_digest: str) -> bool:
-        return await self.session.get(KnownDevice, (user_id, device_digest)) is not None
-
-    async def is_known_to_address(self, email_normalized: str, device_digest: str) -> bool:
-        """Whether the account with this (normalised) address signed in from the device: one
-        look-up, before the sign-in knows whether there is such an account."""
-        found = await self.session.scalar(
-            select(KnownDevice.user_id)
-            .join(User, User.id == KnownDevice.user_id)
-            .where(User.email_normalized == email_normalized, KnownDevice.device_digest == device_digest)
-        )
-        return found is not None
-
     async def remember(
-        self, user_id: str, device_digest: str, *, label: str, ip: str | None, now: datetime
+        self, user_id: str, device_digest: str, *, label: str, ip: str | None, now: datetime, known: bool = True
     ) -> Remembered:
         """Record a sign-in from the device: a new row, or the known one's label, time and IP.
+        ``known``: whether the device is likely known (then its row is updated first: one statement).
 
         The primary key (user, device) decides concurrent sign-ins from one browser, within one
         INSERT … ON CONFLICT DO NOTHING: exactly one of them finds the device new, none fails (a
         look-up then an insert let two of them insert, an IntegrityError and a 500)."""
-        first = not await self._count(user_id)
+        if known and await self._seen_again(user_id, device_digest, label=label, ip=ip, now=now):
+            return Remembered(known=True, first=False, devices=0)
+        count = await self._count(user_id)
         insert = postgresql.insert if self.session.get_bind().dialect.name == "postgresql" else sqlite.insert
         added = await self.session.execute(
             insert(KnownDevice)
@@ -59,13 +50,18 @@ class DeviceRepository:
             .on_conflict_do_nothing(index_elements=["user_id", "device_digest"])
         )
         if getattr(added, "rowcount", 0) == 1:
-            return Remembered(known=False, first=first)
-        await self.session.execute(
+            return Remembered(known=False, first=not count, devices=count + 1)
+        # Another sign-in from this browser added it a moment ago.
+        await self._seen_again(user_id, device_digest, label=label, ip=ip, now=now)
+        return Remembered(known=True, first=False, devices=0)
+
+    async def _seen_again(self, user_id: str, device_digest: str, *, label: str, ip: str | None, now: datetime) -> bool:
+        updated = await self.session.execute(
             update(KnownDevice)
             .where(KnownDevice.user_id == user_id, KnownDevice.device_digest == device_digest)
             .values(label=label, last_seen_at=now, last_ip=ip)
         )
-        return Remembered(known=True, first=False)
+        return getattr(updated, "rowcount", 0) == 1
 
     async def forget_least_recent(self, user_id: str, *, keep: int) -> None:
         """Forget the user's least recently seen devices beyond the ``keep`` most recent."""

@@ -7,15 +7,27 @@ address is the accounts domain's rule, not storage's."""
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, exists, func, inspect, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, false, func, inspect, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
-from idp.storage.models import MfaCredential, User
+from idp.storage.models import KnownDevice, MfaCredential, User
 from idp.storage.repositories.errors import AlreadyTaken, LastAdministrator
+
+
+@dataclass(frozen=True)
+class SignInAccount:
+    """An account as a password attempt needs it, read in one statement."""
+
+    user: User
+    device_known: bool  # the browser (by its device cookie's digest) signed in to it before
+    second_factor: bool  # it has a confirmed second factor (TOTP, passkey)
 
 
 class UserRepository:
@@ -31,6 +43,45 @@ class UserRepository:
     async def get_by_email_normalized(self, email_normalized: str) -> User | None:
         result = await self.session.execute(select(User).where(User.email_normalized == email_normalized))
         return result.scalar_one_or_none()
+
+    async def for_sign_in(self, email_normalized: str, device_digest: str | None) -> SignInAccount | None:
+        """The account with this address, with whether the device signed in to it before and
+        whether it has a second factor: one statement, as cheap for an address without an account."""
+        return await self._for_sign_in(User.email_normalized == email_normalized, device_digest)
+
+    async def for_reauthentication(self, user_id: str, device_digest: str | None) -> SignInAccount | None:
+        """The same for a signed-in user checking their password again."""
+        return await self._for_sign_in(User.id == user_id, device_digest)
+
+    async def _for_sign_in(self, where: ColumnElement[bool], device_digest: str | None) -> SignInAccount | None:
+        known: ColumnElement[bool] = (
+            exists().where(KnownDevice.user_id == User.id, KnownDevice.device_digest == device_digest)
+            if device_digest
+            else false()
+        )
+        factor = exists().where(MfaCredential.user_id == User.id, MfaCredential.confirmed_at.is_not(None))
+        row = (await self.session.execute(select(User, known, factor).where(where))).first()
+        if row is None:
+            return None
+        user, device_known, second_factor = row
+        return SignInAccount(user, bool(device_known), bool(second_factor))
+
+    async def adopt(self, user: User) -> User:
+        """``user`` as an earlier unit of work loaded it, taken into this one without reading it
+        again (no statement): a look-up by its id here answers from memory. The copy to use is the
+        one returned."""
+        return await self.session.merge(user, load=False)
+
+    async def record_sign_in(self, user: User, *, at: datetime, password_hash: str | None = None) -> None:
+        """The account signed in with its password at ``at``; ``password_hash``: the password hashed
+        again with today's parameters. One UPDATE; ``user`` (adopted here) shows the new values."""
+        values: dict[str, Any] = {"last_login_at": at, "updated_at": at}
+        if password_hash:
+            values["password_hash"] = password_hash
+        statement = update(User).where(User.id == user.id).values(**values)
+        await self.session.execute(statement.execution_options(synchronize_session=False))
+        for key, value in values.items():
+            set_committed_value(user, key, value)
 
     async def add_unless_taken(self, user: User) -> bool:
         """Insert ``user`` unless an account has its address (``email_normalized``) already; whether
