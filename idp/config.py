@@ -252,7 +252,7 @@ class PasswordHashSettings(_Section):
     threads: Annotated[int, Field(ge=0, le=256)] = 0
     # Hashes that may wait for a thread; past that a sign-in or password change answers 503 with
     # Retry-After rather than queueing without bound.
-    queue_limit: Annotated[int, Field(ge=0, le=100000)] = 64
+    queue_limit: Annotated[int, Field(ge=0, le=100000)] = 1024
 
 
 class PictureSettings(_Section):

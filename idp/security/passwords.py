@@ -51,7 +51,7 @@ class PasswordHasher:
     pool of ``threads`` low-priority threads of its own with at most ``queue_limit`` hashes waiting
     beyond them (HashPoolBusy past that)."""
 
-    def __init__(self, settings: Argon2Parameters, *, threads: int | None = None, queue_limit: int = 64) -> None:
+    def __init__(self, settings: Argon2Parameters, *, threads: int | None = None, queue_limit: int = 1024) -> None:
         self._hasher = _Argon2Hasher(
             time_cost=settings.time_cost,
             memory_cost=settings.memory_cost_kib,
