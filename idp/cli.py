@@ -74,7 +74,8 @@ def run_with_runtime(
     from idp.runtime import StartupError, open_runtime
 
     async def main() -> T:
-        rt = await open_runtime(settings, ensure_keys=ensure_keys)
+        # One attempt, not the server's startup_wait: an operator at a prompt wants the error now.
+        rt = await open_runtime(settings, ensure_keys=ensure_keys, wait=0)
         try:
             return await action(rt)
         finally:

@@ -489,6 +489,9 @@ class Settings(_Section):
     redis_url: str = ""
     # Namespace for every key this deployment writes to Redis.
     redis_key_prefix: str = "idp:"
+    # Seconds the server waits at start for the database and Redis to answer (they may be starting
+    # beside it) before it gives up with an error naming the one that didn't.
+    startup_wait: Annotated[float, Field(ge=0, le=600)] = 10.0
     server: ServerSettings = Field(default_factory=ServerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     secrets: SecretSettings = Field(default_factory=SecretSettings)

@@ -6,6 +6,9 @@ lives in module globals, so any number of instances can share one PostgreSQL and
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,9 +66,40 @@ from idp.storage.repositories import ClientRepository, UnitsOfWork, UserReposito
 from idp.storage.repositories.client_cache import ClientCache
 from idp.storage.repositories.user_cache import UserCache
 
+log = logging.getLogger("idp")
+
+# One attempt to reach the database or Redis at startup may take this long even when the wait is
+# shorter (a busy machine can take seconds to open a first connection); a refusal ends it at once.
+_ATTEMPT_TIMEOUT = 5.0
+_RETRY_PAUSE = 0.5
+
 
 class StartupError(Exception):
     """The process can't start; the message names the setting or the step to take."""
+
+
+async def reach(setting: str, ping: Callable[[], Awaitable[None]], unavailable: type[Exception], wait: float) -> None:
+    """Ping until it answers or `wait` seconds have passed: a database or Redis started beside the
+    server may not be listening yet. Raises StartupError naming `setting` with the last failure."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    told = False
+    while True:
+        within = max(_ATTEMPT_TIMEOUT, deadline - loop.time())
+        try:
+            async with asyncio.timeout(within):
+                await ping()
+            return
+        except TimeoutError:
+            failure = f"no answer within {within:g}s"
+        except unavailable as exc:
+            failure = str(exc)
+        if loop.time() + _RETRY_PAUSE >= deadline:
+            raise StartupError(f"{setting}: {failure}") from None
+        if not told:
+            log.warning("%s: %s; trying again for up to %gs (startup_wait)", setting, failure, wait)
+            told = True
+        await asyncio.sleep(_RETRY_PAUSE)
 
 
 @dataclass
@@ -288,21 +322,19 @@ def check_discovery_document(settings: Settings) -> None:
         raise StartupError(f"the discovery document would be invalid: {exc}{hint}") from None
 
 
-async def open_runtime(settings: Settings, *, check_schema: bool = True, ensure_keys: bool = True) -> Runtime:
-    """Connect, verify, and get ready to serve. Raises StartupError with one operator-facing line."""
+async def open_runtime(
+    settings: Settings, *, check_schema: bool = True, ensure_keys: bool = True, wait: float | None = None
+) -> Runtime:
+    """Connect, verify, and get ready to serve. Raises StartupError with one operator-facing line.
+    The database and Redis are given `wait` seconds to answer (default: settings.startup_wait)."""
     check_discovery_document(settings)
     encryptor = build_encryptor(settings)
     db = Database(settings.database_url)
     kv = open_kv_store(settings.redis_url or None, settings.redis_key_prefix)
     try:
-        try:
-            await db.ping()
-        except DatabaseUnavailable as exc:
-            raise StartupError(f"database_url: {exc}") from None
-        try:
-            await kv.ping()
-        except KeyValueUnavailable as exc:
-            raise StartupError(f"redis_url: {exc}") from None
+        patience = settings.startup_wait if wait is None else wait
+        await reach("database_url", lambda: db.ping(within=None), DatabaseUnavailable, patience)
+        await reach("redis_url", kv.ping, KeyValueUnavailable, patience)
         if check_schema:
             current, head = await db.schema_revision(), migrate.head_revision()
             if current != head:

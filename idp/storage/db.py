@@ -165,7 +165,8 @@ class Database:
                     for hook in self._settled:
                         await hook(session.info)
 
-    async def ping(self, within: float = 3.0) -> None:
+    async def ping(self, within: float | None = 3.0) -> None:
+        """One connection and ``SELECT 1``, in at most `within` seconds (None: the caller bounds it)."""
         try:
             async with asyncio.timeout(within):
                 async with self.engine.connect() as connection:
