@@ -27,6 +27,7 @@ from idp.security.encryption import Encryptor
 from idp.security.tokens import random_token
 from idp.storage.db import Database, DatabaseUnavailable
 from idp.storage.kv import KeyValueError, KeyValueStore
+from idp.storage.kv.subscription import Subscription
 from idp.storage.models import SigningKey, utcnow
 from idp.storage.repositories import SigningKeyRepository
 
@@ -127,7 +128,7 @@ class KeyManager:
         self._loaded_at = 0.0
         self._reload_lock = asyncio.Lock()
         self._unknown_kid_reload_at = float("-inf")
-        self._listener: asyncio.Task[None] | None = None
+        self._listener: Subscription | None = None
         self._scheduler: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -265,29 +266,18 @@ class KeyManager:
     async def start(self) -> None:
         """Serving nodes: reload whenever any node announces a change; rotate on schedule."""
         if self._kv is not None:
-            ready = asyncio.Event()
-            self._listener = asyncio.create_task(self._listen(self._kv, ready))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ready.wait(), 5)
+            # Whatever is announced while unsubscribed is caught by the periodic reload, or by the
+            # first token with an unknown kid.
+            self._listener = Subscription(self._kv, KEYS_CHANNEL, self._heard, what="key change announcements")
+            await self._listener.start()
         if self._settings.rotate_every:
             self._scheduler = asyncio.create_task(self._rotate_on_schedule())
 
-    async def _listen(self, kv: KeyValueStore, ready: asyncio.Event) -> None:
-        delay = 0.5
-        while True:
-            try:
-                async for _message in kv.listen(KEYS_CHANNEL, ready):
-                    delay = 0.5
-                    try:
-                        await self.reload()
-                    except DatabaseUnavailable:
-                        log.warning("signing keys not reloaded: database unavailable; serving the last known set")
-            except KeyValueError as exc:
-                log.warning("key change announcements interrupted", extra={"error": type(exc).__name__})
-            # Whatever was announced meanwhile is caught by the periodic reload, or by the first
-            # token with an unknown kid.
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    async def _heard(self, _message: str) -> None:
+        try:
+            await self.reload()
+        except DatabaseUnavailable:
+            log.warning("signing keys not reloaded: database unavailable; serving the last known set")
 
     async def _rotate_on_schedule(self) -> None:
         check_every = min(3600.0, max(1.0, self._settings.rotate_every / 10))
@@ -299,11 +289,12 @@ class KeyManager:
                 log.warning("scheduled key rotation postponed", extra={"error": type(exc).__name__})
 
     async def stop(self) -> None:
-        for task in (self._listener, self._scheduler):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._listener is not None:
+            await self._listener.stop()
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scheduler
         self._listener = self._scheduler = None
 
     # -- queries -------------------------------------------------------------------------------

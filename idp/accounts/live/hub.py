@@ -15,7 +15,6 @@ falls that far behind is closed (4008) rather than allowed to grow memory; a use
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from typing import Any
 
 from idp.accounts.sessions.devices import device_label
 from idp.storage.kv import KeyValueError, KeyValueStore
+from idp.storage.kv.subscription import Subscription
 
 log = logging.getLogger("idp.live")
 
@@ -127,7 +127,7 @@ class LiveHub:
         self._max_per_user = max_per_user
         self._queue_limit = queue_limit
         self._connections: dict[str, set[Connection]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._subscription: Subscription | None = None
 
     # -- publishing (any process: the server's nodes, the CLI) -----------------------------------
 
@@ -180,25 +180,19 @@ class LiveHub:
 
     async def start(self) -> None:
         """Subscribe, and return once subscribed (events from then on reach this node)."""
-        ready = asyncio.Event()
-        self._task = asyncio.create_task(self._listen(ready))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ready.wait(), 5)
+        # Whatever is published while this node is deaf is lost to it: the sockets close, so their
+        # apps reconnect and fetch what they missed from the activity log.
+        self._subscription = Subscription(
+            self._kv,
+            CHANNEL,
+            self._heard,
+            what="live notifications",
+            on_lost=lambda: self._close_all(CLOSE_GOING_AWAY, "notifications interrupted: reconnect"),
+        )
+        await self._subscription.start()
 
-    async def _listen(self, ready: asyncio.Event) -> None:
-        delay = 0.5
-        while True:
-            try:
-                async for raw in self._kv.listen(CHANNEL, ready):
-                    delay = 0.5
-                    self.deliver(raw)
-            except KeyValueError as exc:
-                log.warning("live notifications interrupted", extra={"error": type(exc).__name__})
-            # Whatever was published while this node was deaf is lost here: the sockets close, so
-            # their apps reconnect and fetch what they missed from the activity log.
-            self._close_all(CLOSE_GOING_AWAY, "notifications interrupted: reconnect")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    async def _heard(self, raw: str) -> None:
+        self.deliver(raw)
 
     def _close_all(self, code: int, reason: str) -> None:
         for sockets in list(self._connections.values()):
@@ -207,8 +201,6 @@ class LiveHub:
 
     async def stop(self) -> None:
         self._close_all(CLOSE_GOING_AWAY, "server shutting down")
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._subscription is not None:
+            await self._subscription.stop()
+            self._subscription = None

@@ -19,8 +19,6 @@ row is detached from the session that read it with every column loaded: callers 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -31,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from idp.storage.db import Database
 from idp.storage.kv import KeyValueError, KeyValueStore
+from idp.storage.kv.subscription import Subscription
 
 ALL = "*"  # the message that forgets every row
 
@@ -62,7 +61,7 @@ class RowCache(Generic[T]):
         # Bumped by every invalidation: a read that started before one must not store its result.
         self._generation = 0
         self._subscribed = False
-        self._task: asyncio.Task[None] | None = None
+        self._subscription: Subscription | None = None
 
     @staticmethod
     async def load(session: AsyncSession, key: str) -> T | None:
@@ -126,42 +125,30 @@ class RowCache(Generic[T]):
         that another process (the command line) makes."""
         if self._kv.backend_name == "memory":
             return
-        ready = asyncio.Event()
-        self._task = asyncio.create_task(self._listen(ready))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ready.wait(), 5)
+        self._subscription = Subscription(
+            self._kv,
+            self.channel,
+            self._heard,
+            what="change announcements",
+            on_subscribed=self._hearing,
+            on_lost=self._deaf,
+        )
+        await self._subscription.start()
 
-    async def _listen(self, ready: asyncio.Event) -> None:
-        delay = 0.5
-        while True:
-            subscribed = asyncio.Event()
-            flag = asyncio.create_task(self._use_once_subscribed(subscribed, ready))
-            try:
-                async for key in self._kv.listen(self.channel, subscribed):
-                    delay = 0.5
-                    self.forget(key)
-            except KeyValueError as exc:
-                extra = {"channel": self.channel, "error": type(exc).__name__}
-                log.warning("change announcements interrupted", extra=extra)
-            finally:
-                # Deaf from here until subscribed again: whatever changes meanwhile goes unheard.
-                flag.cancel()
-                self._subscribed = False
-                self.forget(ALL)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    async def _heard(self, key: str) -> None:
+        self.forget(key)
 
-    async def _use_once_subscribed(self, subscribed: asyncio.Event, ready: asyncio.Event) -> None:
-        await subscribed.wait()
+    def _hearing(self) -> None:
         self.forget(ALL)  # anything cached before may have changed unheard
         self._subscribed = True
-        ready.set()
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    def _deaf(self) -> None:
+        # Whatever changes until subscribed again goes unheard: bypass the cache meanwhile.
         self._subscribed = False
         self.forget(ALL)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.stop()
+            self._subscription = None
+        self._deaf()
