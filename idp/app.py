@@ -25,13 +25,11 @@ from idp.http import EXTENSION, IdPApp
 from idp.metrics import install as install_metrics
 from idp.oauth.routes import blueprint as oauth
 from idp.oauth.routes import pages as oauth_pages
-from idp.observability import LoopLagProbe, accept_request_id, request_id_var
+from idp.observability import LoopLagProbe, accept_request_id, log_access, request_id_var
 from idp.runtime import StartupError, open_runtime
 from idp.security import inputs, request_limits
 from idp.security.headers import apply_security_headers, new_nonce
 from idp.web import attach_csrf_cookie
-
-access_log = logging.getLogger("idp.access")
 
 
 def build_app(settings: Settings) -> IdPApp:
@@ -144,20 +142,7 @@ def _install_request_hooks(app: IdPApp) -> None:
         )
         started = getattr(g, "started", None)
         duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
-        access_log.info(
-            "%s %s %s %sms",
-            request.method,
-            request.path,  # never the query string: it can carry codes and tokens
-            response.status_code,
-            duration_ms,
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": response.status_code,
-                "duration_ms": duration_ms,
-                "remote_addr": request.remote_addr,
-            },
-        )
+        log_access(request.method, request.path, response.status_code, duration_ms, request.remote_addr)
         return response
 
 

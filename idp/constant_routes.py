@@ -14,7 +14,6 @@ path or method, a node still starting — goes to the application unchanged.
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from typing import Any
@@ -25,12 +24,10 @@ from quart.typing import ASGIReceiveCallable, ASGISendCallable
 from idp.http import EXTENSION
 from idp.metrics import metrics_of
 from idp.oauth.routes import JWKS_MAX_AGE, METADATA_MAX_AGE, discovery_document
-from idp.observability import accept_request_id, request_id_var
+from idp.observability import accept_request_id, log_access, request_id_var
 from idp.security import request_limits
 from idp.security.headers import apply_security_headers
 from idp.security.inputs import first_unusable
-
-access_log = logging.getLogger("idp.access")
 
 # path: (the route's rule, as the request metric names it; content type; max-age)
 ROUTES = {
@@ -105,19 +102,6 @@ class ConstantRoutes:
         seconds = time.perf_counter() - started
         duration_ms = round(seconds * 1000, 2)
         client = scope.get("client")
-        access_log.info(
-            "%s %s %s %sms",
-            scope["method"],
-            path,
-            status,
-            duration_ms,
-            extra={
-                "method": scope["method"],
-                "path": path,
-                "status": status,
-                "duration_ms": duration_ms,
-                "remote_addr": client[0] if client else None,
-            },
-        )
+        log_access(scope["method"], path, status, duration_ms, client[0] if client else None)
         if (metrics := metrics_of(self.app)) is not None:
             metrics.observe_request(scope["method"], rule, status, seconds)

@@ -209,6 +209,28 @@ def accept_request_id(header_value: str | None) -> str | None:
     return None
 
 
+_access_log = logging.getLogger("idp.access")
+
+
+def log_access(method: str, path: str, status: int, duration_ms: float | None, remote_addr: str | None) -> None:
+    """The access log line of one request. The path only, never the query string: it can carry
+    codes and tokens."""
+    _access_log.info(
+        "%s %s %s %sms",
+        method,
+        path,
+        status,
+        duration_ms,
+        extra={
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+            "remote_addr": remote_addr,
+        },
+    )
+
+
 class LoopLagProbe:
     """How long the event loop stalls: a task asks to wake every ``interval`` seconds and records
     how late it wakes (a stall delays every request of the worker by as much). Debugging and
