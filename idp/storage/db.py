@@ -116,6 +116,15 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.close()
 
 
+def _untouched(session: AsyncSession) -> bool:
+    """Nothing ran, loaded or was added in this session: it holds no transaction, connection or
+    object, so there is nothing to commit, roll back or close. A protocol request answered from
+    the caches opens such a unit of work; skipping the three saved about 60 microseconds of a
+    token request's CPU (issue 14)."""
+    sync = session.sync_session
+    return not (sync.in_transaction() or sync.identity_map or sync.new or sync.deleted)
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -150,20 +159,25 @@ class Database:
         """A unit of work: commits on success, rolls back on any exception. A database that can't
         be reached (refused, dropped or timed-out connections) raises DatabaseUnavailable, which
         the web layer answers with 503 and Retry-After rather than a 500."""
-        async with self._sessionmaker() as session:
-            try:
-                yield session
+        session = self._sessionmaker()
+        try:
+            yield session
+            if not _untouched(session):
                 await session.commit()
-            except BaseException as exc:
+        except BaseException as exc:
+            if not _untouched(session):
                 with contextlib.suppress(*DATABASE_ERRORS):  # a dead connection can't roll back either
                     await session.rollback()
-                if _lost_connection(exc, self.engine.dialect.name):
-                    raise DatabaseUnavailable(f"cannot reach {self.display_url} ({describe_error(exc)})") from None
-                raise
-            finally:
-                if session.info:
-                    for hook in self._settled:
-                        await hook(session.info)
+            if _lost_connection(exc, self.engine.dialect.name):
+                raise DatabaseUnavailable(f"cannot reach {self.display_url} ({describe_error(exc)})") from None
+            raise
+        finally:
+            if not _untouched(session):
+                # As AsyncSession's own ``async with`` does: closed even if this task is cancelled.
+                await asyncio.shield(asyncio.create_task(session.close()))
+            if session.info:
+                for hook in self._settled:
+                    await hook(session.info)
 
     async def ping(self, within: float | None = 3.0) -> None:
         """One connection and ``SELECT 1``, in at most `within` seconds (None: the caller bounds it)."""
