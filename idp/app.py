@@ -37,14 +37,10 @@ def build_app(settings: Settings) -> IdPApp:
     app.settings = settings
     app.json_blueprints = set()
     app.config.update(
-        SECRET_KEY=settings.secrets.cookie_secret.get_secret_value() if settings.secrets.cookie_secret else None,
         # The largest body any endpoint takes is a picture upload (plus multipart overhead); JSON
         # APIs and forms enforce their own, smaller limits.
         MAX_CONTENT_LENGTH=max(1024 * 1024, settings.pictures.max_upload_bytes + 64 * 1024),
         JSON_SORT_KEYS=False,
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.issuer_is_https,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
 

@@ -8,9 +8,10 @@ the current request.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from quart import Quart, Response, current_app
+from quart.sessions import SessionInterface
 
 if TYPE_CHECKING:
     from idp.config import Settings
@@ -26,10 +27,24 @@ class IdPResponse(Response):
     default_mimetype = None  # type: ignore[assignment]
 
 
+class NoFrameworkSession(SessionInterface):
+    """Sessions live server-side (idp.accounts.sessions.store) behind idp's own cookie; Quart's
+    signed-cookie session is never used, so it is neither opened nor saved on each request (its
+    serializer was built per request). Writing to ``quart.session`` raises: nothing can use it
+    by mistake."""
+
+    async def open_session(self, app: Any, request: Any) -> None:
+        return None
+
+    async def save_session(self, app: Any, session: Any, response: Any) -> None:
+        return None
+
+
 class IdPApp(Quart):
     """Quart with the settings attached and the runtime on ``extensions["idp"]`` while serving."""
 
     response_class = IdPResponse
+    session_interface = NoFrameworkSession()  # type: ignore[assignment]  # Quart's infers its cookie one
 
     settings: Settings
     # Blueprints whose errors are JSON (protocol endpoints and APIs); the others render pages.
