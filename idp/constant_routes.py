@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quart import Quart
@@ -28,6 +29,8 @@ from idp.observability import accept_request_id, log_access, request_id_var
 from idp.security import request_limits
 from idp.security.headers import apply_security_headers
 from idp.security.inputs import first_unusable
+
+ASGIApp = Callable[[Any, ASGIReceiveCallable, ASGISendCallable], Awaitable[None]]
 
 # path: (the route's rule, as the request metric names it; content type; max-age)
 ROUTES = {
@@ -54,21 +57,22 @@ def _etag_matches(if_none_match: str, etag: str) -> bool:
 class ConstantRoutes:
     """ASGI middleware in front of the Quart application (``idp.asgi.create``)."""
 
-    def __init__(self, app: Quart) -> None:
+    def __init__(self, app: Quart, then: ASGIApp | None = None) -> None:
         self.app = app
+        self.then: ASGIApp = then or app  # what answers everything else
 
     async def __call__(self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         route = ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
         runtime = self.app.extensions.get(EXTENSION)
         if route is None or runtime is None or scope["method"] not in ("GET", "HEAD") or scope["query_string"]:
-            await self.app(scope, receive, send)
+            await self.then(scope, receive, send)
             return
         started = time.perf_counter()
         raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
         headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw_headers]
         target = len(scope.get("raw_path") or scope["path"].encode())
         if request_limits.head_refusal(target, raw_headers) is not None or first_unusable(headers) is not None:
-            await self.app(scope, receive, send)  # the application answers it, with its message
+            await self.then(scope, receive, send)  # the application answers it, with its message
             return
         await runtime.keys.refresh_if_stale()
         path = scope["path"]

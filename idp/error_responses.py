@@ -78,12 +78,18 @@ def install_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
-        if isinstance(error, HashPoolBusy):
-            error_log.warning("password hashing saturated: request refused with 503")
-            return await render_error(ServiceUnavailable("Too many sign-ins at once. Try again in a few seconds."))
-        if isinstance(error, DatabaseUnavailable | KeyValueUnavailable):
-            error_log.error("dependency unavailable", extra={"error": summarize_exception(error)})
-            return await render_error(ServiceUnavailable())
-        # Type and location only: the message and traceback may hold SQL or secrets.
-        error_log.error("unhandled exception", extra={"error": summarize_exception(error)})
-        return await render_error(ServerError())
+        return await render_error(answer_for_unexpected(error))
+
+
+def answer_for_unexpected(error: Exception) -> IdPError:
+    """What a client is told of an exception that is not an IdPError, logged here: a dependency
+    that is down or a saturated hash pool is 503, anything else 500, with a fixed text."""
+    if isinstance(error, HashPoolBusy):
+        error_log.warning("password hashing saturated: request refused with 503")
+        return ServiceUnavailable("Too many sign-ins at once. Try again in a few seconds.")
+    if isinstance(error, DatabaseUnavailable | KeyValueUnavailable):
+        error_log.error("dependency unavailable", extra={"error": summarize_exception(error)})
+        return ServiceUnavailable()
+    # Type and location only: the message and traceback may hold SQL or secrets.
+    error_log.error("unhandled exception", extra={"error": summarize_exception(error)})
+    return ServerError()

@@ -20,7 +20,7 @@ from idp.errors import Forbidden, TooManyRequests
 from idp.events import set_actor
 from idp.http import runtime, settings
 from idp.security import csrf
-from idp.security.ratelimit import RateLimited
+from idp.security.ratelimit import RateLimited, RateLimiter, RateLimits
 from idp.storage.models import User
 
 
@@ -105,14 +105,23 @@ def client_ip() -> str:
     return request.remote_addr or "unknown"
 
 
+def enforcing(limits: RateLimiter) -> RateLimits:
+    """Count a request against the named rate limits ({limit: subject}); over any of them, a 429
+    with Retry-After whose message names what was attempted too often (``what``)."""
+
+    async def enforce(attempts: dict[str, str | None], what: str) -> None:
+        try:
+            await limits.hit_all(attempts)
+        except RateLimited as exc:
+            wait = f"{exc.retry_after} seconds" if exc.retry_after < 90 else f"{round(exc.retry_after / 60)} minutes"
+            raise TooManyRequests(exc.retry_after, f"Too many {what}. Wait {wait} before trying again.") from None
+
+    return enforce
+
+
 async def enforce_limits(attempts: dict[str, str | None], what: str) -> None:
-    """Count this request against the named rate limits ({limit: subject}); over any of them, a 429
-    with Retry-After whose message names ``what`` was attempted too often."""
-    try:
-        await runtime().limits.hit_all(attempts)
-    except RateLimited as exc:
-        wait = f"{exc.retry_after} seconds" if exc.retry_after < 90 else f"{round(exc.retry_after / 60)} minutes"
-        raise TooManyRequests(exc.retry_after, f"Too many {what}. Wait {wait} before trying again.") from None
+    """:func:`enforcing` with this application's limits."""
+    await enforcing(runtime().limits)(attempts, what)
 
 
 def device_token() -> str | None:

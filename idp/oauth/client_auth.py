@@ -34,7 +34,8 @@ from joserfc.jws import JWSRegistry
 
 from idp.oauth.errors import InvalidClient, InvalidRequest
 from idp.oauth.params import single_value
-from idp.oauth.store import Clients
+from idp.oauth.store import Authenticate, Clients
+from idp.security.ratelimit import RateLimits
 from idp.security.tokens import verify_secret
 from idp.storage.kv import KeyValueStore
 from idp.storage.models import OAuthClient
@@ -64,9 +65,6 @@ ASSERTION_MAX_LIFETIME = 3600
 
 JWKSFetcher = Callable[[str], Awaitable[Mapping[str, Any]]]
 """Fetches a client's ``jwks_uri`` and returns the JWK Set; raises on any failure."""
-RateLimits = Callable[[dict[str, str | None], str], Awaitable[None]]
-"""Counts an attempt against the named limits ({limit: subject}), raising past any of them; the
-second argument names what was attempted (idp.web.enforce_limits)."""
 
 # The endpoints where clients authenticate, and what the 429 says was attempted too often. Each
 # has counters of its own (a resource server introspecting a lot can't starve the same client's
@@ -176,6 +174,34 @@ def parse_client_credentials(authorization_header: str | None, form: Mapping[str
 
 
 # -- authentication ----------------------------------------------------------------------------
+
+
+def authenticator(
+    endpoint: str,
+    authorization_header: str | None,
+    form: Mapping[str, str],
+    *,
+    kv: KeyValueStore,
+    issuer: str,
+    ip: str,
+    enforce_limits: RateLimits,
+) -> Authenticate:
+    """The request's client authentication, run against the clients of the endpoint's unit of
+    work (what the token, introspection and revocation endpoints take; idp.oauth.store)."""
+
+    async def authenticate(clients: Clients) -> OAuthClient:
+        return await authenticate_request(
+            endpoint,
+            authorization_header,
+            form,
+            clients=clients,
+            kv=kv,
+            issuer=issuer,
+            ip=ip,
+            enforce_limits=enforce_limits,
+        )
+
+    return authenticate
 
 
 async def authenticate_request(

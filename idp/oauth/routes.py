@@ -30,7 +30,7 @@ from idp.oauth.authorize import (
     response_parameters,
     with_query,
 )
-from idp.oauth.client_auth import authenticate_request
+from idp.oauth.client_auth import authenticator
 from idp.oauth.discovery import metadata_document
 from idp.oauth.grants import token_response
 from idp.oauth.interaction_policy import AuthorizationState
@@ -39,7 +39,7 @@ from idp.oauth.keys import ConstantDocument
 from idp.oauth.params import single_header, single_value, single_values
 from idp.oauth.resource import BearerProtector, StoredParties
 from idp.oauth.scopes import describe_scope
-from idp.oauth.store import Authenticate, Clients
+from idp.oauth.store import Authenticate
 from idp.oauth.userinfo import userinfo_claims
 from idp.security.headers import content_security_policy
 from idp.storage.models import OAuthClient
@@ -305,21 +305,15 @@ def _client_authentication(form: dict[str, str], endpoint: str) -> Authenticate:
     """Client authentication for this request, against the clients of the endpoint's unit of work."""
     rt = runtime()
     authorization = single_header(request.headers.getlist("Authorization"))
-    ip = client_ip()
-
-    async def authenticate(clients: Clients) -> OAuthClient:
-        return await authenticate_request(
-            endpoint,
-            authorization,
-            form,
-            clients=clients,
-            kv=rt.kv,
-            issuer=rt.settings.issuer,
-            ip=ip,
-            enforce_limits=enforce_limits,
-        )
-
-    return authenticate
+    return authenticator(
+        endpoint,
+        authorization,
+        form,
+        kv=rt.kv,
+        issuer=rt.settings.issuer,
+        ip=client_ip(),
+        enforce_limits=enforce_limits,
+    )
 
 
 def _protector() -> BearerProtector:

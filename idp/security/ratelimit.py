@@ -12,7 +12,7 @@ account ids appear in Redis.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +25,11 @@ _PREFIX = "ratelimit:"
 class LimitSpec(Protocol):
     requests: int
     window: int
+
+
+RateLimits = Callable[[dict[str, str | None], str], Awaitable[None]]
+"""Counts an attempt against the named limits ({limit: subject}), raising past any of them; the
+second argument names what was attempted (idp.web.enforcing)."""
 
 
 @dataclass(frozen=True)
