@@ -85,8 +85,8 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-async def _read_loop_lag(base: str, port: int, workers: list[int], attempts: int) -> dict[int, float]:
-    stalls: dict[int, float] = {}
+async def _read_workers(base: str, port: int, workers: list[int], attempts: int) -> dict[int, tuple[float, int]]:
+    readings: dict[int, tuple[float, int]] = {}
     for _ in range(attempts):
         connection = Connection(base)
         try:
@@ -98,18 +98,26 @@ async def _read_loop_lag(base: str, port: int, workers: list[int], attempts: int
         finally:
             await connection.close()
         if len(owner) == 1:
-            # Every read resets the worker's maximum, so a second read of one worker covers only
-            # the moments since the first: the larger of the two is the worker's stall.
-            stalls[owner[0]] = max(stalls.get(owner[0], 0.0), float(answer.json()["max_stall_ms"]))
-        if len(stalls) == len(workers):
+            # Every read resets the worker's counts, so a second read of one worker covers only
+            # the moments since the first: the larger stall of the two, the sum of the requests.
+            stall, served = readings.get(owner[0], (0.0, 0))
+            body = answer.json()
+            readings[owner[0]] = (max(stall, float(body["max_stall_ms"])), served + int(body.get("requests", 0)))
+        if len(readings) == len(workers):
             break
-    return stalls
+    return readings
+
+
+def read_workers(base: str, root: int, port: int, attempts: int = 64) -> dict[int, tuple[float, int]]:
+    """Each worker's longest event-loop stall (ms) and the requests it answered since its last
+    read, which this resets; the workers that no fresh connection reached in ``attempts`` tries
+    are missing."""
+    return run(_read_workers(base, port, serving_pids(root, port), attempts))
 
 
 def read_loop_lag(base: str, root: int, port: int, attempts: int = 64) -> dict[int, float]:
-    """Each worker's longest event-loop stall (ms) since its last read, which this resets; the
-    workers that no fresh connection reached in ``attempts`` tries are missing."""
-    return run(_read_loop_lag(base, port, serving_pids(root, port), attempts))
+    """Each worker's longest event-loop stall (ms) since its last read (see read_workers)."""
+    return {pid: stall for pid, (stall, _) in read_workers(base, root, port, attempts).items()}
 
 
 def _reference_loop(connection: PipeEnd) -> None:  # pragma: no cover - a child process

@@ -67,6 +67,8 @@ class Results:
     low: dict[str, list[Measurement]] = field(default_factory=dict)  # scenario -> embedded at LOW_CONNECTIONS
     lag: dict[str, dict[str, list[tuple[int, float | None]]]] = field(default_factory=dict)  # scenario -> server
     reference_lag: dict[str, float] = field(default_factory=dict)  # scenario -> a do-nothing loop's stall
+    # scenario -> server -> (pid, requests that worker answered during the scenario's rounds)
+    served: dict[str, dict[str, list[tuple[int, int | None]]]] = field(default_factory=dict)
     memory: dict[str, dict[str, dict[int, float | None]]] = field(default_factory=dict)  # group -> server -> pid
     labels: dict[str, str] = field(default_factory=lambda: dict(LABELS))  # row -> its label
     log_problems: dict[str, str] = field(default_factory=dict)
@@ -217,6 +219,34 @@ def memory_section(run: Results) -> list[str]:
             values = " / ".join("?" if rss is None else f"{rss:,.0f}" for rss in pids.values())
             lines.append(f"| {group} | {LABELS[name]} | {values} |")
     return [*lines, ""]
+
+
+def spread_section(run: Results) -> list[str]:
+    """How the requests of each scenario spread over idp's workers (SO_REUSEPORT listeners)."""
+    lines = []
+    for scenario in SCENARIOS:
+        for name, workers in run.served.get(scenario.name, {}).items():
+            counts = [served for _, served in workers]
+            if len(counts) < 2:
+                continue
+            known = [count for count in counts if count is not None]
+            total = sum(known)
+            shares = " / ".join("?" if count is None else f"{count:,}" for count in counts)
+            split = " / ".join(f"{100 * count / total:.0f} %" for count in known) if total else ""
+            lines.append(f"| {scenario.title} | {LABELS[name]} | {shares} | {split} |")
+    if not lines:
+        return []
+    return [
+        "## Requests per worker",
+        "",
+        "The requests each of idp's workers answered during a scenario's rounds (the worker's own count, "
+        "read from /debug/loop-lag after the warm-up and after the last round):",
+        "",
+        "| scenario | server | requests per worker | share |",
+        "|---|---|---|---|",
+        *lines,
+        "",
+    ]
 
 
 def generator_section(run: Results) -> list[str]:
@@ -387,6 +417,7 @@ def render(
         *targets_of(run),
         "",
         *memory_section(run),
+        *spread_section(run),
         *generator_section(run),
         *(soak_section(run.soak) if run.soak else []),
         "## idp's logs",

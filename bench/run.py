@@ -547,8 +547,17 @@ def prepare(scenario: Scenario, server: Server, warmup: int) -> None:
 def loop_lag(server: Server) -> list[tuple[int, float | None]]:
     """Each worker's longest stall since the last read (which this resets), in pid order; None for
     a worker no fresh connection reached."""
-    stalls = probes.read_loop_lag(server.base, server.pid, server.port)
-    return [(pid, stalls.get(pid)) for pid in probes.serving_pids(server.pid, server.port)]
+    return [(pid, stall) for pid, stall, _ in worker_readings(server)]
+
+
+def worker_readings(server: Server) -> list[tuple[int, float | None, int | None]]:
+    """Each worker's longest stall and the requests it answered since the last read (which this
+    resets), in pid order; None for a worker no fresh connection reached."""
+    readings = probes.read_workers(server.base, server.pid, server.port)
+    return [
+        (pid, *(readings[pid] if pid in readings else (None, None)))
+        for pid in probes.serving_pids(server.pid, server.port)
+    ]
 
 
 def show(scenario: Scenario, number: int, key: str, measured: Measurement) -> None:
@@ -646,7 +655,11 @@ def run_group(
                 loop_lag(server)  # reset: the set-up and the warm-up don't count
             reference.read()
             run_rounds(scenario, servers, args, out)
-            out.lag[scenario.name] = {server.name: loop_lag(server) for server in idp_part}
+            readings = {server.name: worker_readings(server) for server in idp_part}
+            out.lag[scenario.name] = {name: [(pid, stall) for pid, stall, _ in rows] for name, rows in readings.items()}
+            out.served[scenario.name] = {
+                name: [(pid, served) for pid, _, served in rows] for name, rows in readings.items()
+            }
             out.reference_lag[scenario.name] = reference.read()
             print(
                 f"{scenario.name:<14} loop stall ms {out.lag[scenario.name]}, "

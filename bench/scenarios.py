@@ -106,5 +106,4 @@ NOT_YET = (
     "registration and password change (the password-strength estimate, zxcvbn, up to about 65 ms a "
     "password: issue 14 asks for its loop stall)",
     "WebSocket notification fan-out (bench/notifications.py measures idp's alone, not side by side)",
-    "per-worker request counts (how evenly SO_REUSEPORT spreads the connections over idp's workers)",
 )

@@ -212,9 +212,17 @@ def accept_request_id(header_value: str | None) -> str | None:
 _access_log = logging.getLogger("idp.access")
 
 
+class _Answered:
+    """Requests this process has answered, whichever path answered them (one access-log line
+    each): the loop-lag probe reports them per worker, so a benchmark sees how load spread."""
+
+    count = 0
+
+
 def log_access(method: str, path: str, status: int, duration_ms: float | None, remote_addr: str | None) -> None:
     """The access log line of one request. The path only, never the query string: it can carry
     codes and tokens."""
+    _Answered.count += 1
     _access_log.info(
         "%s %s %s %sms",
         method,
@@ -245,6 +253,7 @@ class LoopLagProbe:
         self.max_stall = 0.0
         self.samples = 0
         self.since = time.time()
+        self._answered_before = _Answered.count
 
     async def _run(self) -> None:
         while True:
@@ -271,6 +280,8 @@ class LoopLagProbe:
             "max_stall_ms": round(self.max_stall * 1000, 3),
             "samples": self.samples,
             "seconds": round(time.time() - self.since, 3),
+            # Requests this worker answered meanwhile (this read is counted in the next one).
+            "requests": _Answered.count - self._answered_before,
         }
         self._reset()
         return report

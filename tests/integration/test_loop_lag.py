@@ -37,3 +37,15 @@ async def test_a_blocked_loop_is_reported_then_the_count_starts_over(client: Any
     assert again["max_stall_ms"] < 70  # read and reset
     remote = await client.get("/debug/loop-lag", scope_base={"client": ("203.0.113.5", 1234)})
     assert remote.status_code == 404  # loopback callers only
+
+
+@pytest.mark.parametrize("settings_overrides", [{"server": {"loop_lag_probe": True}}], indirect=True)
+async def test_the_probe_counts_the_requests_the_worker_answered_since_the_last_read(client: Any) -> None:
+    await client.get("/debug/loop-lag", scope_base=LOOPBACK)
+    for path in ("/jwks", "/.well-known/openid-configuration", "/no-such-page"):
+        await client.get(path)
+    await client.post("/token", form={"grant_type": "client_credentials"})
+    report = await (await client.get("/debug/loop-lag", scope_base=LOOPBACK)).get_json()
+    assert report["requests"] == 5  # the four, and the read before them (counted once it was answered)
+    again = await (await client.get("/debug/loop-lag", scope_base=LOOPBACK)).get_json()
+    assert again["requests"] == 1
