@@ -92,20 +92,46 @@ class ConstantRoutes:
         out["Access-Control-Allow-Origin"] = "*"  # read cross-origin by browser apps (RFC 9700 §2.6)
         out["X-Request-ID"] = request_id
         apply_security_headers(out, content_type, https=runtime.settings.issuer_is_https)
-        start: Any = {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(name.lower().encode(), value.encode()) for name, value in out.items()],
-        }
-        await send(start)
-        body: Any = {
-            "type": "http.response.body",
-            "body": b"" if not_modified or scope["method"] == "HEAD" else document.body,
-        }
-        await send(body)
-        seconds = time.perf_counter() - started
-        duration_ms = round(seconds * 1000, 2)
         client = scope.get("client")
-        log_access(scope["method"], path, status, duration_ms, client[0] if client else None)
-        if (metrics := metrics_of(self.app)) is not None:
-            metrics.observe_request(scope["method"], rule, status, seconds)
+        body = b"" if not_modified or scope["method"] == "HEAD" else document.body
+        await send_answer(
+            self.app,
+            send,
+            status,
+            out,
+            body,
+            started=started,
+            method=scope["method"],
+            path=path,
+            rule=rule,
+            remote_addr=client[0] if client else None,
+        )
+
+
+async def send_answer(
+    app: Quart,
+    send: ASGISendCallable,
+    status: int,
+    headers: dict[str, str],
+    body: bytes,
+    *,
+    started: float,
+    method: str,
+    path: str,
+    rule: str,
+    remote_addr: str | None,
+) -> None:
+    """Send a whole answer from in front of the framework and account for it as the application's
+    hooks do: the access log line and the request metric (under the route's ``rule``)."""
+    start: Any = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(name.lower().encode(), value.encode()) for name, value in headers.items()],
+    }
+    await send(start)
+    end: Any = {"type": "http.response.body", "body": body}
+    await send(end)
+    seconds = time.perf_counter() - started
+    log_access(method, path, status, round(seconds * 1000, 2), remote_addr)
+    if (metrics := metrics_of(app)) is not None:
+        metrics.observe_request(method, rule, status, seconds)

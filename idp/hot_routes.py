@@ -28,19 +28,18 @@ from quart.typing import ASGIReceiveCallable, ASGISendCallable
 from werkzeug.datastructures import MultiDict
 
 from idp import cors
-from idp.constant_routes import ASGIApp
+from idp.constant_routes import ASGIApp, send_answer
 from idp.error_responses import answer_for_unexpected
 from idp.errors import IdPError
 from idp.events import EventContext, set_context
 from idp.http import EXTENSION
-from idp.metrics import metrics_of
 from idp.oauth import introspection, revocation
 from idp.oauth.client_auth import authenticator
 from idp.oauth.grants import token_response
 from idp.oauth.params import single_values
 from idp.oauth.resource import BearerProtector, StoredParties
 from idp.oauth.userinfo import userinfo_claims
-from idp.observability import accept_request_id, log_access, request_id_var
+from idp.observability import accept_request_id, request_id_var
 from idp.security import request_limits
 from idp.security.headers import apply_security_headers
 from idp.security.inputs import first_unusable
@@ -140,18 +139,18 @@ class HotRoutes:
             headers["Access-Control-Expose-Headers"] = cors.EXPOSED_HEADERS
         headers["X-Request-ID"] = request_id
         apply_security_headers(headers, headers.get("Content-Type"), https=rt.settings.issuer_is_https)
-        start: Any = {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(name.lower().encode(), value.encode()) for name, value in headers.items()],
-        }
-        await send(start)
-        end: Any = {"type": "http.response.body", "body": encoded}
-        await send(end)
-        seconds = time.perf_counter() - started
-        log_access(call.method, call.path, status, round(seconds * 1000, 2), call.remote_addr)
-        if (metrics := metrics_of(self.app)) is not None:
-            metrics.observe_request(call.method, call.path, status, seconds)
+        await send_answer(
+            self.app,
+            send,
+            status,
+            headers,
+            encoded,
+            started=started,
+            method=call.method,
+            path=call.path,
+            rule=call.path,
+            remote_addr=call.remote_addr,
+        )
 
     def _json(self, body: Any) -> bytes:
         """Encoded as the application's jsonify does (its provider; indented only in debug mode)."""
