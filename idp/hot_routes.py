@@ -18,6 +18,7 @@ application unchanged (a body already read is handed over as it came).
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any
@@ -54,7 +55,10 @@ ROUTES = {
     "/revoke": frozenset({"POST"}),
     "/userinfo": frozenset({"GET", "POST"}),
 }
-_VISIBLE_ASCII = frozenset(range(0x20, 0x7F))
+# Matched by the regular-expression engine, not byte by byte in Python: a body holding a user's
+# access token is about 1 KB, and a Python loop over it was 6 % of an introspection's time.
+_BEYOND_ASCII = re.compile(rb"[^\x00-\x7e]")
+_NOT_VISIBLE_ASCII = re.compile(r"[^\x20-\x7e]")
 
 
 class _Call:
@@ -219,12 +223,12 @@ def _plain_form(body: bytes) -> MultiDict[str, str] | None:
     """The form's fields as the route reads them, or None when the application should read it:
     bytes beyond ASCII, a field that decodes to anything but visible ASCII (a NUL, a control
     character, UTF-8), or a repeated field (the routes refuse it with their own error)."""
-    if any(byte > 0x7E for byte in body):
+    if _BEYOND_ASCII.search(body):
         return None
     pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True)  # as Quart's form parser
     form = MultiDict(pairs)
     for name, value in pairs:
-        if not _VISIBLE_ASCII.issuperset(map(ord, name)) or not _VISIBLE_ASCII.issuperset(map(ord, value)):
+        if _NOT_VISIBLE_ASCII.search(name) or _NOT_VISIBLE_ASCII.search(value):
             return None
     if len(form) != len(pairs):
         return None
