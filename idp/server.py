@@ -8,6 +8,7 @@ while the head arrives and answers 414 or 431 without dispatching the request.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import http
 import os
@@ -25,6 +26,42 @@ from idp.security.request_limits import HeadRefusal
 
 class _HeadRefused(Exception):
     """Raised from a parser callback to stop parsing a head that is over a limit."""
+
+
+class _OneSendPerAnswer:
+    """The transport a response cycle writes to: what it writes within one turn of the event loop
+    goes out in one send.
+
+    uvicorn writes a response's head when the application starts it and the body when it is
+    sent: two system calls and two TCP segments for every small answer, which the client then
+    reads as two. Here the first write is held until the next write or the end of the loop's
+    turn, whichever comes first, so a head and the body sent right after it leave together and a
+    head whose body comes later (a streamed answer, HEAD) waits no longer than one turn."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is None:
+            self._held = bytes(data)
+            self._loop.call_soon(self._flush)
+        else:
+            held, self._held = self._held, None
+            self._transport.write(held + data)
+
+    def _flush(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -73,6 +110,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_complete = True
         self._head_bytes = 0
         super().on_headers_complete()
+        # The cycle uvicorn just made for this request (an upgrade makes none: the one kept is the
+        # previous request's, already given its own).
+        cycle = self.cycle
+        if cycle is not None and not isinstance(cycle.transport, _OneSendPerAnswer):
+            cycle.transport = _OneSendPerAnswer(self.transport, self.loop)  # type: ignore[assignment]
 
     # -- refusing ----------------------------------------------------------------------------------
 
