@@ -328,8 +328,15 @@ class _Rows:
 
 
 class MemoryClients(_Rows):
+    # A repository without a cache by default; a test sets this to hold its rows "in memory" as
+    # idp's client cache does (client_auth then authenticates them before counting the limits).
+    cached = False
+
     async def get(self, client_id: str) -> OAuthClient | None:
         return cast(OAuthClient | None, self._get(client_id))
+
+    def in_memory(self, client_id: str) -> OAuthClient | None:
+        return cast(OAuthClient | None, self.rows.get(client_id)) if self.cached else None
 
 
 class MemoryUsers(_Rows):

@@ -32,7 +32,7 @@ from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import Key, KeySet, OKPKey
 from joserfc.jws import JWSRegistry
 
-from idp.oauth.errors import InvalidClient, InvalidRequest
+from idp.oauth.errors import InvalidClient, InvalidRequest, OAuthError
 from idp.oauth.params import single_value
 from idp.oauth.store import Authenticate, Clients
 from idp.security.ratelimit import RateLimits
@@ -218,16 +218,46 @@ async def authenticate_request(
     """Client authentication at the token (RFC 6749 §2.3), introspection (RFC 7662 §2.1) and
     revocation (RFC 7009 §2.1) endpoints, with their rate limits (ASVS 6.3.1, 15.2.2)."""
     what = CLIENT_AUTH_ENDPOINTS[endpoint]
-    # Before authentication only the address is counted: secret guessing is limited, but client
-    # ids are public, so failures counted per client would let anyone lock a client out. Counted
-    # first, so an address over its limit costs no client look-up (random ids are never cached).
-    await enforce_limits({"token_per_ip": f"{endpoint} {ip}"}, what)
-    credentials = parse_client_credentials(authorization_header, form)
-    client = await authenticate_client(clients, kv, credentials, issuer=issuer, endpoint_url=f"{issuer}{endpoint}")
-    # Only an authenticated client spends its own budget. (An assertion refused with 429 here is
-    # spent: its jti was recorded while authenticating, so a replayed one can't use the budget.)
-    await enforce_limits({"token_per_client": f"{endpoint} {client.id}"}, what)
+    endpoint_url = f"{issuer}{endpoint}"
+    # Every attempt counts against its address: secret guessing is limited. Only an authenticated
+    # client spends its own budget: client ids are public, so failures counted per client would
+    # let anyone lock a client out.
+    per_ip: dict[str, str | None] = {"token_per_ip": f"{endpoint} {ip}"}
+    at_hand = _at_hand(clients, authorization_header, form)
+    if at_hand is None:
+        # Counted first, so an address over its limit costs no client look-up (random ids are
+        # never cached). (An assertion refused with 429 afterwards is spent: its jti was recorded
+        # while authenticating, so a replayed one can't use the budget.)
+        await enforce_limits(per_ip, what)
+        credentials = parse_client_credentials(authorization_header, form)
+        client = await authenticate_client(clients, kv, credentials, issuer=issuer, endpoint_url=endpoint_url)
+        await enforce_limits({"token_per_client": f"{endpoint} {client.id}"}, what)
+        return client
+    # A secret or public client that is in memory costs no look-up, and checking it costs no I/O
+    # (a digest compared): it is checked first and both limits are counted in one round trip
+    # (issue 14). A refusal is still answered only once the address was counted, so an address
+    # over its limit is told 429 whatever it sent, as on the path above.
+    try:
+        client = await authenticate_client(clients, kv, at_hand, issuer=issuer, endpoint_url=endpoint_url)
+    except Exception:
+        await enforce_limits(per_ip, what)
+        raise
+    await enforce_limits({**per_ip, "token_per_client": f"{endpoint} {client.id}"}, what)
     return client
+
+
+def _at_hand(clients: Clients, authorization_header: str | None, form: Mapping[str, str]) -> ClientCredentials | None:
+    """The request's credentials when they name, by a secret or no client authentication, a
+    client that ``clients`` holds in memory (authenticating it needs no I/O); else None.
+    Malformed credentials are None too: refusing them is left to the path that counts the
+    address first."""
+    try:
+        credentials = parse_client_credentials(authorization_header, form)
+    except OAuthError:
+        return None
+    if credentials.client_id is None or credentials.method not in (*SECRET_METHODS, "none"):
+        return None
+    return credentials if clients.in_memory(credentials.client_id) is not None else None
 
 
 async def authenticate_client(

@@ -32,6 +32,10 @@ __all__ = (
 class Clients(Protocol):
     async def get(self, client_id: str) -> OAuthClient | None: ...
 
+    def in_memory(self, client_id: str) -> OAuthClient | None:
+        """The client if ``get`` would answer it from memory now (no I/O), else None."""
+        ...
+
 
 class Users(Protocol):
     async def get(self, user_id: str) -> User | None: ...

@@ -17,6 +17,10 @@ class ClientRepository:
     async def get(self, client_id: str) -> OAuthClient | None:
         return await self.session.get(OAuthClient, client_id)
 
+    def in_memory(self, client_id: str) -> OAuthClient | None:
+        """None: every look-up here reads the database (the cached look-up is CachedClients)."""
+        return None
+
     async def get_by_name(self, name: str) -> OAuthClient | None:
         result = await self.session.execute(select(OAuthClient).where(OAuthClient.name == name))
         return result.scalars().first()

@@ -73,13 +73,19 @@ class RowCache(Generic[T]):
         """Whether look-ups may be answered from memory (only while invalidations can arrive)."""
         return self._subscribed
 
-    async def get(self, key: str) -> T | None:
-        """The row, from memory when it may be, else read in a session of its own; or None."""
+    def in_memory(self, key: str) -> T | None:
+        """The row if :meth:`get` would answer it from memory now, else None (nothing is read)."""
         if self._subscribed:
             cached = self._entries.get(key)
             if cached is not None and self._clock() - cached[0] < self._max_age:
-                self._entries.move_to_end(key)
                 return cached[1]
+        return None
+
+    async def get(self, key: str) -> T | None:
+        """The row, from memory when it may be, else read in a session of its own; or None."""
+        if (row := self.in_memory(key)) is not None:
+            self._entries.move_to_end(key)
+            return row
         generation = self._generation
         async with self._db.session() as session:
             row = await self.load(session, key)

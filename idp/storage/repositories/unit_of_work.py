@@ -34,6 +34,9 @@ class CachedClients:
     async def get(self, client_id: str) -> OAuthClient | None:
         return await self._cache.get(client_id)
 
+    def in_memory(self, client_id: str) -> OAuthClient | None:
+        return self._cache.in_memory(client_id)
+
 
 class CachedUsers:
     """Read-only look-ups of accounts answered from a :class:`UserCache` (its own session on a

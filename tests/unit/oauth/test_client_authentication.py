@@ -270,3 +270,74 @@ async def test_an_address_over_its_limit_is_refused_before_any_look_up() -> None
     with pytest.raises(RuntimeError, match="too many revocation requests"):
         await request_at("/revoke", basic("web", SECRET), limits, db)
     assert db.clients.lookups == 0
+
+
+# A client held in memory (idp's client cache) is authenticated without I/O, so it is checked
+# first and both limits are counted in one round trip (issue 14); a refusal still counts the address.
+
+
+def cached(db: MemoryUnitOfWork) -> MemoryUnitOfWork:
+    db.clients.cached = True
+    return db
+
+
+async def test_a_client_in_memory_is_counted_against_both_limits_at_once() -> None:
+    limits, db = Limits(), cached(MemoryUnitOfWork(secret_client()))
+    assert (await request_at("/token", basic("web", SECRET), limits, db)).id == "web"
+    assert limits.counted == [{"token_per_ip": "/token 192.0.2.1", "token_per_client": "/token web"}]
+
+
+async def test_a_public_client_in_memory_is_counted_against_both_limits_at_once() -> None:
+    limits = Limits()
+    db = cached(MemoryUnitOfWork(make_client(id="spa", client_type="public", token_endpoint_auth_method="none")))
+    client = await authenticate_request(
+        "/token",
+        None,
+        {"client_id": "spa"},
+        clients=db.clients,
+        kv=MemoryStore(),
+        issuer=ISSUER,
+        ip="192.0.2.1",
+        enforce_limits=limits,
+    )
+    assert client.id == "spa"
+    assert limits.counted == [{"token_per_ip": "/token 192.0.2.1", "token_per_client": "/token spa"}]
+
+
+async def test_a_wrong_secret_for_a_client_in_memory_counts_the_address_only() -> None:
+    limits = Limits()
+    with pytest.raises(InvalidClient):
+        await request_at("/token", basic("web", "wrong"), limits, cached(MemoryUnitOfWork(secret_client())))
+    assert limits.counted == [{"token_per_ip": "/token 192.0.2.1"}]
+
+
+@pytest.mark.parametrize("secret", [SECRET, "wrong"])
+async def test_an_address_over_its_limit_is_refused_whatever_it_sent_for_a_client_in_memory(secret: str) -> None:
+    limits = Limits(refuse="token_per_ip")
+    with pytest.raises(RuntimeError, match="too many introspection requests"):
+        await request_at("/introspect", basic("web", secret), limits, cached(MemoryUnitOfWork(secret_client())))
+
+
+async def test_malformed_credentials_are_refused_after_the_address_is_counted_first() -> None:
+    limits, db = Limits(refuse="token_per_ip"), cached(MemoryUnitOfWork(secret_client()))
+    with pytest.raises(RuntimeError, match="too many"):
+        await request_at("/token", "Basic !!not-base64", limits, db)
+    assert db.clients.lookups == 0
+
+
+async def test_an_assertion_client_in_memory_still_counts_the_address_before_any_look_up() -> None:
+    # Authenticating an assertion writes its jti: that I/O waits until the address was counted.
+    limits = Limits(refuse="token_per_ip")
+    db = cached(jwt_db(ECKey.generate_key("P-256")))
+    with pytest.raises(RuntimeError, match="too many"):
+        await authenticate_request(
+            "/token",
+            None,
+            {"client_id": "jwt-app", "client_assertion": "a.b.c", "client_assertion_type": ASSERTION_TYPE},
+            clients=db.clients,
+            kv=MemoryStore(),
+            issuer=ISSUER,
+            ip="192.0.2.1",
+            enforce_limits=limits,
+        )
+    assert db.clients.lookups == 0

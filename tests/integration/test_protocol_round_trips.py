@@ -1,0 +1,64 @@
+"""The key-value round trips of the hot protocol requests (issue 14: a hot path does only the
+round trips the protocol needs), counted: a client_credentials token, an introspection and a
+revocation by a client the node holds in memory (idp.storage.repositories.client_cache, with
+Redis) count both rate limits in one round trip, after the client's secret was checked; without
+the cache (the in-process store) the address is counted before the client is looked up, and the
+client afterwards. The order of the two paths is tested in tests/unit/oauth/test_client_authentication.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.cost_helpers import Cost, counting
+from tests.oauth_helpers import World, basic, make_world
+
+
+@pytest.fixture
+async def world(runtime: Any) -> World:
+    await runtime.outbox.stop()
+    made = await make_world(runtime)
+    assert await runtime.client_cache.get(made.web_id) is not None  # in memory from here on (Redis)
+    return made
+
+
+def limit_round_trips(runtime: Any) -> int:
+    return 1 if runtime.client_cache.active else 2
+
+
+async def cost_of(client: Any, runtime: Any, path: str, form: dict[str, str], headers: dict[str, str]) -> Cost:
+    with pytest.MonkeyPatch.context() as monkeypatch, counting(runtime, monkeypatch) as cost:
+        response = await client.post(path, form=form, headers=headers)
+    assert response.status_code == 200, await response.get_data(as_text=True)
+    return cost
+
+
+async def test_a_client_credentials_token_counts_its_limits_in_the_round_trips_it_needs(
+    client: Any, runtime: Any, world: World
+) -> None:
+    auth = basic(world.web_id, world.web_secret)
+    cost = await cost_of(client, runtime, "/token", {"grant_type": "client_credentials"}, auth)
+    assert cost.kv == ["hit_windows"] * limit_round_trips(runtime), cost.summary()
+
+
+async def test_an_introspection_counts_its_limits_in_the_round_trips_it_needs(
+    client: Any, runtime: Any, world: World
+) -> None:
+    auth = basic(world.web_id, world.web_secret)
+    token = (await (await client.post("/token", form={"grant_type": "client_credentials"}, headers=auth)).get_json())[
+        "access_token"
+    ]
+    assert await runtime.tokens.denylist.reload()  # a running node's denylist (loaded once from SQL)
+    cost = await cost_of(client, runtime, "/introspect", {"token": token}, auth)
+    # The limits, and the token's revocation looked up in the denylist.
+    assert cost.kv == ["hit_windows"] * limit_round_trips(runtime) + ["get_many"], cost.summary()
+
+
+async def test_a_refused_secret_is_counted_against_the_address_only(client: Any, runtime: Any, world: World) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch, counting(runtime, monkeypatch) as cost:
+        response = await client.post(
+            "/token", form={"grant_type": "client_credentials"}, headers=basic(world.web_id, "wrong")
+        )
+    assert response.status_code == 401
+    assert cost.kv == ["hit_windows"], cost.summary()
