@@ -65,6 +65,7 @@ def build_app(settings: Settings) -> IdPApp:
         await rt.user_cache.start()  # so are accounts
         await rt.keys.start()  # reload at once when any node rotates; rotate on schedule
         rt.tokens.denylist.start()  # re-synced from the database before it would expire
+        await rt.tokens.denylist.listen()  # revocations held in memory once this node hears them all
         if settings.server.loop_lag_probe:
             probe = app.extensions[LOOP_LAG] = LoopLagProbe()
             probe.start()

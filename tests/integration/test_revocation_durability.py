@@ -57,6 +57,15 @@ async def count(runtime: Any, model: Any) -> int:
         return int((await session.execute(select(func.count()).select_from(model))).scalar_one())
 
 
+@pytest.fixture
+async def store_path(runtime: Any) -> None:
+    """This node checks the key-value store, as a node does that doesn't hold the revocations in
+    memory (not subscribed, or the in-process store): what these tests are about. The memory
+    path is tests/integration/test_denylist_in_memory.py's."""
+    await runtime.tokens.denylist.stop()
+
+
+@pytest.mark.usefixtures("store_path")
 async def test_a_revoked_access_token_stays_refused_after_the_store_is_emptied(client: Any, runtime: Any) -> None:
     world = await first_party_world(runtime)
     revoked = (await code_flow(client, world))["access_token"]
@@ -141,6 +150,7 @@ def reads_of_everything(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return reads
 
 
+@pytest.mark.usefixtures("store_path")
 async def test_the_store_is_reloaded_once_for_many_concurrent_requests(
     client: Any, runtime: Any, reads_of_everything: list[int]
 ) -> None:
