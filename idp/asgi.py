@@ -23,7 +23,7 @@ def create() -> ConstantRoutes:
     except ConfigError as exc:
         print(f"idp: error: config: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    configure_logging(settings.log.level, settings.log_format)
+    configure_logging(settings.log.level, settings.log_format, per_loop_turn=True)
     quart = create_app(settings)
     app = ConstantRoutes(quart, then=HotRoutes(quart))
     # What was built so far (modules, mappers, templates: about 180,000 objects) lives as long as

@@ -183,9 +183,70 @@ class TextFormatter(logging.Formatter):
         return " ".join(parts)
 
 
-def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
-    """Route the root logger (and uvicorn's) through one redacting handler."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+class LinesPerLoopTurn(logging.StreamHandler[Any]):
+    """A stream handler that writes the lines logged during one turn of the event loop together,
+    at the end of that turn: one write (a system call) for all the requests a worker answered in
+    it, instead of one a line (issue 14: the access line's write was 13 % of a JWKS answer). A
+    line logged where no loop runs (another thread, the command line) is written at once, after
+    whatever is held. Nothing waits longer than the turn it was logged in; ``flush`` (logging's
+    shutdown) writes what is held."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._held: list[str] = []
+        self._last: logging.LogRecord | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        self._held.append(line)
+        self._last = record
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_held()
+            return
+        if len(self._held) == 1:
+            loop.call_soon(self._end_of_turn)
+
+    def _end_of_turn(self) -> None:
+        with self.lock or contextlib.nullcontext():
+            self._write_held()
+
+    def _write_held(self) -> None:
+        if not self._held:
+            return
+        text = "".join(self._held)
+        self._held.clear()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except Exception:
+            if self._last is not None:
+                self.handleError(self._last)
+
+    def flush(self) -> None:
+        with self.lock or contextlib.nullcontext():
+            self._write_held()
+        super().flush()
+
+
+def configure_logging(
+    level: str = "info", fmt: str = "json", stream: Any = None, *, per_loop_turn: bool = False
+) -> None:
+    """Route the root logger (and uvicorn's) through one redacting handler; ``per_loop_turn``
+    (serving workers): :class:`LinesPerLoopTurn`'s."""
+    # Where a record was logged from (file, line, function, thread) is never written by either
+    # formatter: not looked up (the logging HOWTO's "Optimization"; 10 % of an access line).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    handler: logging.StreamHandler[Any] = (LinesPerLoopTurn if per_loop_turn else logging.StreamHandler)(
+        stream or sys.stderr
+    )
     handler.addFilter(RedactionFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
