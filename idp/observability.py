@@ -184,12 +184,13 @@ class TextFormatter(logging.Formatter):
 
 
 class LinesPerLoopTurn(logging.StreamHandler[Any]):
-    """A stream handler that writes the lines logged during one turn of the event loop together,
-    at the end of that turn: one write (a system call) for all the requests a worker answered in
-    it, instead of one a line (issue 14: the access line's write was 13 % of a JWKS answer). A
-    line logged where no loop runs (another thread, the command line) is written at once, after
-    whatever is held. Nothing waits longer than the turn it was logged in; ``flush`` (logging's
-    shutdown) writes what is held."""
+    """A stream handler that writes the access lines logged during one turn of the event loop
+    together, at the end of that turn: one write (a system call) for all the requests a worker
+    answered in it, instead of one a line (issue 14: the access line's write was 13 % of a JWKS
+    answer). Any other line (a warning, the server's own "shutdown complete" before the process
+    ends on its signal, where no end of turn comes) and any line logged where no loop runs
+    (another thread, the command line) is written at once, after whatever is held. Nothing waits
+    longer than the turn it was logged in; ``flush`` (logging's shutdown) writes what is held."""
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
@@ -207,6 +208,9 @@ class LinesPerLoopTurn(logging.StreamHandler[Any]):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
+            self._write_held()
+            return
+        if record.name != _access_log.name:
             self._write_held()
             return
         if len(self._held) == 1:

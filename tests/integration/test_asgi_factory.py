@@ -17,7 +17,7 @@ def test_the_worker_application_freezes_what_start_up_built(
 ) -> None:
     from idp import asgi
 
-    monkeypatch.setattr(asgi, "configure_logging", lambda *_: None)  # the test process keeps its logging
+    monkeypatch.setattr(asgi, "configure_logging", lambda *_, **__: None)  # the test process keeps its logging
     for name, value in cli_env.items():
         monkeypatch.setenv(name, value)
     gc.unfreeze()

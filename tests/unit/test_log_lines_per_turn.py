@@ -1,7 +1,7 @@
-"""Serving workers write their log lines once per turn of the event loop
+"""Serving workers write their access lines once per turn of the event loop
 (idp.observability.LinesPerLoopTurn, installed by idp.asgi): the lines of all the requests
-answered in one turn leave in one write instead of one write a line (issue 14), and none waits
-longer than the turn it was logged in."""
+answered in one turn leave in one write instead of one write a line (issue 14), none waits
+longer than the turn it was logged in, and any other line is written at once."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def stream() -> Iterator[Recording]:
             root.removeHandler(handler)
 
 
-log = logging.getLogger("idp.test")
+log = logging.getLogger("idp.access")
 
 
 async def test_the_lines_of_one_turn_leave_in_one_write_at_its_end(stream: Recording) -> None:
@@ -70,6 +70,14 @@ async def test_a_line_from_another_thread_is_written_at_once_after_what_is_held(
     assert stream.lines() == ["held", "from a thread"]
     await asyncio.sleep(0)
     assert stream.lines() == ["held", "from a thread"]  # nothing written twice
+
+
+async def test_any_other_line_is_written_at_once_after_what_is_held(stream: Recording) -> None:
+    # uvicorn's last line ("Application shutdown complete.") comes in the loop's last turn, and a
+    # process serving alone then ends on its signal: no end of turn, no logging shutdown.
+    log.info("held")
+    logging.getLogger("uvicorn.error").info("Application shutdown complete.")
+    assert stream.lines() == ["held", "Application shutdown complete."]
 
 
 async def test_logging_shutdown_writes_what_is_held(stream: Recording) -> None:
