@@ -223,13 +223,16 @@ async def authenticate_request(
     # client spends its own budget: client ids are public, so failures counted per client would
     # let anyone lock a client out.
     per_ip: dict[str, str | None] = {"token_per_ip": f"{endpoint} {ip}"}
-    at_hand = _at_hand(clients, authorization_header, form)
-    if at_hand is None:
+    try:
+        credentials = parse_client_credentials(authorization_header, form)
+    except OAuthError:
+        await enforce_limits(per_ip, what)  # an address over its limit is told 429 first
+        raise
+    if not _in_memory(clients, credentials):
         # Counted first, so an address over its limit costs no client look-up (random ids are
         # never cached). (An assertion refused with 429 afterwards is spent: its jti was recorded
         # while authenticating, so a replayed one can't use the budget.)
         await enforce_limits(per_ip, what)
-        credentials = parse_client_credentials(authorization_header, form)
         client = await authenticate_client(clients, kv, credentials, issuer=issuer, endpoint_url=endpoint_url)
         await enforce_limits({"token_per_client": f"{endpoint} {client.id}"}, what)
         return client
@@ -238,7 +241,7 @@ async def authenticate_request(
     # (issue 14). A refusal is still answered only once the address was counted, so an address
     # over its limit is told 429 whatever it sent, as on the path above.
     try:
-        client = await authenticate_client(clients, kv, at_hand, issuer=issuer, endpoint_url=endpoint_url)
+        client = await authenticate_client(clients, kv, credentials, issuer=issuer, endpoint_url=endpoint_url)
     except Exception:
         await enforce_limits(per_ip, what)
         raise
@@ -246,18 +249,12 @@ async def authenticate_request(
     return client
 
 
-def _at_hand(clients: Clients, authorization_header: str | None, form: Mapping[str, str]) -> ClientCredentials | None:
-    """The request's credentials when they name, by a secret or no client authentication, a
-    client that ``clients`` holds in memory (authenticating it needs no I/O); else None.
-    Malformed credentials are None too: refusing them is left to the path that counts the
-    address first."""
-    try:
-        credentials = parse_client_credentials(authorization_header, form)
-    except OAuthError:
-        return None
+def _in_memory(clients: Clients, credentials: ClientCredentials) -> bool:
+    """Whether the credentials name, by a secret or no client authentication, a client that
+    ``clients`` holds in memory (authenticating it needs no I/O)."""
     if credentials.client_id is None or credentials.method not in (*SECRET_METHODS, "none"):
-        return None
-    return credentials if clients.in_memory(credentials.client_id) is not None else None
+        return False
+    return clients.in_memory(credentials.client_id) is not None
 
 
 async def authenticate_client(

@@ -127,11 +127,16 @@ class Denylist:
         await self._deny("g", _REVOKED_GRANT, grant_id, until)
 
     async def _deny(self, kind: str, prefix: str, key: str, until: datetime) -> None:
-        """Held here at once, in the store, then announced to the nodes holding it in memory."""
-        self._mirror.add(kind, key, until.timestamp())
-        await self._kv.set(prefix + key, "1", ttl=self._ttl(until))
+        """Held here at once (while this node holds revocations), in the store, then announced to
+        the nodes holding them in memory."""
+        if self._hearing:
+            self._mirror.add(kind, key, until.timestamp())
+        await self._store(prefix, key, until)
         if self._kv.backend_name != "memory":
             await self._kv.publish(CHANNEL, f"{kind} {math.ceil(until.timestamp())} {key}")
+
+    async def _store(self, prefix: str, key: str, until: datetime) -> None:
+        await self._kv.set(prefix + key, "1", ttl=self._ttl(until))
 
     async def revoke_access_token(self, jti: str, expires_at: datetime) -> None:
         """Record and cache, for a caller without a unit of work of its own."""
@@ -178,9 +183,9 @@ class Denylist:
                 # Into the store only: what the database holds is announced already, and the
                 # nodes holding revocations in memory load it themselves.
                 for jti, expires_at in tokens:
-                    await self._kv.set(_REVOKED_JTI + jti, "1", ttl=self._ttl(expires_at))
+                    await self._store(_REVOKED_JTI, jti, expires_at)
                 for grant_id, until in grants:
-                    await self._kv.set(_REVOKED_GRANT + grant_id, "1", ttl=self._ttl(until))
+                    await self._store(_REVOKED_GRANT, grant_id, until)
                 # Lost again while reloading (the lock went with it): leave the marker unset.
                 if await self._kv.get(_RELOAD_LOCK) != holder:
                     return False
