@@ -377,6 +377,21 @@ class MemoryCodes(_Rows):
 
 
 class MemoryRefreshTokens(_Rows):
+    def __init__(self, undo: list[Callable[[], None]], rows: Sequence[Any], key: str, users: MemoryUsers) -> None:
+        super().__init__(undo, rows, key)
+        self._users = users
+
+    async def spend(self, jti: str, token_digest: str, client_id: str, at: datetime) -> RefreshToken | None:
+        row = self.rows.get(jti)
+        user = None if row is None else self._users.rows.get(row.user_id)
+        live = row is not None and row.used_at is None and row.revoked_at is None
+        if not live or user is None or user.disabled or (row.token_digest, row.client_id) != (token_digest, client_id):
+            return None
+        if min(row.expires_at, row.family_expires_at) <= at:
+            return None
+        self._set(row, used_at=at)
+        return cast(RefreshToken, row)
+
     async def add(self, token: RefreshToken) -> None:
         self._add(token)
 
@@ -464,7 +479,7 @@ class MemoryUnitOfWork:
         self.users = MemoryUsers(self.undo, of(User), "id")
         self.cached_users = self.users
         self.codes = MemoryCodes(self.undo, of(AuthorizationCode), "code_digest")
-        self.refresh_tokens = MemoryRefreshTokens(self.undo, of(RefreshToken), "jti")
+        self.refresh_tokens = MemoryRefreshTokens(self.undo, of(RefreshToken), "jti", self.users)
         self.revocations = MemoryRevocations(self.undo)
         self.session_clients = MemorySessionClients(self.undo)
         self.commits = 0

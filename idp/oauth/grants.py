@@ -12,7 +12,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from idp.accounts.sessions.store import BrowserSession, SessionStore
 from idp.config import TokenSettings
@@ -121,7 +121,7 @@ async def issue_tokens(
     ctx: GrantContext,
     unit_of_work: UnitOfWork,
     client: OAuthClient,
-    user: User,
+    user_id: str,
     *,
     grant_type: str,
     scope: str,
@@ -144,7 +144,7 @@ async def issue_tokens(
     miss what this call issues (RFC 6749 §10.5, RFC 9700 §4.14.2)."""
     scopes = scope.split()
     refresh_scope = refresh_scope or scope
-    subject = ctx.subjects.subject_for(client, user.id)
+    subject = ctx.subjects.subject_for(client, user_id)
     access = ctx.tokens.issue_access_token(
         subject=subject,
         client_id=client.id,
@@ -194,7 +194,7 @@ async def issue_tokens(
                 family_id=grant_id,
                 parent_jti=parent_jti,
                 client_id=client.id,
-                user_id=user.id,
+                user_id=user_id,
                 scope=refresh_scope,
                 session_id=sid,
                 auth_time=datetime.fromtimestamp(auth_time, UTC) if auth_time is not None else None,
@@ -207,7 +207,7 @@ async def issue_tokens(
         )
         response["refresh_token"] = refresh
     event = TokenIssued(
-        client=client.id, grant_type=grant_type, user_id=user.id, scope=scope, refresh_token=issue_refresh
+        client=client.id, grant_type=grant_type, user_id=user_id, scope=scope, refresh_token=issue_refresh
     )
     return IssuedTokens(response, event)
 
@@ -272,7 +272,7 @@ class AuthorizationCodeGrant(Grant):
             self.ctx,
             self.uow,
             self.client,
-            user,
+            user.id,
             grant_type=self.grant_type,
             scope=row.scope,
             grant_id=row.grant_id,
@@ -332,30 +332,21 @@ class RefreshTokenGrant(Grant):
     async def handle(self) -> IssuedTokens:
         token = _form_value(self.form, "refresh_token")
         assert token is not None
-        row = await self.find_token(token)
-        if row.client_id != self.client.id:
-            raise errors.InvalidGrant("The refresh token was issued to another client.")
-        if row.revoked_at is not None:
-            raise errors.InvalidGrant("The refresh token has been revoked.")
-        if row.used_at is not None:
-            await self.detect_reuse(row)
+        jti = await self.jti_of(token)
         now = utcnow()
-        if row.expires_at <= now or row.family_expires_at <= now:
-            raise errors.InvalidGrant("The refresh token has expired.")
-        scope = self.narrowed_scope(row)
-        # Rotation is one transaction (see AuthorizationCodeGrant.handle): a concurrent reuse of
-        # the same token can't revoke the family between the rotation and its new token.
-        if not await self.uow.refresh_tokens.consume(row.jti, utcnow()):
-            await self.detect_reuse(row)
-        user = await _active_user(self.uow, row.user_id)
-        if user is None:
-            await self.uow.commit()  # the token stays spent
-            raise _inactive_user()
+        # Rotation is one transaction (see AuthorizationCodeGrant.handle), and its first statement
+        # spends the token only if it may be rotated: a concurrent reuse of the same token can't
+        # revoke the family between the rotation and its new token. Two round trips besides the
+        # transaction's own (issue 14).
+        row = await self.uow.refresh_tokens.spend(jti, sha256_digest(token), self.client.id, now)
+        if row is None:
+            await self.refuse(jti, token, now)
+        scope = self.narrowed_scope(row)  # a refusal rolls the spending back
         return await issue_tokens(
             self.ctx,
             self.uow,
             self.client,
-            user,
+            row.user_id,
             grant_type=self.grant_type,
             scope=scope,
             grant_id=row.family_id,
@@ -368,19 +359,36 @@ class RefreshTokenGrant(Grant):
             refresh_scope=row.scope,
         )
 
-    async def find_token(self, token: str) -> RefreshToken:
+    async def jti_of(self, token: str) -> str:
         try:
             claims = await self.ctx.tokens.verify_current(
                 token, typ=REFRESH_TOKEN_TYP, audience=self.ctx.tokens.issuer, check_expiry=False
             )
         except TokenInvalid:
             raise errors.InvalidGrant("The refresh token is invalid.") from None
-        row = await self.uow.refresh_tokens.get(str(claims.get("jti")))
+        return str(claims.get("jti"))
+
+    async def refuse(self, jti: str, token: str, now: datetime) -> NoReturn:
+        """Why a token could not be spent, in the order a client is told: unknown, another
+        client's, revoked, used before (the family is revoked), expired, its user inactive."""
+        row = await self.uow.refresh_tokens.get(jti)
         if row is None or not hmac.compare_digest(row.token_digest, sha256_digest(token)):
             raise errors.InvalidGrant("The refresh token is invalid.")
-        return row
+        if row.client_id != self.client.id:
+            raise errors.InvalidGrant("The refresh token was issued to another client.")
+        if row.revoked_at is not None:
+            raise errors.InvalidGrant("The refresh token has been revoked.")
+        if row.used_at is not None:
+            await self.detect_reuse(row)
+        if row.expires_at <= now or row.family_expires_at <= now:
+            raise errors.InvalidGrant("The refresh token has expired.")
+        if await _active_user(self.uow, row.user_id) is None and await self.uow.refresh_tokens.consume(row.jti, now):
+            await self.uow.commit()  # the token stays spent
+            raise _inactive_user()
+        # Live when read here: it changed between the two statements (PostgreSQL READ COMMITTED).
+        raise errors.InvalidGrant("The refresh token could not be used; try again.")
 
-    async def detect_reuse(self, row: RefreshToken) -> None:
+    async def detect_reuse(self, row: RefreshToken) -> NoReturn:
         # RFC 9700 §4.14.2: an already-rotated token means it leaked to someone; end the family.
         await self.revoke_replayed(row.family_id, row, reason="refresh_token_reuse")
         raise errors.InvalidGrant("The refresh token has already been used; the grant has been revoked.")

@@ -3,7 +3,10 @@ round trips the protocol needs), counted: a client_credentials token, an introsp
 revocation by a client the node holds in memory (idp.storage.repositories.client_cache, with
 Redis) count both rate limits in one round trip, after the client's secret was checked; without
 the cache (the in-process store) the address is counted before the client is looked up, and the
-client afterwards. The order of the two paths is tested in tests/unit/oauth/test_client_authentication.py."""
+client afterwards. The order of the two paths is tested in tests/unit/oauth/test_client_authentication.py.
+
+A refresh rotates in one transaction of two statements: spending the token (which checks it and
+its user) and storing its successor."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.cost_helpers import Cost, counting
-from tests.oauth_helpers import World, basic, make_world
+from tests.oauth_helpers import World, basic, code_flow, make_world
 
 
 @pytest.fixture
@@ -64,3 +67,19 @@ async def test_a_refused_secret_is_counted_against_the_address_only(client: Any,
         )
     assert response.status_code == 401
     assert cost.kv == ["hit_windows"], cost.summary()
+
+
+async def test_a_refresh_rotates_in_one_transaction_of_two_statements(client: Any, runtime: Any, world: World) -> None:
+    auth = basic(world.web_id, world.web_secret)
+    refresh_token = (await code_flow(client, world))["refresh_token"]
+    # Without the client cache (the in-process store) the client is read in a session of its own.
+    client_read = [] if runtime.client_cache.active else ["BEGIN", "SELECT oauth_clients", "COMMIT"]
+    for _ in range(2):  # the first rotation, and the rotation of a rotated token
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        with pytest.MonkeyPatch.context() as monkeypatch, counting(runtime, monkeypatch) as cost:
+            response = await client.post("/token", form=form, headers=auth)
+        assert response.status_code == 200, await response.get_data(as_text=True)
+        rotation = ["BEGIN", "UPDATE refresh_tokens", "INSERT refresh_tokens", "COMMIT"]
+        assert cost.statements == client_read + rotation, cost.summary()
+        assert cost.kv == ["hit_windows"] * limit_round_trips(runtime), cost.summary()
+        refresh_token = (await response.get_json())["refresh_token"]

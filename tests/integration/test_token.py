@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from idp.oauth.client_auth import ASSERTION_TYPE
 from idp.oauth.clients import ClientSpec
 from idp.security.tokens import sha256_digest
-from idp.storage.models import AuthorizationCode, OAuthClient, RefreshToken, utcnow
+from idp.storage.models import AuthorizationCode, OAuthClient, RefreshToken, User, utcnow
 from tests.oauth_helpers import (
     WEB_REDIRECT,
     World,
@@ -373,6 +373,48 @@ async def test_expired_refresh_token_is_refused(client: Any, world: World, runti
             update(RefreshToken).where(RefreshToken.jti == jti).values({column: utcnow() - timedelta(seconds=1)})
         )
     await assert_token_error(await web_token(client, world, refresh_form(tokens["refresh_token"])), "invalid_grant")
+    assert (await refresh_row(runtime, tokens["refresh_token"])).used_at is None
+
+
+@pytest.mark.parametrize("disabled", [True, False], ids=["disabled", "deleted"])
+async def test_the_refresh_token_of_an_inactive_user_is_spent_and_yields_nothing(
+    client: Any, world: World, runtime: Any, disabled: bool
+) -> None:
+    """A disabled or deleted account gets no tokens from an earlier grant; the token presented is
+    spent (presenting it again is a reuse)."""
+    tokens = await code_flow(client, world)
+    if disabled:
+        async with runtime.db.session() as session:
+            await session.execute(update(User).where(User.id == world.user_id).values(disabled=True))
+        response = await web_token(client, world, refresh_form(tokens["refresh_token"]))
+        await assert_token_error(response, "invalid_grant")
+        assert (await response.get_json())["error_description"] == (
+            "The user of this grant no longer exists or is disabled."
+        )
+        assert (await refresh_row(runtime, tokens["refresh_token"])).used_at is not None
+        async with runtime.db.session() as session:
+            await session.execute(update(User).where(User.id == world.user_id).values(disabled=False))
+        again = await web_token(client, world, refresh_form(tokens["refresh_token"]))
+        assert "already been used" in (await again.get_json())["error_description"]
+    else:
+        async with runtime.db.session() as session:
+            # The account's rows go with it (ON DELETE CASCADE): nothing is left to rotate.
+            await session.execute(delete(User).where(User.id == world.user_id))
+        response = await web_token(client, world, refresh_form(tokens["refresh_token"]))
+        await assert_token_error(response, "invalid_grant")
+
+
+async def test_a_refresh_token_with_a_known_jti_and_another_digest_is_refused(
+    client: Any, world: World, runtime: Any
+) -> None:
+    """The row is found by the token's jti, and spent only if the whole token's digest matches."""
+    tokens = await code_flow(client, world)
+    jti = jwt_parts(tokens["refresh_token"])[1]["jti"]
+    async with runtime.db.session() as session:
+        await session.execute(update(RefreshToken).where(RefreshToken.jti == jti).values(token_digest="0" * 64))
+    response = await web_token(client, world, refresh_form(tokens["refresh_token"]))
+    await assert_token_error(response, "invalid_grant")
+    assert (await response.get_json())["error_description"] == "The refresh token is invalid."
     assert (await refresh_row(runtime, tokens["refresh_token"])).used_at is None
 
 

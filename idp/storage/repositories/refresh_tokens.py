@@ -6,12 +6,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from idp.storage.models import RefreshToken
+from idp.storage.models import RefreshToken, User
 
+# The rotation's statements, built once (with bound parameters) rather than per request.
+_TABLE = cast(Table, RefreshToken.__table__)
+_INSERT = insert(_TABLE)
+_SPEND = (
+    update(RefreshToken)
+    .where(
+        RefreshToken.jti == bindparam("given_jti"),
+        RefreshToken.token_digest == bindparam("given_digest"),
+        RefreshToken.client_id == bindparam("given_client_id"),
+        RefreshToken.used_at.is_(None),
+        RefreshToken.revoked_at.is_(None),
+        RefreshToken.expires_at > bindparam("given_at"),
+        RefreshToken.family_expires_at > bindparam("given_at"),
+        exists().where(User.id == RefreshToken.user_id, User.disabled.is_(False)),
+    )
+    .values(used_at=bindparam("given_at"))
+    .returning(RefreshToken)
+    .execution_options(synchronize_session=False)
+)
 # Enough rounds for rotations that commit while the revocation runs (see revoke_family).
 _REVOKE_ROUNDS = 5
 
@@ -31,8 +51,9 @@ class RefreshTokenRepository:
         self.session = session
 
     async def add(self, token: RefreshToken) -> None:
-        self.session.add(token)
-        await self.session.flush()
+        # One INSERT of the table's columns: nothing reads the row back in this unit of work, so
+        # it skips the session's flush (a quarter of a refresh's database CPU, issue 14).
+        await self.session.execute(_INSERT, {column.key: getattr(token, column.key) for column in _TABLE.columns})
 
     async def get(self, jti: str) -> RefreshToken | None:
         return await self.session.get(RefreshToken, jti)
@@ -45,6 +66,14 @@ class RefreshTokenRepository:
             .values(used_at=at)
         )
         return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def spend(self, jti: str, token_digest: str, client_id: str, at: datetime) -> RefreshToken | None:
+        """Mark the token used, in one statement, if it may be rotated now: this digest, issued
+        to this client, neither used nor revoked, not expired, its user there and not disabled.
+        The row, or None when any of that fails (the caller reads it to say which). Comparing the
+        digest in SQL leaks nothing: it is a hash of what the caller sent."""
+        parameters = {"given_jti": jti, "given_digest": token_digest, "given_client_id": client_id, "given_at": at}
+        return (await self.session.execute(_SPEND, parameters)).scalar_one_or_none()
 
     async def revoke_family(self, family_id: str, at: datetime) -> None:
         """Revoke every token of the family that is not revoked yet."""

@@ -337,6 +337,28 @@ async def test_a_refresh_rotates_in_one_unit_of_work_keeping_family_scope_and_en
     assert issued.grant_type == "refresh_token"
 
 
+async def test_the_refresh_token_of_a_disabled_user_is_spent_and_yields_nothing() -> None:
+    tokens, events = FakeTokens(), FakeEvents()
+    presented = stored_refresh_token(tokens)
+    units = MemoryUnits(web(), make_user(disabled=True), presented)
+    form = {"grant_type": "refresh_token", "refresh_token": REFRESH}
+    with pytest.raises(errors.InvalidGrant) as caught:
+        await token_response(world(units, tokens, events), form, authenticate_as("web"))
+    assert caught.value.description == "The user of this grant no longer exists or is disabled."
+    assert presented.used_at is not None and presented.revoked_at is None
+    assert (tokens.issued, list(units.store.refresh_tokens.rows), events.published) == ([], ["jti-1"], [])
+
+
+async def test_a_refresh_to_a_wider_scope_leaves_the_token_unspent() -> None:
+    tokens = FakeTokens()
+    presented = stored_refresh_token(tokens)
+    units = MemoryUnits(web(), make_user(), presented)
+    form = {"grant_type": "refresh_token", "refresh_token": REFRESH, "scope": "openid email"}
+    with pytest.raises(errors.InvalidScope):
+        await token_response(world(units, tokens), form, authenticate_as("web"))
+    assert (presented.used_at, tokens.issued, list(units.store.refresh_tokens.rows)) == (None, [], ["jti-1"])
+
+
 async def test_a_reused_refresh_token_revokes_its_whole_family() -> None:
     tokens, events = FakeTokens(), FakeEvents()
     units = MemoryUnits(
