@@ -345,6 +345,20 @@ class MemoryUsers(_Rows):
 
 
 class MemoryCodes(_Rows):
+    def __init__(self, undo: list[Callable[[], None]], rows: Sequence[Any], key: str, users: MemoryUsers) -> None:
+        super().__init__(undo, rows, key)
+        self._users = users
+
+    async def spend(self, code_digest: str, client_id: str, at: datetime) -> AuthorizationCode | None:
+        row = self._get(code_digest)
+        user = None if row is None else self._users.rows.get(row.user_id)
+        if row is None or row.consumed_at is not None or row.client_id != client_id or row.expires_at <= at:
+            return None
+        if user is None or user.disabled:
+            return None
+        self._set(row, consumed_at=at)
+        return cast(AuthorizationCode, row)
+
     async def add(self, code: AuthorizationCode) -> None:
         self._add(code)
 
@@ -382,7 +396,7 @@ class MemoryRefreshTokens(_Rows):
         self._users = users
 
     async def spend(self, jti: str, token_digest: str, client_id: str, at: datetime) -> RefreshToken | None:
-        row = self.rows.get(jti)
+        row = self._get(jti)
         user = None if row is None else self._users.rows.get(row.user_id)
         live = row is not None and row.used_at is None and row.revoked_at is None
         if not live or user is None or user.disabled or (row.token_digest, row.client_id) != (token_digest, client_id):
@@ -478,7 +492,7 @@ class MemoryUnitOfWork:
         self.clients = MemoryClients(self.undo, of(OAuthClient), "id")
         self.users = MemoryUsers(self.undo, of(User), "id")
         self.cached_users = self.users
-        self.codes = MemoryCodes(self.undo, of(AuthorizationCode), "code_digest")
+        self.codes = MemoryCodes(self.undo, of(AuthorizationCode), "code_digest", self.users)
         self.refresh_tokens = MemoryRefreshTokens(self.undo, of(RefreshToken), "jti", self.users)
         self.revocations = MemoryRevocations(self.undo)
         self.session_clients = MemorySessionClients(self.undo)

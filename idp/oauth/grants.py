@@ -249,22 +249,19 @@ class AuthorizationCodeGrant(Grant):
     async def handle(self) -> IssuedTokens:
         code = _form_value(self.form, "code")
         assert code is not None
-        row = await self.find_code(code)
-        self.check_client(row)
-        self.check_expiry(row)
+        if len(code) > 256:
+            raise errors.InvalidGrant("The authorization code is invalid.")
+        digest, now = sha256_digest(code), utcnow()
+        # Consuming the code and storing what it yields is one transaction: a concurrent replay
+        # waits on the code's row and then revokes the grant with these tokens in it. The first
+        # statement spends the code only if it may be redeemed (issue 14: no reads before it); a
+        # refusal below rolls the spending back, so the code stays unspent.
+        row = await self.uow.codes.spend(digest, self.client.id, now)
+        if row is None:
+            await self.refuse(digest, now)
         self.check_redirect_uri(row)
         self.check_pkce(row)
-        session = await self.check_session(row) if row.consumed_at is None else None
-        # Consuming the code and storing what it yields is one transaction: a concurrent replay
-        # waits on the code's row and then revokes the grant with these tokens in it.
-        if not await self.uow.codes.consume(row.code_digest, utcnow()):
-            # Replay: the first redemption may have been an attacker's, or this one is.
-            await self.revoke_replayed(row.grant_id, row, reason="code_replay")
-            raise errors.InvalidGrant("The authorization code has already been used.")
-        user = await _active_user(self.uow, row.user_id)
-        if user is None:
-            await self.uow.commit()  # the code stays spent
-            raise _inactive_user()
+        session = await self.check_session(row)
         if session is not None:
             # The session learns the client got tokens (back-channel logout notifies it).
             await self.ctx.sessions.add_client(session, self.client.id, within=self.uow.session_clients)
@@ -272,7 +269,7 @@ class AuthorizationCodeGrant(Grant):
             self.ctx,
             self.uow,
             self.client,
-            user.id,
+            row.user_id,
             grant_type=self.grant_type,
             scope=row.scope,
             grant_id=row.grant_id,
@@ -282,6 +279,29 @@ class AuthorizationCodeGrant(Grant):
             acr=row.acr,
             nonce=row.nonce,
         )
+
+    async def refuse(self, digest: str, now: datetime) -> NoReturn:
+        """Why a code could not be spent, in the order a client is told: unknown, another
+        client's, expired, the wrong redirect_uri or verifier, its session ended, redeemed
+        before (the grant is revoked), its user inactive (the code is spent)."""
+        row = await self.uow.codes.get(digest)
+        if row is None:
+            raise errors.InvalidGrant("The authorization code is invalid.")
+        self.check_client(row)
+        self.check_expiry(row)
+        self.check_redirect_uri(row)
+        self.check_pkce(row)
+        if row.consumed_at is None:
+            await self.check_session(row)
+        if not await self.uow.codes.consume(row.code_digest, now):
+            # Replay: the first redemption may have been an attacker's, or this one is.
+            await self.revoke_replayed(row.grant_id, row, reason="code_replay")
+            raise errors.InvalidGrant("The authorization code has already been used.")
+        if await _active_user(self.uow, row.user_id) is None:
+            await self.uow.commit()  # the code stays spent
+            raise _inactive_user()
+        # Redeemable when read here: it changed between the two statements; nothing is kept.
+        raise errors.InvalidGrant("The authorization code could not be used; try again.")
 
     async def check_session(self, row: AuthorizationCode) -> BrowserSession | None:
         """The session the code was issued in. If it has ended since (logout, ended elsewhere,
@@ -293,14 +313,6 @@ class AuthorizationCodeGrant(Grant):
         if session is None and not self.ctx.outlives_session(self.client, row.scope):
             raise errors.InvalidGrant("The sign-in session this code was issued in has ended.")
         return session
-
-    async def find_code(self, code: str) -> AuthorizationCode:
-        if len(code) > 256:
-            raise errors.InvalidGrant("The authorization code is invalid.")
-        row = await self.uow.codes.get(sha256_digest(code))
-        if row is None:
-            raise errors.InvalidGrant("The authorization code is invalid.")
-        return row
 
     def check_client(self, row: AuthorizationCode) -> None:
         # RFC 6749 §4.1.3: the code must have been issued to the authenticated client.

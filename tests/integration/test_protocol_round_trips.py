@@ -6,7 +6,7 @@ the cache (the in-process store) the address is counted before the client is loo
 client afterwards. The order of the two paths is tested in tests/unit/oauth/test_client_authentication.py.
 
 A refresh rotates in one transaction of two statements: spending the token (which checks it and
-its user) and storing its successor."""
+its user) and storing its successor; a code is redeemed the same way."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.cost_helpers import Cost, counting
-from tests.oauth_helpers import World, basic, code_flow, make_world
+from tests.oauth_helpers import WEB_REDIRECT, World, authorize, basic, code_flow, make_world, query_of
 
 
 @pytest.fixture
@@ -83,3 +83,24 @@ async def test_a_refresh_rotates_in_one_transaction_of_two_statements(client: An
         assert cost.statements == client_read + rotation, cost.summary()
         assert cost.kv == ["hit_windows"] * limit_round_trips(runtime), cost.summary()
         refresh_token = (await response.get_json())["refresh_token"]
+
+
+async def test_a_code_is_redeemed_in_one_transaction_of_the_statements_it_needs(
+    client: Any, runtime: Any, world: World
+) -> None:
+    await code_flow(client, world)  # signs in: the session exists and knows the client from here on
+    response, verifier = await authorize(client, world.web_id, WEB_REDIRECT)
+    assert response.status_code == 303, await response.get_data(as_text=True)
+    form = {
+        "grant_type": "authorization_code",
+        "code": query_of(response.headers["Location"])["code"],
+        "redirect_uri": WEB_REDIRECT,
+        "code_verifier": verifier or "",
+    }
+    client_read = [] if runtime.client_cache.active else ["BEGIN", "SELECT oauth_clients", "COMMIT"]
+    cost = await cost_of(client, runtime, "/token", form, basic(world.web_id, world.web_secret))
+    # Spending the code checks it, its client and its user in one UPDATE; the grant's refresh
+    # token is one INSERT; the sign-in's audit record is written in a transaction of its own.
+    redemption = ["BEGIN", "UPDATE authorization_codes", "INSERT refresh_tokens", "COMMIT"]
+    audit = ["BEGIN", "INSERT audit_log", "COMMIT"]
+    assert cost.statements == client_read + redemption + audit, cost.summary()

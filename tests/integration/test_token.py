@@ -255,6 +255,7 @@ async def test_expired_code_is_refused(client: Any, world: World, runtime: Any) 
             .values(expires_at=utcnow() - timedelta(seconds=1))
         )
     await assert_token_error(await web_token(client, world, code_form(code, verifier)), "invalid_grant")
+    assert (await code_row(runtime, code)).consumed_at is None
 
 
 async def test_code_lifetime_is_at_most_ten_minutes(client: Any, world: World, runtime: Any) -> None:
@@ -268,6 +269,23 @@ async def test_code_lifetime_is_at_most_ten_minutes(client: Any, world: World, r
 async def test_unknown_code_is_refused(client: Any, world: World) -> None:
     response = await web_token(client, world, code_form("no-such-code", "v" * 50))
     await assert_token_error(response, "invalid_grant")
+
+
+async def test_the_code_of_a_disabled_user_is_spent_and_yields_nothing(client: Any, world: World, runtime: Any) -> None:
+    """The user is checked in the statement that spends the code: a disabled account's code
+    yields no tokens, and is spent (presenting it again is a replay)."""
+    code, verifier = await web_code(client, world)
+    async with runtime.db.session() as session:
+        await session.execute(update(User).where(User.id == world.user_id).values(disabled=True))
+    response = await web_token(client, world, code_form(code, verifier))
+    await assert_token_error(response, "invalid_grant")
+    assert (await response.get_json())["error_description"] == "The user of this grant no longer exists or is disabled."
+    assert (await code_row(runtime, code)).consumed_at is not None
+    async with runtime.db.session() as session:
+        await session.execute(update(User).where(User.id == world.user_id).values(disabled=False))
+        assert (await session.execute(select(RefreshToken).where(RefreshToken.user_id == world.user_id))).all() == []
+    again = await web_token(client, world, code_form(code, verifier))
+    assert (await again.get_json())["error_description"] == "The authorization code has already been used."
 
 
 # -- refresh tokens --------------------------------------------------------------------------------

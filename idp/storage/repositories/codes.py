@@ -4,11 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from idp.storage.models import AuthorizationCode
+from idp.storage.models import AuthorizationCode, User
+
+# The redemption's statements, built once (with bound parameters) rather than per request.
+_TABLE = cast(Table, AuthorizationCode.__table__)
+_INSERT = insert(_TABLE)
+_SPEND = (
+    update(AuthorizationCode)
+    .where(
+        AuthorizationCode.code_digest == bindparam("given_digest"),
+        AuthorizationCode.client_id == bindparam("given_client_id"),
+        AuthorizationCode.consumed_at.is_(None),
+        AuthorizationCode.expires_at > bindparam("given_at"),
+        exists().where(User.id == AuthorizationCode.user_id, User.disabled.is_(False)),
+    )
+    .values(consumed_at=bindparam("given_at"))
+    .returning(AuthorizationCode)
+    .execution_options(synchronize_session=False)
+)
 
 
 class AuthorizationCodeRepository:
@@ -16,8 +34,8 @@ class AuthorizationCodeRepository:
         self.session = session
 
     async def add(self, code: AuthorizationCode) -> None:
-        self.session.add(code)
-        await self.session.flush()
+        # One INSERT of the table's columns, without the session's flush: nothing reads it back here.
+        await self.session.execute(_INSERT, {column.key: getattr(code, column.key) for column in _TABLE.columns})
 
     async def get(self, code_digest: str) -> AuthorizationCode | None:
         return await self.session.get(AuthorizationCode, code_digest)
@@ -31,6 +49,14 @@ class AuthorizationCodeRepository:
             .values(consumed_at=at)
         )
         return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def spend(self, code_digest: str, client_id: str, at: datetime) -> AuthorizationCode | None:
+        """Mark the code used, in one statement, if it may be redeemed now: issued to this client,
+        unused, unexpired, its user there and not disabled. The row, or None when any of that
+        fails (the caller reads it to say which). A concurrent redemption waits on the row and
+        then matches none, as in ``consume``."""
+        parameters = {"given_digest": code_digest, "given_client_id": client_id, "given_at": at}
+        return (await self.session.execute(_SPEND, parameters)).scalar_one_or_none()
 
     async def grants_of(self, user_id: str, client_id: str | None = None) -> set[tuple[str, str]]:
         """(grant id, client id) of every code the user was issued (for one client, or any)."""

@@ -167,9 +167,9 @@ def test_the_pkce_step_checks_the_verifier_against_the_code() -> None:
 
 
 async def test_an_overlong_code_is_refused_without_a_look_up() -> None:
-    grant = code_grant({})
+    grant = code_grant({"code": "c" * 257, "redirect_uri": REDIRECT})
     with pytest.raises(errors.InvalidGrant) as caught:
-        await grant.find_code("c" * 257)
+        await grant.handle()
     assert caught.value.description == "The authorization code is invalid."
     assert grant.uow.codes.lookups == 0
 
