@@ -58,6 +58,8 @@ def build_app(settings: Settings) -> IdPApp:
         except StartupError as exc:
             logging.getLogger("idp").critical("cannot start: %s", exc)
             raise
+        if rt.relay is not None:
+            await rt.relay.start()  # in-process store: what other processes announce arrives from here on
         if settings.notifications.enabled:
             await rt.live.start()  # this node hears every node's notifications
         rt.outbox.start()  # this node delivers due mail and logout tokens (idp.outbox)

@@ -59,9 +59,10 @@ from idp.security.lockout import LoginGuard
 from idp.security.passwords import PasswordHasher
 from idp.security.ratelimit import RateLimiter
 from idp.storage import migrate
+from idp.storage.announcements import DatabaseRelay, relay_for
 from idp.storage.blobs import BlobStore, FilesystemBlobStore, S3BlobStore
 from idp.storage.db import Database, DatabaseUnavailable
-from idp.storage.kv import KeyValueStore, KeyValueUnavailable, open_kv_store
+from idp.storage.kv import KeyValueStore, KeyValueUnavailable, MemoryStore, open_kv_store
 from idp.storage.repositories import ClientRepository, UnitsOfWork, UserRepository
 from idp.storage.repositories.client_cache import ClientCache
 from idp.storage.repositories.user_cache import UserCache
@@ -134,6 +135,9 @@ class Runtime:
     user_cache: UserCache
     # Writes the audit trail; batches the high-volume rows (closed after the last request).
     audit: AuditLogger
+    # With the in-process store: what this process publishes reaches the others on the database,
+    # and theirs reach this one once it serves (idp.storage.announcements). None with Redis.
+    relay: DatabaseRelay | None = None
 
     async def delete_picture(self, stored: str) -> None:
         """Delete every stored size of a picture (the ``delete_blob`` of account deletion)."""
@@ -180,6 +184,8 @@ class Runtime:
         await self.blobs.close()
         await self.accounts.mailer.close()
         await self.backchannel.close()
+        if self.relay is not None:
+            await self.relay.close()  # after everything that may still announce a change
         await self.kv.close()
         await self.db.close()
         self.passwords.close()
@@ -331,6 +337,7 @@ async def open_runtime(
     encryptor = build_encryptor(settings)
     db = Database(settings.database_url)
     kv = open_kv_store(settings.redis_url or None, settings.redis_key_prefix)
+    relay = relay_for(settings.database_url, kv) if isinstance(kv, MemoryStore) else None
     try:
         patience = settings.startup_wait if wait is None else wait
         await reach("database_url", lambda: db.ping(within=None), DatabaseUnavailable, patience)
@@ -417,6 +424,7 @@ async def open_runtime(
             client_cache=ClientCache(db, kv),
             user_cache=UserCache(db, kv),
             audit=audit,
+            relay=relay,
         )
         notifications.subscribe_security_notices(
             runtime.accounts, new_device=settings.sessions.notify_new_device, lockout=settings.lockout.notify
@@ -425,6 +433,8 @@ async def open_runtime(
         _register_outbox_handlers(runtime)
         return runtime
     except BaseException:
+        if relay is not None:
+            await relay.close()
         await kv.close()
         await db.close()
         raise

@@ -14,8 +14,9 @@ On serving nodes :meth:`Denylist.keep_loaded` re-syncs the store from the databa
 background before the marker expires (one node at a time), so in steady state no request waits for
 a reload or asks the database: only a store that really lost its data costs that.
 
-Serving nodes on a shared store also hold the revocations in force in memory (issue 14: the MGET
-was one of an introspection's two round trips), the way idp.storage.repositories.row_cache holds
+Serving nodes whose store hears every process's announcements (Redis, or the in-process store's
+relay through the database) also hold the revocations in force in memory (issue 14: the MGET was
+one of an introspection's two round trips), the way idp.storage.repositories.row_cache holds
 rows: loaded from the database once subscribed to the revocations' channel, every committed
 revocation announced there (and added at once on the node that made it), loaded again every
 RELOAD_EVERY / 6 seconds as a bound should an announcement be lost. While a node is not subscribed,
@@ -132,7 +133,7 @@ class Denylist:
         if self._hearing:
             self._mirror.add(kind, key, until.timestamp())
         await self._store(prefix, key, until)
-        if self._kv.backend_name != "memory":
+        if self._kv.shared:
             await self._kv.publish(CHANNEL, f"{kind} {math.ceil(until.timestamp())} {key}")
 
     async def _store(self, prefix: str, key: str, until: datetime) -> None:
@@ -272,9 +273,10 @@ class Denylist:
         self._keeper = asyncio.create_task(self.keep_loaded())
 
     async def listen(self) -> None:
-        """Hold the revocations in memory from now on, where the store is shared (the in-process
-        one is memory already); return once subscribed and loaded, or after a few seconds."""
-        if self._kv.backend_name == "memory":
+        """Hold the revocations in memory from now on, where every process's revocations are
+        announced to this one (Redis, or the in-process store's relay through the database); return
+        once subscribed and loaded, or after a few seconds."""
+        if not self._kv.shared:
             return
         self._subscription = Subscription(
             self._kv,

@@ -66,7 +66,7 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(original).__name__}: {first_line}" if first_line else type(original).__name__
 
 
-def _engine_options(url: str) -> dict[str, Any]:
+def _engine_options(url: str, pool_size: int) -> dict[str, Any]:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
@@ -77,7 +77,7 @@ def _engine_options(url: str) -> dict[str, Any]:
     # No pool_pre_ping: a liveness round trip before every checkout was half of a token request's
     # round trips. Connections idle long enough to have been dropped are checked instead
     # (_check_idle_connections).
-    return {"pool_size": 10, "max_overflow": 20, "pool_recycle": 1800}
+    return {"pool_size": pool_size, "max_overflow": 2 * pool_size, "pool_recycle": 1800}
 
 
 # A pooled connection unused for longer than this is pinged before it is handed out: a server
@@ -150,8 +150,15 @@ class _SQLiteWriters:
             lock.release()
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    writers = _SQLiteWriters()
+# The writers' queue of each SQLite file, shared by every engine of this process on it (the
+# announcements relay has an engine of its own, idp.storage.announcements).
+_WRITERS: weakref.WeakValueDictionary[str, _SQLiteWriters] = weakref.WeakValueDictionary()
+
+
+def _configure_sqlite(engine: AsyncEngine, url: str) -> None:
+    writers = _WRITERS.get(url)
+    if writers is None:
+        writers = _WRITERS[url] = _SQLiteWriters()
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def _before_statement(connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -186,11 +193,12 @@ def _untouched(session: AsyncSession) -> bool:
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        """``pool_size``: connections kept open (PostgreSQL; up to twice as many more under load)."""
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url, **_engine_options(url))
+        self.engine: AsyncEngine = create_async_engine(url, **_engine_options(url, pool_size))
         if self.engine.dialect.name == "sqlite":
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, url)
         else:
             _check_idle_connections(self.engine)
         # A session class of this database's own, so what listens to its sessions' events

@@ -360,3 +360,19 @@ class OutboxMessage(Base):
     locked_until: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
     dead_at: Mapped[datetime | None]
+
+
+class Announcement(Base):
+    """A message published on a key-value channel by a process whose store is its own (the
+    in-process store: the command line, an embedded server), relayed from here to the other
+    processes on this database (idp.storage.announcements). Rows live about a minute."""
+
+    __tablename__ = "announcements"
+    # Ids never reused on SQLite, even once every row is pruned: readers ask for ids above the last.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    origin: Mapped[str] = mapped_column(String(32))  # the publishing process, which doesn't hear itself
+    channel: Mapped[str] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

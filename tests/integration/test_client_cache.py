@@ -1,11 +1,9 @@
 """Clients are cached in memory for the protocol endpoints (idp.storage.repositories.client_cache),
 and a cached client is never a stale security decision: a disabled client or a rotated secret is
 refused at once on the node that changed it and within a second on every other node sharing the
-key-value store; a node that can't hear changes doesn't use its cache. With the in-process store
-(the embedded default) the cache is not used at all: another process (the command line) could
-change a client unheard.
-
-The tests of the cache's own behaviour need Redis (IDP_TEST_REDIS_URL; CI's second stage)."""
+key-value store, or by the command line; a node that can't hear changes doesn't use its cache. With
+the in-process store (the embedded default) other processes' changes arrive through the database
+(idp.storage.announcements, tested in test_announcements.py)."""
 
 from __future__ import annotations
 
@@ -13,15 +11,12 @@ import asyncio
 import time
 from typing import Any
 
-import pytest
-
 from idp.oauth.clients import rotate_client_secret, set_client_disabled
 from idp.storage.repositories import ClientRepository
-from tests.conftest import TEST_REDIS_URL
+from tests.integration.test_cli import run_idp
 from tests.oauth_helpers import basic, make_world
 
 CC = {"grant_type": "client_credentials"}
-needs_redis = pytest.mark.skipif(not TEST_REDIS_URL, reason="the cache is used with Redis only (IDP_TEST_REDIS_URL)")
 
 
 async def token_status(client: Any, client_id: str, secret: str) -> int:
@@ -46,7 +41,6 @@ async def test_a_rotated_secret_replaces_the_cached_one_at_once(client: Any, run
     assert await token_status(client, world.web_id, new_secret) == 200
 
 
-@needs_redis
 async def test_a_node_that_cannot_hear_changes_reads_every_client_from_the_database(client: Any, runtime: Any) -> None:
     world = await make_world(runtime)
     assert await token_status(client, world.web_id, world.web_secret) == 200
@@ -60,7 +54,6 @@ async def test_a_node_that_cannot_hear_changes_reads_every_client_from_the_datab
     assert runtime.client_cache.active
 
 
-@needs_redis
 async def test_cached_entries_expire_and_unknown_ids_are_not_kept(runtime: Any) -> None:
     world = await make_world(runtime)
     cache = runtime.client_cache
@@ -77,7 +70,6 @@ async def test_cached_entries_expire_and_unknown_ids_are_not_kept(runtime: Any) 
     assert set(cache._entries) == {world.web_id}
 
 
-@needs_redis
 async def test_the_cache_holds_at_most_max_entries(runtime: Any) -> None:
     world = await make_world(runtime)
     cache = runtime.client_cache
@@ -87,17 +79,17 @@ async def test_the_cache_holds_at_most_max_entries(runtime: Any) -> None:
     assert list(cache._entries) == [world.spa_id]
 
 
-async def test_with_the_in_process_store_the_cache_is_not_used(client: Any, runtime: Any) -> None:
-    if TEST_REDIS_URL:
-        pytest.skip("the in-process store's behaviour")
+async def test_a_client_disabled_from_the_command_line_is_refused_within_a_second(
+    client: Any, runtime: Any, cli_env: dict[str, str]
+) -> None:
+    """Another process (the command line beside the server) announces its change: through Redis,
+    or with the in-process store through the database (idp.storage.announcements)."""
     world = await make_world(runtime)
-    assert not runtime.client_cache.active
     assert await token_status(client, world.web_id, world.web_secret) == 200
-    # A change another process made (the command line writes the table, and can't tell us).
-    async with runtime.db.session() as session:
-        await ClientRepository(session).set_disabled(world.web_id, True)
-    assert await token_status(client, world.web_id, world.web_secret) == 401
-    assert runtime.client_cache._entries == {}
+    assert runtime.client_cache.in_memory(world.web_id) is not None  # cached by the serving process
+    done = await asyncio.to_thread(run_idp, cli_env, "clients", "disable", world.web_id)
+    assert done.returncode == 0, done.stderr
+    assert await refused_within(client, world.web_id, world.web_secret, 1.0) < 1.0
 
 
 # -- two nodes sharing Redis ---------------------------------------------------------------------

@@ -3,9 +3,8 @@
 whatever a database session commits to the users table (an ORM change, an UPDATE or DELETE
 statement, by any code) forgets the account at once on this node and within a second on every
 other node sharing the key-value store, without the code that changed it announcing anything. A
-rolled-back change forgets nothing. With the in-process store the cache is not used at all.
-
-The tests of the cache's own behaviour need Redis (IDP_TEST_REDIS_URL; CI's second stage)."""
+rolled-back change forgets nothing. With the in-process store another process's changes (the
+command line's) arrive through the database (idp.storage.announcements)."""
 
 from __future__ import annotations
 
@@ -19,12 +18,9 @@ from sqlalchemy import delete, update
 from idp.accounts.profile import profile
 from idp.storage.models import User
 from idp.storage.repositories import UserRepository
-from tests.conftest import TEST_REDIS_URL
 from tests.integration.test_cli_user_admin import run_json
 from tests.integration.test_units_of_work import counting
 from tests.oauth_helpers import World, basic, code_flow, make_world
-
-needs_redis = pytest.mark.skipif(not TEST_REDIS_URL, reason="the cache is used with Redis only (IDP_TEST_REDIS_URL)")
 
 
 async def userinfo(client: Any, token: str) -> tuple[int, dict[str, Any]]:
@@ -85,7 +81,6 @@ async def test_a_disabled_or_deleted_user_is_refused_at_once_however_the_row_was
     assert not await introspected(client, world, token)
 
 
-@needs_redis
 async def test_userinfo_reads_nothing_from_the_database_once_cached(
     client: Any, runtime: Any, world: World, token: str
 ) -> None:
@@ -99,7 +94,6 @@ async def test_userinfo_reads_nothing_from_the_database_once_cached(
     assert counts.checkouts == 0, counts
 
 
-@needs_redis
 async def test_a_rolled_back_change_forgets_nothing(client: Any, runtime: Any, world: World, token: str) -> None:
     assert (await userinfo(client, token))[0] == 200
     assert world.user_id in runtime.user_cache._entries
@@ -111,7 +105,6 @@ async def test_a_rolled_back_change_forgets_nothing(client: Any, runtime: Any, w
     assert (await userinfo(client, token))[1]["name"] == "Alice Example"
 
 
-@needs_redis
 async def test_a_node_that_cannot_hear_changes_reads_every_account_from_the_database(
     client: Any, runtime: Any, token: str, world: World
 ) -> None:
@@ -125,15 +118,6 @@ async def test_a_node_that_cannot_hear_changes_reads_every_account_from_the_data
     assert runtime.user_cache.active
 
 
-async def test_with_the_in_process_store_the_cache_is_not_used(client: Any, runtime: Any, token: str) -> None:
-    if TEST_REDIS_URL:
-        pytest.skip("the in-process store's behaviour")
-    assert not runtime.user_cache.active
-    assert (await userinfo(client, token))[0] == 200
-    assert runtime.user_cache._entries == {}
-
-
-@needs_redis
 async def test_a_change_made_from_the_command_line_shows_within_a_second(
     client: Any, runtime: Any, world: World, token: str, cli_env: dict[str, str]
 ) -> None:

@@ -49,6 +49,13 @@ class KeyValueStore(abc.ABC):
     def backend_name(self) -> str:
         """``"memory"`` or ``"redis"``; reported by health checks and logs."""
 
+    @property
+    def shared(self) -> bool:
+        """Whether what this process publishes reaches every other process using this state (the
+        command line beside a server among them), so that caches kept in memory may trust their
+        channel. Redis: always; the in-process store: through the database's announcements relay."""
+        return False
+
     @abc.abstractmethod
     async def get(self, key: str) -> str | None:
         """The value of ``key``, or None when it is missing or expired."""

@@ -8,9 +8,9 @@ import collections
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, cast
+from typing import ClassVar, Protocol, cast
 
-from idp.storage.kv.base import KeyValueError, KeyValueStore, _check_cap, _ttl_ms
+from idp.storage.kv.base import KeyValueError, KeyValueStore, KeyValueUnavailable, _check_cap, _ttl_ms
 
 _Value = str | set[str] | collections.deque[float]
 # Messages a listener may have waiting before further ones are dropped for it.
@@ -24,6 +24,20 @@ def _kind_name(kind: type) -> str:
     if issubclass(kind, set):
         return "set"
     return "sliding window"
+
+
+class Relay(Protocol):
+    """Carries what a store publishes to the other processes on the same database, and theirs to
+    the store's listeners (``MemoryStore.deliver``): idp.storage.announcements."""
+
+    @property
+    def hearing(self) -> bool:
+        """Whether the other processes' messages arrive now."""
+        ...
+
+    def send(self, channel_key: str, message: str) -> None:
+        """Pass a message on (without waiting for it to be written)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -49,11 +63,17 @@ class MemoryStore(KeyValueStore):
         self._data: dict[str, _Entry] = {}
         self._writes = 0
         self._next_sweep = self.SWEEP_EVERY
-        self._listeners: dict[str, set[asyncio.Queue[str]]] = {}
+        self._listeners: dict[str, set[asyncio.Queue[str | None]]] = {}
+        # Set by idp.storage.announcements: what is published here reaches the other processes.
+        self.relay: Relay | None = None
 
     @property
     def backend_name(self) -> str:
         return "memory"
+
+    @property
+    def shared(self) -> bool:
+        return self.relay is not None
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -272,19 +292,38 @@ class MemoryStore(KeyValueStore):
         )
 
     async def publish(self, channel: str, message: str) -> None:
-        for queue in list(self._listeners.get(self._k(channel), ())):
+        key = self._k(channel)
+        self.deliver(key, message)
+        if self.relay is not None:
+            self.relay.send(key, message)
+
+    def deliver(self, channel_key: str, message: str) -> None:
+        """Hand a message to this process' listeners of a (prefixed) channel."""
+        for queue in list(self._listeners.get(channel_key, ())):
             if queue.qsize() < _LISTENER_BACKLOG:  # a listener that stopped reading loses messages, not memory
                 queue.put_nowait(message)
 
+    def interrupt(self) -> None:
+        """The other processes' messages stopped arriving (the relay's reads fail): every listener
+        ends with KeyValueUnavailable, as a subscription to Redis does when Redis goes away."""
+        for listeners in self._listeners.values():
+            for queue in listeners:
+                queue.put_nowait(None)
+
     async def listen(self, channel: str, ready: asyncio.Event | None = None) -> AsyncIterator[str]:
-        queue: asyncio.Queue[str] = asyncio.Queue()
+        if self.relay is not None and not self.relay.hearing:
+            raise KeyValueUnavailable("messages from other processes are not arriving")
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
         listeners = self._listeners.setdefault(self._k(channel), set())
         listeners.add(queue)
         if ready is not None:
             ready.set()
         try:
             while True:
-                yield await queue.get()
+                message = await queue.get()
+                if message is None:
+                    raise KeyValueUnavailable("messages from other processes stopped arriving")
+                yield message
         finally:
             listeners.discard(queue)
 

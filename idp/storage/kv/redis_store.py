@@ -102,6 +102,10 @@ class RedisStore(KeyValueStore):
     def backend_name(self) -> str:
         return "redis"
 
+    @property
+    def shared(self) -> bool:
+        return True
+
     @asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
         """Translate redis-py errors into ours; messages carry no password and no traceback text."""

@@ -9,8 +9,9 @@ A cached row is never a stale security decision for long:
   forgets it within milliseconds;
 - while this process is not subscribed to that channel (starting, or the store went away) the
   cache is bypassed: every look-up reads the database, as if there were no cache;
-- with the in-process key-value store (the embedded default) no other process can announce a
-  change (the command line run beside the server), so there the cache is never used;
+- with the in-process key-value store (the embedded default) another process (the command line
+  run beside the server) announces its changes through the database (idp.storage.announcements,
+  read every 0.2 s); without that relay the cache is never used;
 - an entry is also re-read after ``max_age`` seconds, a bound should an announcement be lost.
 
 Unknown ids are not cached: anyone can send random ids, and they must not fill memory. A cached
@@ -126,10 +127,10 @@ class RowCache(Generic[T]):
     # -- the subscription (serving processes) ----------------------------------------------------
 
     async def start(self) -> None:
-        """Subscribe; return once subscribed (the cache is used from then on). Only where the
-        key-value store is shared between processes: the in-process one can't tell of changes
-        that another process (the command line) makes."""
-        if self._kv.backend_name == "memory":
+        """Subscribe; return once subscribed (the cache is used from then on). Only where what
+        every process publishes reaches this one: an in-process store without the database's
+        announcements relay can't tell of changes another process (the command line) makes."""
+        if not self._kv.shared:
             return
         self._subscription = Subscription(
             self._kv,
