@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from idp.config import Settings, generate_secrets, load_settings
@@ -98,14 +99,37 @@ def fresh_database_url(database_factory: DatabaseFactory) -> str:
     return database_factory.create()
 
 
-async def _empty_tables(url: str) -> None:
-    engine = create_async_engine(url)
+class LeftOpen(AssertionError):
+    """A test left a transaction open on the run's database (its app did not close)."""
+
+
+async def _empty_tables(url: str, lock_timeout_ms: int = 10_000) -> None:
+    """Empty every table; a transaction left open by the test (an app whose shutdown did not
+    finish holds its locks) fails this test's teardown by name instead of blocking every later
+    test's TRUNCATE for ever: its sessions are ended and the tables emptied all the same."""
+    names = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
     try:
-        async with engine.begin() as connection:
-            names = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
-            await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        async with engine.connect() as connection:
+            await connection.execute(text(f"SET lock_timeout = {int(lock_timeout_ms)}"))
+            try:
+                await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+                return
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                    raise
+                others = (await connection.execute(text(_OTHER_SESSIONS))).all()
+                await connection.execute(text(f"SELECT pg_terminate_backend(pid) FROM ({_OTHER_SESSIONS}) AS o"))
+                await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        raise LeftOpen(f"the test left sessions open on its database: {[tuple(row) for row in others]}")
     finally:
         await engine.dispose()
+
+
+_OTHER_SESSIONS = (
+    "SELECT pid, state, left(query, 200) AS query FROM pg_stat_activity"
+    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from typing import Any
 
 from idp.oauth.clients import rotate_client_secret, set_client_disabled
 from idp.storage.repositories import ClientRepository
+from tests.cache_helpers import heard_so_far
 from tests.integration.test_cli import run_idp
 from tests.oauth_helpers import basic, make_world
 
@@ -59,6 +60,7 @@ async def test_cached_entries_expire_and_unknown_ids_are_not_kept(runtime: Any) 
     cache = runtime.client_cache
     now = [1000.0]
     cache._clock = lambda: now[0]
+    await heard_so_far(cache)
     assert (await cache.get(world.web_id)).disabled is False
     async with runtime.db.session() as session:
         await ClientRepository(session).set_disabled(world.web_id, True)  # unannounced
@@ -74,6 +76,7 @@ async def test_the_cache_holds_at_most_max_entries(runtime: Any) -> None:
     world = await make_world(runtime)
     cache = runtime.client_cache
     cache._max_entries = 1
+    await heard_so_far(cache)
     await cache.get(world.web_id)
     await cache.get(world.spa_id)
     assert list(cache._entries) == [world.spa_id]
@@ -85,6 +88,7 @@ async def test_a_client_disabled_from_the_command_line_is_refused_within_a_secon
     """Another process (the command line beside the server) announces its change: through Redis,
     or with the in-process store through the database (idp.storage.announcements)."""
     world = await make_world(runtime)
+    await heard_so_far(runtime.client_cache)
     assert await token_status(client, world.web_id, world.web_secret) == 200
     assert runtime.client_cache.in_memory(world.web_id) is not None  # cached by the serving process
     done = await asyncio.to_thread(run_idp, cli_env, "clients", "disable", world.web_id)

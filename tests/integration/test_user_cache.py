@@ -18,6 +18,7 @@ from sqlalchemy import delete, update
 from idp.accounts.profile import profile
 from idp.storage.models import User
 from idp.storage.repositories import UserRepository
+from tests.cache_helpers import heard_so_far
 from tests.integration.test_cli_user_admin import run_json
 from tests.integration.test_units_of_work import counting
 from tests.oauth_helpers import World, basic, code_flow, make_world
@@ -85,6 +86,7 @@ async def test_userinfo_reads_nothing_from_the_database_once_cached(
     client: Any, runtime: Any, world: World, token: str
 ) -> None:
     assert runtime.user_cache.active
+    await heard_so_far(runtime.user_cache)
     assert (await userinfo(client, token))[0] == 200
     with counting(runtime) as counts:
         assert (await userinfo(client, token))[0] == 200
@@ -95,6 +97,7 @@ async def test_userinfo_reads_nothing_from_the_database_once_cached(
 
 
 async def test_a_rolled_back_change_forgets_nothing(client: Any, runtime: Any, world: World, token: str) -> None:
+    await heard_so_far(runtime.user_cache)
     assert (await userinfo(client, token))[0] == 200
     assert world.user_id in runtime.user_cache._entries
     with pytest.raises(RuntimeError):
@@ -122,6 +125,7 @@ async def test_a_change_made_from_the_command_line_shows_within_a_second(
     client: Any, runtime: Any, world: World, token: str, cli_env: dict[str, str]
 ) -> None:
     await write(runtime, update(User).where(User.id == world.user_id).values(email_verified=False))
+    await heard_so_far(runtime.user_cache)
     assert (await userinfo(client, token))[1]["email_verified"] is False
     assert world.user_id in runtime.user_cache._entries  # cached by the serving process
     # Another process: it changes the row and announces, as every unit of work does.
@@ -149,6 +153,7 @@ async def test_a_user_disabled_on_one_node_is_refused_on_another_within_a_second
     runtime: Any, world: World, token: str, second_node: Any
 ) -> None:
     other = second_node.test_client()
+    await heard_so_far(second_node.runtime.user_cache)
     assert (await userinfo(other, token))[0] == 200  # cached on node B
     assert world.user_id in second_node.runtime.user_cache._entries
     await write(runtime, update(User).where(User.id == world.user_id).values(disabled=True))  # node A
