@@ -258,8 +258,8 @@ def db_current(state: CliState, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def db_cleanup(state: CliState, as_json: bool) -> None:
-    """Delete expired authorization codes, refresh tokens, signing keys and forgotten devices
-    (safe to run any time)."""
+    """Delete expired authorization codes, refresh tokens, revocations, signing keys, forgotten
+    devices and announcements every process has read (safe to run any time)."""
     from datetime import timedelta
 
     from idp.accounts.sessions.devices import DEVICE_COOKIE_MAX_AGE

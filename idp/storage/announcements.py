@@ -13,7 +13,8 @@ embedded server could use none of its caches). :class:`DatabaseRelay` attaches t
   hands them to its listeners, as Redis delivers a message to its subscribers. When a read fails,
   the listeners end as they do when Redis goes away, so the caches behind them stop trusting what
   they hold until they are subscribed again;
-- rows are deleted after ``keep_for`` seconds (60) by the serving processes.
+- rows are deleted after ``keep_for`` seconds (KEEP_FOR, 60) by the serving processes, and by
+  `idp db cleanup` (for the rows of processes that stopped serving).
 
 An announcement lost anyway (a process that crashed before writing it) is bounded as with Redis,
 by each cache's own re-read. The relay has an engine of its own, so its statements are neither
@@ -46,6 +47,8 @@ _OUTGOING_LIMIT = 10_000
 # commit): ids are read again for this many seconds before the reader moves past them.
 _LATE_COMMIT_GRACE = 2.0
 _ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable, *DATABASE_ERRORS)
+# Seconds a row is kept: every serving process has read it long before (they read every 0.2 s).
+KEEP_FOR = 60.0
 
 
 def relay_for(database_url: str, store: MemoryStore) -> DatabaseRelay | None:
@@ -63,7 +66,7 @@ class DatabaseRelay:
         store: MemoryStore,
         *,
         poll_every: float = 0.2,
-        keep_for: float = 60.0,
+        keep_for: float = KEEP_FOR,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = Database(database_url, pool_size=1)

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from idp.cli import cli
 from idp.storage.models import (
+    Announcement,
     AuthorizationCode,
     KnownDevice,
     RefreshToken,
@@ -55,6 +56,11 @@ async def test_cleanup_deletes_expired_rows_and_keeps_live_ones(client, runtime,
             session.add(RevokedAccessToken(jti=f"jti-{name}", expires_at=end))
             session.add(RevokedGrant(grant_id=f"grant-{name}", expires_at=end))
             session.add(SessionClient(sid=f"sid-{name}", user_id=world.user_id, client_id=world.web_id, expires_at=end))
+    # Announcements between processes: one written 61 s ago (every process has read it), one now.
+    async with runtime.db.session() as session:
+        for message, age in (("old", 61), ("new", 0)):
+            at = now - timedelta(seconds=age)
+            session.add(Announcement(origin="x" * 32, channel="test", message=message, created_at=at))
 
     import asyncio
 
@@ -64,6 +70,7 @@ async def test_cleanup_deletes_expired_rows_and_keeps_live_ones(client, runtime,
         "authorization_codes": 1,
         "refresh_tokens": 1,
         "known_devices": 1,
+        "announcements": 1,
         "revoked_access_tokens": 1,
         "revoked_grants": 1,
         "session_clients": 1,
@@ -78,3 +85,5 @@ async def test_cleanup_deletes_expired_rows_and_keeps_live_ones(client, runtime,
         assert set((await session.execute(select(RevokedAccessToken.jti))).scalars()) == {"jti-live"}
         assert set((await session.execute(select(RevokedGrant.grant_id))).scalars()) == {"grant-live"}
         assert "sid-old" not in set((await session.execute(select(SessionClient.sid))).scalars())
+        relayed = select(Announcement.message).where(Announcement.channel == "test")
+        assert set((await session.execute(relayed)).scalars()) == {"new"}
