@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from quart.testing import TestApp
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -257,6 +258,22 @@ def json_logs() -> Iterator[Any]:
     for handler in list(root.handlers):
         if getattr(handler, "_idp_handler", False):
             root.removeHandler(handler)
+
+
+class PatientTestApp(TestApp):
+    """Quart's lifespan harness with the app's own budgets instead of Quart's 6 s: a shutdown may
+    take up to 10 s to flush the audit trail and the outbox (idp.audit, idp.outbox), and a start
+    waits up to 5 s per subscription. A slow CI machine must not fail a test at its start or stop,
+    nor leave an app half-stopped holding a transaction (see _empty_tables)."""
+
+    def __init__(self, app: Any) -> None:
+        super().__init__(app, startup_timeout=30, shutdown_timeout=30)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from idp.http import IdPApp
+
+    IdPApp.test_app_class = PatientTestApp
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
