@@ -109,19 +109,20 @@ async def _empty_tables(url: str, lock_timeout_ms: int = 10_000) -> None:
     finish holds its locks) fails this test's teardown by name instead of blocking every later
     test's TRUNCATE for ever: its sessions are ended and the tables emptied all the same."""
     names = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+    truncate = text(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
     engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as connection:
             await connection.execute(text(f"SET lock_timeout = {int(lock_timeout_ms)}"))
             try:
-                await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+                await connection.execute(truncate)
                 return
             except DBAPIError as exc:
                 if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
                     raise
                 others = (await connection.execute(text(_OTHER_SESSIONS))).all()
                 await connection.execute(text(f"SELECT pg_terminate_backend(pid) FROM ({_OTHER_SESSIONS}) AS o"))
-                await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+                await connection.execute(truncate)
         raise LeftOpen(f"the test left sessions open on its database: {[tuple(row) for row in others]}")
     finally:
         await engine.dispose()

@@ -30,10 +30,11 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from idp.storage.db import DATABASE_ERRORS, Database, DatabaseUnavailable
 from idp.storage.kv.memory import MemoryStore
@@ -49,6 +50,13 @@ _LATE_COMMIT_GRACE = 2.0
 _ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable, *DATABASE_ERRORS)
 # Seconds a row is kept: every serving process has read it long before (they read every 0.2 s).
 KEEP_FOR = 60.0
+
+
+async def delete_read(session: AsyncSession, now: datetime, keep_for: float = KEEP_FOR) -> int:
+    """Delete the rows older than ``keep_for`` seconds (every process has read them); how many."""
+    cutoff = now - timedelta(seconds=keep_for)
+    deleted = await session.execute(delete(Announcement).where(Announcement.created_at < cutoff))
+    return int(getattr(deleted, "rowcount", 0) or 0)
 
 
 def relay_for(database_url: str, store: MemoryStore) -> DatabaseRelay | None:
@@ -174,9 +182,8 @@ class DatabaseRelay:
 
     async def prune(self) -> None:
         """Delete the rows older than ``keep_for``: every process has read them by then."""
-        cutoff = utcnow() - timedelta(seconds=self._keep_for)
         async with self._db.session() as session:
-            await session.execute(delete(Announcement).where(Announcement.created_at < cutoff))
+            await delete_read(session, utcnow(), self._keep_for)
 
     async def close(self, flush_within: float = 2.0) -> None:
         """Write what is still waiting (for up to ``flush_within`` seconds), stop reading, close."""

@@ -3,11 +3,12 @@ PostgreSQL cluster (initdb + pg_ctl on its own port and directory, so CI's share
 touched) is stopped with `pg_ctl stop -m immediate`, as a crash would.
 
 While it is down (within a second: what the node holds in memory is trusted until its in-process
-store's relay fails to read the database): requests that need it answer 503 temporarily_unavailable with Retry-After
-(never 500), /healthz stays 200 for the whole outage, /readyz names the database, JWKS and
-discovery keep serving the last known key set even after the key reload interval has passed,
-and a password reset request says it could not be taken instead of "Check your email". Once the
-database is back, the same node serves tokens again without a restart."""
+store's relay fails to read the database): requests that need it answer 503
+temporarily_unavailable with Retry-After (never 500), /healthz stays 200 for the whole outage,
+/readyz names the database, JWKS and discovery keep serving the last known key set even after
+the key reload interval has passed, and a password reset request says it could not be taken
+instead of "Check your email". Once the database is back, the same node serves tokens again
+without a restart."""
 
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from idp.storage.announcements import KEEP_FOR
-from idp.storage.models import Announcement, AuthorizationCode, KnownDevice, RefreshToken
+from idp.storage.announcements import delete_read
+from idp.storage.models import AuthorizationCode, KnownDevice, RefreshToken
 from idp.storage.repositories.revocations import RevocationRepository, SessionClientRepository
 
 
@@ -40,16 +40,14 @@ class MaintenanceRepository:
         )
         # Announcements between processes are read within a second; serving processes prune their
         # own, this catches those left when the last server stopped (idp.storage.announcements).
-        announcements = await self.session.execute(
-            delete(Announcement).where(Announcement.created_at < now - timedelta(seconds=KEEP_FOR))
-        )
+        announcements = await delete_read(self.session, now)
         # Revocations outlive the tokens they concern by nothing: an expired token is refused anyway.
         revocations = await RevocationRepository(self.session).delete_expired(now)
         return {
             "authorization_codes": int(getattr(codes, "rowcount", 0) or 0),
             "refresh_tokens": int(getattr(refresh, "rowcount", 0) or 0),
             "known_devices": int(getattr(devices, "rowcount", 0) or 0),
-            "announcements": int(getattr(announcements, "rowcount", 0) or 0),
+            "announcements": announcements,
             **revocations,
             "session_clients": await SessionClientRepository(self.session).delete_expired(now),
         }
