@@ -4,28 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import cast
 
-from sqlalchemy import Table, bindparam, exists, insert, select, update
+from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idp.storage.models import AuthorizationCode, User
+from idp.storage.repositories import core_rows
 
-# The redemption's statements, built once (with bound parameters) rather than per request.
-_TABLE = cast(Table, AuthorizationCode.__table__)
-_INSERT = insert(_TABLE)
+# The redemption's statement, built once (with bound parameters) rather than per request: Core, as
+# idp.storage.repositories.core_rows explains.
+_TABLE = core_rows.table_of(AuthorizationCode)
 _SPEND = (
-    update(AuthorizationCode)
+    update(_TABLE)
     .where(
-        AuthorizationCode.code_digest == bindparam("given_digest"),
-        AuthorizationCode.client_id == bindparam("given_client_id"),
-        AuthorizationCode.consumed_at.is_(None),
-        AuthorizationCode.expires_at > bindparam("given_at"),
-        exists().where(User.id == AuthorizationCode.user_id, User.disabled.is_(False)),
+        _TABLE.c.code_digest == bindparam("given_digest"),
+        _TABLE.c.client_id == bindparam("given_client_id"),
+        _TABLE.c.consumed_at.is_(None),
+        _TABLE.c.expires_at > bindparam("given_at"),
+        exists().where(User.id == _TABLE.c.user_id, User.disabled.is_(False)),
     )
     .values(consumed_at=bindparam("given_at"))
-    .returning(AuthorizationCode)
-    .execution_options(synchronize_session=False)
+    .returning(*_TABLE.c)
 )
 
 
@@ -34,8 +33,7 @@ class AuthorizationCodeRepository:
         self.session = session
 
     async def add(self, code: AuthorizationCode) -> None:
-        # One INSERT of the table's columns, without the session's flush: nothing reads it back here.
-        await self.session.execute(_INSERT, {column.key: getattr(code, column.key) for column in _TABLE.columns})
+        await core_rows.insert_row(self.session, code)
 
     async def get(self, code_digest: str) -> AuthorizationCode | None:
         return await self.session.get(AuthorizationCode, code_digest)
@@ -56,7 +54,7 @@ class AuthorizationCodeRepository:
         fails (the caller reads it to say which). A concurrent redemption waits on the row and
         then matches none, as in ``consume``."""
         parameters = {"given_digest": code_digest, "given_client_id": client_id, "given_at": at}
-        return (await self.session.execute(_SPEND, parameters)).scalar_one_or_none()
+        return await core_rows.spend(self.session, _SPEND, parameters, AuthorizationCode)
 
     async def grants_of(self, user_id: str, client_id: str | None = None) -> set[tuple[str, str]]:
         """(grant id, client id) of every code the user was issued (for one client, or any)."""
