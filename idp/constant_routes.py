@@ -14,6 +14,7 @@ path or method, a node still starting — goes to the application unchanged.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -83,22 +84,16 @@ class ConstantRoutes:
         request_id_var.set(request_id)
         not_modified = "if-none-match" in fields and _etag_matches(fields["if-none-match"], document.etag)
         status = 304 if not_modified else 200
-        out: dict[str, str] = {}
-        if not not_modified:
-            out["Content-Type"] = content_type
-            out["Content-Length"] = str(len(document.body))
-        out["ETag"] = document.etag
-        out["Cache-Control"] = f"public, max-age={max_age}"
-        out["Access-Control-Allow-Origin"] = "*"  # read cross-origin by browser apps (RFC 9700 §2.6)
-        out["X-Request-ID"] = request_id
-        apply_security_headers(out, content_type, https=runtime.settings.issuer_is_https)
+        head, tail = _fixed_headers(
+            document.etag, len(document.body), content_type, max_age, runtime.settings.issuer_is_https, not_modified
+        )
         client = scope.get("client")
         body = b"" if not_modified or scope["method"] == "HEAD" else document.body
         await send_answer(
             self.app,
             send,
             status,
-            out,
+            [*head, (b"x-request-id", request_id.encode()), *tail],
             body,
             started=started,
             method=scope["method"],
@@ -108,11 +103,34 @@ class ConstantRoutes:
         )
 
 
+@functools.lru_cache(maxsize=64)
+def _fixed_headers(
+    etag: str, length: int, content_type: str, max_age: int, https: bool, not_modified: bool
+) -> tuple[tuple[tuple[bytes, bytes], ...], tuple[tuple[bytes, bytes], ...]]:
+    """A document's answer headers but its request id (what comes before it, what after),
+    encoded once per document, key set and kind of answer rather than per request."""
+    head: dict[str, str] = {}
+    if not not_modified:
+        head["Content-Type"] = content_type
+        head["Content-Length"] = str(length)
+    head["ETag"] = etag
+    head["Cache-Control"] = f"public, max-age={max_age}"
+    head["Access-Control-Allow-Origin"] = "*"  # read cross-origin by browser apps (RFC 9700 §2.6)
+    tail: dict[str, str] = {}
+    apply_security_headers(tail, content_type, https=https)
+    return tuple(encode_headers(head)), tuple(encode_headers(tail))
+
+
+def encode_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """ASGI's header list: lower-case names, latin-1 bytes."""
+    return [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+
+
 async def send_answer(
     app: Quart,
     send: ASGISendCallable,
     status: int,
-    headers: dict[str, str],
+    headers: list[tuple[bytes, bytes]],
     body: bytes,
     *,
     started: float,
@@ -123,11 +141,7 @@ async def send_answer(
 ) -> None:
     """Send a whole answer from in front of the framework and account for it as the application's
     hooks do: the access log line and the request metric (under the route's ``rule``)."""
-    start: Any = {
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(name.lower().encode(), value.encode()) for name, value in headers.items()],
-    }
+    start: Any = {"type": "http.response.start", "status": status, "headers": headers}
     await send(start)
     end: Any = {"type": "http.response.body", "body": body}
     await send(end)

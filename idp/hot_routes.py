@@ -29,7 +29,7 @@ from quart.typing import ASGIReceiveCallable, ASGISendCallable
 from werkzeug.datastructures import MultiDict
 
 from idp import cors
-from idp.constant_routes import ASGIApp, send_answer
+from idp.constant_routes import ASGIApp, encode_headers, send_answer
 from idp.error_responses import answer_for_unexpected
 from idp.errors import IdPError
 from idp.events import EventContext, set_context
@@ -147,7 +147,7 @@ class HotRoutes:
             self.app,
             send,
             status,
-            headers,
+            encode_headers(headers),
             encoded,
             started=started,
             method=call.method,
