@@ -8,12 +8,13 @@ whose code or refresh token was replayed is committed before the error is raised
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import cached_property
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from idp.storage.db import Database
+from idp.storage.db import Database, LazySession
 from idp.storage.models import OAuthClient, User
 from idp.storage.repositories.client_cache import ClientCache
 from idp.storage.repositories.clients import ClientRepository
@@ -43,41 +44,71 @@ class CachedUsers:
     miss), or in the unit of work's session while the cache is not in use: the copy it returns
     is shared, never changed or written back."""
 
-    def __init__(self, cache: UserCache, repository: UserRepository) -> None:
+    def __init__(self, cache: UserCache, repository: Callable[[], UserRepository]) -> None:
         self._cache = cache
         self._repository = repository
 
     async def get(self, user_id: str) -> User | None:
         if self._cache.active:
             return await self._cache.get(user_id)
-        return await self._repository.get(user_id)
+        return await self._repository().get(user_id)
 
 
 class UnitOfWork:
+    """The repositories of one unit of work, each made on first use over the one session, which
+    is made only then too: a request answered from the caches makes neither."""
+
     def __init__(
-        self, session: AsyncSession, clients: ClientCache | None = None, users: UserCache | None = None
+        self, session: LazySession, clients: ClientCache | None = None, users: UserCache | None = None
     ) -> None:
-        self._session = session
-        self.clients: ClientRepository | CachedClients = (
-            ClientRepository(session) if clients is None else CachedClients(clients)
-        )
-        self.users = UserRepository(session)
-        # For the resource endpoints' reads only (UserInfo, introspection): never to change one.
-        self.cached_users: UserRepository | CachedUsers = (
-            self.users if users is None else CachedUsers(users, self.users)
-        )
-        self.codes = AuthorizationCodeRepository(session)
-        self.refresh_tokens = RefreshTokenRepository(session)
-        self.revocations = RevocationRepository(session)
-        self.session_clients = SessionClientRepository(session)
+        self._lazy = session
+        self._client_cache = clients
+        self._user_cache = users
+
+    @property
+    def _session(self) -> AsyncSession:
+        return self._lazy.get()
+
+    @cached_property
+    def clients(self) -> ClientRepository | CachedClients:
+        cache = self._client_cache
+        return ClientRepository(self._session) if cache is None else CachedClients(cache)
+
+    @cached_property
+    def users(self) -> UserRepository:
+        return UserRepository(self._session)
+
+    @cached_property
+    def cached_users(self) -> UserRepository | CachedUsers:
+        """For the resource endpoints' reads only (UserInfo, introspection): never to change one."""
+        cache = self._user_cache
+        return self.users if cache is None else CachedUsers(cache, lambda: self.users)
+
+    @cached_property
+    def codes(self) -> AuthorizationCodeRepository:
+        return AuthorizationCodeRepository(self._session)
+
+    @cached_property
+    def refresh_tokens(self) -> RefreshTokenRepository:
+        return RefreshTokenRepository(self._session)
+
+    @cached_property
+    def revocations(self) -> RevocationRepository:
+        return RevocationRepository(self._session)
+
+    @cached_property
+    def session_clients(self) -> SessionClientRepository:
+        return SessionClientRepository(self._session)
 
     async def commit(self) -> None:
-        await self._session.commit()
+        if self._lazy.made is not None:
+            await self._lazy.made.commit()
 
 
 class UnitsOfWork:
-    """Opens units of work on ``db``: commits on success, rolls back on any exception. A session
-    that runs no statement takes no connection (SQLAlchemy checks one out on first use)."""
+    """Opens units of work on ``db``: commits on success, rolls back on any exception. A unit
+    that uses no repository makes no session, and a session that runs no statement takes no
+    connection (SQLAlchemy checks one out on first use)."""
 
     def __init__(self, db: Database, clients: ClientCache | None = None, users: UserCache | None = None) -> None:
         self._db = db
@@ -86,5 +117,5 @@ class UnitsOfWork:
 
     @asynccontextmanager
     async def __call__(self) -> AsyncIterator[UnitOfWork]:
-        async with self._db.session() as session:
+        async with self._db.lazy_session() as session:
             yield UnitOfWork(session, self._clients, self._users)
