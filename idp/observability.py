@@ -371,7 +371,7 @@ def log_access(method: str, path: str, status: int, duration_ms: float | None, r
         duration_ms,
         extra={
             "method": method,
-            "path": redact_text(path),
+            "path": path,
             "status": status,
             "duration_ms": duration_ms,
             "remote_addr": remote_addr,

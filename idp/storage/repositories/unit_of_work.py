@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import cached_property
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -54,6 +55,14 @@ class CachedUsers:
         return await self._repository().get(user_id)
 
 
+Repository = TypeVar("Repository")
+
+
+def _over_session(repository: Callable[[AsyncSession], Repository]) -> cached_property[Repository]:
+    """A unit of work's repository, made on first use over its session."""
+    return cached_property(lambda unit: repository(unit._session))
+
+
 class UnitOfWork:
     """The repositories of one unit of work, each made on first use over the one session, which
     is made only then too: a request answered from the caches makes neither."""
@@ -74,9 +83,7 @@ class UnitOfWork:
         cache = self._client_cache
         return ClientRepository(self._session) if cache is None else CachedClients(cache)
 
-    @cached_property
-    def users(self) -> UserRepository:
-        return UserRepository(self._session)
+    users = _over_session(UserRepository)
 
     @cached_property
     def cached_users(self) -> UserRepository | CachedUsers:
@@ -84,21 +91,10 @@ class UnitOfWork:
         cache = self._user_cache
         return self.users if cache is None else CachedUsers(cache, lambda: self.users)
 
-    @cached_property
-    def codes(self) -> AuthorizationCodeRepository:
-        return AuthorizationCodeRepository(self._session)
-
-    @cached_property
-    def refresh_tokens(self) -> RefreshTokenRepository:
-        return RefreshTokenRepository(self._session)
-
-    @cached_property
-    def revocations(self) -> RevocationRepository:
-        return RevocationRepository(self._session)
-
-    @cached_property
-    def session_clients(self) -> SessionClientRepository:
-        return SessionClientRepository(self._session)
+    codes = _over_session(AuthorizationCodeRepository)
+    refresh_tokens = _over_session(RefreshTokenRepository)
+    revocations = _over_session(RevocationRepository)
+    session_clients = _over_session(SessionClientRepository)
 
     async def commit(self) -> None:
         if self._lazy.made is not None:
